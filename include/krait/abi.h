@@ -1,0 +1,199 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The kernel/user ABI of krait: every struct and constant that crosses
+ * between the BPF sampler (bpf/sampler.bpf.c) and user space (src/) is
+ * defined here, once.
+ *
+ * Rules: plain C, fixed-width types only (addresses are __u64), no bool,
+ * long or enum-typed fields, explicit padding. The C++ side static_asserts
+ * the sizes (src/bpf/abi_checks.cpp), so a change that shifts a field breaks
+ * the build instead of the data.
+ */
+#ifndef KRAIT_ABI_H
+#define KRAIT_ABI_H
+
+#ifndef __bpf__
+#include <linux/types.h>
+#endif
+
+/* ---- limits ------------------------------------------------------------ */
+
+/* Capacity of the Python frame array in one sample record; the runtime
+ * depth limit (--max-depth) may be lower, never higher. */
+#define KRAIT_PY_FRAMES_CAP 1024
+#define KRAIT_PY_DEPTH_DEFAULT 256
+/* Interpreters (main + subinterpreters) searched for a thread's state. */
+#define KRAIT_MAX_INTERPRETERS 8
+#define KRAIT_THREAD_WALK_DEFAULT 4096
+#define KRAIT_COMM_LEN 16
+
+/* Bytes of a PyThreadState, frame and code object read in one go. Each
+ * layout says how much of that it needs (krait_py_layout.*_read_size). */
+#define KRAIT_TSTATE_READ_CAP 256
+#define KRAIT_FRAME_READ_CAP 128
+#define KRAIT_CODE_READ_CAP 256
+
+/* An offset that the interpreter version does not have. */
+#define KRAIT_OFFSET_NONE 0xffff
+/* An owner value no frame carries: the version has no shim frames. */
+#define KRAIT_OWNER_NONE 0xff
+
+/* ---- ring buffer records ----------------------------------------------- */
+
+/* krait_event_header.type */
+#define KRAIT_EVENT_SAMPLE 1
+#define KRAIT_EVENT_EXEC 2         /* a process replaced its image */
+#define KRAIT_EVENT_EXIT 3         /* the last thread of a process exited */
+#define KRAIT_EVENT_PROC_UNKNOWN 4 /* a process was sampled that user space has not classified */
+
+struct krait_event_header {
+  __u32 type;
+  __u32 pid; /* thread group id, as the initial pid namespace sees it */
+  __u32 tid;
+  __u32 cpu;
+  __u64 ktime_ns; /* bpf_ktime_get_ns() */
+};
+
+/* krait_sample.py_status: why the Python stack is missing or incomplete.
+ * Frames gathered before a failure are still sent (leaf first). */
+#define KRAIT_PY_OK 0
+#define KRAIT_PY_PROC_REFUSED 1      /* user space refused this process; it keeps the reason */
+#define KRAIT_PY_NO_INTERPRETER 2    /* runtime not initialised yet, or finalised */
+#define KRAIT_PY_NO_THREAD_STATE 3   /* the thread has no PyThreadState (a native thread) */
+#define KRAIT_PY_THREAD_WALK_LIMIT 4 /* thread list longer than the walk limit */
+#define KRAIT_PY_READ_FAULT_STATE 5  /* runtime / interpreter / thread state unreadable */
+#define KRAIT_PY_READ_FAULT_FRAME 6  /* a frame was unreadable */
+#define KRAIT_PY_READ_FAULT_CODE 7   /* a code object was unreadable */
+#define KRAIT_PY_BAD_CODE_OBJECT 8   /* a frame's code is not a code object: layout mismatch */
+#define KRAIT_PY_STATUS_COUNT 9
+
+/* krait_sample.py_flags */
+#define KRAIT_PYF_TRUNCATED 0x1     /* more frames than the depth limit */
+#define KRAIT_PYF_TSTATE_CACHED 0x2 /* the thread state came from the cache */
+
+/* krait_py_frame.instr: the low 31 bits hold the instruction position as the
+ * version records it (KRAIT_INSTR_* of the layout says which); the top bit
+ * marks the first frame run by a C-level call of the eval loop (3.11+). */
+#define KRAIT_FRAME_ENTRY 0x80000000u
+#define KRAIT_FRAME_INSTR_MASK 0x7fffffffu
+
+struct krait_py_frame {
+  __u64 code;  /* code object address, tag bits cleared */
+  __u32 token; /* krait_code_token() of the code object when sampled */
+  __u32 instr; /* see KRAIT_FRAME_ENTRY */
+};
+
+struct krait_sample {
+  struct krait_event_header hdr;
+  __u32 proc_generation; /* krait_proc_info.generation the walk used */
+  __u16 py_status;
+  __u16 py_flags;
+  __u32 py_nframes; /* frames[] entries filled, leaf first */
+  __u32 _pad0;
+  __u64 tstate;
+  char comm[KRAIT_COMM_LEN]; /* the thread's name */
+  struct krait_py_frame frames[KRAIT_PY_FRAMES_CAP];
+};
+
+/* Bytes of a sample record carrying n Python frames. */
+#define KRAIT_SAMPLE_SIZE(n) \
+  (sizeof(struct krait_sample) - sizeof(struct krait_py_frame) * (KRAIT_PY_FRAMES_CAP - (n)))
+
+struct krait_exec_event {
+  struct krait_event_header hdr;
+  char comm[KRAIT_COMM_LEN];
+};
+
+/* ---- per-process configuration: the `procs` map (pid -> krait_proc_info) */
+
+/* krait_proc_info.mode */
+#define KRAIT_PROC_IGNORE 0  /* not Python (yet): report again after recheck_after_ns */
+#define KRAIT_PROC_PYTHON 1  /* walk Python stacks with the layout */
+#define KRAIT_PROC_REFUSED 2 /* Python, but not profiled: samples are counted, not walked */
+
+/* krait_py_layout.instr_kind */
+#define KRAIT_INSTR_LASTI 0   /* frame_instr is an int (f_lasti); copied as is, negatives as 0 */
+#define KRAIT_INSTR_POINTER 1 /* frame_instr points into co_code_adaptive; sent as a byte offset \
+                               */
+
+/* Where the fields the sampler reads live, for one interpreter build.
+ * Offsets are in bytes from the start of the struct; KRAIT_OFFSET_NONE
+ * where the version lacks the field. */
+struct krait_py_layout {
+  /* PyInterpreterState */
+  __u16 interp_next;
+  __u16 interp_tstate_head;
+  /* PyThreadState */
+  __u16 tstate_next;
+  __u16 tstate_thread_id; /* pthread_self() of the thread: its fsbase on x86_64 */
+  __u16 tstate_frame;     /* the current frame, or the _PyCFrame holding it (3.11, 3.12) */
+  __u16 cframe_frame;     /* _PyCFrame.current_frame, or NONE */
+  __u16 tstate_read_size;
+  /* PyFrameObject (<= 3.10) or _PyInterpreterFrame (3.11+) */
+  __u16 frame_back;
+  __u16 frame_code;
+  __u16 frame_instr;
+  __u16 frame_owner;    /* u8; NONE before 3.12 */
+  __u16 frame_is_entry; /* u8; 3.11 only */
+  __u16 frame_read_size;
+  /* PyCodeObject */
+  __u16 code_type; /* ob_type */
+  __u16 code_firstlineno;
+  __u16 code_filename;
+  __u16 code_name; /* co_qualname where the version has it, else co_name */
+  __u16 code_linetable;
+  __u16 code_adaptive; /* co_code_adaptive (3.11+), the base of KRAIT_INSTR_POINTER */
+  __u16 code_read_size;
+  __u8 instr_kind;
+  __u8 frame_owner_shim; /* owner value of the eval loop's C-stack shim frames, or KRAIT_OWNER_NONE
+                          */
+  __u8 code_tag_mask;    /* low bits of frame_code that are tags, not address (3.14 _PyStackRef) */
+  __u8 skip_non_code;    /* 1: a frame whose code is not a code object is a shim, not an error */
+  __u16 _pad0[2];
+};
+
+struct krait_proc_info {
+  __u32 mode;
+  __u32 generation;       /* changes on every attach, so stale thread cache entries miss */
+  __u64 recheck_after_ns; /* KRAIT_PROC_IGNORE: ktime before which the pid is not reported again */
+  __u64 interp_head_addr; /* address of the pointer to the first PyInterpreterState */
+  __u64 code_type_addr;   /* &PyCode_Type in the process */
+  struct krait_py_layout layout;
+};
+
+/* ---- per-thread cache: the `threads` map (tid -> krait_thread_entry) ---- */
+
+struct krait_thread_entry {
+  __u64 tstate;     /* 0: the thread had no thread state when last looked up */
+  __u64 list_head;  /* first interpreter's thread list head when tstate was 0 */
+  __u32 generation; /* krait_proc_info.generation of the lookup */
+  __u32 _pad0;
+};
+
+/* ---- counters: the `counters` per-CPU array, one __u64 per index ------- */
+
+#define KRAIT_CNT_RUNS 0            /* sampler invocations */
+#define KRAIT_CNT_SAMPLES 1         /* sample records sent */
+#define KRAIT_CNT_RINGBUF_FULL 2    /* sample records lost: ring buffer full */
+#define KRAIT_CNT_EVENTS_LOST 3     /* exec/exit/unknown records lost: ring buffer full */
+#define KRAIT_CNT_THREAD_WALKS 4    /* thread lists walked (cache misses) */
+#define KRAIT_CNT_SCRATCH_MISSING 5 /* per-CPU scratch lookup failed (never expected) */
+#define KRAIT_CNT_COUNT 6
+
+/* ---- code object identity ---------------------------------------------- */
+
+/* Code objects die and their addresses are reused, so a frame names its code
+ * object by address plus this token over fields that differ between code
+ * objects: file, name and line table objects and the first line. User space
+ * recomputes it when it reads the code object and refuses a mismatch. */
+static inline __u32 krait_code_token(__u64 filename, __u64 name, __u64 linetable,
+                                     __u32 firstlineno) {
+  __u64 h = 0xcbf29ce484222325ULL;
+  h = (h ^ filename) * 0x100000001b3ULL;
+  h = (h ^ (h >> 29) ^ name) * 0x9e3779b97f4a7c15ULL;
+  h = (h ^ (h >> 31) ^ linetable) * 0x100000001b3ULL;
+  h = (h ^ (h >> 27) ^ firstlineno) * 0x9e3779b97f4a7c15ULL;
+  return (__u32)(h >> 32) ^ (__u32)h;
+}
+
+#endif /* KRAIT_ABI_H */
