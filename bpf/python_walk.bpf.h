@@ -1,0 +1,253 @@
+/* SPDX-License-Identifier: BSD-2-Clause OR GPL-2.0-only */
+/*
+ * Finding the sampled thread's PyThreadState and walking its Python frames,
+ * version-independently: everything version-specific comes from the
+ * krait_py_layout user space wrote for the process.
+ *
+ * Cost model (DESIGN.md): a bpf_probe_read_user costs ~70 ns whatever its
+ * size up to a few hundred bytes, so every struct is read once, as one block
+ * covering all the fields needed, into per-CPU scratch.
+ */
+#ifndef KRAIT_PYTHON_WALK_BPF_H
+#define KRAIT_PYTHON_WALK_BPF_H
+
+#include "krait/abi.h"
+
+/* Per-CPU working memory: too large for the 512-byte BPF stack. Each block
+ * has 8 bytes of slack past its cap so a load at any masked offset stays
+ * inside it. */
+struct krait_scratch {
+  struct krait_sample sample;
+  __u8 tstate[KRAIT_TSTATE_READ_CAP + 8];
+  __u8 frame[KRAIT_FRAME_READ_CAP + 8];
+  __u8 code[KRAIT_CODE_READ_CAP + 8];
+};
+
+/* Loads at an offset the layout gave. User space checks every offset against
+ * the read size before it writes a layout, so the mask never changes a real
+ * offset; it is there because a branch per load multiplies the states the
+ * verifier has to explore. Caps are powers of two. */
+#define KRAIT_LOAD(type, block, cap, off) (*(const type*)((block) + ((off) & ((cap)-1))))
+
+static __always_inline int krait_read_block(__u8* dst, __u32 cap, __u32 size, __u64 addr) {
+  if (size > cap)
+    size = cap;
+  return bpf_probe_read_user(dst, size, (const void*)addr);
+}
+
+static __always_inline int krait_read_ptr(__u64 addr, __u64* out) {
+  return bpf_probe_read_user(out, sizeof(*out), (const void*)addr);
+}
+
+/* ---- thread state lookup ------------------------------------------------ */
+
+/* One walk over every interpreter's thread list, as a single bpf_loop: the
+ * step moves on to the next interpreter when a list ends. */
+struct krait_thread_walk {
+  struct krait_scratch* s;
+  const struct krait_py_layout* layout;
+  __u64 fsbase;
+  __u64 interp; /* interpreter whose list is being walked */
+  __u64 cursor; /* PyThreadState being looked at, 0 at the end of a list */
+  __u64 found;
+  __u32 interps_left;
+  __u32 done; /* 1: searched every list, 2: read fault */
+};
+
+static long krait_thread_step(__u32 index, void* arg) {
+  struct krait_thread_walk* w = arg;
+  const struct krait_py_layout* l = w->layout;
+
+  if (w->cursor == 0) {
+    /* Subinterpreters: the thread may be registered in another one. */
+    if (w->interps_left == 0 || krait_read_ptr(w->interp + l->interp_next, &w->interp) ||
+        w->interp == 0) {
+      w->done = 1;
+      return 1;
+    }
+    w->interps_left -= 1;
+    if (krait_read_ptr(w->interp + l->interp_tstate_head, &w->cursor)) {
+      w->done = 2;
+      return 1;
+    }
+    return 0;
+  }
+  if (krait_read_block(w->s->tstate, KRAIT_TSTATE_READ_CAP, l->tstate_read_size, w->cursor)) {
+    w->done = 2;
+    return 1;
+  }
+  if (KRAIT_LOAD(__u64, w->s->tstate, KRAIT_TSTATE_READ_CAP, l->tstate_thread_id) == w->fsbase) {
+    w->found = w->cursor;
+    return 1;
+  }
+  w->cursor = KRAIT_LOAD(__u64, w->s->tstate, KRAIT_TSTATE_READ_CAP, l->tstate_next);
+  return 0;
+}
+
+/* Returns a KRAIT_PY_* status. On KRAIT_PY_OK, *tstate is the thread's state
+ * and s->tstate holds its first tstate_read_size bytes. */
+static __always_inline __u32 krait_find_tstate(struct krait_scratch* s,
+                                               const struct krait_proc_info* proc, __u32 tid,
+                                               __u64 fsbase, __u32 walk_limit, __u64* tstate,
+                                               __u16* flags) {
+  const struct krait_py_layout* l = &proc->layout;
+  struct krait_thread_entry* cached = bpf_map_lookup_elem(&threads, &tid);
+  __u64 interp = 0, first_head = 0;
+
+  if (cached && cached->generation == proc->generation && cached->tstate) {
+    /* Validated on every use: the thread may have dropped its state and
+     * the memory may hold another thread's by now. */
+    if (krait_read_block(s->tstate, KRAIT_TSTATE_READ_CAP, l->tstate_read_size, cached->tstate) ==
+            0 &&
+        KRAIT_LOAD(__u64, s->tstate, KRAIT_TSTATE_READ_CAP, l->tstate_thread_id) == fsbase) {
+      *tstate = cached->tstate;
+      *flags |= KRAIT_PYF_TSTATE_CACHED;
+      return KRAIT_PY_OK;
+    }
+  }
+
+  if (krait_read_ptr(proc->interp_head_addr, &interp))
+    return KRAIT_PY_READ_FAULT_STATE;
+  if (interp == 0)
+    return KRAIT_PY_NO_INTERPRETER;
+  if (krait_read_ptr(interp + l->interp_tstate_head, &first_head))
+    return KRAIT_PY_READ_FAULT_STATE;
+
+  /* A thread without a state (a native worker thread) stays without one
+   * until some thread registers, which pushes a new list head: only then
+   * is a new walk worth its cost. */
+  if (cached && cached->generation == proc->generation && cached->tstate == 0 &&
+      cached->list_head == first_head)
+    return KRAIT_PY_NO_THREAD_STATE;
+
+  krait_count(KRAIT_CNT_THREAD_WALKS);
+  struct krait_thread_walk w = {.s = s,
+                                .layout = l,
+                                .fsbase = fsbase,
+                                .interp = interp,
+                                .cursor = first_head,
+                                .interps_left = KRAIT_MAX_INTERPRETERS - 1};
+  bpf_loop(walk_limit, krait_thread_step, &w, 0);
+  if (w.done == 2)
+    return KRAIT_PY_READ_FAULT_STATE;
+  if (!w.found && w.done == 0)
+    return KRAIT_PY_THREAD_WALK_LIMIT;
+
+  struct krait_thread_entry entry = {
+      .tstate = w.found, .list_head = first_head, .generation = proc->generation};
+  bpf_map_update_elem(&threads, &tid, &entry, BPF_ANY);
+  if (!w.found)
+    return KRAIT_PY_NO_THREAD_STATE;
+  /* The step left the found thread's block in s->tstate. */
+  *tstate = w.found;
+  return KRAIT_PY_OK;
+}
+
+/* ---- frame walk --------------------------------------------------------- */
+
+/* The depth limit is the bpf_loop count, so the step never compares the
+ * frame count with a constant: a count the verifier must track exactly
+ * would make it verify every iteration separately. */
+struct krait_frame_walk {
+  struct krait_scratch* s;
+  const struct krait_proc_info* proc;
+  __u64 frame; /* next frame to visit, 0 at the end of the chain */
+  __u32 n;     /* frames emitted */
+  __u32 status;
+};
+
+#define KRAIT_FRAME_SLOT(n) ((n) & (KRAIT_PY_FRAMES_CAP - 1))
+
+/* The eval loop's C-stack shim sits just below (older than) the first frame
+ * that C call runs, so the frame emitted last is an entry frame. With no
+ * frame emitted yet this marks an unused slot, which is harmless. */
+static __always_inline void krait_mark_entry(struct krait_frame_walk* w) {
+  w->s->sample.frames[KRAIT_FRAME_SLOT(w->n - 1)].instr |= KRAIT_FRAME_ENTRY;
+}
+
+static long krait_frame_step(__u32 index, void* arg) {
+  struct krait_frame_walk* w = arg;
+  struct krait_scratch* s = w->s;
+  const struct krait_py_layout* l = &w->proc->layout;
+
+  if (w->frame == 0)
+    return 1;
+  if (krait_read_block(s->frame, KRAIT_FRAME_READ_CAP, l->frame_read_size, w->frame)) {
+    w->status = KRAIT_PY_READ_FAULT_FRAME;
+    return 1;
+  }
+  __u64 back = KRAIT_LOAD(__u64, s->frame, KRAIT_FRAME_READ_CAP, l->frame_back);
+  __u64 code =
+      KRAIT_LOAD(__u64, s->frame, KRAIT_FRAME_READ_CAP, l->frame_code) & ~(__u64)l->code_tag_mask;
+  if (l->frame_owner_shim != KRAIT_OWNER_NONE &&
+      KRAIT_LOAD(__u8, s->frame, KRAIT_FRAME_READ_CAP, l->frame_owner) == l->frame_owner_shim) {
+    krait_mark_entry(w);
+    w->frame = back;
+    return 0;
+  }
+  __u64 instr_raw = KRAIT_LOAD(__u64, s->frame, KRAIT_FRAME_READ_CAP, l->frame_instr);
+  __u32 entry = l->frame_is_entry != KRAIT_OFFSET_NONE &&
+                        KRAIT_LOAD(__u8, s->frame, KRAIT_FRAME_READ_CAP, l->frame_is_entry)
+                    ? KRAIT_FRAME_ENTRY
+                    : 0;
+
+  if (krait_read_block(s->code, KRAIT_CODE_READ_CAP, l->code_read_size, code)) {
+    w->status = KRAIT_PY_READ_FAULT_CODE;
+    return 1;
+  }
+  if (KRAIT_LOAD(__u64, s->code, KRAIT_CODE_READ_CAP, l->code_type) != w->proc->code_type_addr) {
+    if (!l->skip_non_code) {
+      w->status = KRAIT_PY_BAD_CODE_OBJECT;
+      return 1;
+    }
+    /* 3.13+: the shim's executable is None, not a code object. */
+    krait_mark_entry(w);
+    w->frame = back;
+    return 0;
+  }
+
+  __u32 instr;
+  if (l->instr_kind == KRAIT_INSTR_LASTI) {
+    __s32 lasti = (__s32)instr_raw;
+    instr = lasti < 0 ? 0 : (__u32)lasti;
+  } else {
+    __u64 base = code + l->code_adaptive;
+    instr = instr_raw > base ? (__u32)(instr_raw - base) : 0;
+  }
+
+  struct krait_py_frame* f = &s->sample.frames[KRAIT_FRAME_SLOT(w->n)];
+  f->code = code;
+  f->token = krait_code_token(KRAIT_LOAD(__u64, s->code, KRAIT_CODE_READ_CAP, l->code_filename),
+                              KRAIT_LOAD(__u64, s->code, KRAIT_CODE_READ_CAP, l->code_name),
+                              KRAIT_LOAD(__u64, s->code, KRAIT_CODE_READ_CAP, l->code_linetable),
+                              KRAIT_LOAD(__u32, s->code, KRAIT_CODE_READ_CAP, l->code_firstlineno));
+  f->instr = (instr & KRAIT_FRAME_INSTR_MASK) | entry;
+  w->n += 1;
+  w->frame = back;
+  return 0;
+}
+
+/* Walks from the thread's current frame towards the root, at most max_depth
+ * frames (shim frames included). Fills s->sample.frames, py_nframes,
+ * py_status and py_flags. */
+static __always_inline void krait_walk_frames(struct krait_scratch* s,
+                                              const struct krait_proc_info* proc, __u32 max_depth) {
+  const struct krait_py_layout* l = &proc->layout;
+  __u64 frame = KRAIT_LOAD(__u64, s->tstate, KRAIT_TSTATE_READ_CAP, l->tstate_frame);
+
+  if (frame && l->cframe_frame != KRAIT_OFFSET_NONE) {
+    __u64 cframe = frame;
+    if (krait_read_ptr(cframe + l->cframe_frame, &frame)) {
+      s->sample.py_status = KRAIT_PY_READ_FAULT_FRAME;
+      return;
+    }
+  }
+  struct krait_frame_walk w = {.s = s, .proc = proc, .frame = frame, .status = KRAIT_PY_OK};
+  bpf_loop(max_depth, krait_frame_step, &w, 0);
+  if (w.frame != 0 && w.status == KRAIT_PY_OK)
+    s->sample.py_flags |= KRAIT_PYF_TRUNCATED;
+  s->sample.py_nframes = w.n;
+  s->sample.py_status = w.status;
+}
+
+#endif /* KRAIT_PYTHON_WALK_BPF_H */

@@ -1,0 +1,202 @@
+/* SPDX-License-Identifier: BSD-2-Clause OR GPL-2.0-only */
+/*
+ * krait's kernel side: one perf_event program run on every CPU at the
+ * sampling frequency, plus exec/exit BTF tracepoints (no tracefs needed) that keep the per-process
+ * state honest. The ABI with user space is include/krait/abi.h.
+ *
+ * Per sample: pid -> krait_proc_info (written by user space) -> the thread's
+ * PyThreadState (cached per tid, validated each time) -> frames, leaf first
+ * -> one record into the `events` ring buffer. A pid user space has not
+ * classified yet is reported once (rate-limited) so user space can attach.
+ */
+#include "vmlinux.h"
+
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+#include "krait/abi.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Set by user space before load (rodata: the verifier prunes on them). */
+const volatile __u32 cfg_max_depth = KRAIT_PY_DEPTH_DEFAULT;
+const volatile __u32 cfg_thread_walk_limit = KRAIT_THREAD_WALK_DEFAULT;
+const volatile __u64 cfg_unknown_recheck_ns = 1000000000ULL;
+const volatile __u32 cfg_self_pid = 0;
+/* --pid mode: processes user space did not list are not reported. */
+const volatile __u8 cfg_listed_only = 0;
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, 32768);
+  __type(key, __u32);
+  __type(value, struct krait_proc_info);
+} procs SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_LRU_HASH);
+  __uint(max_entries, 65536);
+  __type(key, __u32);
+  __type(value, struct krait_thread_entry);
+} threads SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_RINGBUF);
+  __uint(max_entries, 8 << 20);
+} events SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+  __uint(max_entries, KRAIT_CNT_COUNT);
+  __type(key, __u32);
+  __type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline void krait_count(__u32 index) {
+  __u64* v = bpf_map_lookup_elem(&counters, &index);
+  if (v)
+    *v += 1;
+}
+
+#include "python_walk.bpf.h"
+
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+  __uint(max_entries, 1);
+  __type(key, __u32);
+  __type(value, struct krait_scratch);
+} scratch SEC(".maps");
+
+static __always_inline void krait_fill_header(struct krait_event_header* h, __u32 type,
+                                              __u64 pid_tgid) {
+  h->type = type;
+  h->pid = pid_tgid >> 32;
+  h->tid = (__u32)pid_tgid;
+  h->cpu = bpf_get_smp_processor_id();
+  h->ktime_ns = bpf_ktime_get_ns();
+}
+
+static __always_inline void krait_emit_small(__u32 type, __u64 pid_tgid) {
+  struct krait_exec_event* e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+  if (!e) {
+    krait_count(KRAIT_CNT_EVENTS_LOST);
+    return;
+  }
+  krait_fill_header(&e->hdr, type, pid_tgid);
+  bpf_get_current_comm(e->comm, sizeof(e->comm));
+  bpf_ringbuf_submit(e, 0);
+}
+
+/* Returns the process's info if its samples should be recorded. */
+static __always_inline struct krait_proc_info* krait_classify(__u32 pid, __u64 pid_tgid) {
+  struct krait_proc_info* proc = bpf_map_lookup_elem(&procs, &pid);
+  __u64 now;
+
+  if (proc && proc->mode != KRAIT_PROC_IGNORE)
+    return proc;
+  if (cfg_listed_only)
+    return 0;
+  now = bpf_ktime_get_ns();
+  if (!proc) {
+    struct krait_proc_info pending = {.mode = KRAIT_PROC_IGNORE,
+                                      .recheck_after_ns = now + cfg_unknown_recheck_ns};
+    /* NOEXIST: user space may have attached it meanwhile. */
+    if (bpf_map_update_elem(&procs, &pid, &pending, BPF_NOEXIST) == 0)
+      krait_emit_small(KRAIT_EVENT_PROC_UNKNOWN, pid_tgid);
+    return 0;
+  }
+  if (now >= proc->recheck_after_ns) {
+    /* Two CPUs may both pass: a duplicate report is harmless. */
+    proc->recheck_after_ns = now + cfg_unknown_recheck_ns;
+    krait_emit_small(KRAIT_EVENT_PROC_UNKNOWN, pid_tgid);
+  }
+  return 0;
+}
+
+SEC("perf_event")
+int krait_sample(struct bpf_perf_event_data* ctx) {
+  __u64 pid_tgid = bpf_get_current_pid_tgid();
+  __u32 pid = pid_tgid >> 32;
+  __u32 tid = (__u32)pid_tgid;
+  __u32 zero = 0;
+
+  krait_count(KRAIT_CNT_RUNS);
+  if (pid == 0 || pid == cfg_self_pid)
+    return 0;
+
+  struct krait_proc_info* proc = krait_classify(pid, pid_tgid);
+  if (!proc)
+    return 0;
+
+  struct krait_scratch* s = bpf_map_lookup_elem(&scratch, &zero);
+  if (!s) {
+    krait_count(KRAIT_CNT_SCRATCH_MISSING);
+    return 0;
+  }
+  struct krait_sample* sample = &s->sample;
+  krait_fill_header(&sample->hdr, KRAIT_EVENT_SAMPLE, pid_tgid);
+  sample->proc_generation = proc->generation;
+  sample->py_status = KRAIT_PY_OK;
+  sample->py_flags = 0;
+  sample->py_nframes = 0;
+  sample->tstate = 0;
+  bpf_get_current_comm(sample->comm, sizeof(sample->comm));
+
+  if (proc->mode == KRAIT_PROC_REFUSED) {
+    sample->py_status = KRAIT_PY_PROC_REFUSED;
+  } else {
+    struct task_struct* task = bpf_get_current_task_btf();
+    __u64 fsbase = BPF_CORE_READ(task, thread.fsbase);
+    __u64 tstate = 0;
+    __u16 flags = 0;
+    __u32 status = krait_find_tstate(s, proc, tid, fsbase, cfg_thread_walk_limit, &tstate, &flags);
+    sample->py_flags = flags;
+    sample->py_status = status;
+    if (status == KRAIT_PY_OK) {
+      sample->tstate = tstate;
+      krait_walk_frames(s, proc, cfg_max_depth);
+    }
+  }
+
+  __u32 n = sample->py_nframes;
+  if (n > KRAIT_PY_FRAMES_CAP)
+    n = KRAIT_PY_FRAMES_CAP;
+  if (bpf_ringbuf_output(&events, sample, KRAIT_SAMPLE_SIZE(n), 0)) {
+    krait_count(KRAIT_CNT_RINGBUF_FULL);
+    return 0;
+  }
+  krait_count(KRAIT_CNT_SAMPLES);
+  return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int krait_exec(__u64* ctx) {
+  __u64 pid_tgid = bpf_get_current_pid_tgid();
+  __u32 pid = pid_tgid >> 32;
+  struct krait_proc_info* proc = bpf_map_lookup_elem(&procs, &pid);
+
+  if (cfg_listed_only && !proc)
+    return 0;
+  /* The old image's layout is meaningless for the new one. */
+  bpf_map_delete_elem(&procs, &pid);
+  krait_emit_small(KRAIT_EVENT_EXEC, pid_tgid);
+  return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int krait_exit(__u64* ctx) {
+  __u64 pid_tgid = bpf_get_current_pid_tgid();
+  __u32 pid = pid_tgid >> 32;
+  __u32 tid = (__u32)pid_tgid;
+  struct task_struct* task = bpf_get_current_task_btf();
+
+  bpf_map_delete_elem(&threads, &tid);
+  /* do_exit() drops signal->live before this tracepoint: 0 means this was
+   * the process's last thread. */
+  if (BPF_CORE_READ(task, signal, live.counter) != 0)
+    return 0;
+  if (bpf_map_delete_elem(&procs, &pid) == 0)
+    krait_emit_small(KRAIT_EVENT_EXIT, pid_tgid);
+  return 0;
+}

@@ -1,0 +1,17 @@
+// The ABI header is plain C shared with the BPF program; these assertions
+// pin its layout so a field added in the wrong place fails the build rather
+// than silently shifting what the kernel writes.
+#include <cstddef>
+
+#include "krait/abi.h"
+
+static_assert(sizeof(krait_event_header) == 24);
+static_assert(sizeof(krait_py_frame) == 16);
+static_assert(offsetof(krait_sample, frames) == 64);
+static_assert(sizeof(krait_sample) == 64 + 16 * KRAIT_PY_FRAMES_CAP);
+static_assert(KRAIT_SAMPLE_SIZE(0) == 64);
+static_assert(sizeof(krait_exec_event) == 40);
+static_assert(sizeof(krait_py_layout) == 48);
+static_assert(sizeof(krait_proc_info) == 80);
+static_assert(sizeof(krait_thread_entry) == 24);
+static_assert(KRAIT_PY_STATUS_COUNT == 9);

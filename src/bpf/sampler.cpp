@@ -1,0 +1,246 @@
+#include "bpf/sampler.h"
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <linux/perf_event.h>
+#include <spdlog/spdlog.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdarg>
+#include <cstring>
+
+#include "sampler.skel.h"
+#include "util/files.h"
+#include "util/unique_fd.h"
+
+namespace krait::bpf {
+namespace {
+
+std::string errno_text(int err) {
+  return std::strerror(err < 0 ? -err : err);
+}
+
+// "0-3,5,7-8" -> {0,1,2,3,5,7,8}
+std::vector<int> parse_cpu_list(std::string_view text) {
+  std::vector<int> cpus;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t end = text.find(',', pos);
+    if (end == std::string_view::npos)
+      end = text.size();
+    std::string part(text.substr(pos, end - pos));
+    int lo = 0, hi = 0;
+    if (std::sscanf(part.c_str(), "%d-%d", &lo, &hi) == 2) {
+      for (int c = lo; c <= hi; ++c)
+        cpus.push_back(c);
+    } else if (std::sscanf(part.c_str(), "%d", &lo) == 1) {
+      cpus.push_back(lo);
+    }
+    pos = end + 1;
+  }
+  return cpus;
+}
+
+Result<std::vector<int>> online_cpus() {
+  auto text = read_file("/sys/devices/system/cpu/online");
+  if (!text)
+    return text.error();
+  auto cpus = parse_cpu_list(*text);
+  if (cpus.empty())
+    return make_error("no online CPUs listed in /sys/devices/system/cpu/online");
+  return cpus;
+}
+
+int perf_event_open(perf_event_attr* attr, int cpu) {
+  return static_cast<int>(::syscall(__NR_perf_event_open, attr, -1, cpu, -1, PERF_FLAG_FD_CLOEXEC));
+}
+
+perf_event_attr make_attr(EventSource source, uint32_t hz) {
+  perf_event_attr attr{};
+  attr.size = sizeof(attr);
+  if (source == EventSource::kCycles) {
+    attr.type = PERF_TYPE_HARDWARE;
+    attr.config = PERF_COUNT_HW_CPU_CYCLES;
+    attr.freq = 1;
+    attr.sample_freq = hz;
+  } else {
+    // The clock counts nanoseconds, so a fixed period is an exact rate.
+    attr.type = PERF_TYPE_SOFTWARE;
+    attr.config = PERF_COUNT_SW_CPU_CLOCK;
+    attr.sample_period = 1'000'000'000ull / hz;
+  }
+  return attr;
+}
+
+int libbpf_print(enum libbpf_print_level level, const char* format, va_list args) {
+  char buf[1024];
+  int n = std::vsnprintf(buf, sizeof buf, format, args);
+  std::string_view line(buf, n > 0 ? std::min<size_t>(static_cast<size_t>(n), sizeof buf - 1) : 0);
+  while (!line.empty() && line.back() == '\n')
+    line.remove_suffix(1);
+  if (level == LIBBPF_WARN)
+    spdlog::warn("libbpf: {}", line);
+  else
+    spdlog::debug("libbpf: {}", line);
+  return 0;
+}
+
+}  // namespace
+
+void install_libbpf_logging() {
+  libbpf_set_print(libbpf_print);
+}
+
+void Sampler::LinkDeleter::operator()(bpf_link* link) const {
+  bpf_link__destroy(link);
+}
+
+Result<std::unique_ptr<Sampler>> Sampler::open_and_load(const SamplerConfig& config) {
+  if (config.frequency_hz == 0 || config.frequency_hz > 100000)
+    return make_error("sampling frequency {} Hz is out of range (1-100000)", config.frequency_hz);
+  if (config.max_depth == 0 || config.max_depth > KRAIT_PY_FRAMES_CAP)
+    return make_error("stack depth limit {} is out of range (1-{})", config.max_depth,
+                      KRAIT_PY_FRAMES_CAP);
+
+  sampler_bpf* skel = sampler_bpf__open();
+  if (!skel)
+    return make_error("cannot open the BPF object: {}", errno_text(errno));
+  std::unique_ptr<Sampler> sampler(new Sampler(skel, config));  // private constructor
+
+  skel->rodata->cfg_max_depth = config.max_depth;
+  skel->rodata->cfg_thread_walk_limit = config.thread_walk_limit;
+  skel->rodata->cfg_unknown_recheck_ns = config.unknown_recheck_ns;
+  skel->rodata->cfg_self_pid = static_cast<__u32>(::getpid());
+  skel->rodata->cfg_listed_only = config.listed_only ? 1 : 0;
+  if (int err = bpf_map__set_max_entries(skel->maps.events, config.ring_buffer_bytes))
+    return make_error("ring buffer size {}: {}", config.ring_buffer_bytes, errno_text(err));
+
+  if (int err = sampler_bpf__load(skel)) {
+    if (err == -EPERM || err == -EACCES)
+      return make_error(
+          "loading the BPF sampler was refused ({}): krait needs CAP_BPF and CAP_PERFMON (or "
+          "root); run it with sudo",
+          errno_text(err));
+    return make_error("loading the BPF sampler failed: {} (run with -v for the verifier log)",
+                      errno_text(err));
+  }
+  return sampler;
+}
+
+Sampler::~Sampler() {
+  perf_links_.clear();
+  tracepoint_links_.clear();
+  sampler_bpf__destroy(skel_);
+}
+
+Result<void> Sampler::start() {
+  struct {
+    bpf_program* prog;
+    const char* name;
+  } tracepoints[] = {{skel_->progs.krait_exec, "sched_process_exec"},
+                     {skel_->progs.krait_exit, "sched_process_exit"}};
+  for (const auto& tp : tracepoints) {
+    bpf_link* link = bpf_program__attach(tp.prog);
+    if (!link)
+      return make_error("cannot attach the {} tracepoint: {}", tp.name, errno_text(errno));
+    tracepoint_links_.emplace_back(link);
+  }
+  return attach_perf_events();
+}
+
+Result<void> Sampler::attach_perf_events() {
+  auto cpus = online_cpus();
+  if (!cpus)
+    return cpus.error();
+
+  EventSource source = config_.source;
+  if (source == EventSource::kAuto || source == EventSource::kCycles) {
+    perf_event_attr attr = make_attr(EventSource::kCycles, config_.frequency_hz);
+    UniqueFd probe(perf_event_open(&attr, cpus->front()));
+    if (probe.valid()) {
+      source = EventSource::kCycles;
+    } else if (source == EventSource::kCycles) {
+      return make_error("the cycles event is not available here ({}); use --event cpu-clock",
+                        errno_text(errno));
+    } else {
+      // VMs and some containers have no hardware PMU.
+      spdlog::debug("cycles event unavailable ({}), sampling on cpu-clock", errno_text(errno));
+      source = EventSource::kCpuClock;
+    }
+  }
+  source_ = source;
+
+  for (int cpu : *cpus) {
+    perf_event_attr attr = make_attr(source, config_.frequency_hz);
+    UniqueFd fd(perf_event_open(&attr, cpu));
+    if (!fd.valid()) {
+      int err = errno;
+      if (err == ENODEV)
+        continue;  // went offline since we listed it
+      if (err == EACCES || err == EPERM)
+        return make_error(
+            "perf_event_open on CPU {} was refused: krait needs CAP_PERFMON (or root); run it "
+            "with sudo",
+            cpu);
+      return make_error("perf_event_open on CPU {}: {}", cpu, errno_text(err));
+    }
+    bpf_link* link = bpf_program__attach_perf_event(skel_->progs.krait_sample, fd.get());
+    if (!link)
+      return make_error("attaching the sampler to CPU {}: {}", cpu, errno_text(errno));
+    fd.release();  // the link owns the perf event fd now
+    perf_links_.emplace_back(link);
+  }
+  if (perf_links_.empty())
+    return make_error("no CPU accepted a perf event");
+  return {};
+}
+
+void Sampler::stop() {
+  perf_links_.clear();
+}
+
+Result<void> Sampler::set_process(uint32_t pid, const krait_proc_info& info) {
+  if (bpf_map__update_elem(skel_->maps.procs, &pid, sizeof pid, &info, sizeof info, BPF_ANY))
+    return make_error("updating the process map for pid {}: {}", pid, errno_text(errno));
+  return {};
+}
+
+void Sampler::remove_process(uint32_t pid) {
+  bpf_map__delete_elem(skel_->maps.procs, &pid, sizeof pid, 0);
+}
+
+Counters Sampler::counters() const {
+  Counters total{};
+  int ncpu = libbpf_num_possible_cpus();
+  if (ncpu <= 0)
+    return total;
+  std::vector<uint64_t> values(static_cast<size_t>(ncpu));
+  for (uint32_t i = 0; i < KRAIT_CNT_COUNT; ++i) {
+    if (bpf_map__lookup_elem(skel_->maps.counters, &i, sizeof i, values.data(),
+                             values.size() * sizeof(uint64_t), 0))
+      continue;
+    for (uint64_t v : values)
+      total[i] += v;
+  }
+  return total;
+}
+
+int Sampler::events_fd() const {
+  return bpf_map__fd(skel_->maps.events);
+}
+
+const char* Sampler::source_name() const {
+  return source_ == EventSource::kCycles ? "cycles" : "cpu-clock";
+}
+
+uint32_t Sampler::sample_prog_id() const {
+  bpf_prog_info info{};
+  uint32_t len = sizeof info;
+  if (bpf_obj_get_info_by_fd(bpf_program__fd(skel_->progs.krait_sample), &info, &len))
+    return 0;
+  return info.id;
+}
+
+}  // namespace krait::bpf

@@ -1,0 +1,81 @@
+// The loaded BPF sampler: skeleton, perf events on every CPU, tracepoints.
+//
+// Ownership: a Sampler owns the BPF object, every link and perf event fd;
+// destroying it detaches everything. Lifecycle: open_and_load() -> attach
+// tracepoints and perf events with start() -> stop() (idempotent) ->
+// destroy. Map updates (set_process/remove_process) are safe from any one
+// thread at a time; the kernel side reads the maps concurrently.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "krait/abi.h"
+#include "util/result.h"
+
+struct sampler_bpf;
+struct bpf_link;
+
+namespace krait::bpf {
+
+enum class EventSource : uint8_t { kAuto, kCycles, kCpuClock };
+
+struct SamplerConfig {
+  uint32_t frequency_hz = 99;
+  uint32_t max_depth = KRAIT_PY_DEPTH_DEFAULT;
+  uint32_t thread_walk_limit = KRAIT_THREAD_WALK_DEFAULT;
+  uint64_t unknown_recheck_ns = 1'000'000'000;
+  uint32_t ring_buffer_bytes = 8u << 20;
+  bool listed_only = false;  // --pid mode
+  EventSource source = EventSource::kAuto;
+};
+
+using Counters = std::array<uint64_t, KRAIT_CNT_COUNT>;
+
+class Sampler {
+ public:
+  static Result<std::unique_ptr<Sampler>> open_and_load(const SamplerConfig& config);
+  ~Sampler();
+  Sampler(const Sampler&) = delete;
+  Sampler& operator=(const Sampler&) = delete;
+
+  // Attaches exec/exit tracepoints and one perf event per online CPU.
+  Result<void> start();
+  // Detaches the perf events (no new samples); tracepoints stay until
+  // destruction so exits during the final drain are still seen.
+  void stop();
+
+  Result<void> set_process(uint32_t pid, const krait_proc_info& info);
+  void remove_process(uint32_t pid);
+
+  Counters counters() const;  // summed over CPUs
+  int events_fd() const;
+  EventSource source() const { return source_; }  // the event actually used (after start)
+  const char* source_name() const;
+  uint32_t cpus() const { return static_cast<uint32_t>(perf_links_.size()); }
+  // BPF program id of the sampler, for kernel.bpf_stats_enabled run-time stats.
+  uint32_t sample_prog_id() const;
+
+ private:
+  struct LinkDeleter {
+    void operator()(bpf_link* link) const;
+  };
+  using Link = std::unique_ptr<bpf_link, LinkDeleter>;
+
+  Sampler(sampler_bpf* skel, const SamplerConfig& config) : skel_(skel), config_(config) {}
+  Result<void> attach_perf_events();
+
+  sampler_bpf* skel_;
+  SamplerConfig config_;
+  EventSource source_ = EventSource::kAuto;
+  std::vector<Link> tracepoint_links_;
+  std::vector<Link> perf_links_;
+};
+
+// Routes libbpf's own messages into spdlog (debug level unless warnings).
+void install_libbpf_logging();
+
+}  // namespace krait::bpf
