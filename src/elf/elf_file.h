@@ -1,0 +1,132 @@
+// Read-only view of one x86_64 ELF64 executable or shared object on disk.
+//
+// ElfFile answers the questions the profiler asks of a mapped binary: symbols
+// (_PyRuntime, Py_Version, ...), sections (.PyRuntime, .rodata), PT_LOAD
+// segments (to turn a file address into a process address, see
+// proc/maps.h), the GNU build-id, DT_NEEDED / DT_SONAME, .gnu_debuglink, raw
+// bytes at a file virtual address, and the function containing an address.
+//
+// Inputs are untrusted: any file a process maps, possibly truncated or
+// garbage. Every malformed input yields an Error (from open() or from the
+// accessor) or an empty answer; no input crashes, hangs or makes the object
+// allocate more than a small multiple of the file's size. FIFOs, devices and
+// directories are refused before anything is read.
+//
+// Ownership: an ElfFile owns its file descriptor and libelf handle and keeps
+// the file open for its whole life (so data is read lazily, and a deleted
+// file opened through /proc/PID/map_files stays readable). Move-only; a
+// moved-from ElfFile may only be destroyed or assigned to.
+//
+// Threading: all const member functions may be called concurrently from any
+// number of threads on one ElfFile (the symbol and function indexes are built
+// once, under std::call_once; libelf is only touched under an internal
+// mutex). Headers, segments, sections, build-id, DT_NEEDED, DT_SONAME and
+// the debuglink are read eagerly by open(); the symbol indexes on the first
+// find_symbol() / function_at() call.
+//
+// Addresses are the file's own virtual addresses (st_value, p_vaddr,
+// sh_addr), never process addresses.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "util/result.h"
+
+namespace krait::elf {
+
+struct Symbol {
+  std::string name;
+  uint64_t value = 0;  // st_value: a virtual address (offset in PT_TLS for STT_TLS)
+  uint64_t size = 0;
+  uint8_t type = 0;  // STT_*
+  uint8_t bind = 0;  // STB_*
+};
+
+struct Section {
+  std::string name;  // "" when the section-name table is missing or broken
+  uint64_t addr = 0;
+  uint64_t offset = 0;
+  uint64_t size = 0;
+  uint32_t type = 0;  // SHT_*
+};
+
+struct LoadSegment {
+  uint64_t vaddr = 0, offset = 0, filesz = 0, memsz = 0, align = 0;
+  uint32_t flags = 0;  // PF_R | PF_W | PF_X
+};
+
+class ElfFile {
+ public:
+  // Opens and validates `path`: a regular, non-empty ELF64 little-endian
+  // x86_64 (EM_X86_64) file of type ET_EXEC or ET_DYN. Errors name the path
+  // and what is wrong (not ELF, 32-bit, other machine, ET_REL/ET_CORE, ...).
+  static Result<ElfFile> open(const std::string& path);
+
+  ElfFile(ElfFile&&) noexcept;
+  ElfFile& operator=(ElfFile&&) noexcept;
+  ElfFile(const ElfFile&) = delete;
+  ElfFile& operator=(const ElfFile&) = delete;
+  ~ElfFile();
+
+  const std::string& path() const;
+  // ET_DYN: a PIE executable or a shared object (loaded at a bias).
+  bool is_dyn() const;
+
+  // The defined symbol named `name` (st_shndx != SHN_UNDEF; section and file
+  // symbols are not indexed). .dynsym is searched first, then .symtab. Among
+  // several definitions in one table, a global one wins over a weak one over
+  // a local one, then the first in table order. O(log n) after the first
+  // call, which indexes both tables.
+  std::optional<Symbol> find_symbol(std::string_view name) const;
+
+  // The first section named `name`.
+  std::optional<Section> find_section(std::string_view name) const;
+
+  // PT_LOAD program headers in file order. Their file ranges are not
+  // checked against the file's size here; read_vaddr() does that.
+  const std::vector<LoadSegment>& load_segments() const;
+
+  // Lowercase hex of the NT_GNU_BUILD_ID note (from PT_NOTE segments, else
+  // SHT_NOTE sections); "" when there is none.
+  const std::string& build_id() const;
+  // DT_NEEDED entries in order (from the SHT_DYNAMIC section, or from
+  // PT_DYNAMIC when the section headers are gone); empty for static files.
+  const std::vector<std::string>& needed() const;
+  // DT_SONAME, or "".
+  const std::string& soname() const;
+  // True when the file has a non-empty SHT_SYMTAB (false once stripped).
+  bool has_symtab() const;
+  // The file name recorded in .gnu_debuglink (not a path), if any.
+  std::optional<std::string> debuglink() const;
+
+  // `len` bytes at file virtual address `vaddr`. The whole range must lie in
+  // the file-backed part (p_filesz) of one PT_LOAD segment and inside the
+  // file; otherwise an Error (e.g. for .bss, or a truncated file).
+  Result<std::vector<uint8_t>> read_vaddr(uint64_t vaddr, size_t len) const;
+
+  // The raw (on-disk, not decompressed) contents of the first section named
+  // `name`. The span stays valid while this ElfFile lives. Error for a
+  // missing section, SHT_NOBITS, or contents outside the file.
+  Result<std::span<const uint8_t>> section_bytes(std::string_view name) const;
+
+  // The function symbol whose [value, value + size) contains `vaddr`, or
+  // nullptr. Functions are the STT_FUNC / STT_GNU_IFUNC symbols with a
+  // non-zero size from .symtab, or from .dynsym when .symtab has none.
+  // Where symbols share an address, a global one is preferred, then the
+  // larger. The pointer stays valid while this ElfFile lives.
+  const Symbol* function_at(uint64_t vaddr) const;
+
+ private:
+  struct State;
+  explicit ElfFile(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace krait::elf
