@@ -24,7 +24,7 @@ const volatile __u32 cfg_max_depth = KRAIT_PY_DEPTH_DEFAULT;
 const volatile __u32 cfg_thread_walk_limit = KRAIT_THREAD_WALK_DEFAULT;
 const volatile __u64 cfg_unknown_recheck_ns = 1000000000ULL;
 const volatile __u32 cfg_self_pid = 0;
-/* --pid mode: processes user space did not list are not reported. */
+/* --pid mode: processes absent from `procs` are not reported. */
 const volatile __u8 cfg_listed_only = 0;
 
 struct {
@@ -95,10 +95,11 @@ static __always_inline struct krait_proc_info* krait_classify(__u32 pid, __u64 p
 
   if (proc && proc->mode != KRAIT_PROC_IGNORE)
     return proc;
-  if (cfg_listed_only)
-    return 0;
   now = bpf_ktime_get_ns();
   if (!proc) {
+    /* --pid mode: only pids user space entered are of interest. */
+    if (cfg_listed_only)
+      return 0;
     struct krait_proc_info pending = {.mode = KRAIT_PROC_IGNORE,
                                       .recheck_after_ns = now + cfg_unknown_recheck_ns};
     /* NOEXIST: user space may have attached it meanwhile. */

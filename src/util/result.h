@@ -15,6 +15,9 @@ namespace krait {
 
 struct Error {
   std::string message;
+
+  // The same error with context in front: "reading /proc/1/maps: ...".
+  Error context(std::string_view what) const { return Error{fmt::format("{}: {}", what, message)}; }
 };
 
 template <typename... Args>

@@ -1,0 +1,72 @@
+#include "events/ring_reader.h"
+
+#include <bpf/libbpf.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace krait::events {
+
+Result<std::unique_ptr<RingReader>> RingReader::create(int events_map_fd, EventHandler& handler) {
+  std::unique_ptr<RingReader> reader(new RingReader(handler));  // private constructor
+  reader->ring_ = ring_buffer__new(events_map_fd, &RingReader::on_record, reader.get(), nullptr);
+  if (!reader->ring_)
+    return make_error("cannot open the sample ring buffer: {}", std::strerror(errno));
+  return reader;
+}
+
+RingReader::~RingReader() {
+  ring_buffer__free(ring_);
+}
+
+int RingReader::epoll_fd() const {
+  return ring_buffer__epoll_fd(ring_);
+}
+
+Result<uint64_t> RingReader::consume() {
+  int n = ring_buffer__consume(ring_);
+  if (n < 0)
+    return make_error("reading the sample ring buffer: {}", std::strerror(-n));
+  return static_cast<uint64_t>(n);
+}
+
+int RingReader::on_record(void* ctx, void* data, size_t size) {
+  return static_cast<RingReader*>(ctx)->dispatch(data, size);
+}
+
+int RingReader::dispatch(const void* data, size_t size) {
+  if (size < sizeof(krait_event_header)) {
+    ++malformed_;
+    return 0;
+  }
+  const auto* header = static_cast<const krait_event_header*>(data);
+  switch (header->type) {
+    case KRAIT_EVENT_SAMPLE: {
+      if (size < KRAIT_SAMPLE_SIZE(0))
+        break;
+      const auto* sample = static_cast<const krait_sample*>(data);
+      const size_t room = (size - KRAIT_SAMPLE_SIZE(0)) / sizeof(krait_py_frame);
+      if (sample->py_nframes > room || sample->py_nframes > KRAIT_PY_FRAMES_CAP)
+        break;
+      handler_.on_sample(SampleView{*sample, {sample->frames, sample->py_nframes}});
+      return 0;
+    }
+    case KRAIT_EVENT_EXEC:
+      if (size < sizeof(krait_exec_event))
+        break;
+      handler_.on_exec(*static_cast<const krait_exec_event*>(data));
+      return 0;
+    case KRAIT_EVENT_EXIT:
+      handler_.on_exit(*header);
+      return 0;
+    case KRAIT_EVENT_PROC_UNKNOWN:
+      handler_.on_unknown_process(*header);
+      return 0;
+    default:
+      break;
+  }
+  ++malformed_;
+  return 0;
+}
+
+}  // namespace krait::events

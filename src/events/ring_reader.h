@@ -1,0 +1,58 @@
+// Reads the sampler's ring buffer and hands each record, checked and typed,
+// to an EventHandler on the calling thread.
+//
+// Records are validated against their size before a handler sees them (a
+// sample's frame count must fit the record); malformed ones are counted,
+// never dispatched. The views passed to handlers point into the ring buffer
+// and are valid only during the call.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+
+#include "krait/abi.h"
+#include "util/result.h"
+
+struct ring_buffer;
+
+namespace krait::events {
+
+struct SampleView {
+  const krait_sample& sample;              // fields up to `frames` are valid
+  std::span<const krait_py_frame> frames;  // leaf first
+};
+
+class EventHandler {
+ public:
+  virtual ~EventHandler() = default;
+  virtual void on_sample(const SampleView& sample) = 0;
+  virtual void on_exec(const krait_exec_event& event) = 0;
+  virtual void on_exit(const krait_event_header& event) = 0;
+  virtual void on_unknown_process(const krait_event_header& event) = 0;
+};
+
+class RingReader {
+ public:
+  static Result<std::unique_ptr<RingReader>> create(int events_map_fd, EventHandler& handler);
+  ~RingReader();
+  RingReader(const RingReader&) = delete;
+  RingReader& operator=(const RingReader&) = delete;
+
+  // An fd that becomes readable when records are waiting (for epoll).
+  int epoll_fd() const;
+  // Dispatches every record available now; returns how many.
+  Result<uint64_t> consume();
+  uint64_t malformed() const { return malformed_; }
+
+ private:
+  explicit RingReader(EventHandler& handler) : handler_(handler) {}
+  static int on_record(void* ctx, void* data, size_t size);
+  int dispatch(const void* data, size_t size);
+
+  EventHandler& handler_;
+  ring_buffer* ring_ = nullptr;
+  uint64_t malformed_ = 0;
+};
+
+}  // namespace krait::events

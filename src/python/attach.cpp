@@ -1,0 +1,281 @@
+#include "python/attach.h"
+
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+#include <set>
+
+#include "python/code_reader.h"
+#include "python/offsets/debug_offsets.h"
+
+namespace krait::python {
+namespace {
+
+constexpr int kMaxInterpreters = KRAIT_MAX_INTERPRETERS;
+constexpr int kMaxThreads = 4096;
+constexpr int kMaxFramesChecked = 64;
+// Threads run while we look: a frame popped between two reads can look
+// wrong once. A wrong layout fails every time.
+constexpr int kValidationAttempts = 3;
+
+std::set<uint64_t> task_ids(pid_t pid) {
+  std::set<uint64_t> ids;
+  std::error_code ec;
+  for (const auto& e :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
+    try {
+      ids.insert(std::stoull(e.path().filename().string()));
+    } catch (...) {
+    }
+  }
+  return ids;
+}
+
+Validation refuse(std::string reason) {
+  return {AttachStatus::kRefused, std::move(reason)};
+}
+
+// Follows one thread's frames the way the sampler does.
+Validation check_frames(const proc::RemoteMemory& mem, const PythonLayout& layout, uint64_t tstate,
+                        uint64_t code_type) {
+  const krait_py_layout& b = layout.bpf;
+  auto frame = mem.read_value<uint64_t>(tstate + b.tstate_frame);
+  if (!frame)
+    return refuse(frame.error().context("thread state").message);
+  uint64_t f = *frame;
+  if (f && b.cframe_frame != KRAIT_OFFSET_NONE) {
+    auto cur = mem.read_value<uint64_t>(f + b.cframe_frame);
+    if (!cur)
+      return refuse(cur.error().context("_PyCFrame").message);
+    f = *cur;
+  }
+  for (int depth = 0; f != 0 && depth < kMaxFramesChecked; ++depth) {
+    auto back = mem.read_value<uint64_t>(f + b.frame_back);
+    auto code = mem.read_value<uint64_t>(f + b.frame_code);
+    if (!back || !code)
+      return refuse(fmt::format("frame at {:#x} is unreadable", f));
+    uint64_t code_addr = *code & ~static_cast<uint64_t>(b.code_tag_mask);
+    if (b.frame_owner_shim != KRAIT_OWNER_NONE) {
+      auto owner = mem.read_value<uint8_t>(f + b.frame_owner);
+      if (owner && *owner == b.frame_owner_shim) {
+        f = *back;
+        continue;
+      }
+    }
+    auto type = mem.read_value<uint64_t>(code_addr + b.code_type);
+    if (!type || *type != code_type) {
+      if (b.skip_non_code) {
+        f = *back;
+        continue;
+      }
+      return refuse(fmt::format("frame at {:#x} does not point to a code object", f));
+    }
+    auto name = mem.read_value<uint64_t>(code_addr + b.code_name);
+    auto file = mem.read_value<uint64_t>(code_addr + b.code_filename);
+    if (!name || !file)
+      return refuse("a code object is unreadable");
+    auto n = read_py_string(mem, layout.strings, *name);
+    if (!n)
+      return refuse(n.error().context("a function name does not decode").message);
+    auto fn = read_py_string(mem, layout.strings, *file);
+    if (!fn)
+      return refuse(fn.error().context("a file name does not decode").message);
+    f = *back;
+  }
+  return {};
+}
+
+Validation validate_once(const proc::RemoteMemory& mem, pid_t pid, const PythonLayout& layout,
+                         uint64_t interp_head_addr, uint64_t code_type) {
+  const krait_py_layout& b = layout.bpf;
+  auto interp = mem.read_value<uint64_t>(interp_head_addr);
+  if (!interp)
+    return refuse(interp.error().context("interpreter list").message);
+  if (*interp == 0)
+    return {AttachStatus::kNotYet, "the interpreter is not initialised yet"};
+
+  const auto tids = task_ids(pid);
+  int threads = 0;
+  uint64_t ip = *interp;
+  for (int i = 0; ip != 0 && i < kMaxInterpreters; ++i) {
+    auto head = mem.read_value<uint64_t>(ip + b.interp_tstate_head);
+    if (!head)
+      return refuse(head.error().context("thread list").message);
+    uint64_t t = *head;
+    for (int n = 0; t != 0 && n < kMaxThreads; ++n, ++threads) {
+      if (layout.tstate_interp != KRAIT_OFFSET_NONE) {
+        auto back = mem.read_value<uint64_t>(t + layout.tstate_interp);
+        if (!back || *back != ip)
+          return refuse("a thread state does not point back to its interpreter");
+      }
+      if (layout.tstate_native_thread_id != KRAIT_OFFSET_NONE) {
+        auto native = mem.read_value<uint64_t>(t + layout.tstate_native_thread_id);
+        if (!native)
+          return refuse("a thread id is unreadable");
+        if (*native != 0 && !tids.contains(*native))
+          return refuse(fmt::format("thread id {} is not a thread of the process", *native));
+      }
+      auto ident = mem.read_value<uint64_t>(t + b.tstate_thread_id);
+      if (!ident)
+        return refuse("a thread identifier is unreadable");
+      auto frames = check_frames(mem, layout, t, code_type);
+      if (frames.status != AttachStatus::kAttached)
+        return frames;
+      auto next = mem.read_value<uint64_t>(t + b.tstate_next);
+      if (!next)
+        return refuse("a thread list link is unreadable");
+      t = *next;
+    }
+    auto next = mem.read_value<uint64_t>(ip + b.interp_next);
+    if (!next)
+      return refuse("the interpreter list is unreadable");
+    ip = *next;
+  }
+  if (threads == 0)
+    return {AttachStatus::kNotYet, "the interpreter has no threads yet"};
+  return {};
+}
+
+struct Candidate {
+  const OffsetTable* table;
+  std::string source;
+};
+
+}  // namespace
+
+Validation validate_layout(const proc::RemoteMemory& memory, pid_t pid, const PythonLayout& layout,
+                           uint64_t interp_head_addr, uint64_t code_type_addr) {
+  Validation last;
+  for (int attempt = 0; attempt < kValidationAttempts; ++attempt) {
+    last = validate_once(memory, pid, layout, interp_head_addr, code_type_addr);
+    if (last.status != AttachStatus::kRefused)
+      return last;
+  }
+  return last;
+}
+
+Attachment attach_process(pid_t pid, ImageCache& images, const AttachOptions& options) {
+  Attachment out;
+  FindResult found = images.find(pid);
+  switch (found.status) {
+    case FindStatus::kNotPython:
+      return out;
+    case FindStatus::kGone:
+      out.status = AttachStatus::kGone;
+      out.reason = found.reason;
+      return out;
+    case FindStatus::kNotYet:
+      out.status = AttachStatus::kNotYet;
+      out.reason = found.reason;
+      return out;
+    case FindStatus::kUnusable:
+      out.status = AttachStatus::kRefused;
+      out.reason = found.reason;
+      return out;
+    case FindStatus::kFound:
+      break;
+  }
+  const ProcessInterpreter& pi = *found.interpreter;
+  const PyVersion version = pi.image.version;
+  out.version = version;
+  out.image_path = pi.image.path;
+  out.shared_library = pi.image.shared_library;
+  out.stripped = pi.image.stripped;
+  proc::ProcessMemory mem(pid);
+
+  // The candidate tables, most trusted first.
+  std::optional<OffsetTable> debug_table;
+  std::vector<Candidate> candidates;
+  for (const auto& t : options.user_tables)
+    if (t.version == version)
+      candidates.push_back({&t, "user table " + t.source});
+  if (version >= PyVersion{3, 13, 0} && pi.runtime_addr) {
+    size_t size = debug_offsets_read_size(version.major, version.minor);
+    if (size == 0) {
+      out.status = AttachStatus::kRefused;
+      out.reason = fmt::format(
+          "Python {} is newer than this krait knows: no _Py_DebugOffsets layout for {}.{}",
+          version.str(), version.major, version.minor);
+      return out;
+    }
+    auto bytes = mem.read_bytes(pi.runtime_addr, size);
+    if (!bytes) {
+      out.status = AttachStatus::kGone;
+      out.reason = bytes.error().message;
+      return out;
+    }
+    auto decoded = decode_debug_offsets(*bytes);
+    if (!decoded) {
+      out.status = AttachStatus::kRefused;
+      out.reason = decoded.error().context("_Py_DebugOffsets").message;
+      return out;
+    }
+    debug_table = std::move(*decoded);
+    if (options.builtin_tables) {
+      if (const OffsetTable* builtin = find_table(version)) {
+        for (const auto& [name, value] : builtin->fields) {
+          auto other = debug_table->get(name);
+          if (other && *other != value)
+            spdlog::warn(
+                "pid {}: built-in offsets of Python {} disagree with its _Py_DebugOffsets "
+                "on {} ({} vs {}); using _Py_DebugOffsets",
+                pid, version.str(), name, value, *other);
+        }
+      }
+    }
+    candidates.push_back({&*debug_table, "_Py_DebugOffsets"});
+  }
+  if (options.builtin_tables) {
+    if (const OffsetTable* exact = find_table(version)) {
+      candidates.push_back({exact, "built-in table " + exact->version.str()});
+    } else if (const OffsetTable* near = nearest_table_same_minor(version)) {
+      candidates.push_back({near, fmt::format("built-in table {} (nearest to {})",
+                                              near->version.str(), version.str())});
+    }
+  }
+  if (candidates.empty()) {
+    out.status = AttachStatus::kRefused;
+    out.reason = fmt::format(
+        "no offsets for Python {}: krait has no table for {}.{}; generate one with `krait "
+        "offsets generate` from a build with debug info and pass it with --offsets",
+        version.str(), version.major, version.minor);
+    return out;
+  }
+
+  std::vector<std::string> failures;
+  for (const Candidate& c : candidates) {
+    auto layout = build_layout(*c.table, version);
+    if (!layout) {
+      failures.push_back(fmt::format("{}: {}", c.source, layout.error().message));
+      continue;
+    }
+    uint64_t head = pi.interp_head_var;
+    if (version >= PyVersion{3, 7, 0})
+      head = pi.runtime_addr + layout->runtime_interp_head;
+    Validation v = validate_layout(mem, pid, *layout, head, pi.code_type_addr);
+    if (v.status == AttachStatus::kNotYet) {
+      out.status = AttachStatus::kNotYet;
+      out.reason = v.reason;
+      return out;
+    }
+    if (v.status != AttachStatus::kAttached) {
+      failures.push_back(fmt::format("{} failed validation: {}", c.source, v.reason));
+      continue;
+    }
+    out.status = AttachStatus::kAttached;
+    out.offsets_source = c.source;
+    out.info.mode = KRAIT_PROC_PYTHON;
+    out.info.interp_head_addr = head;
+    out.info.code_type_addr = pi.code_type_addr;
+    out.info.layout = layout->bpf;
+    out.layout = std::move(*layout);
+    return out;
+  }
+  out.status = AttachStatus::kRefused;
+  out.reason = fmt::format("Python {}: ", version.str());
+  for (size_t i = 0; i < failures.size(); ++i)
+    out.reason += (i ? "; " : "") + failures[i];
+  return out;
+}
+
+}  // namespace krait::python

@@ -1,0 +1,140 @@
+#include "python/code_reader.h"
+
+#include <cstring>
+
+#include "krait/abi.h"
+
+namespace krait::python {
+namespace {
+
+template <typename T>
+T load(const std::vector<uint8_t>& block, uint32_t off) {
+  T v{};
+  if (off != KRAIT_OFFSET_NONE && off + sizeof(T) <= block.size())
+    std::memcpy(&v, block.data() + off, sizeof v);
+  return v;
+}
+
+void append_utf8(std::string& out, uint32_t cp) {
+  if (cp < 0x80) {
+    out += static_cast<char>(cp);
+  } else if (cp < 0x800) {
+    out += static_cast<char>(0xc0 | (cp >> 6));
+    out += static_cast<char>(0x80 | (cp & 0x3f));
+  } else if (cp < 0x10000) {
+    out += static_cast<char>(0xe0 | (cp >> 12));
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
+    out += static_cast<char>(0x80 | (cp & 0x3f));
+  } else if (cp < 0x110000) {
+    out += static_cast<char>(0xf0 | (cp >> 18));
+    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3f));
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
+    out += static_cast<char>(0x80 | (cp & 0x3f));
+  } else {
+    out += "\xef\xbf\xbd";  // U+FFFD
+  }
+}
+
+}  // namespace
+
+Result<std::vector<uint8_t>> read_py_bytes(const proc::RemoteMemory& memory,
+                                           const StringLayout& layout, uint64_t address,
+                                           size_t max_bytes) {
+  auto size = memory.read_value<int64_t>(address + layout.var_size);
+  if (!size)
+    return size.error();
+  if (*size < 0 || static_cast<uint64_t>(*size) > max_bytes)
+    return make_error("bytes object at {:#x} has an implausible size {}", address, *size);
+  return memory.read_bytes(address + layout.bytes_data, static_cast<size_t>(*size));
+}
+
+Result<std::string> read_py_string(const proc::RemoteMemory& memory, const StringLayout& layout,
+                                   uint64_t address) {
+  if (address == 0)
+    return make_error("NULL string");
+  if (layout.py2_bytes) {
+    auto bytes = read_py_bytes(memory, layout, address, kMaxStringChars);
+    if (!bytes)
+      return bytes.error();
+    return std::string(bytes->begin(), bytes->end());
+  }
+  auto length = memory.read_value<int64_t>(address + layout.unicode_length);
+  auto state = memory.read_value<uint32_t>(address + layout.unicode_state);
+  if (!length)
+    return length.error();
+  if (!state)
+    return state.error();
+  if (*length < 0)
+    return make_error("str at {:#x} has a negative length", address);
+  const uint32_t kind = (*state >> layout.kind_bit) & ((1u << layout.kind_bits) - 1);
+  const bool compact = (*state >> layout.compact_bit) & 1;
+  const bool ascii = (*state >> layout.ascii_bit) & 1;
+  if (kind != 1 && kind != 2 && kind != 4)
+    return make_error("str at {:#x} has an invalid kind {}", address, kind);
+  if (!compact)
+    return make_error("str at {:#x} is not a compact string", address);
+  if (ascii && kind != 1)
+    return make_error("str at {:#x} claims ASCII with kind {}", address, kind);
+
+  const size_t chars = std::min<size_t>(static_cast<size_t>(*length), kMaxStringChars);
+  const uint64_t data = address + (ascii ? layout.ascii_size : layout.compact_size);
+  auto raw = memory.read_bytes(data, chars * kind);
+  if (!raw)
+    return raw.error();
+  std::string out;
+  out.reserve(chars);
+  for (size_t i = 0; i < chars; ++i) {
+    uint32_t cp = 0;
+    std::memcpy(&cp, raw->data() + i * kind, kind);  // little-endian x86_64
+    if (ascii && cp >= 0x80)
+      return make_error("str at {:#x} is not valid ASCII", address);
+    append_utf8(out, cp);
+  }
+  return out;
+}
+
+int32_t CodeInfo::line_at(const PythonLayout& layout, uint32_t instr) const {
+  return line_for_offset(lines, instr * layout.instr_scale);
+}
+
+Result<CodeInfo> read_code_object(const proc::RemoteMemory& memory, const PythonLayout& layout,
+                                  uint64_t code_type, uint64_t address, uint32_t token) {
+  const krait_py_layout& b = layout.bpf;
+  auto head = memory.read_bytes(address, b.code_read_size);
+  if (!head)
+    return head.error();
+  if (load<uint64_t>(*head, b.code_type) != code_type)
+    return make_error("object at {:#x} is no longer a code object", address);
+  const uint64_t filename = load<uint64_t>(*head, b.code_filename);
+  const uint64_t name = load<uint64_t>(*head, b.code_name);
+  const uint64_t linetable = load<uint64_t>(*head, b.code_linetable);
+  const uint32_t firstlineno = load<uint32_t>(*head, b.code_firstlineno);
+  if (krait_code_token(filename, name, linetable, firstlineno) != token)
+    return make_error("code object at {:#x} was replaced since it was sampled", address);
+
+  CodeInfo info;
+  info.firstlineno = static_cast<int32_t>(firstlineno);
+  auto n = read_py_string(memory, layout.strings, name);
+  if (!n)
+    return n.error().context("function name");
+  auto f = read_py_string(memory, layout.strings, filename);
+  if (!f)
+    return f.error().context("file name");
+  info.name = std::move(*n);
+  info.filename = std::move(*f);
+  auto table = read_py_bytes(memory, layout.strings, linetable, kMaxLineTableBytes);
+  if (!table)
+    return table.error().context("line table");
+  // The size only bounds lnotab's last entry, where any bound past the last
+  // sampled offset is equivalent; newer tables describe their own extent.
+  const bool lnotab = layout.line_format == LineTableFormat::kLnotabUnsigned ||
+                      layout.line_format == LineTableFormat::kLnotabSigned;
+  auto lines =
+      decode_line_table(layout.line_format, *table, info.firstlineno, lnotab ? UINT32_MAX / 2 : 0);
+  if (!lines)
+    return lines.error().context("line table");
+  info.lines = std::move(*lines);
+  return info;
+}
+
+}  // namespace krait::python

@@ -1,0 +1,49 @@
+// Reading code objects and strings out of a target process, for
+// symbolization in user space. Pure functions over a RemoteMemory, so unit
+// tests run them on fixtures.
+//
+// Limits: strings are cut at kMaxStringChars characters, line tables larger
+// than kMaxLineTableBytes (line_table.h) are refused; a garbage address gives an Error, never
+// a crash or an unbounded read.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "proc/memory.h"
+#include "python/layout.h"
+#include "python/line_table.h"
+#include "util/result.h"
+
+namespace krait::python {
+
+inline constexpr size_t kMaxStringChars = 4096;
+
+// A str object (bytes on 2.7) decoded to UTF-8.
+Result<std::string> read_py_string(const proc::RemoteMemory& memory, const StringLayout& layout,
+                                   uint64_t address);
+
+// The contents of a bytes object (str on 2.7), at most max_bytes.
+Result<std::vector<uint8_t>> read_py_bytes(const proc::RemoteMemory& memory,
+                                           const StringLayout& layout, uint64_t address,
+                                           size_t max_bytes);
+
+struct CodeInfo {
+  std::string name;  // co_qualname on 3.11+, co_name before
+  std::string filename;
+  int32_t firstlineno = 0;
+  std::vector<LineRange> lines;
+
+  // Source line of a sampled instruction position (krait_py_frame.instr
+  // without the entry bit), or kNoLine.
+  int32_t line_at(const PythonLayout& layout, uint32_t instr) const;
+};
+
+// Reads the code object at `address` and checks it is the one a sample saw:
+// its type must be code_type and its fields must hash to `token` (see
+// krait_code_token), else the object was freed and its memory reused.
+Result<CodeInfo> read_code_object(const proc::RemoteMemory& memory, const PythonLayout& layout,
+                                  uint64_t code_type, uint64_t address, uint32_t token);
+
+}  // namespace krait::python

@@ -1,0 +1,225 @@
+#include "python/interpreter.h"
+
+#include <algorithm>
+#include <cstring>
+#include <regex>
+#include <set>
+
+namespace krait::python {
+namespace {
+
+std::string basename(const std::string& path) {
+  auto slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+bool looks_like_python_file(const std::string& name) {
+  return name.find("python") != std::string::npos;
+}
+
+// "python3.9", "libpython3.6m.so.1.0" -> 3.9 / 3.6
+std::optional<std::pair<int, int>> minor_from_name(const std::string& name) {
+  static const std::regex re(R"(python([23])\.(\d+))");
+  std::smatch m;
+  if (!std::regex_search(name, m, re))
+    return std::nullopt;
+  return std::pair{std::stoi(m[1]), std::stoi(m[2])};
+}
+
+// PY_VERSION ("3.9.18") is a string literal of its own in .rodata: Py_GetVersion
+// formats it into the long version at run time.
+std::set<std::string> version_strings(const elf::ElfFile& elf,
+                                      std::optional<std::pair<int, int>> mm) {
+  std::set<std::string> found;
+  auto rodata = elf.section_bytes(".rodata");
+  if (!rodata)
+    return found;
+  static const std::regex re(R"(([23])\.(\d{1,2})\.(\d{1,3})([abc]|rc)?\d*\+?)");
+  const auto& bytes = *rodata;
+  size_t i = 0;
+  while (i < bytes.size()) {
+    size_t j = i;
+    while (j < bytes.size() && bytes[j] != 0)
+      ++j;
+    if (j - i >= 5 && j - i <= 16 && bytes[i] >= '2' && bytes[i] <= '3' && bytes[i + 1] == '.') {
+      std::string s(reinterpret_cast<const char*>(bytes.data() + i), j - i);
+      std::smatch m;
+      if (std::regex_match(s, m, re) &&
+          (!mm || (std::stoi(m[1]) == mm->first && std::stoi(m[2]) == mm->second)))
+        found.insert(s);
+    }
+    i = j + 1;
+  }
+  return found;
+}
+
+Result<PyVersion> image_version(const elf::ElfFile& elf, const std::string& path) {
+  if (auto sym = elf.find_symbol("Py_Version")) {
+    auto bytes = elf.read_vaddr(sym->value, 4);
+    if (bytes) {
+      uint32_t hex = 0;
+      std::memcpy(&hex, bytes->data(), 4);
+      return PyVersion::from_hex(hex);
+    }
+  }
+  auto mm = minor_from_name(basename(path));
+  auto candidates = version_strings(elf, mm);
+  if (candidates.size() == 1) {
+    if (auto v = PyVersion::parse(*candidates.begin()))
+      return *v;
+  }
+  return make_error("cannot tell which Python version {} is ({} candidate version strings)", path,
+                    candidates.size());
+}
+
+// Stripped 2.7/3.6 builds have no interp_head symbol, but the exported
+// PyInterpreterState_Head() is `mov rax, [rip+disp32]; ret` around it.
+std::optional<uint64_t> interp_head_from_code(const elf::ElfFile& elf) {
+  auto fn = elf.find_symbol("PyInterpreterState_Head");
+  if (!fn)
+    return std::nullopt;
+  auto code = elf.read_vaddr(fn->value, 8);
+  if (!code)
+    return std::nullopt;
+  const auto& c = *code;
+  if (c[0] == 0x48 && c[1] == 0x8b && c[2] == 0x05 && c[7] == 0xc3) {
+    int32_t disp = 0;
+    std::memcpy(&disp, c.data() + 3, 4);
+    return fn->value + 7 + static_cast<int64_t>(disp);
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+Result<std::optional<InterpreterImage>> analyze_image(std::shared_ptr<const elf::ElfFile> elf,
+                                                      const std::string& mapped_path) {
+  auto runtime = elf->find_symbol("_PyRuntime");
+  auto head_fn = elf->find_symbol("PyInterpreterState_Head");
+  if (!runtime && !head_fn)
+    return std::optional<InterpreterImage>{};
+
+  InterpreterImage img;
+  img.path = mapped_path;
+  img.build_id = elf->build_id();
+  img.stripped = !elf->has_symtab();
+  img.shared_library = basename(mapped_path).starts_with("libpython") || !elf->soname().empty();
+  auto version = image_version(*elf, mapped_path);
+  if (!version)
+    return version.error();
+  img.version = *version;
+
+  auto code_type = elf->find_symbol("PyCode_Type");
+  if (!code_type)
+    return make_error("{} does not export PyCode_Type", mapped_path);
+  img.code_type_vaddr = code_type->value;
+
+  if (img.version >= PyVersion{3, 7, 0}) {
+    if (!runtime)
+      return make_error("{} (Python {}) has no _PyRuntime symbol", mapped_path, img.version.str());
+    img.runtime_vaddr = runtime->value;
+  } else {
+    if (auto head = elf->find_symbol("interp_head"))
+      img.interp_head_vaddr = head->value;
+    else if (auto h = interp_head_from_code(*elf))
+      img.interp_head_vaddr = *h;
+    else
+      return make_error("cannot find interp_head in {} (Python {})", mapped_path,
+                        img.version.str());
+  }
+  img.elf = std::move(elf);
+  return std::optional<InterpreterImage>{std::move(img)};
+}
+
+const ImageCache::Entry& ImageCache::analyze(pid_t pid, const proc::MapEntry& map) {
+  Key key{map.dev_major, map.dev_minor, map.inode};
+  auto it = images_.find(key);
+  if (it != images_.end())
+    return it->second;
+
+  Entry entry;
+  auto elf = elf::ElfFile::open(proc::openable_path(pid, map));
+  if (elf) {
+    for (const auto& lib : elf->needed())
+      if (lib.starts_with("libpython"))
+        entry.needs_libpython = true;
+    auto shared = std::make_shared<const elf::ElfFile>(std::move(*elf));
+    auto image = analyze_image(std::move(shared), map.path);
+    if (image)
+      entry.image = std::move(*image);
+    else
+      entry.error = image.error().message;
+  }
+  // Files that cannot be opened or parsed are remembered as not Python: a
+  // later exec of a replaced file has a new inode.
+  return images_.emplace(key, std::move(entry)).first->second;
+}
+
+FindResult ImageCache::find(pid_t pid) {
+  FindResult result;
+  auto maps = proc::read_maps(pid);
+  if (!maps) {
+    result.status = FindStatus::kGone;
+    result.reason = maps.error().message;
+    return result;
+  }
+  if (maps->empty()) {
+    result.status = FindStatus::kNotPython;  // kernel thread
+    return result;
+  }
+  // Candidates: the main executable (embedders may link Python statically)
+  // and every file with "python" in its name; other libraries are skipped
+  // without opening them.
+  std::string exe_path;
+  for (const auto& m : *maps)
+    if (!m.path.empty() && m.path[0] == '/') {
+      exe_path = m.path;
+      break;
+    }
+  bool needs_libpython = false;
+  std::set<Key> seen;
+  for (const auto& m : *maps) {
+    if (m.path.empty() || m.path[0] != '/' || m.inode == 0)
+      continue;
+    if (m.path != exe_path && !looks_like_python_file(basename(m.path)))
+      continue;
+    if (!seen.insert(Key{m.dev_major, m.dev_minor, m.inode}).second)
+      continue;
+    const Entry& e = analyze(pid, m);
+    if (m.path == exe_path)
+      needs_libpython = e.needs_libpython;
+    if (!e.image) {
+      if (!e.error.empty()) {
+        result.status = FindStatus::kUnusable;
+        result.reason = e.error;
+      }
+      continue;
+    }
+    auto file_maps = proc::maps_of_file(*maps, m);
+    auto bias = proc::load_bias(file_maps, *e.image->elf);
+    if (!bias) {
+      result.status = FindStatus::kUnusable;
+      result.reason = bias.error().message;
+      continue;
+    }
+    ProcessInterpreter pi;
+    pi.image = *e.image;
+    pi.load_bias = *bias;
+    pi.code_type_addr = *bias + pi.image.code_type_vaddr;
+    if (pi.image.runtime_vaddr)
+      pi.runtime_addr = *bias + pi.image.runtime_vaddr;
+    if (pi.image.interp_head_vaddr)
+      pi.interp_head_var = *bias + pi.image.interp_head_vaddr;
+    result.status = FindStatus::kFound;
+    result.interpreter = std::move(pi);
+    result.reason.clear();
+    return result;
+  }
+  if (result.status != FindStatus::kUnusable && needs_libpython) {
+    result.status = FindStatus::kNotYet;
+    result.reason = "libpython is not mapped yet";
+  }
+  return result;
+}
+
+}  // namespace krait::python

@@ -1,0 +1,78 @@
+// Finding CPython in a process: which mapped file is the interpreter (the
+// python executable, a libpython, or a program that embeds either), which
+// version it is, and where its key symbols are.
+//
+// ImageCache remembers the analysis per file (device + inode), so a
+// thousand processes of one interpreter parse its ELF once; files that are
+// not Python are remembered as such. Not thread-safe: one owner.
+#pragma once
+
+#include <sys/types.h>
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <tuple>
+
+#include "elf/elf_file.h"
+#include "proc/maps.h"
+#include "python/offsets/version.h"
+#include "util/result.h"
+
+namespace krait::python {
+
+// What an ELF file tells about the interpreter it contains.
+struct InterpreterImage {
+  std::string path;  // as the process maps it
+  std::string build_id;
+  bool shared_library = false;  // libpython*.so rather than an executable
+  bool stripped = false;        // no .symtab
+  PyVersion version;
+  uint64_t runtime_vaddr = 0;      // _PyRuntime (3.7+)
+  uint64_t interp_head_vaddr = 0;  // interp_head (2.7, 3.6): holds the first interpreter
+  uint64_t code_type_vaddr = 0;    // PyCode_Type
+  std::shared_ptr<const elf::ElfFile> elf;
+};
+
+// nullopt: not a CPython image. An Error: it is one, but krait cannot use
+// it (the message says why, e.g. the version cannot be told).
+Result<std::optional<InterpreterImage>> analyze_image(std::shared_ptr<const elf::ElfFile> elf,
+                                                      const std::string& mapped_path);
+
+// An interpreter image placed in one process.
+struct ProcessInterpreter {
+  InterpreterImage image;
+  uint64_t load_bias = 0;
+  uint64_t runtime_addr = 0;
+  uint64_t interp_head_var = 0;  // 2.7/3.6: address of interp_head
+  uint64_t code_type_addr = 0;
+};
+
+enum class FindStatus : uint8_t { kFound, kNotYet, kNotPython, kGone, kUnusable };
+
+struct FindResult {
+  FindStatus status = FindStatus::kNotPython;
+  std::optional<ProcessInterpreter> interpreter;
+  std::string reason;  // kNotYet, kGone, kUnusable: why
+};
+
+class ImageCache {
+ public:
+  // Finds the interpreter of process `pid` from its memory maps. kNotYet
+  // when the executable needs a libpython the loader has not mapped yet.
+  FindResult find(pid_t pid);
+  size_t size() const { return images_.size(); }
+
+ private:
+  using Key = std::tuple<uint32_t, uint32_t, uint64_t>;  // dev major, minor, inode
+  struct Entry {
+    std::optional<InterpreterImage> image;  // nullopt: not Python
+    std::string error;                      // Python, but unusable
+    bool needs_libpython = false;
+  };
+  const Entry& analyze(pid_t pid, const proc::MapEntry& map);
+  std::map<Key, Entry> images_;
+};
+
+}  // namespace krait::python

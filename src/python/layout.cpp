@@ -1,0 +1,169 @@
+#include "python/layout.h"
+
+#include <algorithm>
+#include <initializer_list>
+
+namespace krait::python {
+namespace {
+
+class FieldReader {
+ public:
+  explicit FieldReader(const OffsetTable& table) : table_(table) {}
+
+  uint16_t need(std::string_view name) {
+    auto v = table_.get(name);
+    if (!v || *v >= KRAIT_OFFSET_NONE) {
+      if (missing_.empty())
+        missing_ = std::string(name);
+      return KRAIT_OFFSET_NONE;
+    }
+    return static_cast<uint16_t>(*v);
+  }
+  uint16_t optional(std::string_view name, uint16_t fallback = KRAIT_OFFSET_NONE) {
+    auto v = table_.get(name);
+    return v && *v < KRAIT_OFFSET_NONE ? static_cast<uint16_t>(*v) : fallback;
+  }
+  const std::string& missing() const { return missing_; }
+
+ private:
+  const OffsetTable& table_;
+  std::string missing_;
+};
+
+// Bytes to read so that an 8-byte load at each present offset stays inside.
+Result<uint16_t> read_size(std::string_view what, uint32_t cap,
+                           std::initializer_list<uint16_t> offsets) {
+  uint32_t size = 0;
+  for (uint16_t off : offsets) {
+    if (off == KRAIT_OFFSET_NONE)
+      continue;
+    if (off > cap - 8)
+      return make_error("{} field at offset {} is beyond the sampler's {}-byte read", what, off,
+                        cap);
+    size = std::max<uint32_t>(size, off + 8u);
+  }
+  return static_cast<uint16_t>(size);
+}
+
+}  // namespace
+
+Result<PythonLayout> build_layout(const OffsetTable& table, PyVersion v) {
+  PythonLayout out;
+  out.version = v;
+  FieldReader f(table);
+  krait_py_layout& b = out.bpf;
+  const bool py2 = v.major == 2;
+  const bool frame_objects = v < PyVersion{3, 11, 0};  // PyFrameObject chain
+
+  auto format = line_table_format(v.major, v.minor);
+  if (!format)
+    return make_error("Python {} has no known line table format", v.str());
+  out.line_format = *format;
+  out.instr_scale = (v.major == 3 && v.minor == 10) ? 2 : 1;
+  out.every_frame_is_entry = frame_objects;
+
+  b.interp_next = f.need("PyInterpreterState.next");
+  b.interp_tstate_head = f.need("PyInterpreterState.tstate_head");
+  b.tstate_next = f.need("PyThreadState.next");
+  b.tstate_thread_id = f.need("PyThreadState.thread_id");
+  b.cframe_frame = KRAIT_OFFSET_NONE;
+  b.frame_owner = KRAIT_OFFSET_NONE;
+  b.frame_is_entry = KRAIT_OFFSET_NONE;
+  b.frame_owner_shim = KRAIT_OWNER_NONE;
+  b.code_adaptive = KRAIT_OFFSET_NONE;
+  b.code_tag_mask = 0;
+  b.skip_non_code = 0;
+
+  if (frame_objects) {
+    b.tstate_frame = f.need("PyThreadState.frame");
+    b.frame_back = f.need("PyFrameObject.f_back");
+    b.frame_code = f.need("PyFrameObject.f_code");
+    b.frame_instr = f.need("PyFrameObject.f_lasti");
+    b.instr_kind = KRAIT_INSTR_LASTI;
+  } else {
+    if (v < PyVersion{3, 13, 0}) {
+      b.tstate_frame = f.need("PyThreadState.cframe");
+      b.cframe_frame = f.need("_PyCFrame.current_frame");
+    } else {
+      b.tstate_frame = f.need("PyThreadState.current_frame");
+      // The entry shim's executable is None rather than a code object.
+      b.skip_non_code = 1;
+    }
+    b.frame_back = f.need("_PyInterpreterFrame.previous");
+    b.frame_code = f.need("_PyInterpreterFrame.executable");
+    b.frame_instr = f.need("_PyInterpreterFrame.instr_ptr");
+    b.instr_kind = KRAIT_INSTR_POINTER;
+    b.code_adaptive = f.need("PyCodeObject.co_code_adaptive");
+    if (v.minor == 11) {
+      b.frame_is_entry = f.need("_PyInterpreterFrame.is_entry");
+    } else {
+      b.frame_owner = f.need("_PyInterpreterFrame.owner");
+      // FRAME_OWNED_BY_CSTACK (3.12, 3.13), FRAME_OWNED_BY_INTERPRETER
+      // (3.14+, where CSTACK moved to 4 and then went away).
+      b.frame_owner_shim = 3;
+    }
+    // 3.14 made f_executable a _PyStackRef whose low bits are tags.
+    if (v >= PyVersion{3, 14, 0})
+      b.code_tag_mask = 3;
+  }
+
+  b.code_type = f.optional("PyObject.ob_type", 8);
+  b.code_firstlineno = f.need("PyCodeObject.co_firstlineno");
+  b.code_filename = f.need("PyCodeObject.co_filename");
+  b.code_name = v >= PyVersion{3, 11, 0} ? f.need("PyCodeObject.co_qualname")
+                                         : f.need("PyCodeObject.co_name");
+  b.code_linetable = v >= PyVersion{3, 10, 0} ? f.need("PyCodeObject.co_linetable")
+                                              : f.need("PyCodeObject.co_lnotab");
+  out.code_argcount = f.optional("PyCodeObject.co_argcount");
+  out.code_varnames = frame_objects ? f.optional("PyCodeObject.co_varnames")
+                                    : f.optional("PyCodeObject.co_localsplusnames");
+  out.tuple_items = f.optional("PyTupleObject.ob_item", 24);
+  out.tstate_interp = f.optional("PyThreadState.interp");
+  out.tstate_native_thread_id = f.optional("PyThreadState.native_thread_id");
+  if (v >= PyVersion{3, 7, 0})
+    out.runtime_interp_head = f.need("_PyRuntimeState.interpreters.head");
+
+  StringLayout& s = out.strings;
+  s.var_size = f.optional("PyVarObject.ob_size", 16);
+  if (py2) {
+    s.py2_bytes = true;
+    s.bytes_data = f.need("PyStringObject.ob_sval");
+  } else {
+    s.bytes_data = f.need("PyBytesObject.ob_sval");
+    s.unicode_length = f.need("PyASCIIObject.length");
+    s.unicode_state = f.need("PyASCIIObject.state");
+    s.ascii_size = f.need("sizeof(PyASCIIObject)");
+    // _Py_DebugOffsets before 3.15 has no compact size: a compact object adds
+    // utf8_length and utf8 (and wstr_length before 3.12) to the ASCII header.
+    s.compact_size = f.optional("sizeof(PyCompactUnicodeObject)",
+                                static_cast<uint16_t>(s.ascii_size + (v.minor >= 12 ? 16 : 24)));
+    s.kind_bit = static_cast<uint8_t>(f.optional("PyASCIIObject.state.kind.bit", 2));
+    s.kind_bits = static_cast<uint8_t>(f.optional("PyASCIIObject.state.kind.bits", 3));
+    s.compact_bit = static_cast<uint8_t>(f.optional("PyASCIIObject.state.compact.bit", 5));
+    s.ascii_bit = static_cast<uint8_t>(f.optional("PyASCIIObject.state.ascii.bit", 6));
+  }
+
+  if (!f.missing().empty())
+    return make_error("the offsets for Python {} ({}) lack {}", v.str(), table.source, f.missing());
+
+  auto tsize = read_size("PyThreadState", KRAIT_TSTATE_READ_CAP,
+                         {b.tstate_next, b.tstate_thread_id, b.tstate_frame});
+  if (!tsize)
+    return tsize.error();
+  auto fsize =
+      read_size("frame", KRAIT_FRAME_READ_CAP,
+                {b.frame_back, b.frame_code, b.frame_instr, b.frame_owner, b.frame_is_entry});
+  if (!fsize)
+    return fsize.error();
+  auto csize =
+      read_size("PyCodeObject", KRAIT_CODE_READ_CAP,
+                {b.code_type, b.code_firstlineno, b.code_filename, b.code_name, b.code_linetable});
+  if (!csize)
+    return csize.error();
+  b.tstate_read_size = *tsize;
+  b.frame_read_size = *fsize;
+  b.code_read_size = *csize;
+  return out;
+}
+
+}  // namespace krait::python
