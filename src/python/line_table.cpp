@@ -103,7 +103,8 @@ Result<std::vector<LineRange>> decode_linetable_310(std::span<const uint8_t> tab
       return std::move(builder).take();
     addr = next;
   }
-  builder.add(addr, limit == kUnknownCodeSize ? addr : limit, kNoLine);
+  if (code_size != 0)
+    builder.add(addr, code_size, kNoLine);
   return std::move(builder).take();
 }
 
@@ -180,7 +181,8 @@ Result<std::vector<LineRange>> decode_locations_311(std::span<const uint8_t> tab
     addr = next;
     i = end;
   }
-  builder.add(addr, limit == kUnknownCodeSize ? addr : limit, kNoLine);
+  if (code_size != 0)
+    builder.add(addr, code_size, kNoLine);
   return std::move(builder).take();
 }
 

@@ -12,9 +12,9 @@
 //                    not move the running line.
 //   kLocations311    co_linetable of 3.11 and later (PEP 657 location table):
 //                    entries of 1-8 code units with a start byte (bit 7 set) and
-//                    varint/svarint payloads. Checked unchanged against the
-//                    3.13, 3.14 and 3.15 headers (the _PyCodeLocationInfoKind
-//                    codes and the varint writers are the same as in 3.11).
+//                    varint/svarint payloads. Unchanged through 3.15: the
+//                    _PyCodeLocationInfoKind codes, the varint writers and the
+//                    2-byte _Py_CODEUNIT in the 3.14/3.15 headers match 3.11-3.13.
 //
 // What the sampled position means, per version, and what to pass as
 // `byte_offset` to line_for_offset():
