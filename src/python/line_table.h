@@ -21,9 +21,13 @@
 //   2.7, 3.0-3.9  PyFrameObject.f_lasti is already a byte offset into co_code.
 //   3.10          f_lasti counts code units: pass f_lasti * 2.
 //   3.11, 3.12    _PyInterpreterFrame.prev_instr points at the executing
-//                 instruction: pass (prev_instr - co_code_adaptive) in bytes.
-//   3.13+         _PyInterpreterFrame.instr_ptr: pass
-//                 (instr_ptr - co_code_adaptive) in bytes.
+//                 instruction: pass its byte distance from the start of
+//                 co_code_adaptive (code-unit index * 2), as CPython's own
+//                 f_lineno does.
+//   3.13+         _PyInterpreterFrame.instr_ptr: likewise, its byte distance
+//                 from the start of co_code_adaptive.
+// Inline cache units share their instruction's line, so an offset that lands
+// on a cache entry still gets the right answer.
 // A negative position (f_lasti == -1 before the first instruction) has no
 // offset; CPython reports co_firstlineno for it, and so should the caller.
 //
