@@ -319,6 +319,24 @@ INSTANTIATE_TEST_SUITE_P(CPython, FixtureTest, testing::ValuesIn(kExpectedVersio
                            return fmt::format("v{}_{}", info.param.major, info.param.minor);
                          });
 
+// A fixture whose version is not in kExpectedVersions would never be checked.
+TEST(Fixtures, EveryFixtureIsChecked) {
+  std::error_code ec;
+  size_t seen = 0;
+  for (const auto& entry : fs::directory_iterator(fixture_dir(), ec)) {
+    const std::string name = entry.path().filename().string();
+    ++seen;
+    const bool expected = std::any_of(
+        std::begin(kExpectedVersions), std::end(kExpectedVersions), [&](const Version& v) {
+          return name.starts_with(fmt::format("cpython-{}.{}.", v.major, v.minor)) &&
+                 name.ends_with(".lines.gz");
+        });
+    EXPECT_TRUE(expected) << name << " is not checked: add its version to kExpectedVersions";
+  }
+  EXPECT_FALSE(ec) << fixture_dir() << ": " << ec.message();
+  EXPECT_GE(seen, std::size(kExpectedVersions));
+}
+
 TEST(LineTableFormat, MapsEveryCPythonVersion) {
   EXPECT_EQ(line_table_format(2, 7), LineTableFormat::kLnotabUnsigned);
   for (int minor = 0; minor <= 5; ++minor)
