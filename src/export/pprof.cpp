@@ -2,6 +2,7 @@
 
 #include <zlib.h>
 
+#include <algorithm>
 #include <array>
 #include <climits>
 #include <cstdint>
@@ -94,24 +95,33 @@ pb::Profile build(const profile::Profile& in) {
 
   // Which mapping each frame's location uses, and what symbol info each
   // mapping ends up carrying (for the has_* flags).
-  std::map<FrameKind, uint64_t> pseudo_ids;
-  for (FrameKind kind : kPseudoOrder) {
-    for (const auto& frame : frames) {
-      if (frame.mapping == 0 && frame.kind == kind) {
-        pseudo_ids[kind] = 0;
-        break;
-      }
+  auto unmapped = [&](const profile::Frame& f) {
+    return f.mapping == 0 || f.mapping > mappings.size();
+  };
+  std::map<FrameKind, uint64_t> unmapped_ids;
+  // Kernel frames without a mapping belong to the profile's kernel mapping
+  // when it has one; a second "[kernel.kallsyms]" would split the kernel.
+  for (size_t i = 0; i < mappings.size(); ++i) {
+    if (mappings[i].file == pseudo_mapping_name(FrameKind::kKernel)) {
+      unmapped_ids[FrameKind::kKernel] = i + 1;
+      break;
     }
   }
+  std::vector<FrameKind> pseudo_kinds;
   uint64_t next_mapping_id = mappings.size() + 1;
   for (FrameKind kind : kPseudoOrder) {
-    if (pseudo_ids.contains(kind))
-      pseudo_ids[kind] = next_mapping_id++;
+    if (unmapped_ids.contains(kind))
+      continue;
+    const bool used = std::any_of(frames.begin(), frames.end(), [&](const profile::Frame& f) {
+      return f.kind == kind && unmapped(f);
+    });
+    if (used) {
+      unmapped_ids[kind] = next_mapping_id++;
+      pseudo_kinds.push_back(kind);
+    }
   }
   auto mapping_of = [&](const profile::Frame& frame) -> uint64_t {
-    if (frame.mapping != 0 && frame.mapping <= mappings.size())
-      return frame.mapping;
-    return pseudo_ids.at(frame.kind);
+    return unmapped(frame) ? unmapped_ids.at(frame.kind) : frame.mapping;
   };
   std::vector<bool> has_filenames(next_mapping_id, false);
   std::vector<bool> has_lines(next_mapping_id, false);
@@ -134,16 +144,14 @@ pb::Profile build(const profile::Profile& in) {
     pm->set_has_filenames(has_filenames[i + 1]);
     pm->set_has_line_numbers(has_lines[i + 1]);
   }
-  for (FrameKind kind : kPseudoOrder) {
-    auto it = pseudo_ids.find(kind);
-    if (it == pseudo_ids.end())
-      continue;
+  for (FrameKind kind : pseudo_kinds) {
+    const uint64_t id = unmapped_ids.at(kind);
     auto* pm = out.add_mapping();
-    pm->set_id(it->second);
+    pm->set_id(id);
     pm->set_filename(strings.index(pseudo_mapping_name(kind)));
     pm->set_has_functions(true);
-    pm->set_has_filenames(has_filenames[it->second]);
-    pm->set_has_line_numbers(has_lines[it->second]);
+    pm->set_has_filenames(has_filenames[id]);
+    pm->set_has_line_numbers(has_lines[id]);
   }
 
   // Functions are keyed on string indexes, so the key is cheap to compare and
@@ -151,7 +159,17 @@ pb::Profile build(const profile::Profile& in) {
   std::map<std::tuple<int64_t, int64_t, int64_t, int64_t>, uint64_t> function_ids;
   auto function_id = [&](const profile::Frame& frame) -> uint64_t {
     const int64_t name = strings.index(frame.function);
-    const int64_t system_name = frame.system_name.empty() ? name : strings.index(frame.system_name);
+    // go tool pprof treats a function whose system name equals its name as
+    // still mangled and strips <...> and (...) from names that look like C++,
+    // which would turn Python's "<module>" and "<lambda>" into "". Python has
+    // no mangled names, so those frames carry a system name only when the
+    // frame gives a different one.
+    const bool symbol = frame.kind == FrameKind::kNative || frame.kind == FrameKind::kKernel;
+    int64_t system_name = 0;
+    if (symbol && frame.system_name.empty())
+      system_name = name;
+    else if (frame.system_name != frame.function)
+      system_name = strings.index(frame.system_name);
     const int64_t file = strings.index(frame.file);
     auto [it, inserted] = function_ids.try_emplace(
         std::make_tuple(name, system_name, file, frame.start_line), function_ids.size() + 1);

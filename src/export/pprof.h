@@ -11,14 +11,19 @@
 //   build_id, range and offset, has_functions = true (krait symbolizes
 //   itself). Frames without a mapping get a pseudo-mapping by kind, added
 //   after the real ones only when used: "[python]" (Python frames),
-//   "[kernel.kallsyms]" (kernel), "[unknown]" (native), "[synthetic]"
-//   (placeholders such as "[truncated]"). So every location has a mapping.
+//   "[kernel.kallsyms]" (kernel; the profile's own kernel mapping when it
+//   has one), "[unknown]" (native), "[synthetic]" (placeholders such as
+//   "[truncated]"). A frame whose mapping id is out of range counts as
+//   unmapped. So every location has a mapping.
 // - One Location per profile frame, id = FrameId + 1, in frames() order.
 //   Python and synthetic frames: address 0 and one Line (function, line).
 //   Native and kernel frames: the address, plus one Line when the function
 //   is known.
-// - One Function per distinct (name, system name, file, start line); an empty
-//   system name is written as the display name.
+// - One Function per distinct (name, system name, file, start line). Native
+//   and kernel frames with an empty system name get the display name there.
+//   Python and synthetic frames get an empty system name unless the frame's
+//   differs from its name: go tool pprof "demangles" functions whose system
+//   name equals their name, and that erases names like "<module>".
 // - One Sample per Profile::samples() entry, location_id leaf first, and one
 //   string Label per entry of its label set.
 // The output is a pure function of the Profile: same Profile, same bytes.
