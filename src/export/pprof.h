@@ -9,8 +9,9 @@
 // - string_table[0] is ""; every id is non-zero.
 // - One Mapping per profile mapping, with the same 1-based id, filename,
 //   build_id, range and offset, has_functions = true (krait symbolizes
-//   itself). Frames without a mapping get a pseudo-mapping by kind, added
-//   after the real ones only when used: "[python]" (Python frames),
+//   itself; go tool pprof then leaves the addresses alone), has_filenames /
+//   has_line_numbers when any of its frames has a file / a line. Frames without a mapping get a
+//   pseudo-mapping by kind, added after the real ones only when used: "[python]" (Python frames),
 //   "[kernel.kallsyms]" (kernel; the profile's own kernel mapping when it
 //   has one), "[unknown]" (native), "[synthetic]" (placeholders such as
 //   "[truncated]"). A frame whose mapping id is out of range counts as
