@@ -14,4 +14,8 @@ struct EmbeddedFile {
 // The offset tables under offsets/ (one file per interpreter build).
 std::span<const EmbeddedFile> offset_tables();
 
+// The _Py_DebugOffsets layouts under offsets/debug_offsets/ (one file per
+// CPython minor version, named <major>.<minor>.txt).
+std::span<const EmbeddedFile> debug_offset_layouts();
+
 }  // namespace krait::embedded
