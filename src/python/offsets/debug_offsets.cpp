@@ -45,7 +45,9 @@ std::optional<std::pair<int, int>> minor_from_file_name(std::string_view name) {
   return std::pair{major, minor};
 }
 
-const std::vector<DebugOffsetsLayout>& builtin_layouts() {
+}  // namespace
+
+const std::vector<DebugOffsetsLayout>& builtin_debug_offsets_layouts() {
   static const std::vector<DebugOffsetsLayout> layouts = [] {
     std::vector<DebugOffsetsLayout> out;
     for (const auto& file : embedded::debug_offset_layouts()) {
@@ -64,10 +66,15 @@ const std::vector<DebugOffsetsLayout>& builtin_layouts() {
       }
       out.push_back(std::move(layout).value());
     }
+    std::sort(out.begin(), out.end(), [](const DebugOffsetsLayout& a, const DebugOffsetsLayout& b) {
+      return std::pair(a.major, a.minor) < std::pair(b.major, b.minor);
+    });
     return out;
   }();
   return layouts;
 }
+
+namespace {
 
 // Canonical names are "<Type>.<path>" or "sizeof(<Type>)"; the type of the
 // former, to compare an offset with the size of its struct.
@@ -120,7 +127,7 @@ Result<DebugOffsetsLayout> parse_debug_offsets_layout(std::string_view text, int
 }
 
 const DebugOffsetsLayout* find_debug_offsets_layout(int major, int minor) {
-  for (const auto& layout : builtin_layouts()) {
+  for (const auto& layout : builtin_debug_offsets_layouts()) {
     if (layout.major == major && layout.minor == minor)
       return &layout;
   }

@@ -48,6 +48,9 @@ struct DebugOffsetsLayout {
 // `cookie` and `version`.
 Result<DebugOffsetsLayout> parse_debug_offsets_layout(std::string_view text, int major, int minor);
 
+// Every built-in layout (offsets/debug_offsets/*.txt), ordered by version.
+const std::vector<DebugOffsetsLayout>& builtin_debug_offsets_layouts();
+
 // The built-in layout for that minor version, or nullptr.
 const DebugOffsetsLayout* find_debug_offsets_layout(int major, int minor);
 

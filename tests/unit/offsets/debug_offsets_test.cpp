@@ -8,7 +8,9 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <filesystem>
 #include <regex>
+#include <set>
 #include <sstream>
 
 #include "test_support.h"
@@ -86,34 +88,48 @@ TEST(DebugOffsetsLayout, RejectsBrokenLayouts) {
   }
 }
 
-TEST(DebugOffsets, BuiltInLayoutsCoverThreeThirteenToThreeFifteen) {
-  for (int minor : {13, 14, 15}) {
-    const DebugOffsetsLayout* layout = find_debug_offsets_layout(3, minor);
-    ASSERT_NE(layout, nullptr) << "3." << minor;
-    EXPECT_EQ(debug_offsets_read_size(3, minor), layout->size_bytes());
-    // The decoder depends on these canonical names being present.
+std::string minor_name(const DebugOffsetsLayout& layout) {
+  return std::to_string(layout.major) + "." + std::to_string(layout.minor);
+}
+
+TEST(DebugOffsets, EveryLayoutFileIsBuiltIn) {
+  namespace fs = std::filesystem;
+  std::set<std::string> files;
+  for (const auto& entry :
+       fs::directory_iterator(fs::path(testing::source_dir()) / "offsets" / "debug_offsets"))
+    files.insert(entry.path().filename().string());
+  std::set<std::string> built_in;
+  for (const auto& layout : builtin_debug_offsets_layouts())
+    built_in.insert(minor_name(layout) + ".txt");
+  EXPECT_EQ(built_in, files) << "a layout file failed to parse or cmake was not re-run";
+  for (int minor : {13, 14, 15})
+    EXPECT_NE(find_debug_offsets_layout(3, minor), nullptr) << "3." << minor;
+}
+
+TEST(DebugOffsets, EveryLayoutMapsWhatTheSamplerNeeds) {
+  for (const auto& layout : builtin_debug_offsets_layouts()) {
+    EXPECT_EQ(debug_offsets_read_size(layout.major, layout.minor), layout.size_bytes());
     std::set<std::string> names;
-    for (const auto& s : layout->slots)
+    for (const auto& s : layout.slots)
       names.insert(s.canonical);
     for (const char* needed :
          {"_PyRuntimeState.interpreters.head", "PyInterpreterState.tstate_head",
           "PyThreadState.next", "PyThreadState.current_frame", "PyThreadState.native_thread_id",
-          "_PyInterpreterFrame.previous", "_PyInterpreterFrame.executable",
-          "_PyInterpreterFrame.instr_ptr", "_PyInterpreterFrame.owner", "PyCodeObject.co_qualname",
-          "PyCodeObject.co_filename", "PyCodeObject.co_linetable", "PyCodeObject.co_firstlineno",
-          "PyCodeObject.co_code_adaptive", "sizeof(PyASCIIObject)"})
-      EXPECT_TRUE(names.count(needed)) << "3." << minor << " lacks " << needed;
+          "PyThreadState.thread_id", "_PyInterpreterFrame.previous",
+          "_PyInterpreterFrame.executable", "_PyInterpreterFrame.instr_ptr",
+          "_PyInterpreterFrame.owner", "PyCodeObject.co_qualname", "PyCodeObject.co_filename",
+          "PyCodeObject.co_linetable", "PyCodeObject.co_firstlineno",
+          "PyCodeObject.co_code_adaptive", "sizeof(PyASCIIObject)", "PyASCIIObject.state"})
+      EXPECT_TRUE(names.count(needed)) << minor_name(layout) << " lacks " << needed;
   }
   EXPECT_EQ(debug_offsets_read_size(3, 12), 0u);
-  EXPECT_EQ(debug_offsets_read_size(3, 16), 0u);
+  EXPECT_EQ(debug_offsets_read_size(3, 99), 0u);
 }
 
 TEST(DebugOffsets, DecodesSyntheticBlobOfEveryBuiltInLayout) {
-  for (int minor : {13, 14, 15}) {
-    const DebugOffsetsLayout* layout = find_debug_offsets_layout(3, minor);
-    ASSERT_NE(layout, nullptr);
-    PyVersion v{3, minor, 4};
-    Blob blob = make_blob(*layout, v);
+  for (const auto& layout : builtin_debug_offsets_layouts()) {
+    PyVersion v{layout.major, layout.minor, 4};
+    Blob blob = make_blob(layout, v);
     auto table = decode_debug_offsets(blob.bytes);
     ASSERT_TRUE(table) << table.error().message;
     EXPECT_EQ(table->version, v);
@@ -335,26 +351,30 @@ std::string pyheaders_root() {
   return env && *env ? env : "/tmp/pyheaders/usr/include";
 }
 
+// The struct moved from pycore_runtime.h (3.13) to pycore_debug_offsets.h (3.14+).
+std::string debug_offsets_header(const std::string& include_dir) {
+  std::string moved = include_dir + "/internal/pycore_debug_offsets.h";
+  return std::filesystem::exists(moved) ? moved : include_dir + "/internal/pycore_runtime.h";
+}
+
 TEST(DebugOffsets, LayoutsMatchTheCPythonHeaders) {
-  struct Case {
-    int minor;
-    std::string header;
-  } cases[] = {
-      {13, testing::pyenv_root() + "/versions/3.13.0/include/python3.13/internal/pycore_runtime.h"},
-      {13, pyheaders_root() + "/python3.13/internal/pycore_runtime.h"},
-      {14, pyheaders_root() + "/python3.14/internal/pycore_debug_offsets.h"},
-      {15, pyheaders_root() + "/python3.15/internal/pycore_debug_offsets.h"},
-  };
-  for (const auto& c : cases) {
-    auto text = testing::read_text_file(c.header);
-    ASSERT_TRUE(text) << "missing CPython header " << c.header
-                      << " (Debian unstable python3.1x-dev headers unpacked under "
+  std::vector<std::pair<const DebugOffsetsLayout*, std::string>> cases;
+  cases.emplace_back(
+      find_debug_offsets_layout(3, 13),
+      debug_offsets_header(testing::pyenv_root() + "/versions/3.13.0/include/python3.13"));
+  for (const auto& layout : builtin_debug_offsets_layouts())
+    cases.emplace_back(&layout,
+                       debug_offsets_header(pyheaders_root() + "/python" + minor_name(layout)));
+  for (const auto& [layout, header] : cases) {
+    ASSERT_NE(layout, nullptr);
+    auto text = testing::read_text_file(header);
+    ASSERT_TRUE(text) << "missing CPython header " << header << " (the python"
+                      << minor_name(*layout)
+                      << " headers, e.g. from Debian's libpython3.x-dev, unpacked under "
                          "$KRAIT_PYHEADERS, default /tmp/pyheaders/usr/include)";
     std::vector<std::string> slots = header_slots(*text);
-    ASSERT_FALSE(slots.empty()) << "no struct _Py_DebugOffsets in " << c.header;
-    const DebugOffsetsLayout* layout = find_debug_offsets_layout(3, c.minor);
-    ASSERT_NE(layout, nullptr);
-    EXPECT_EQ(paths_of(*layout), slots) << c.header;
+    ASSERT_FALSE(slots.empty()) << "no struct _Py_DebugOffsets in " << header;
+    EXPECT_EQ(paths_of(*layout), slots) << header;
   }
 }
 
