@@ -1,0 +1,366 @@
+"""Eight busy threads, each in its own function and call chain, that report
+their own stacks.
+
+    python threads.py [--seconds S]
+
+Thread i is named "wk-<i>" (written to /proc/self/task/<tid>/comm, no ctypes
+needed) and spins in a one-line loop with no calls inside a function no other
+thread runs. The chains differ on purpose: plain calls, a method (qualname
+"Charlie.spin_charlie"), a closure ("outer_delta.<locals>.spin_delta"), a
+recursion, a static method and a generator frame. The main thread parks in
+a blocking sleep and burns no CPU.
+
+Once every worker has run one lap of its loop, one JSON line (the truth)
+lists all eight workers with their stacks, root first, read from their own
+frames. With --seconds the workers stop after about S s and the process
+exits 0; otherwise it runs until killed. KRAIT_WORKLOAD_SELFCHECK=1 adds the
+observation lines described in chain.py.
+"""
+
+from __future__ import print_function
+
+import argparse
+import sys
+import time
+
+# --- common (identical in every workload) -----------------------------------
+import dis
+import json
+import os
+import threading
+import traceback
+
+HOT_MARKER = "# krait:" + "hot"
+CALL_MARKER = "# krait:" + "call"
+SELFCHECK_OBSERVATIONS = 100
+SELFCHECK_INTERVAL = 0.01
+_print_lock = threading.Lock()
+
+
+def python_version():
+    return sys.version.split()[0]
+
+
+def code_name(code):
+    # co_qualname exists from 3.11 on; profilers report it there, co_name before.
+    return getattr(code, "co_qualname", code.co_name)
+
+
+def stack_of(frame):
+    """Frames from the root down to `frame`, as the truth lists them."""
+    frames = []
+    while frame is not None:
+        code = frame.f_code
+        frames.append({"function": code_name(code), "file": code.co_filename,
+                       "line": frame.f_lineno})
+        frame = frame.f_back
+    frames.reverse()
+    return frames
+
+
+def native_tid():
+    if hasattr(threading, "get_native_id"):
+        return threading.get_native_id()
+    # Before 3.8: /proc/thread-self links to "<pid>/task/<tid>" (Linux 3.17+).
+    return int(os.readlink("/proc/thread-self").rsplit("/", 1)[1])
+
+
+def thread_ident():
+    return threading.current_thread().ident
+
+
+def read_comm(tid):
+    with open("/proc/self/task/%d/comm" % tid) as f:
+        return f.read().rstrip("\n")
+
+
+def set_comm(tid, name):
+    with open("/proc/self/task/%d/comm" % tid, "w") as f:
+        f.write(name)
+
+
+def marked_line(code, marker):
+    """The one line of `code` whose source text ends with `marker`.
+
+    Only lines in the compiler's own line table of `code` count, so the
+    marker of a nested or neighbouring function is never taken, and a marker
+    that drifted off real code fails loudly instead of giving a wrong truth.
+    """
+    code_lines = set(line for _, line in dis.findlinestarts(code) if line is not None)
+    with open(code.co_filename) as f:
+        text = f.read().split("\n")
+    found = [n for n in sorted(code_lines)
+             if 0 < n <= len(text) and text[n - 1].rstrip().endswith(marker)]
+    if len(found) != 1:
+        raise RuntimeError("%s: %d lines marked %r in %s, need one" %
+                           (code.co_filename, len(found), marker, code.co_name))
+    return found[0]
+
+
+def thread_truth(frame, leaf_marker):
+    """The truth of the calling thread whose leaf frame is `frame`."""
+    stack = stack_of(frame)
+    stack[-1]["line"] = marked_line(frame.f_code, leaf_marker)
+    tid = native_tid()
+    return {"tid": tid, "ident": thread_ident(), "name": read_comm(tid), "stack": stack}
+
+
+def guarded(function, *args):
+    """Runs `function`; any exception ends the whole process with status 70.
+
+    A workload whose truth cannot be computed must die, not leave a test
+    waiting for a line that never comes.
+    """
+    try:
+        return function(*args)
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(70)
+
+
+def emit(obj):
+    with _print_lock:
+        print(json.dumps(obj, sort_keys=True))
+        sys.stdout.flush()
+
+
+def emit_truth(workload, threads, extra=None):
+    truth = {"kind": "truth", "workload": workload, "pid": os.getpid(),
+             "python": python_version(), "threads": threads}
+    if extra:
+        truth.update(extra)
+    emit(truth)
+
+
+def selfcheck_enabled():
+    return os.environ.get("KRAIT_WORKLOAD_SELFCHECK") == "1"
+
+
+def start_selfcheck(threads, end_info=None):
+    """Observes `threads` (truth entries) from a helper thread, if enabled.
+
+    `end_info` is called at the end for workload-specific facts to report.
+    """
+    if not selfcheck_enabled():
+        return
+
+    def observe():
+        for _ in range(SELFCHECK_OBSERVATIONS):
+            time.sleep(SELFCHECK_INTERVAL)
+            frames = sys._current_frames()
+            seen = []
+            for t in threads:
+                frame = frames.get(t["ident"])
+                seen.append({"tid": t["tid"], "stack": stack_of(frame) if frame else []})
+            del frames
+            emit({"kind": "observation", "threads": seen})
+        end = {"kind": "selfcheck_end", "observations": SELFCHECK_OBSERVATIONS}
+        if end_info is not None:
+            end.update(end_info())
+        emit(end)
+
+    helper = threading.Thread(target=guarded, args=(observe,), name="selfcheck")
+    helper.daemon = True
+    helper.start()
+
+
+class Lane(object):
+    """Per-thread bookkeeping, run once per lap of a hot loop (rarely)."""
+
+    def __init__(self, deadline=None, on_first_lap=None):
+        self.running = True
+        self.laps = 0
+        self.deadline = deadline
+        self.on_first_lap = on_first_lap
+
+    def lap(self):
+        self.laps += 1
+        if self.laps == 1 and self.on_first_lap is not None:
+            guarded(self.on_first_lap, sys._getframe(1))
+        if self.deadline is not None and time.time() >= self.deadline:
+            self.running = False
+# --- end common --------------------------------------------------------------
+
+LAP = 1000000
+WORKERS = 8
+
+
+def spin_alpha(lane):
+    limit = LAP
+    n = 0
+    while lane.running:
+        n = 0
+        while n < limit: n += 1  # krait:hot
+        lane.lap()
+    return n
+
+
+def spin_bravo(lane):
+    limit = LAP
+    n = 0
+    while lane.running:
+        n = 0
+        while n < limit: n += 1  # krait:hot
+        lane.lap()
+    return n
+
+
+def route_bravo(lane):
+    return spin_bravo(lane)
+
+
+class Charlie(object):
+    def spin_charlie(self, lane):
+        limit = LAP
+        n = 0
+        while lane.running:
+            n = 0
+            while n < limit: n += 1  # krait:hot
+            lane.lap()
+        return n
+
+
+def start_charlie(lane):
+    return Charlie().spin_charlie(lane)
+
+
+def outer_delta(lane):
+    def spin_delta():
+        limit = LAP
+        n = 0
+        while lane.running:
+            n = 0
+            while n < limit: n += 1  # krait:hot
+            lane.lap()
+        return n
+    return spin_delta()
+
+
+def spin_echo(lane):
+    limit = LAP
+    n = 0
+    while lane.running:
+        n = 0
+        while n < limit: n += 1  # krait:hot
+        lane.lap()
+    return n
+
+
+def descend_echo(lane, remaining):
+    if remaining > 0:
+        return descend_echo(lane, remaining - 1)
+    return spin_echo(lane)
+
+
+def spin_foxtrot(lane):
+    limit = LAP
+    n = 0
+    while lane.running:
+        n = 0
+        while n < limit: n += 1  # krait:hot
+        lane.lap()
+    return n
+
+
+def foxtrot_inner(lane):
+    return spin_foxtrot(lane)
+
+
+def foxtrot_outer(lane):
+    return foxtrot_inner(lane)
+
+
+class Golf(object):
+    @staticmethod
+    def spin_golf(lane):
+        limit = LAP
+        n = 0
+        while lane.running:
+            n = 0
+            while n < limit: n += 1  # krait:hot
+            lane.lap()
+        return n
+
+
+def start_golf(lane):
+    return Golf.spin_golf(lane)
+
+
+def spin_hotel(lane):
+    limit = LAP
+    n = 0
+    while lane.running:
+        n = 0
+        while n < limit: n += 1  # krait:hot
+        lane.lap()
+    yield n
+
+
+def drain_hotel(lane):
+    for n in spin_hotel(lane):
+        return n
+
+
+ENTRIES = [
+    spin_alpha,
+    route_bravo,
+    start_charlie,
+    outer_delta,
+    lambda lane: descend_echo(lane, 3),
+    foxtrot_outer,
+    start_golf,
+    drain_hotel,
+]
+
+
+def run_lane(index, entry, lane):
+    set_comm(native_tid(), "wk-%d" % index)
+    entry(lane)
+
+
+def main():
+    parser = argparse.ArgumentParser(description="eight named busy threads")
+    parser.add_argument("--seconds", type=float, default=None, help="exit after about S s")
+    args = parser.parse_args()
+    deadline = None if args.seconds is None else time.time() + args.seconds
+
+    ready = threading.Condition()
+    truths = [None] * WORKERS
+
+    def first_lap_of(index):
+        def first_lap(frame):
+            truth = thread_truth(frame, HOT_MARKER)
+            with ready:
+                truths[index] = truth
+                ready.notify()
+        return first_lap
+
+    lanes = [Lane(None, first_lap_of(i)) for i in range(WORKERS)]
+    workers = []
+    for i in range(WORKERS):
+        t = threading.Thread(target=guarded, args=(run_lane, i, ENTRIES[i], lanes[i]),
+                             name="wk-%d" % i)
+        t.daemon = True
+        t.start()
+        workers.append(t)
+
+    with ready:
+        while None in truths:
+            ready.wait()
+    emit_truth("threads", truths)
+    start_selfcheck(truths)
+
+    if deadline is None:
+        while True:
+            time.sleep(3600)
+    time.sleep(max(0.0, deadline - time.time()))
+    for lane in lanes:
+        lane.running = False
+    for t in workers:
+        t.join()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
