@@ -194,6 +194,7 @@ Result<void> Sampler::attach_perf_events() {
   }
   if (perf_links_.empty())
     return make_error("no CPU accepted a perf event");
+  cpus_ = static_cast<uint32_t>(perf_links_.size());
   return {};
 }
 

@@ -55,7 +55,7 @@ class Sampler {
   int events_fd() const;
   EventSource source() const { return source_; }  // the event actually used (after start)
   const char* source_name() const;
-  uint32_t cpus() const { return static_cast<uint32_t>(perf_links_.size()); }
+  uint32_t cpus() const { return cpus_; }  // CPUs sampled by the last start()
   // BPF program id of the sampler, for kernel.bpf_stats_enabled run-time stats.
   uint32_t sample_prog_id() const;
 
@@ -71,6 +71,7 @@ class Sampler {
   sampler_bpf* skel_;
   SamplerConfig config_;
   EventSource source_ = EventSource::kAuto;
+  uint32_t cpus_ = 0;
   std::vector<Link> tracepoint_links_;
   std::vector<Link> perf_links_;
 };

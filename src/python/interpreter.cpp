@@ -1,7 +1,9 @@
 #include "python/interpreter.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cstring>
+#include <map>
 #include <regex>
 #include <set>
 
@@ -26,27 +28,36 @@ std::optional<std::pair<int, int>> minor_from_name(const std::string& name) {
   return std::pair{std::stoi(m[1]), std::stoi(m[2])};
 }
 
-// PY_VERSION ("3.9.18") is a string literal of its own in .rodata: Py_GetVersion
-// formats it into the long version at run time.
-std::set<std::string> version_strings(const elf::ElfFile& elf,
-                                      std::optional<std::pair<int, int>> mm) {
-  std::set<std::string> found;
+// PY_VERSION ("3.9.18") is a string literal in .rodata, but the linker may
+// merge it into the tail of a longer string ("/build/Python-3.9.18"), so
+// versions are looked for at the end of every NUL-terminated string.
+std::map<std::string, int> version_strings(const elf::ElfFile& elf,
+                                           std::optional<std::pair<int, int>> mm) {
+  std::map<std::string, int> found;  // version -> 2 when standalone, else 1
   auto rodata = elf.section_bytes(".rodata");
   if (!rodata)
     return found;
-  static const std::regex re(R"(([23])\.(\d{1,2})\.(\d{1,3})([abc]|rc)?\d*\+?)");
+  static const std::regex re(R"(([23])\.(\d{1,2})\.(\d{1,3})$)");
   const auto& bytes = *rodata;
   size_t i = 0;
   while (i < bytes.size()) {
     size_t j = i;
     while (j < bytes.size() && bytes[j] != 0)
       ++j;
-    if (j - i >= 5 && j - i <= 16 && bytes[i] >= '2' && bytes[i] <= '3' && bytes[i + 1] == '.') {
-      std::string s(reinterpret_cast<const char*>(bytes.data() + i), j - i);
+    // The version is at most "3.14.123": look at the last 9 bytes only.
+    size_t from = j - i > 9 ? j - 9 : i;
+    while (from < j &&
+           !(bytes[from] >= '2' && bytes[from] <= '3' && from + 1 < j && bytes[from + 1] == '.' &&
+             (from == i || !(std::isdigit(bytes[from - 1]) || bytes[from - 1] == '.'))))
+      ++from;
+    if (from < j) {
+      std::string tail(reinterpret_cast<const char*>(bytes.data() + from), j - from);
       std::smatch m;
-      if (std::regex_match(s, m, re) &&
-          (!mm || (std::stoi(m[1]) == mm->first && std::stoi(m[2]) == mm->second)))
-        found.insert(s);
+      if (std::regex_match(tail, m, re) &&
+          (!mm || (std::stoi(m[1]) == mm->first && std::stoi(m[2]) == mm->second))) {
+        int& score = found[tail];
+        score = std::max(score, from == i ? 2 : 1);
+      }
     }
     i = j + 1;
   }
@@ -64,8 +75,19 @@ Result<PyVersion> image_version(const elf::ElfFile& elf, const std::string& path
   }
   auto mm = minor_from_name(basename(path));
   auto candidates = version_strings(elf, mm);
-  if (candidates.size() == 1) {
-    if (auto v = PyVersion::parse(*candidates.begin()))
+  // A standalone literal beats a string tail; one distinct answer is needed.
+  std::vector<std::string> best;
+  int best_score = 0;
+  for (const auto& [text, score] : candidates) {
+    if (score > best_score) {
+      best = {text};
+      best_score = score;
+    } else if (score == best_score) {
+      best.push_back(text);
+    }
+  }
+  if (best.size() == 1) {
+    if (auto v = PyVersion::parse(best.front()))
       return *v;
   }
   return make_error("cannot tell which Python version {} is ({} candidate version strings)", path,

@@ -1,0 +1,184 @@
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "bpf/features.h"
+#include "cli/commands.h"
+#include "python/attach.h"
+#include "python/offsets/debug_offsets.h"
+#include "python/offsets/offset_table.h"
+#include "util/files.h"
+#include "util/json_writer.h"
+
+namespace krait::cli {
+namespace {
+
+struct ProcessReport {
+  pid_t pid;
+  std::string name;
+  python::Attachment attachment;
+};
+
+const char* status_name(python::AttachStatus s) {
+  switch (s) {
+    case python::AttachStatus::kAttached:
+      return "profilable";
+    case python::AttachStatus::kNotYet:
+      return "starting";
+    case python::AttachStatus::kNotPython:
+      return "not-python";
+    case python::AttachStatus::kGone:
+      return "exited";
+    case python::AttachStatus::kRefused:
+      return "refused";
+  }
+  return "?";
+}
+
+std::string comm(pid_t pid) {
+  auto c = read_file("/proc/" + std::to_string(pid) + "/comm");
+  std::string s = c ? *c : "?";
+  while (!s.empty() && s.back() == '\n')
+    s.pop_back();
+  return s;
+}
+
+std::vector<ProcessReport> python_processes(const std::vector<pid_t>& only) {
+  std::vector<pid_t> pids = only;
+  if (pids.empty()) {
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
+      auto name = e.path().filename().string();
+      if (!name.empty() && name.find_first_not_of("0123456789") == std::string::npos)
+        pids.push_back(static_cast<pid_t>(std::stol(name)));
+    }
+    std::sort(pids.begin(), pids.end());
+  }
+  python::ImageCache images;
+  std::vector<ProcessReport> out;
+  for (pid_t pid : pids) {
+    if (pid == ::getpid())
+      continue;
+    auto a = python::attach_process(pid, images, {});
+    if (a.status == python::AttachStatus::kNotPython && only.empty())
+      continue;
+    if (a.status == python::AttachStatus::kGone && only.empty())
+      continue;
+    out.push_back({pid, comm(pid), std::move(a)});
+  }
+  return out;
+}
+
+std::vector<std::string> debug_offsets_minors() {
+  std::vector<std::string> out;
+  for (int minor = 13; minor < 40; ++minor)
+    if (python::find_debug_offsets_layout(3, minor))
+      out.push_back(fmt::format("3.{}", minor));
+  return out;
+}
+
+}  // namespace
+
+Runner add_info_command(CLI::App& app) {
+  auto json = std::make_shared<bool>(false);
+  auto pids = std::make_shared<std::vector<pid_t>>();
+  CLI::App* cmd =
+      app.add_subcommand("info", "Show kernel features, permissions and the Python processes seen");
+  cmd->add_flag("--json", *json, "Machine-readable output");
+  cmd->add_option("-p,--pid", *pids,
+                  "Only these processes (also shows why a pid is not profilable)");
+  return [json, pids]() -> Result<int> {
+    const auto features = bpf::probe_kernel_features();
+    const auto caps = bpf::effective_capabilities();
+    const auto missing = bpf::missing_capabilities(caps);
+    const auto processes = python_processes(*pids);
+    std::vector<std::string> tables;
+    for (const auto& t : python::builtin_offset_tables())
+      tables.push_back(t.version.str());
+    const auto layouts = debug_offsets_minors();
+
+    if (*json) {
+      JsonWriter w;
+      w.begin_object();
+      w.key("kernel").begin_object();
+      w.key("release").value(features.release);
+      w.key("btf").value(features.btf);
+      w.key("cycles_event").value(features.cycles_event);
+      w.key("cpu_clock_event").value(features.cpu_clock_event);
+      w.key("bpf_stats_enabled").value(features.bpf_stats_enabled);
+      w.key("online_cpus").value(static_cast<int64_t>(features.online_cpus));
+      w.key("notes").begin_array();
+      for (const auto& n : features.notes)
+        w.value(n);
+      w.end_array().end_object();
+      w.key("capabilities").begin_object();
+      w.key("bpf").value(caps.bpf);
+      w.key("perfmon").value(caps.perfmon);
+      w.key("sys_ptrace").value(caps.sys_ptrace);
+      w.key("can_record").value(!missing.has_value());
+      if (missing)
+        w.key("missing").value(*missing);
+      w.end_object();
+      w.key("offset_tables").begin_array();
+      for (const auto& t : tables)
+        w.value(t);
+      w.end_array();
+      w.key("debug_offsets_layouts").begin_array();
+      for (const auto& l : layouts)
+        w.value(l);
+      w.end_array();
+      w.key("processes").begin_array();
+      for (const auto& p : processes) {
+        const auto& a = p.attachment;
+        w.begin_object();
+        w.key("pid").value(static_cast<int64_t>(p.pid));
+        w.key("name").value(p.name);
+        w.key("status").value(status_name(a.status));
+        if (a.version)
+          w.key("python_version").value(a.version->str());
+        else
+          w.key("python_version").null();
+        w.key("image").value(a.image_path);
+        w.key("build").value(a.shared_library ? "shared" : "static");
+        w.key("stripped").value(a.stripped);
+        w.key("offsets").value(a.offsets_source);
+        w.key("reason").value(a.reason);
+        w.end_object();
+      }
+      w.end_array().end_object();
+      fmt::print("{}\n", w.str());
+      return 0;
+    }
+
+    fmt::print("kernel {}: BTF {}, cycles event {}, cpu-clock event {}, {} CPUs online\n",
+               features.release, features.btf ? "yes" : "NO", features.cycles_event ? "yes" : "no",
+               features.cpu_clock_event ? "yes" : "NO", features.online_cpus);
+    for (const auto& n : features.notes)
+      fmt::print("  note: {}\n", n);
+    fmt::print("permissions: {}\n",
+               missing ? *missing : "can record (CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE)");
+    fmt::print("offset tables: {}\n", fmt::join(tables, " "));
+    fmt::print("_Py_DebugOffsets layouts: {}\n", fmt::join(layouts, " "));
+    if (processes.empty()) {
+      fmt::print("no Python processes\n");
+      return 0;
+    }
+    fmt::print("{:>8}  {:<16} {:<8} {:<10} {}\n", "PID", "PROCESS", "PYTHON", "STATUS", "DETAILS");
+    for (const auto& p : processes) {
+      const auto& a = p.attachment;
+      std::string details;
+      if (a.status == python::AttachStatus::kAttached)
+        details = fmt::format("{} ({}{}), offsets: {}", a.image_path,
+                              a.shared_library ? "shared" : "static",
+                              a.stripped ? ", stripped" : "", a.offsets_source);
+      else
+        details = a.reason;
+      fmt::print("{:>8}  {:<16} {:<8} {:<10} {}\n", p.pid, p.name,
+                 a.version ? a.version->str() : "-", status_name(a.status), details);
+    }
+    return 0;
+  };
+}
+
+}  // namespace krait::cli

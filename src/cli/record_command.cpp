@@ -1,0 +1,49 @@
+#include <map>
+
+#include "cli/commands.h"
+#include "record/session.h"
+
+namespace krait::cli {
+
+Runner add_record_command(CLI::App& app) {
+  auto opts = std::make_shared<record::RecordOptions>();
+  auto duration = std::make_shared<double>(0);
+  CLI::App* cmd = app.add_subcommand(
+      "record", "Sample Python processes and write a profile (Ctrl-C or SIGTERM stops and writes)");
+  cmd->add_option("-d,--duration", *duration, "Seconds to record (default: until Ctrl-C)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("-o,--output", opts->output,
+                  "Output file (default: krait-<host>-<time>.pb.gz or .folded)");
+  cmd->add_option("-p,--pid", opts->pids, "Profile only these processes (repeatable)");
+  cmd->add_option("-r,--rate", opts->frequency_hz, "Samples per second per CPU")
+      ->check(CLI::Range(1, 10000))
+      ->capture_default_str();
+  std::map<std::string, record::OutputFormat> formats{{"pprof", record::OutputFormat::kPprof},
+                                                      {"folded", record::OutputFormat::kFolded}};
+  cmd->add_option("-f,--format", opts->format, "pprof (gzipped profile.proto) or folded text")
+      ->transform(CLI::CheckedTransformer(formats, CLI::ignore_case));
+  cmd->add_option("--max-depth", opts->max_depth, "Python frames per stack; deeper are truncated")
+      ->check(CLI::Range(1, KRAIT_PY_FRAMES_CAP))
+      ->capture_default_str();
+  std::map<std::string, bpf::EventSource> events{{"auto", bpf::EventSource::kAuto},
+                                                 {"cycles", bpf::EventSource::kCycles},
+                                                 {"cpu-clock", bpf::EventSource::kCpuClock}};
+  cmd->add_option("--event", opts->event,
+                  "Sampling event: auto (cycles where the host has a PMU, else cpu-clock)")
+      ->transform(CLI::CheckedTransformer(events, CLI::ignore_case));
+  cmd->add_option("--offsets", opts->offsets_files,
+                  "Offsets table for a custom interpreter build (from `krait offsets generate`)")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--ready-fd", opts->ready_fd,
+                  "Write \"ready\" to this fd once sampling runs (for scripts and tests)");
+  cmd->add_flag("!--no-builtin-offsets", opts->builtin_offsets,
+                "Ignore the built-in offset tables (tests)")
+      ->group("");
+  return [opts, duration]() -> Result<int> {
+    if (*duration > 0)
+      opts->duration_s = *duration;
+    return record::run_record(*opts);
+  };
+}
+
+}  // namespace krait::cli

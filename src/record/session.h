@@ -1,0 +1,41 @@
+// `krait record`: one recording from start to written file.
+//
+// Threads: everything runs on the calling thread, around one epoll set (the
+// ring buffer, a signalfd for SIGINT/SIGTERM, a timerfd for --duration), so
+// stopping is a matter of leaving the loop, draining what the kernel still
+// holds, and writing the file: a signal never loses collected samples.
+#pragma once
+
+#include <sys/types.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "bpf/sampler.h"
+#include "util/result.h"
+
+namespace krait::record {
+
+enum class OutputFormat : uint8_t { kPprof, kFolded };
+
+struct RecordOptions {
+  std::optional<double> duration_s;  // nullopt: until SIGINT/SIGTERM
+  std::string output;                // empty: a name from host and time
+  OutputFormat format = OutputFormat::kPprof;
+  std::vector<pid_t> pids;  // empty: every Python process
+  uint32_t frequency_hz = 99;
+  uint32_t max_depth = KRAIT_PY_DEPTH_DEFAULT;
+  bpf::EventSource event = bpf::EventSource::kAuto;
+  std::vector<std::string> offsets_files;  // --offsets
+  bool builtin_offsets = true;             // tests: simulate a release with no table
+  int ready_fd = -1;                       // written "ready\n" once sampling runs
+};
+
+// Returns the process exit status (0, or 1 when nothing could be
+// profiled); an Error for failures that stop the run before it starts.
+Result<int> run_record(const RecordOptions& options);
+
+std::string default_output_name(OutputFormat format);
+
+}  // namespace krait::record
