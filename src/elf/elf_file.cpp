@@ -248,7 +248,9 @@ void ElfFile::State::read_segments_notes_dynamic(const std::vector<GElf_Phdr>& n
       }
     }
   }
-  if (!read_dynamic_section() && dynamic)
+  // PT_DYNAMIC is only trusted without section headers: a separate debug
+  // file keeps the program headers but not the bytes they point at.
+  if (!read_dynamic_section() && dynamic && sections.empty())
     read_dynamic_segment(*dynamic);
 }
 
@@ -259,7 +261,7 @@ bool ElfFile::State::read_dynamic_section() {
       continue;
     Elf_Data* data = elf_getdata(elf_getscn(e, info.index), nullptr);
     size_t entry_size = gelf_fsize(e, ELF_T_DYN, 1, EV_CURRENT);
-    if (data == nullptr || entry_size == 0)
+    if (data == nullptr || data->d_buf == nullptr || entry_size == 0)
       return false;
     size_t count = data->d_size / entry_size;
     for (size_t i = 0; i < count; ++i) {
@@ -288,7 +290,7 @@ void ElfFile::State::read_dynamic_segment(const GElf_Phdr& dynamic) {
   Elf_Data* data =
       elf_getdata_rawchunk(e, static_cast<int64_t>(dynamic.p_offset), dynamic.p_filesz, ELF_T_DYN);
   size_t entry_size = gelf_fsize(e, ELF_T_DYN, 1, EV_CURRENT);
-  if (data == nullptr || entry_size == 0)
+  if (data == nullptr || data->d_buf == nullptr || entry_size == 0)
     return;
   std::optional<uint64_t> strtab_vaddr;
   uint64_t strtab_size = 0;
@@ -345,7 +347,9 @@ void ElfFile::State::read_symbols(const SectionInfo& info, std::vector<Symbol>& 
   Elf* e = elf.get();
   Elf_Data* data = elf_getdata(elf_getscn(e, info.index), nullptr);
   size_t entry_size = gelf_fsize(e, ELF_T_SYM, 1, EV_CURRENT);
-  if (data == nullptr || entry_size == 0)
+  // d_buf is null for a section whose type was rewritten but whose data is
+  // absent; gelf_getsym would dereference it.
+  if (data == nullptr || data->d_buf == nullptr || entry_size == 0)
     return;
   // d_size came from the file, so the count is bounded by the file's size.
   size_t count = data->d_size / entry_size;

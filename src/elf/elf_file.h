@@ -83,7 +83,9 @@ class ElfFile {
   // symbols are not indexed). .dynsym is searched first, then .symtab. Among
   // several definitions in one table, a global one wins over a weak one over
   // a local one, then the first in table order. O(log n) after the first
-  // call, which indexes both tables.
+  // call, which indexes both tables. Names are matched as stored: GNU ld
+  // writes versioned names into .symtab ("stdout@GLIBC_2.2.5"), while
+  // .dynsym names carry no version.
   std::optional<Symbol> find_symbol(std::string_view name) const;
 
   // The first section named `name`.
