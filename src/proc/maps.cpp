@@ -2,6 +2,7 @@
 
 #include <elf.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -33,6 +34,7 @@ class LineReader {
     rest_.remove_prefix(static_cast<size_t>(ptr - rest_.data()));
     return true;
   }
+  bool at_end() const { return rest_.empty(); }
   bool take_char(char c) {
     if (rest_.empty() || rest_.front() != c)
       return false;
@@ -81,7 +83,8 @@ std::optional<MapEntry> parse_line(std::string_view line) {
       !reader.take_number(entry.end, 16) || !reader.take_char(' ') || !reader.take_perms(entry) ||
       !reader.take_char(' ') || !reader.take_number(entry.offset, 16) || !reader.take_char(' ') ||
       !reader.take_number(major, 16) || !reader.take_char(':') || !reader.take_number(minor, 16) ||
-      !reader.take_char(' ') || !reader.take_number(entry.inode, 10))
+      !reader.take_char(' ') || !reader.take_number(entry.inode, 10) ||
+      !(reader.at_end() || reader.take_char(' ')))
     return std::nullopt;
   if (entry.end < entry.start || major > UINT32_MAX || minor > UINT32_MAX)
     return std::nullopt;
@@ -251,6 +254,30 @@ std::string openable_path(int pid, const MapEntry& entry) {
   if (entry.deleted || entry.path.find(kEscapedNewline) != std::string::npos)
     return fmt::format("/proc/{}/map_files/{:x}-{:x}", pid, entry.start, entry.end);
   return fmt::format("/proc/{}/root{}", pid, entry.path);
+}
+
+Result<elf::ElfFile> open_mapped_elf(int pid, const MapEntry& entry) {
+  if (!entry.is_file())
+    return make_error("mapping {:x}-{:x} of process {} is not a file mapping", entry.start,
+                      entry.end, pid);
+  std::string path = openable_path(pid, entry);
+  std::string map_files = fmt::format("/proc/{}/map_files/{:x}-{:x}", pid, entry.start, entry.end);
+  std::string by_path_problem;
+  if (path != map_files) {
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0)
+      by_path_problem = fmt::format("{}: {}", path, std::strerror(errno));
+    else if (st.st_ino != entry.inode)
+      by_path_problem = fmt::format("{} is not the mapped file (inode {}, mapped {})", path,
+                                    st.st_ino, entry.inode);
+    else
+      return elf::ElfFile::open(path);
+  }
+  auto elf = elf::ElfFile::open(map_files);
+  if (elf.ok() || by_path_problem.empty())
+    return elf;
+  return make_error("cannot open {} of process {}: {}; and {} (map_files needs CAP_SYS_ADMIN)",
+                    entry.path, pid, by_path_problem, elf.error().message);
 }
 
 }  // namespace krait::proc

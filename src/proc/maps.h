@@ -51,8 +51,12 @@ std::vector<MapEntry> maps_of_file(std::span<const MapEntry> maps, const MapEntr
 
 // The load bias of `elf` in a process: the value added to a file virtual
 // address to get the process address. `file_maps` are mappings of that file
-// only (see maps_of_file), at least one; any one suffices, whichever segment
-// it maps (the loader places all segments at one bias). 0 for ET_EXEC files.
+// only (see maps_of_file), at least one. The loader places all segments at
+// one bias, so each mapping votes for the bias its file offset implies and
+// the best-supported bias wins; the mapping of the segment that holds the
+// address is not needed. Pass all mappings of the file: one mapping alone
+// can be ambiguous when small segments share a file page (the RELRO page of
+// a tiny library fits its read-only data segment too). 0 for ET_EXEC files.
 // Error when the entries mix files or none is consistent with the file's
 // PT_LOAD segments (wrong ElfFile for these mappings).
 Result<uint64_t> load_bias(std::span<const MapEntry> file_maps, const elf::ElfFile& elf);
@@ -70,5 +74,13 @@ Result<uint64_t> runtime_address(std::span<const MapEntry> file_maps, const elf:
 // Opening a map_files path needs CAP_SYS_ADMIN. Returns "" for entries that
 // are not file mappings (see MapEntry::is_file).
 std::string openable_path(int pid, const MapEntry& entry);
+
+// Opens the file of `entry` as an ElfFile: through openable_path() when the
+// file found there has the mapping's inode, else through
+// /proc/PID/map_files/<start>-<end>, which is always the mapped file (a
+// process chrooted inside our mount namespace shows paths relative to our
+// root, so /proc/PID/root<path> names another file or none). Error when
+// neither opens (map_files needs CAP_SYS_ADMIN) or the file is not ELF.
+Result<elf::ElfFile> open_mapped_elf(int pid, const MapEntry& entry);
 
 }  // namespace krait::proc
