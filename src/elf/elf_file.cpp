@@ -132,8 +132,8 @@ struct ElfFile::State {
     return nullptr;
   }
   Result<void> read_headers();
-  void read_segments_notes_dynamic(const std::vector<GElf_Phdr>& notes,
-                                   const std::optional<GElf_Phdr>& dynamic);
+  void read_build_id_and_dynamic(const std::vector<GElf_Phdr>& notes,
+                                 const std::optional<GElf_Phdr>& dynamic);
   bool read_dynamic_section();
   void read_dynamic_segment(const GElf_Phdr& dynamic);
   void read_symbols(const SectionInfo& info, std::vector<Symbol>& out);
@@ -211,7 +211,7 @@ Result<void> ElfFile::State::read_headers() {
       has_symtab = true;
   }
 
-  read_segments_notes_dynamic(notes, dynamic);
+  read_build_id_and_dynamic(notes, dynamic);
 
   if (const SectionInfo* info = section(".gnu_debuglink");
       info != nullptr && info->section.type != SHT_NOBITS) {
@@ -226,8 +226,8 @@ Result<void> ElfFile::State::read_headers() {
   return {};
 }
 
-void ElfFile::State::read_segments_notes_dynamic(const std::vector<GElf_Phdr>& notes,
-                                                 const std::optional<GElf_Phdr>& dynamic) {
+void ElfFile::State::read_build_id_and_dynamic(const std::vector<GElf_Phdr>& notes,
+                                               const std::optional<GElf_Phdr>& dynamic) {
   Elf* e = elf.get();
   // Program headers survive every kind of stripping, so they come first.
   for (const GElf_Phdr& note : notes) {

@@ -416,6 +416,37 @@ TEST(ElfFileTest, SeparateDebugFileOpensAndHasSymbols) {
   EXPECT_FALSE(elf.section_bytes(".text").ok());
 }
 
+// Without section headers (as left by sstrip), the build-id comes from
+// PT_NOTE and DT_NEEDED / DT_SONAME from PT_DYNAMIC; symbols are gone.
+TEST(ElfFileTest, WithoutSectionHeadersUsesProgramHeaders) {
+  REQUIRE_FIXTURES();
+  test::TempDir dir;
+  ASSERT_FALSE(dir.path().empty());
+  for (const std::string& original : {fixtures().pie, fixtures().lib}) {
+    ASSERT_ORACLE(oracle, original);
+    ASSERT_FALSE(oracle.needed.empty() && oracle.soname.empty()) << "nothing to compare";
+    std::vector<uint8_t> bytes = test::read_bytes(original);
+    ASSERT_GE(bytes.size(), sizeof(Elf64_Ehdr));
+    Elf64_Ehdr ehdr;
+    std::memcpy(&ehdr, bytes.data(), sizeof ehdr);
+    ehdr.e_shoff = 0;
+    ehdr.e_shnum = 0;
+    ehdr.e_shstrndx = SHN_UNDEF;
+    std::memcpy(bytes.data(), &ehdr, sizeof ehdr);
+    std::string path = dir.file("no-sections");
+    test::write_bytes(path, bytes, false);
+
+    ASSERT_OPENS(elf, path);
+    EXPECT_FALSE(elf.find_section(".text").has_value());
+    EXPECT_FALSE(elf.has_symtab());
+    EXPECT_EQ(elf.build_id(), oracle.build_id);
+    EXPECT_EQ(elf.needed(), oracle.needed);
+    EXPECT_EQ(elf.soname(), oracle.soname);
+    EXPECT_FALSE(elf.find_symbol("main").has_value());
+    check_segments_against_readelf(elf, oracle);
+  }
+}
+
 TEST(ElfFileTest, ConcurrentFirstLookupsAgree) {
   REQUIRE_FIXTURES();
   ASSERT_OPENS(elf, fixtures().pie);
