@@ -126,10 +126,16 @@ Result<std::unique_ptr<Sampler>> Sampler::open_and_load(const SamplerConfig& con
     return make_error("loading the BPF sampler failed: {} (run with -v for the verifier log)",
                       errno_text(err));
   }
+  // The profiler reports its own cost; the kernel's timing adds a few tens
+  // of nanoseconds per run. Older kernels without BPF_ENABLE_STATS just
+  // report nothing.
+  sampler->stats_fd_ = bpf_enable_stats(BPF_STATS_RUN_TIME);
   return sampler;
 }
 
 Sampler::~Sampler() {
+  if (stats_fd_ >= 0)
+    ::close(stats_fd_);
   perf_links_.clear();
   tracepoint_links_.clear();
   sampler_bpf__destroy(skel_);
@@ -236,12 +242,12 @@ const char* Sampler::source_name() const {
   return source_ == EventSource::kCycles ? "cycles" : "cpu-clock";
 }
 
-uint32_t Sampler::sample_prog_id() const {
+Sampler::RunStats Sampler::run_stats() const {
   bpf_prog_info info{};
   uint32_t len = sizeof info;
   if (bpf_obj_get_info_by_fd(bpf_program__fd(skel_->progs.krait_sample), &info, &len))
-    return 0;
-  return info.id;
+    return {};
+  return {info.run_cnt, info.run_time_ns};
 }
 
 }  // namespace krait::bpf

@@ -56,8 +56,13 @@ class Sampler {
   EventSource source() const { return source_; }  // the event actually used (after start)
   const char* source_name() const;
   uint32_t cpus() const { return cpus_; }  // CPUs sampled by the last start()
-  // BPF program id of the sampler, for kernel.bpf_stats_enabled run-time stats.
-  uint32_t sample_prog_id() const;
+  // Kernel-measured cost of the sampler program so far (BPF_ENABLE_STATS is
+  // held for the Sampler's lifetime, so this works without the sysctl).
+  struct RunStats {
+    uint64_t runs = 0;
+    uint64_t run_time_ns = 0;
+  };
+  RunStats run_stats() const;
 
  private:
   struct LinkDeleter {
@@ -72,6 +77,7 @@ class Sampler {
   SamplerConfig config_;
   EventSource source_ = EventSource::kAuto;
   uint32_t cpus_ = 0;
+  int stats_fd_ = -1;
   std::vector<Link> tracepoint_links_;
   std::vector<Link> perf_links_;
 };

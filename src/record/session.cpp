@@ -262,6 +262,7 @@ Result<int> run_record(const RecordOptions& o) {
   facts.cpus = (*sampler)->cpus();
   facts.counters = (*sampler)->counters();
   facts.malformed_records = (*reader)->malformed();
+  facts.bpf_runs = (*sampler)->run_stats();
   auto summary = summarize(facts, tracker, pipeline.stats());
 
   profile.meta().start_time_unix_ns = start_unix;

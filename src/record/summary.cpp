@@ -14,6 +14,11 @@ std::vector<std::string> summarize(const RunFacts& run, const ProcessTracker& tr
                   pipeline.samples - pipeline.stale_samples, run.seconds, run.frequency_hz,
                   run.event, run.cpus));
 
+  if (run.bpf_runs.runs)
+    out.push_back(fmt::format("  sampler cost: {:.2f} us per run over {} runs (kernel bpf stats)",
+                              static_cast<double>(run.bpf_runs.run_time_ns) / 1000.0 /
+                                  static_cast<double>(run.bpf_runs.runs),
+                              run.bpf_runs.runs));
   std::map<std::string, uint64_t> losses;  // reason -> samples
   std::vector<std::string> refused;
   bool header = false;

@@ -19,6 +19,7 @@ struct RunFacts {
   uint32_t cpus = 0;
   bpf::Counters counters{};
   uint64_t malformed_records = 0;
+  bpf::Sampler::RunStats bpf_runs;
 };
 
 std::vector<std::string> summarize(const RunFacts& run, const ProcessTracker& tracker,
