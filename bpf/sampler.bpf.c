@@ -24,6 +24,8 @@ const volatile __u32 cfg_max_depth = KRAIT_PY_DEPTH_DEFAULT;
 const volatile __u32 cfg_thread_walk_limit = KRAIT_THREAD_WALK_DEFAULT;
 const volatile __u64 cfg_unknown_recheck_ns = 1000000000ULL;
 const volatile __u32 cfg_self_pid = 0;
+/* Time each walk into krait_sample.cost_ns (two clock reads per sample). */
+const volatile __u8 cfg_measure_cost = 0;
 /* --pid mode: processes absent from `procs` are not reported. */
 const volatile __u8 cfg_listed_only = 0;
 
@@ -117,6 +119,7 @@ static __always_inline struct krait_proc_info* krait_classify(__u32 pid, __u64 p
 
 SEC("perf_event")
 int krait_sample(struct bpf_perf_event_data* ctx) {
+  __u64 start_ns = cfg_measure_cost ? bpf_ktime_get_ns() : 0;
   __u64 pid_tgid = bpf_get_current_pid_tgid();
   __u32 pid = pid_tgid >> 32;
   __u32 tid = (__u32)pid_tgid;
@@ -160,6 +163,7 @@ int krait_sample(struct bpf_perf_event_data* ctx) {
     }
   }
 
+  sample->cost_ns = cfg_measure_cost ? (__u32)(bpf_ktime_get_ns() - start_ns) : 0;
   __u32 n = sample->py_nframes;
   if (n > KRAIT_PY_FRAMES_CAP)
     n = KRAIT_PY_FRAMES_CAP;

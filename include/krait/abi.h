@@ -89,7 +89,7 @@ struct krait_sample {
   __u16 py_status;
   __u16 py_flags;
   __u32 py_nframes; /* frames[] entries filled, leaf first */
-  __u32 _pad0;
+  __u32 cost_ns;    /* sampler time spent on this sample (0 unless cost measurement is on) */
   __u64 tstate;
   char comm[KRAIT_COMM_LEN]; /* the thread's name */
   struct krait_py_frame frames[KRAIT_PY_FRAMES_CAP];
@@ -112,9 +112,10 @@ struct krait_exec_event {
 #define KRAIT_PROC_REFUSED 2 /* Python, but not profiled: samples are counted, not walked */
 
 /* krait_py_layout.instr_kind */
-#define KRAIT_INSTR_LASTI 0   /* frame_instr is an int (f_lasti); copied as is, negatives as 0 */
-#define KRAIT_INSTR_POINTER 1 /* frame_instr points into co_code_adaptive; sent as a byte offset \
-                               */
+#define KRAIT_INSTR_LASTI 0 /* frame_instr is an int (f_lasti); copied as is, negatives as 0 */
+#define KRAIT_INSTR_POINTER                                            \
+  1 /* frame_instr points into co_code_adaptive; sent as a byte offset \
+     */
 
 /* Where the fields the sampler reads live, for one interpreter build.
  * Offsets are in bytes from the start of the struct; KRAIT_OFFSET_NONE

@@ -11,6 +11,7 @@ static_assert(offsetof(krait_sample, frames) == 64);
 static_assert(sizeof(krait_sample) == 64 + 16 * KRAIT_PY_FRAMES_CAP);
 static_assert(KRAIT_SAMPLE_SIZE(0) == 64);
 static_assert(sizeof(krait_exec_event) == 40);
+static_assert(offsetof(krait_sample, cost_ns) == 36);
 static_assert(sizeof(krait_py_layout) == 48);
 static_assert(sizeof(krait_proc_info) == 80);
 static_assert(sizeof(krait_thread_entry) == 24);

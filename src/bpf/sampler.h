@@ -29,7 +29,8 @@ struct SamplerConfig {
   uint32_t thread_walk_limit = KRAIT_THREAD_WALK_DEFAULT;
   uint64_t unknown_recheck_ns = 1'000'000'000;
   uint32_t ring_buffer_bytes = 8u << 20;
-  bool listed_only = false;  // --pid mode
+  bool listed_only = false;   // --pid mode
+  bool measure_cost = false;  // fill krait_sample.cost_ns
   EventSource source = EventSource::kAuto;
 };
 

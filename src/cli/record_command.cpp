@@ -36,6 +36,8 @@ Runner add_record_command(CLI::App& app) {
       ->check(CLI::ExistingFile);
   cmd->add_option("--ready-fd", opts->ready_fd,
                   "Write \"ready\" to this fd once sampling runs (for scripts and tests)");
+  cmd->add_flag("--measure-sampler-cost", opts->measure_cost,
+                "Time every stack walk in the kernel and report its distribution (benchmarks)");
   cmd->add_flag("!--no-builtin-offsets", opts->builtin_offsets,
                 "Ignore the built-in offset tables (tests)")
       ->group("");

@@ -160,7 +160,7 @@ const ImageCache::Entry& ImageCache::analyze(pid_t pid, const proc::MapEntry& ma
     return it->second;
 
   Entry entry;
-  auto elf = elf::ElfFile::open(proc::openable_path(pid, map));
+  auto elf = proc::open_mapped_elf(pid, map);
   if (elf) {
     for (const auto& lib : elf->needed())
       if (lib.starts_with("libpython"))

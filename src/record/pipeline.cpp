@@ -132,6 +132,8 @@ void Pipeline::on_sample(const events::SampleView& view) {
   ++p->stats.by_status[status];
   if (status == KRAIT_PY_PROC_REFUSED)
     return;  // counted; the summary names the reason
+  if (s.cost_ns && stats_.sampler_cost_ns.size() < kMaxCostSamples)
+    stats_.sampler_cost_ns.push_back(s.cost_ns);
 
   stack_.clear();
   for (const krait_py_frame& f : view.frames)

@@ -25,7 +25,12 @@ struct PipelineStats {
   uint64_t exec_events = 0;
   uint64_t exit_events = 0;
   uint64_t unknown_events = 0;
+  // krait_sample.cost_ns of walked samples when cost measurement is on
+  // (capped at kMaxCostSamples; the first ones are kept).
+  std::vector<uint32_t> sampler_cost_ns;
 };
+
+inline constexpr size_t kMaxCostSamples = 1'000'000;
 
 // Synthetic frame names, also used by tests and the summary.
 std::string_view py_status_description(uint32_t status);

@@ -161,6 +161,7 @@ Result<int> run_record(const RecordOptions& o) {
   cfg.max_depth = o.max_depth;
   cfg.listed_only = topts.listed_only;
   cfg.source = o.event;
+  cfg.measure_cost = o.measure_cost;
   auto sampler = bpf::Sampler::open_and_load(cfg);
   if (!sampler)
     return sampler.error();

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <map>
 
 namespace krait::record {
@@ -19,6 +20,17 @@ std::vector<std::string> summarize(const RunFacts& run, const ProcessTracker& tr
                               static_cast<double>(run.bpf_runs.run_time_ns) / 1000.0 /
                                   static_cast<double>(run.bpf_runs.runs),
                               run.bpf_runs.runs));
+  if (!pipeline.sampler_cost_ns.empty()) {
+    std::vector<uint32_t> c = pipeline.sampler_cost_ns;
+    std::sort(c.begin(), c.end());
+    auto at = [&](double q) {
+      return c[static_cast<size_t>(q * static_cast<double>(c.size() - 1))] / 1000.0;
+    };
+    out.push_back(
+        fmt::format("  sampler cost per Python sample: median {:.2f} us, p90 {:.2f} us, p99 {:.2f} "
+                    "us ({} samples)",
+                    at(0.5), at(0.9), at(0.99), c.size()));
+  }
   std::map<std::string, uint64_t> losses;  // reason -> samples
   std::vector<std::string> refused;
   bool header = false;
