@@ -13,6 +13,7 @@
 
 #include "bpf/features.h"
 #include "events/ring_reader.h"
+#include "export/atomic_file.h"
 #include "export/folded.h"
 #include "export/pprof.h"
 #include "profile/profile.h"
@@ -264,7 +265,8 @@ Result<int> run_record(const RecordOptions& o) {
   facts.counters = (*sampler)->counters();
   facts.malformed_records = (*reader)->malformed();
   facts.bpf_runs = (*sampler)->run_stats();
-  auto summary = summarize(facts, tracker, pipeline.stats());
+  const RunSummary run_summary = build_summary(facts, tracker, pipeline.stats());
+  auto summary = summary_text(run_summary);
 
   profile.meta().start_time_unix_ns = start_unix;
   profile.meta().duration_ns = static_cast<int64_t>(end_mono - start_mono);
@@ -276,6 +278,8 @@ Result<int> run_record(const RecordOptions& o) {
     fmt::print(stderr, "{}\n", line);
   if (!written)
     return written.error().context("writing " + output);
+  if (!o.stats_json.empty())
+    KRAIT_TRY(exporter::write_file_atomically(o.stats_json, summary_json(run_summary) + "\n"));
   fmt::print(stderr, "krait: wrote {} ({} samples, {} stacks)\n", output, profile.total_count(),
              profile.samples().size());
 

@@ -30,6 +30,7 @@ struct RecordOptions {
   std::vector<std::string> offsets_files;  // --offsets
   bool builtin_offsets = true;             // tests: simulate a release with no table
   int ready_fd = -1;                       // written "ready\n" once sampling runs
+  std::string stats_json;                  // write the run summary as JSON here
   bool measure_cost = false;               // time every walk (benchmarks)
 };
 

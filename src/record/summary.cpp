@@ -1,80 +1,129 @@
 #include "record/summary.h"
 
 #include <fmt/format.h>
+#include <sys/resource.h>
 
 #include <algorithm>
-#include <map>
+#include <numeric>
+
+#include "util/json_writer.h"
 
 namespace krait::record {
+namespace {
 
-std::vector<std::string> summarize(const RunFacts& run, const ProcessTracker& tracker,
-                                   const PipelineStats& pipeline) {
-  std::vector<std::string> out;
-  out.push_back(
-      fmt::format("krait: {} samples of Python processes in {:.1f} s ({} Hz, {}, {} CPUs)",
-                  pipeline.samples - pipeline.stale_samples, run.seconds, run.frequency_hz,
-                  run.event, run.cpus));
+CostQuantiles quantiles(std::vector<uint32_t> c) {
+  std::sort(c.begin(), c.end());
+  auto at = [&](double q) {
+    return c[static_cast<size_t>(q * static_cast<double>(c.size() - 1))] / 1000.0;
+  };
+  CostQuantiles out;
+  out.median_us = at(0.5);
+  out.p90_us = at(0.9);
+  out.p99_us = at(0.99);
+  out.mean_us = std::accumulate(c.begin(), c.end(), 0.0) / static_cast<double>(c.size()) / 1000.0;
+  out.samples = c.size();
+  return out;
+}
 
-  if (run.bpf_runs.runs)
-    out.push_back(fmt::format("  sampler cost: {:.2f} us per run over {} runs (kernel bpf stats)",
-                              static_cast<double>(run.bpf_runs.run_time_ns) / 1000.0 /
-                                  static_cast<double>(run.bpf_runs.runs),
-                              run.bpf_runs.runs));
-  if (!pipeline.sampler_cost_ns.empty()) {
-    std::vector<uint32_t> c = pipeline.sampler_cost_ns;
-    std::sort(c.begin(), c.end());
-    auto at = [&](double q) {
-      return c[static_cast<size_t>(q * static_cast<double>(c.size() - 1))] / 1000.0;
-    };
-    out.push_back(
-        fmt::format("  sampler cost per Python sample: median {:.2f} us, p90 {:.2f} us, p99 {:.2f} "
-                    "us ({} samples)",
-                    at(0.5), at(0.9), at(0.99), c.size()));
-  }
-  std::map<std::string, uint64_t> losses;  // reason -> samples
-  std::vector<std::string> refused;
-  bool header = false;
+}  // namespace
+
+RunSummary build_summary(const RunFacts& run, const ProcessTracker& tracker,
+                         const PipelineStats& pipeline) {
+  RunSummary s;
+  s.run = run;
+  s.python_samples = pipeline.samples - pipeline.stale_samples;
+  if (!pipeline.sampler_cost_ns.empty())
+    s.sampler_cost = quantiles(pipeline.sampler_cost_ns);
+
   for (const auto& [key, p] : tracker.processes()) {
     const auto& a = p.attachment;
-    if (p.state == ProcessState::kRefused ||
-        (p.state == ProcessState::kExited && a.status == python::AttachStatus::kRefused)) {
+    ProcessSummary ps;
+    ps.pid = p.pid;
+    ps.name = p.name;
+    if (a.version)
+      ps.python_version = a.version->str();
+    ps.image = a.image_path;
+    ps.offsets = a.offsets_source;
+    ps.profiled = a.status == python::AttachStatus::kAttached;
+    ps.exited = p.state == ProcessState::kExited;
+    ps.reason = ps.profiled ? "" : p.reason;
+    ps.stats = p.stats;
+    if (!ps.profiled && a.status != python::AttachStatus::kRefused)
+      continue;  // never decided
+    if (ps.profiled) {
+      for (uint32_t st = 1; st < KRAIT_PY_STATUS_COUNT; ++st)
+        if (st != KRAIT_PY_PROC_REFUSED && p.stats.by_status[st])
+          s.losses[std::string(py_status_description(st))] += p.stats.by_status[st];
+      if (p.stats.truncated)
+        s.losses["truncated at the depth limit"] += p.stats.truncated;
+      if (p.stats.unsymbolized_frames)
+        s.losses["frames whose code object was freed before it was read"] +=
+            p.stats.unsymbolized_frames;
+    }
+    s.processes.push_back(std::move(ps));
+  }
+  if (run.counters[KRAIT_CNT_RINGBUF_FULL])
+    s.losses["lost: ring buffer full"] += run.counters[KRAIT_CNT_RINGBUF_FULL];
+  if (run.counters[KRAIT_CNT_EVENTS_LOST])
+    s.losses["process events lost: ring buffer full"] += run.counters[KRAIT_CNT_EVENTS_LOST];
+  if (pipeline.stale_samples)
+    s.losses["from a process that re-executed before its sample was read"] +=
+        pipeline.stale_samples;
+  if (run.malformed_records)
+    s.losses["malformed ring buffer records"] += run.malformed_records;
+
+  rusage ru{};
+  if (getrusage(RUSAGE_SELF, &ru) == 0) {
+    s.krait_cpu_seconds = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                          static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+    s.krait_max_rss_kb = ru.ru_maxrss;
+  }
+  return s;
+}
+
+std::vector<std::string> summary_text(const RunSummary& s) {
+  std::vector<std::string> out;
+  const RunFacts& run = s.run;
+  out.push_back(
+      fmt::format("krait: {} samples of Python processes in {:.1f} s ({} Hz, {}, {} CPUs)",
+                  s.python_samples, run.seconds, run.frequency_hz, run.event, run.cpus));
+  if (s.sampler_cost)
+    out.push_back(fmt::format(
+        "  sampler cost per Python sample: median {:.2f} us, p90 {:.2f} us, p99 {:.2f} us, mean "
+        "{:.2f} us ({} samples)",
+        s.sampler_cost->median_us, s.sampler_cost->p90_us, s.sampler_cost->p99_us,
+        s.sampler_cost->mean_us, s.sampler_cost->samples));
+  if (run.bpf_runs.runs)
+    out.push_back(fmt::format(
+        "  sampler runs: {}, {:.2f} us mean (kernel bpf stats); krait itself: {:.2f} s CPU, {} MiB "
+        "max RSS",
+        run.bpf_runs.runs,
+        static_cast<double>(run.bpf_runs.run_time_ns) / 1000.0 /
+            static_cast<double>(run.bpf_runs.runs),
+        s.krait_cpu_seconds, s.krait_max_rss_kb / 1024));
+
+  bool header = false;
+  std::vector<std::string> refused;
+  for (const auto& p : s.processes) {
+    if (!p.profiled) {
       refused.push_back(
           fmt::format("  pid {} ({}): {} [{} samples]", p.pid, p.name, p.reason, p.stats.samples));
       continue;
     }
-    if (a.status != python::AttachStatus::kAttached)
-      continue;
     if (!header) {
       out.push_back(fmt::format("  {:>8}  {:<16} {:<8} {:>8}  {}", "PID", "PROCESS", "PYTHON",
                                 "SAMPLES", "OFFSETS"));
       header = true;
     }
     out.push_back(fmt::format("  {:>8}  {:<16} {:<8} {:>8}  {}{}", p.pid, p.name,
-                              a.version ? a.version->str() : "?", p.stats.samples, a.offsets_source,
-                              p.state == ProcessState::kExited ? " (exited)" : ""));
-    for (uint32_t s = 1; s < KRAIT_PY_STATUS_COUNT; ++s)
-      if (s != KRAIT_PY_PROC_REFUSED && p.stats.by_status[s])
-        losses[std::string(py_status_description(s))] += p.stats.by_status[s];
-    if (p.stats.truncated)
-      losses["truncated at the depth limit"] += p.stats.truncated;
-    if (p.stats.unsymbolized_frames)
-      losses["frames whose code object was freed before it was read"] +=
-          p.stats.unsymbolized_frames;
+                              p.python_version.empty() ? "?" : p.python_version, p.stats.samples,
+                              p.offsets, p.exited ? " (exited)" : ""));
   }
-  if (run.counters[KRAIT_CNT_RINGBUF_FULL])
-    losses["lost: ring buffer full"] += run.counters[KRAIT_CNT_RINGBUF_FULL];
-  if (run.counters[KRAIT_CNT_EVENTS_LOST])
-    losses["process events lost: ring buffer full"] += run.counters[KRAIT_CNT_EVENTS_LOST];
-  if (pipeline.stale_samples)
-    losses["from a process that re-executed before its sample was read"] += pipeline.stale_samples;
-  if (run.malformed_records)
-    losses["malformed ring buffer records"] += run.malformed_records;
-
-  if (losses.empty()) {
+  if (s.losses.empty()) {
     out.push_back("  no sample dropped or truncated");
   } else {
     out.push_back("  samples dropped, truncated or incomplete:");
-    for (const auto& [reason, n] : losses)
+    for (const auto& [reason, n] : s.losses)
       out.push_back(fmt::format("  {:>10}  {}", n, reason));
   }
   if (!refused.empty()) {
@@ -83,6 +132,57 @@ std::vector<std::string> summarize(const RunFacts& run, const ProcessTracker& tr
       out.push_back(std::move(r));
   }
   return out;
+}
+
+std::string summary_json(const RunSummary& s) {
+  JsonWriter w;
+  w.begin_object();
+  w.key("seconds").value(s.run.seconds);
+  w.key("frequency_hz").value(static_cast<int64_t>(s.run.frequency_hz));
+  w.key("event").value(s.run.event);
+  w.key("cpus").value(static_cast<int64_t>(s.run.cpus));
+  w.key("python_samples").value(static_cast<int64_t>(s.python_samples));
+  w.key("bpf_runs").value(static_cast<int64_t>(s.run.bpf_runs.runs));
+  w.key("bpf_run_time_ns").value(static_cast<int64_t>(s.run.bpf_runs.run_time_ns));
+  w.key("krait_cpu_seconds").value(s.krait_cpu_seconds);
+  w.key("krait_max_rss_kb").value(static_cast<int64_t>(s.krait_max_rss_kb));
+  if (s.sampler_cost) {
+    w.key("sampler_cost_us").begin_object();
+    w.key("median").value(s.sampler_cost->median_us);
+    w.key("p90").value(s.sampler_cost->p90_us);
+    w.key("p99").value(s.sampler_cost->p99_us);
+    w.key("mean").value(s.sampler_cost->mean_us);
+    w.key("samples").value(static_cast<int64_t>(s.sampler_cost->samples));
+    w.end_object();
+  }
+  w.key("processes").begin_array();
+  for (const auto& p : s.processes) {
+    w.begin_object();
+    w.key("pid").value(static_cast<int64_t>(p.pid));
+    w.key("name").value(p.name);
+    w.key("python_version").value(p.python_version);
+    w.key("image").value(p.image);
+    w.key("profiled").value(p.profiled);
+    w.key("exited").value(p.exited);
+    w.key("offsets").value(p.offsets);
+    w.key("reason").value(p.reason);
+    w.key("samples").value(static_cast<int64_t>(p.stats.samples));
+    w.key("truncated").value(static_cast<int64_t>(p.stats.truncated));
+    w.key("unsymbolized_frames").value(static_cast<int64_t>(p.stats.unsymbolized_frames));
+    w.key("by_status").begin_object();
+    for (uint32_t st = 0; st < KRAIT_PY_STATUS_COUNT; ++st)
+      if (p.stats.by_status[st])
+        w.key(py_status_description(st)).value(static_cast<int64_t>(p.stats.by_status[st]));
+    w.end_object();
+    w.end_object();
+  }
+  w.end_array();
+  w.key("losses").begin_object();
+  for (const auto& [reason, n] : s.losses)
+    w.key(reason).value(static_cast<int64_t>(n));
+  w.end_object();
+  w.end_object();
+  return w.str();
 }
 
 }  // namespace krait::record

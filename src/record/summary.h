@@ -1,8 +1,11 @@
-// The end-of-run report: what was sampled, per process, and every sample
-// that lost frames, with the reason. Printed to stderr and written into the
-// profile's comments.
+// The end-of-run report: what was sampled, per process, every sample that
+// lost frames with the reason, and what krait itself cost. Built once as
+// data (RunSummary), then rendered as text (stderr and the profile's
+// comments) or JSON (--stats-json, for scripts and benchmarks).
 #pragma once
 
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,7 +25,36 @@ struct RunFacts {
   bpf::Sampler::RunStats bpf_runs;
 };
 
-std::vector<std::string> summarize(const RunFacts& run, const ProcessTracker& tracker,
-                                   const PipelineStats& pipeline);
+struct ProcessSummary {
+  int pid = 0;
+  std::string name;
+  std::string python_version;  // "" when unknown
+  std::string image;
+  std::string offsets;  // where the layout came from
+  bool profiled = false;
+  bool exited = false;
+  std::string reason;  // not profiled: why
+  ProcessStats stats;
+};
+
+struct CostQuantiles {
+  double median_us = 0, p90_us = 0, p99_us = 0, mean_us = 0;
+  size_t samples = 0;
+};
+
+struct RunSummary {
+  RunFacts run;
+  uint64_t python_samples = 0;
+  std::optional<CostQuantiles> sampler_cost;  // --measure-sampler-cost
+  std::vector<ProcessSummary> processes;      // Python processes, in order of first sight
+  std::map<std::string, uint64_t> losses;     // reason -> samples (or frames)
+  double krait_cpu_seconds = 0;               // krait's own user + system time
+  long krait_max_rss_kb = 0;
+};
+
+RunSummary build_summary(const RunFacts& run, const ProcessTracker& tracker,
+                         const PipelineStats& pipeline);
+std::vector<std::string> summary_text(const RunSummary& summary);
+std::string summary_json(const RunSummary& summary);
 
 }  // namespace krait::record

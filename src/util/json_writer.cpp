@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
+
 namespace krait {
 
 std::string json_escape(std::string_view s) {
@@ -85,6 +87,13 @@ JsonWriter& JsonWriter::value(std::string_view v) {
 JsonWriter& JsonWriter::value(int64_t v) {
   separator();
   out_ += std::to_string(v);
+  return *this;
+}
+JsonWriter& JsonWriter::value(double v) {
+  if (!std::isfinite(v))
+    return null();
+  separator();
+  out_ += fmt::format("{}", v);
   return *this;
 }
 JsonWriter& JsonWriter::value(bool v) {

@@ -19,6 +19,7 @@ class JsonWriter {
   JsonWriter& value(std::string_view v);
   JsonWriter& value(const char* v) { return value(std::string_view(v)); }
   JsonWriter& value(int64_t v);
+  JsonWriter& value(double v);  // non-finite values become null
   JsonWriter& value(bool v);
   JsonWriter& null();
   const std::string& str() const { return out_; }
