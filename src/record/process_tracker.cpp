@@ -125,6 +125,14 @@ python::AttachStatus ProcessTracker::classify(pid_t pid, uint64_t now_ns) {
   return p.attachment.status;
 }
 
+TrackedProcess& ProcessTracker::adopt(TrackedProcess process) {
+  TrackedProcess& p = fresh_entry(process.pid);
+  p = std::move(process);
+  if (p.state == ProcessState::kPython)
+    ++attached_;
+  return p;
+}
+
 void ProcessTracker::on_exec(pid_t pid, uint64_t now_ns) {
   // The sampler already dropped the old image's entry.
   retire(pid);

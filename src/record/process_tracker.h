@@ -64,7 +64,7 @@ struct TrackedProcess {
     size_t operator()(const CodeKey& k) const { return k.address * 31 + k.token; }
   };
   std::unordered_map<CodeKey, std::optional<python::CodeInfo>, CodeKeyHash> codes;
-  std::unique_ptr<proc::ProcessMemory> memory;
+  std::unique_ptr<proc::RemoteMemory> memory;
 };
 
 struct TrackerOptions {
@@ -85,7 +85,11 @@ class ProcessTracker {
 
   // The current incarnation of pid, if Python (attached or refused).
   TrackedProcess* find(pid_t pid);
-  // Every Python process seen, in pid order of first sight.
+  // Registers a process decided elsewhere (tests, tools): it replaces any
+  // current entry for its pid. Not written to the sink.
+  TrackedProcess& adopt(TrackedProcess process);
+
+  // Every Python process seen, in order of first sight.
   const std::map<uint64_t, TrackedProcess>& processes() const { return processes_; }
 
   uint64_t attached() const { return attached_; }

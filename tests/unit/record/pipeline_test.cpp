@@ -1,0 +1,267 @@
+// Pipeline on fixture memory: a fake 3.12 process whose code objects are
+// laid out with the real 3.12.1 offsets, so every rule of turning a sample
+// into a profile stack is checked without BPF or a live interpreter.
+#include "record/pipeline.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "python/layout.h"
+#include "python/offsets/offset_table.h"
+
+namespace krait::record {
+namespace {
+
+constexpr uint64_t kCodeType = 0x7000'0000;
+constexpr uint32_t kGeneration = 7;
+
+class NullSink final : public ProcessMapSink {
+ public:
+  Result<void> set_process(uint32_t, const krait_proc_info&) override { return {}; }
+  void remove_process(uint32_t) override {}
+};
+
+// One fake code object: its address, token and expected symbol.
+struct FakeCode {
+  uint64_t address;
+  uint32_t token;
+  std::string name;
+  std::string file;
+  int32_t firstlineno;
+};
+
+class PipelineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const python::OffsetTable* table = python::find_table({3, 12, 1});
+    ASSERT_NE(table, nullptr) << "the built-in 3.12.1 offsets table is missing";
+    auto layout = python::build_layout(*table, {3, 12, 1});
+    ASSERT_TRUE(layout.ok()) << layout.error().message;
+    layout_ = *layout;
+  }
+
+  void put_string(proc::FakeMemory& mem, uint64_t addr, const std::string& text) {
+    const auto& s = layout_.strings;
+    std::vector<uint8_t> obj(s.ascii_size + text.size() + 1, 0);
+    int64_t len = static_cast<int64_t>(text.size());
+    uint32_t state = (1u << s.kind_bit) | (1u << s.compact_bit) | (1u << s.ascii_bit);
+    std::memcpy(obj.data() + s.unicode_length, &len, sizeof len);
+    std::memcpy(obj.data() + s.unicode_state, &state, sizeof state);
+    std::memcpy(obj.data() + s.ascii_size, text.data(), text.size());
+    mem.add(addr, std::move(obj));
+  }
+
+  void put_bytes(proc::FakeMemory& mem, uint64_t addr, const std::vector<uint8_t>& data) {
+    const auto& s = layout_.strings;
+    std::vector<uint8_t> obj(s.bytes_data + data.size(), 0);
+    int64_t len = static_cast<int64_t>(data.size());
+    std::memcpy(obj.data() + s.var_size, &len, sizeof len);
+    std::memcpy(obj.data() + s.bytes_data, data.data(), data.size());
+    mem.add(addr, std::move(obj));
+  }
+
+  // A code object whose 3.11+ location table says: code units 0-7 run line
+  // firstlineno+1, units 8-15 line firstlineno+3 (PEP 657 "no columns" form).
+  FakeCode put_code(proc::FakeMemory& mem, uint64_t addr, const std::string& name,
+                    const std::string& file, int32_t firstlineno) {
+    const krait_py_layout& b = layout_.bpf;
+    const uint64_t name_addr = addr + 0x10000, file_addr = addr + 0x20000,
+                   table_addr = addr + 0x30000;
+    put_string(mem, name_addr, name);
+    put_string(mem, file_addr, file);
+    put_bytes(mem, table_addr, {0x80 | (13 << 3) | 7, 2, 0x80 | (13 << 3) | 7, 4});
+    std::vector<uint8_t> head(b.code_read_size, 0);
+    auto store = [&](uint16_t off, auto v) { std::memcpy(head.data() + off, &v, sizeof v); };
+    store(b.code_type, kCodeType);
+    store(b.code_filename, file_addr);
+    store(b.code_name, name_addr);
+    store(b.code_linetable, table_addr);
+    store(b.code_firstlineno, static_cast<uint32_t>(firstlineno));
+    mem.add(addr, std::move(head));
+    return {addr,
+            krait_code_token(file_addr, name_addr, table_addr, static_cast<uint32_t>(firstlineno)),
+            name, file, firstlineno};
+  }
+
+  TrackedProcess& add_process(ProcessTracker& tracker, std::unique_ptr<proc::FakeMemory> mem) {
+    TrackedProcess p;
+    p.pid = 4242;
+    p.generation = kGeneration;
+    p.state = ProcessState::kPython;
+    p.name = "fakepython";
+    p.attachment.status = python::AttachStatus::kAttached;
+    p.attachment.version = python::PyVersion{3, 12, 1};
+    p.attachment.layout = layout_;
+    p.attachment.info.code_type_addr = kCodeType;
+    p.memory = std::move(mem);
+    return tracker.adopt(std::move(p));
+  }
+
+  // A sample record with these frames (leaf first).
+  struct Record {
+    krait_sample sample{};
+    size_t n = 0;
+  };
+  std::unique_ptr<Record> make_sample(std::vector<krait_py_frame> frames,
+                                      uint16_t status = KRAIT_PY_OK, uint16_t flags = 0,
+                                      uint32_t generation = kGeneration) {
+    auto r = std::make_unique<Record>();
+    r->sample.hdr.type = KRAIT_EVENT_SAMPLE;
+    r->sample.hdr.pid = 4242;
+    r->sample.hdr.tid = 4243;
+    r->sample.proc_generation = generation;
+    r->sample.py_status = status;
+    r->sample.py_flags = flags;
+    r->sample.py_nframes = static_cast<uint32_t>(frames.size());
+    std::strncpy(r->sample.comm, "worker-1", KRAIT_COMM_LEN);
+    for (size_t i = 0; i < frames.size(); ++i)
+      r->sample.frames[i] = frames[i];
+    r->n = frames.size();
+    return r;
+  }
+
+  // The one stack in `profile` as (function, file, line) leaf first, plus its labels.
+  static std::vector<std::tuple<std::string, std::string, int64_t>> only_stack(
+      const profile::Profile& profile, profile::Labels* labels = nullptr) {
+    auto samples = profile.samples();
+    EXPECT_EQ(samples.size(), 1u);
+    std::vector<std::tuple<std::string, std::string, int64_t>> out;
+    if (samples.empty())
+      return out;
+    for (auto id : samples[0].stack) {
+      const auto& f = profile.frames()[id];
+      out.emplace_back(f.function, f.file, f.line);
+    }
+    if (labels)
+      *labels = profile.label_sets()[samples[0].labels];
+    return out;
+  }
+
+  python::PythonLayout layout_;
+  NullSink sink_;
+};
+
+TEST_F(PipelineTest, SymbolizesFramesLeafFirstWithLinesAndLabels) {
+  ProcessTracker tracker(sink_, {});
+  auto mem = std::make_unique<proc::FakeMemory>();
+  FakeCode outer = put_code(*mem, 0x100000, "main", "/app/main.py", 10);
+  FakeCode inner = put_code(*mem, 0x200000, "Worker.run", "/app/work.py", 40);
+  add_process(tracker, std::move(mem));
+  profile::Profile profile;
+  Pipeline pipeline(tracker, profile, 256);
+
+  // Leaf at byte 18 (unit 9: second range), caller at byte 4 with the entry bit.
+  auto r = make_sample(
+      {{inner.address, inner.token, 18}, {outer.address, outer.token, 4 | KRAIT_FRAME_ENTRY}});
+  pipeline.on_sample({r->sample, {r->sample.frames, r->n}});
+
+  profile::Labels labels;
+  auto stack = only_stack(profile, &labels);
+  ASSERT_EQ(stack.size(), 2u);
+  EXPECT_EQ(stack[0],
+            std::make_tuple(std::string("Worker.run"), std::string("/app/work.py"), int64_t{43}));
+  EXPECT_EQ(stack[1],
+            std::make_tuple(std::string("main"), std::string("/app/main.py"), int64_t{11}));
+  EXPECT_EQ(profile.frames()[profile.samples()[0].stack[0]].start_line, 40);
+  auto has = [&](const std::string& k, const std::string& v) {
+    return std::find(labels.begin(), labels.end(), std::make_pair(k, v)) != labels.end();
+  };
+  EXPECT_TRUE(has("pid", "4242"));
+  EXPECT_TRUE(has("tid", "4243"));
+  EXPECT_TRUE(has("thread_name", "worker-1"));
+  EXPECT_TRUE(has("process_name", "fakepython"));
+  EXPECT_TRUE(has("python_version", "3.12.1"));
+}
+
+TEST_F(PipelineTest, ReplacedCodeObjectIsNeverNamedFromTheOldOne) {
+  ProcessTracker tracker(sink_, {});
+  auto mem = std::make_unique<proc::FakeMemory>();
+  FakeCode code = put_code(*mem, 0x100000, "current", "/app/a.py", 1);
+  TrackedProcess& p = add_process(tracker, std::move(mem));
+  profile::Profile profile;
+  Pipeline pipeline(tracker, profile, 256);
+
+  // The sample saw an object whose token differs: memory now holds another one.
+  auto r = make_sample({{code.address, code.token ^ 1, 0}});
+  pipeline.on_sample({r->sample, {r->sample.frames, r->n}});
+  auto stack = only_stack(profile);
+  ASSERT_EQ(stack.size(), 1u);
+  EXPECT_NE(std::get<0>(stack[0]), "current");
+  EXPECT_NE(std::get<0>(stack[0]).find("freed"), std::string::npos);
+  EXPECT_EQ(p.stats.unsymbolized_frames, 1u);
+}
+
+TEST_F(PipelineTest, TruncatedAndFailedWalksCarryTheirReason) {
+  ProcessTracker tracker(sink_, {});
+  auto mem = std::make_unique<proc::FakeMemory>();
+  FakeCode code = put_code(*mem, 0x100000, "deep", "/app/d.py", 1);
+  TrackedProcess& p = add_process(tracker, std::move(mem));
+  profile::Profile profile;
+  Pipeline pipeline(tracker, profile, 3);
+
+  auto truncated = make_sample({{code.address, code.token, 0}}, KRAIT_PY_OK, KRAIT_PYF_TRUNCATED);
+  pipeline.on_sample({truncated->sample, {truncated->sample.frames, truncated->n}});
+  auto fault = make_sample({{code.address, code.token, 0}}, KRAIT_PY_READ_FAULT_FRAME);
+  pipeline.on_sample({fault->sample, {fault->sample.frames, fault->n}});
+  auto native = make_sample({}, KRAIT_PY_NO_THREAD_STATE);
+  pipeline.on_sample({native->sample, {native->sample.frames, native->n}});
+
+  std::vector<std::string> roots;
+  for (const auto& s : profile.samples())
+    roots.push_back(profile.frames()[s.stack.back()].function);
+  ASSERT_EQ(roots.size(), 3u);
+  EXPECT_EQ(roots[0], "[truncated: deeper than 3 frames]");
+  EXPECT_EQ(roots[1], "[frame unreadable]");
+  EXPECT_EQ(roots[2], "[no Python thread state]");
+  EXPECT_EQ(p.stats.truncated, 1u);
+  EXPECT_EQ(p.stats.by_status[KRAIT_PY_READ_FAULT_FRAME], 1u);
+  EXPECT_EQ(p.stats.by_status[KRAIT_PY_NO_THREAD_STATE], 1u);
+  EXPECT_EQ(p.stats.samples, 3u);
+}
+
+TEST_F(PipelineTest, StaleAndRefusedSamplesStayOutOfTheProfile) {
+  ProcessTracker tracker(sink_, {});
+  auto mem = std::make_unique<proc::FakeMemory>();
+  FakeCode code = put_code(*mem, 0x100000, "f", "/app/f.py", 1);
+  TrackedProcess& p = add_process(tracker, std::move(mem));
+  profile::Profile profile;
+  Pipeline pipeline(tracker, profile, 256);
+
+  auto stale = make_sample({{code.address, code.token, 0}}, KRAIT_PY_OK, 0, kGeneration + 1);
+  pipeline.on_sample({stale->sample, {stale->sample.frames, stale->n}});
+  auto refused = make_sample({}, KRAIT_PY_PROC_REFUSED);
+  pipeline.on_sample({refused->sample, {refused->sample.frames, refused->n}});
+
+  EXPECT_EQ(profile.total_count(), 0u);
+  EXPECT_EQ(pipeline.stats().stale_samples, 1u);
+  EXPECT_EQ(p.stats.by_status[KRAIT_PY_PROC_REFUSED], 1u);
+}
+
+TEST_F(PipelineTest, ExitKeepsTheProcessForTheSummaryButFreesItsCaches) {
+  ProcessTracker tracker(sink_, {});
+  auto mem = std::make_unique<proc::FakeMemory>();
+  FakeCode code = put_code(*mem, 0x100000, "f", "/app/f.py", 1);
+  add_process(tracker, std::move(mem));
+  profile::Profile profile;
+  Pipeline pipeline(tracker, profile, 256);
+  auto r = make_sample({{code.address, code.token, 0}});
+  pipeline.on_sample({r->sample, {r->sample.frames, r->n}});
+
+  krait_event_header exit{};
+  exit.type = KRAIT_EVENT_EXIT;
+  exit.pid = 4242;
+  pipeline.on_exit(exit);
+
+  EXPECT_EQ(tracker.find(4242), nullptr);
+  ASSERT_EQ(tracker.processes().size(), 1u);
+  const TrackedProcess& gone = tracker.processes().begin()->second;
+  EXPECT_EQ(gone.state, ProcessState::kExited);
+  EXPECT_TRUE(gone.codes.empty());
+  EXPECT_EQ(gone.memory, nullptr);
+  EXPECT_EQ(gone.stats.samples, 1u);
+  EXPECT_EQ(profile.total_count(), 1u);
+}
+
+}  // namespace
+}  // namespace krait::record
