@@ -11,8 +11,9 @@ leaf at the hot loop's line. The loop then runs until killed or, with
 bookkeeping lines are a negligible share of samples.
 
 KRAIT_WORKLOAD_SELFCHECK=1 adds a helper thread that, after the truth, reads
-the thread's stack with sys._current_frames() a few dozen times and prints
-each observation, then a {"kind": "selfcheck_end"} line.
+the thread's stack with sys._current_frames() 100 times (or
+KRAIT_WORKLOAD_SELFCHECK_COUNT times), 10 ms apart, and prints each
+observation, then a {"kind": "selfcheck_end"} line.
 
 Runs unchanged on CPython 2.7 and 3.6 to 3.15. The block between the
 "common" markers is identical in every workload so each stays one file.
@@ -33,7 +34,6 @@ import traceback
 
 HOT_MARKER = "# krait:" + "hot"
 CALL_MARKER = "# krait:" + "call"
-SELFCHECK_OBSERVATIONS = 100
 SELFCHECK_INTERVAL = 0.01
 _print_lock = threading.Lock()
 
@@ -138,6 +138,10 @@ def selfcheck_enabled():
     return os.environ.get("KRAIT_WORKLOAD_SELFCHECK") == "1"
 
 
+def selfcheck_count():
+    return int(os.environ.get("KRAIT_WORKLOAD_SELFCHECK_COUNT", "100"))
+
+
 def start_selfcheck(threads, end_info=None):
     """Observes `threads` (truth entries) from a helper thread, if enabled.
 
@@ -146,8 +150,10 @@ def start_selfcheck(threads, end_info=None):
     if not selfcheck_enabled():
         return
 
+    count = selfcheck_count()
+
     def observe():
-        for _ in range(SELFCHECK_OBSERVATIONS):
+        for _ in range(count):
             time.sleep(SELFCHECK_INTERVAL)
             frames = sys._current_frames()
             seen = []
@@ -156,7 +162,7 @@ def start_selfcheck(threads, end_info=None):
                 seen.append({"tid": t["tid"], "stack": stack_of(frame) if frame else []})
             del frames
             emit({"kind": "observation", "threads": seen})
-        end = {"kind": "selfcheck_end", "observations": SELFCHECK_OBSERVATIONS}
+        end = {"kind": "selfcheck_end", "observations": count}
         if end_info is not None:
             end.update(end_info())
         emit(end)

@@ -38,7 +38,6 @@ import traceback
 
 HOT_MARKER = "# krait:" + "hot"
 CALL_MARKER = "# krait:" + "call"
-SELFCHECK_OBSERVATIONS = 100
 SELFCHECK_INTERVAL = 0.01
 _print_lock = threading.Lock()
 
@@ -143,6 +142,10 @@ def selfcheck_enabled():
     return os.environ.get("KRAIT_WORKLOAD_SELFCHECK") == "1"
 
 
+def selfcheck_count():
+    return int(os.environ.get("KRAIT_WORKLOAD_SELFCHECK_COUNT", "100"))
+
+
 def start_selfcheck(threads, end_info=None):
     """Observes `threads` (truth entries) from a helper thread, if enabled.
 
@@ -151,8 +154,10 @@ def start_selfcheck(threads, end_info=None):
     if not selfcheck_enabled():
         return
 
+    count = selfcheck_count()
+
     def observe():
-        for _ in range(SELFCHECK_OBSERVATIONS):
+        for _ in range(count):
             time.sleep(SELFCHECK_INTERVAL)
             frames = sys._current_frames()
             seen = []
@@ -161,7 +166,7 @@ def start_selfcheck(threads, end_info=None):
                 seen.append({"tid": t["tid"], "stack": stack_of(frame) if frame else []})
             del frames
             emit({"kind": "observation", "threads": seen})
-        end = {"kind": "selfcheck_end", "observations": SELFCHECK_OBSERVATIONS}
+        end = {"kind": "selfcheck_end", "observations": count}
         if end_info is not None:
             end.update(end_info())
         emit(end)

@@ -1,0 +1,46 @@
+#include "support/workloads.h"
+
+#include <utility>
+
+namespace krait::test {
+
+std::string workload_path(std::string_view script) {
+  return std::string(KRAIT_WORKLOADS_DIR) + "/" + std::string(script);
+}
+
+SpawnOptions workload_options(const Interpreter& interpreter, std::string_view script,
+                              const std::vector<std::string>& args,
+                              const std::map<std::string, std::string>& extra_env) {
+  SpawnOptions options;
+  options.argv = {interpreter.executable, workload_path(script)};
+  options.argv.insert(options.argv.end(), args.begin(), args.end());
+  options.env["PYTHONHOME"] = std::nullopt;
+  options.env["PYTHONPATH"] = std::nullopt;
+  for (const auto& [key, value] : interpreter.env)
+    options.env[key] = value;
+  for (const auto& [key, value] : extra_env)
+    options.env[key] = value;
+  return options;
+}
+
+Result<RunningWorkload> start_workload(const Interpreter& interpreter, std::string_view script,
+                                       const std::vector<std::string>& args,
+                                       const std::map<std::string, std::string>& extra_env,
+                                       std::chrono::milliseconds truth_timeout) {
+  auto child = ChildProcess::spawn(workload_options(interpreter, script, args, extra_env));
+  if (!child)
+    return make_error("{} {}: {}", interpreter.name, script, child.error().message);
+  auto line = child->read_line(truth_timeout);
+  if (!line)
+    return make_error("{} {}: no truth: {}", interpreter.name, script, line.error().message);
+  auto truth = parse_truth(*line);
+  if (!truth)
+    return make_error("{} {}: {} in line: {}", interpreter.name, script, truth.error().message,
+                      *line);
+  if (truth->pid != child->pid())
+    return make_error("{} {}: truth names pid {}, the child is {}", interpreter.name, script,
+                      truth->pid, child->pid());
+  return RunningWorkload{std::move(*child), std::move(*truth)};
+}
+
+}  // namespace krait::test

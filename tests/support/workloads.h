@@ -1,0 +1,41 @@
+// Starting the workloads of tests/workloads under one interpreter of the
+// manifest and reading their truth.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "support/child_process.h"
+#include "support/manifest.h"
+#include "support/truth.h"
+#include "util/result.h"
+
+namespace krait::test {
+
+// Absolute path of a workload script, e.g. workload_path("chain.py").
+std::string workload_path(std::string_view script);
+
+// How to run `script` with `args` under `interpreter`: the interpreter's own
+// env on top of this process's environment, minus the variables that would
+// point it at another installation (PYTHONHOME, PYTHONPATH), plus `extra_env`.
+SpawnOptions workload_options(const Interpreter& interpreter, std::string_view script,
+                              const std::vector<std::string>& args,
+                              const std::map<std::string, std::string>& extra_env = {});
+
+struct RunningWorkload {
+  ChildProcess child;
+  Truth truth;
+};
+
+// Starts the workload and reads its first line, which must be its truth for
+// the process just started. The child is killed if that fails.
+Result<RunningWorkload> start_workload(
+    const Interpreter& interpreter, std::string_view script, const std::vector<std::string>& args,
+    const std::map<std::string, std::string>& extra_env = {},
+    std::chrono::milliseconds truth_timeout = std::chrono::seconds(60));
+
+}  // namespace krait::test
