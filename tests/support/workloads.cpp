@@ -8,11 +8,11 @@ std::string workload_path(std::string_view script) {
   return std::string(KRAIT_WORKLOADS_DIR) + "/" + std::string(script);
 }
 
-SpawnOptions workload_options(const Interpreter& interpreter, std::string_view script,
-                              const std::vector<std::string>& args,
-                              const std::map<std::string, std::string>& extra_env) {
+SpawnOptions interpreter_options(const Interpreter& interpreter,
+                                 const std::vector<std::string>& args,
+                                 const std::map<std::string, std::string>& extra_env) {
   SpawnOptions options;
-  options.argv = {interpreter.executable, workload_path(script)};
+  options.argv = {interpreter.executable};
   options.argv.insert(options.argv.end(), args.begin(), args.end());
   options.env["PYTHONHOME"] = std::nullopt;
   options.env["PYTHONPATH"] = std::nullopt;
@@ -21,6 +21,14 @@ SpawnOptions workload_options(const Interpreter& interpreter, std::string_view s
   for (const auto& [key, value] : extra_env)
     options.env[key] = value;
   return options;
+}
+
+SpawnOptions workload_options(const Interpreter& interpreter, std::string_view script,
+                              const std::vector<std::string>& args,
+                              const std::map<std::string, std::string>& extra_env) {
+  std::vector<std::string> full = {workload_path(script)};
+  full.insert(full.end(), args.begin(), args.end());
+  return interpreter_options(interpreter, full, extra_env);
 }
 
 Result<RunningWorkload> start_workload(const Interpreter& interpreter, std::string_view script,

@@ -19,9 +19,15 @@ namespace krait::test {
 // Absolute path of a workload script, e.g. workload_path("chain.py").
 std::string workload_path(std::string_view script);
 
-// How to run `script` with `args` under `interpreter`: the interpreter's own
-// env on top of this process's environment, minus the variables that would
-// point it at another installation (PYTHONHOME, PYTHONPATH), plus `extra_env`.
+// How to run `interpreter` with `args` (e.g. {"-c", "..."}): the
+// interpreter's own env on top of this process's environment, minus the
+// variables that would point it at another installation (PYTHONHOME,
+// PYTHONPATH), plus `extra_env`.
+SpawnOptions interpreter_options(const Interpreter& interpreter,
+                                 const std::vector<std::string>& args,
+                                 const std::map<std::string, std::string>& extra_env = {});
+
+// interpreter_options() for `script` of tests/workloads followed by `args`.
 SpawnOptions workload_options(const Interpreter& interpreter, std::string_view script,
                               const std::vector<std::string>& args,
                               const std::map<std::string, std::string>& extra_env = {});

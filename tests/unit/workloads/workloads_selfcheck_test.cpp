@@ -90,11 +90,10 @@ TEST(InterpreterManifest, DescribesEachInterpreterTruly) {
     SCOPED_TRACE(interpreter.name);
     // The version and the mapped files come from a running interpreter, by
     // other means than the manifest writer used (platform, /proc/self/maps).
-    SpawnOptions options = workload_options(interpreter, "", {});
-    options.argv = {interpreter.executable, "-c",
-                    "import platform, sys; print(platform.python_version()); "
-                    "sys.stdout.write(open('/proc/self/maps').read())"};
-    auto child = ChildProcess::spawn(options);
+    auto child = ChildProcess::spawn(
+        interpreter_options(interpreter, {"-c",
+                                          "import platform, sys; print(platform.python_version()); "
+                                          "sys.stdout.write(open('/proc/self/maps').read())"}));
     ASSERT_TRUE(child) << child.error().message;
     std::vector<std::string> lines = all_lines(*child);
     auto status = child->wait(kLineTimeout);
