@@ -1,0 +1,104 @@
+// Running the real krait binary in runtime tests and reading what it wrote.
+//
+// A Recording starts `krait record ... --ready-fd 1` and returns once krait
+// reports that sampling runs, so a test starts its workloads only when they
+// can be seen; it then stops krait with a signal (or lets -d expire) and
+// loads the pprof file with the project's decoder, after the independent
+// reader `go tool pprof -raw` has accepted it.
+#pragma once
+
+#include <signal.h>
+
+#include <chrono>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "export/profile.pb.h"
+#include "support/child_process.h"
+#include "support/json.h"
+#include "support/truth.h"
+
+namespace krait::test {
+
+// Fails the current test unless the process can load BPF programs.
+void require_root();
+
+// A fresh directory under $TMPDIR, removed with its files on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+// One sample of the profile, decoded: labels and the stack, root first.
+struct ProfileSample {
+  std::map<std::string, std::string> labels;
+  std::vector<Frame> stack;  // root first
+  int64_t count = 0;
+  int64_t pid() const;
+  int64_t tid() const;
+};
+
+struct RecordingResult {
+  ExitStatus status;
+  std::string stderr_text;
+  perftools::profiles::Profile pprof;
+  std::vector<ProfileSample> samples;
+  JsonValue stats;     // --stats-json
+  std::string go_raw;  // `go tool pprof -raw` output
+};
+
+class Recording {
+ public:
+  // Starts krait record with `args` (output and stats files are added) and
+  // waits until sampling runs.
+  static Result<Recording> start(const std::vector<std::string>& args, const TempDir& dir);
+  // Stops it with `sig` (when it has no -d, or early) and collects the results.
+  Result<RecordingResult> stop(int sig = SIGINT);
+  // Waits for a recording with -d to finish by itself.
+  Result<RecordingResult> wait(std::chrono::seconds timeout);
+  pid_t pid() const { return child_.pid(); }
+
+ private:
+  Recording(ChildProcess child, std::string profile, std::string stats)
+      : child_(std::move(child)), profile_(std::move(profile)), stats_(std::move(stats)) {}
+  Result<RecordingResult> collect(ExitStatus status);
+
+  ChildProcess child_;
+  std::string profile_;
+  std::string stats_;
+};
+
+// Runs krait with `args` to completion (not `record`-specific).
+struct CommandResult {
+  ExitStatus status;
+  std::string stdout_text;
+  std::string stderr_text;
+};
+Result<CommandResult> run_krait(const std::vector<std::string>& args,
+                                std::chrono::seconds timeout = std::chrono::seconds(60),
+                                const std::vector<std::string>& prefix = {});
+
+// Samples of one process / thread.
+std::vector<ProfileSample> samples_of_pid(const std::vector<ProfileSample>& all, int64_t pid);
+int64_t total(const std::vector<ProfileSample>& samples);
+
+// How many of `samples` (weighted by count) carry exactly `expected`.
+int64_t count_exact(const std::vector<ProfileSample>& samples, const std::vector<Frame>& expected);
+
+// "<n> of <m> samples; most common other stacks: ..." for failure messages.
+std::string describe_mismatches(const std::vector<ProfileSample>& samples,
+                                const std::vector<Frame>& expected);
+
+// The per-process object of --stats-json for pid, or nullptr.
+const JsonValue* stats_process(const JsonValue& stats, int64_t pid);
+
+}  // namespace krait::test

@@ -1,0 +1,284 @@
+// `krait record` against real interpreters: every workload reports its own
+// stack (names, files, lines, thread ids and names), and the profile krait
+// writes must carry exactly that.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <regex>
+#include <thread>
+
+#include "runtime/krait_harness.h"
+#include "support/manifest.h"
+#include "support/workloads.h"
+
+namespace krait::test {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr double kExactFraction = 0.95;
+
+// The interpreters the manifest lists, by name, for parameterized tests. A
+// missing manifest yields one name that fails, never zero tests.
+std::vector<std::string> interpreter_names() {
+  auto m = read_manifest(manifest_path());
+  if (!m || m->empty())
+    return {"manifest_missing"};
+  std::vector<std::string> names;
+  for (const auto& i : *m)
+    names.push_back(i.name);
+  return names;
+}
+
+std::string test_name(const ::testing::TestParamInfo<std::string>& info) {
+  std::string n = info.param;
+  for (char& c : n)
+    if (!std::isalnum(static_cast<unsigned char>(c)))
+      c = '_';
+  return n;
+}
+
+class PerInterpreter : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    require_root();
+    if (HasFatalFailure())
+      return;
+    for (auto& i : load_manifest())
+      if (i.name == GetParam())
+        interp_ = i;
+    if (interp_.executable.empty())
+      FAIL() << "interpreter " << GetParam() << " is not in " << manifest_path()
+             << ": run scripts/provision-pythons";
+  }
+  Interpreter interp_;
+};
+
+TEST_P(PerInterpreter, ChainStackAndLinesAreExact) {
+  auto w = start_workload(interp_, "chain.py", {"--depth", "20"});
+  ASSERT_TRUE(w.ok()) << w.error().message;
+  const auto pid = w->truth.pid;
+  TempDir dir;
+  auto rec = Recording::start({"-p", std::to_string(pid), "-d", "3"}, dir);
+  ASSERT_TRUE(rec.ok()) << rec.error().message;
+  auto r = rec->wait(60s);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+
+  const auto mine = samples_of_pid(r->samples, pid);
+  const auto& expected = w->truth.threads.at(0).stack;
+  ASSERT_EQ(expected.size(), 24u) << "module, main, worker, 20 x recurse, hot";
+  ASSERT_GE(total(mine), 150) << "expected ~297 samples of a busy process in 3 s at 99 Hz\n"
+                              << r->stderr_text;
+  EXPECT_GE(count_exact(mine, expected), kExactFraction * total(mine))
+      << describe_mismatches(mine, expected);
+  for (const auto& s : mine)
+    EXPECT_EQ(s.labels.at("python_version"), w->truth.python);
+  // The independent reader saw the same functions.
+  EXPECT_NE(r->go_raw.find("recurse"), std::string::npos);
+  EXPECT_NE(r->go_raw.find("chain.py"), std::string::npos);
+}
+
+TEST_P(PerInterpreter, EachThreadHasItsOwnStackAndName) {
+  auto w = start_workload(interp_, "threads.py", {});
+  ASSERT_TRUE(w.ok()) << w.error().message;
+  const auto pid = w->truth.pid;
+  ASSERT_EQ(w->truth.threads.size(), 8u);
+  TempDir dir;
+  auto rec = Recording::start({"-p", std::to_string(pid), "-d", "5"}, dir);
+  ASSERT_TRUE(rec.ok()) << rec.error().message;
+  auto r = rec->wait(60s);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+
+  const auto mine = samples_of_pid(r->samples, pid);
+  for (const auto& t : w->truth.threads) {
+    SCOPED_TRACE("thread " + t.name + " (" + std::to_string(t.tid) + ")");
+    std::vector<ProfileSample> thread;
+    for (const auto& s : mine)
+      if (s.tid() == t.tid)
+        thread.push_back(s);
+    // Eight threads share one interpreter lock: ~1/8 of ~500 samples each.
+    ASSERT_GE(total(thread), 15) << r->stderr_text;
+    EXPECT_GE(count_exact(thread, t.stack), kExactFraction * total(thread))
+        << describe_mismatches(thread, t.stack);
+    for (const auto& s : thread)
+      EXPECT_EQ(s.labels.at("thread_name"), t.name);
+  }
+}
+
+TEST_P(PerInterpreter, FreedAndRecreatedCodeObjectsNeverGiveWrongNames) {
+  auto w = start_workload(interp_, "churn.py", {});
+  ASSERT_TRUE(w.ok()) << w.error().message;
+  ASSERT_TRUE(w->truth.generated.has_value());
+  const auto pid = w->truth.pid;
+  TempDir dir;
+  auto rec = Recording::start({"-p", std::to_string(pid), "-d", "4"}, dir);
+  ASSERT_TRUE(rec.ok()) << rec.error().message;
+  auto r = rec->wait(60s);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+
+  const std::regex generated_name(w->truth.generated->function_regex);
+  const auto& thread = w->truth.threads.at(0);
+  int64_t generated = 0, wrong = 0;
+  std::string first_wrong;
+  for (const auto& s : samples_of_pid(r->samples, pid)) {
+    bool has_generated = false;
+    for (const auto& f : s.stack)
+      has_generated |= std::regex_search(f.function, generated_name);
+    if (!has_generated)
+      continue;
+    generated += s.count;
+    if (!stack_matches(w->truth, thread, s.stack)) {
+      wrong += s.count;
+      if (first_wrong.empty())
+        first_wrong = format_stack(s.stack);
+    }
+  }
+  EXPECT_GE(generated, 100) << "too few samples inside generated functions to judge";
+  EXPECT_EQ(wrong, 0) << "a frame's name, file and line disagree: " << first_wrong;
+}
+
+TEST_P(PerInterpreter, ProcessLiving200msDuringARecordingIsSymbolized) {
+  TempDir dir;
+  auto rec = Recording::start({}, dir);  // every Python process, started later too
+  ASSERT_TRUE(rec.ok()) << rec.error().message;
+  auto w = start_workload(interp_, "short.py", {"--ms", "200"});
+  ASSERT_TRUE(w.ok()) << w.error().message;
+  auto exited = w->child.wait(30s);
+  ASSERT_TRUE(exited.ok()) << exited.error().message;
+  ASSERT_TRUE(exited->success()) << exited->describe();
+  auto r = rec->stop(SIGINT);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+
+  const auto mine = samples_of_pid(r->samples, w->truth.pid);
+  const auto& expected = w->truth.threads.at(0).stack;
+  // ~20 samples fall in the 200 ms hot loop; start-up and exit add a few.
+  EXPECT_GE(count_exact(mine, expected), 10) << describe_mismatches(mine, expected);
+  for (const auto& s : mine)
+    for (const auto& f : s.stack)
+      EXPECT_EQ(f.function.find("[unknown"), std::string::npos);
+}
+
+INSTANTIATE_TEST_SUITE_P(Interpreters, PerInterpreter, ::testing::ValuesIn(interpreter_names()),
+                         test_name);
+
+TEST(Record, MatrixHasEveryRequiredInterpreter) {
+  const auto interps = load_manifest();
+  auto has = [&](const std::string& origin, const std::string& version_prefix) {
+    for (const auto& i : interps)
+      if (i.origin == origin && i.version.rfind(version_prefix, 0) == 0)
+        return true;
+    return false;
+  };
+  for (const char* v :
+       {"2.7.18", "3.6.15", "3.7.16", "3.8.18", "3.9.18", "3.10.13", "3.11.7", "3.12.1", "3.13.0"})
+    EXPECT_TRUE(has("pyenv", v)) << "pyenv " << v << " missing from " << manifest_path();
+  EXPECT_TRUE(has("debian-bookworm", "3.11.")) << "Debian's /usr/bin/python3.11 missing";
+  for (const char* v : {"3.13.", "3.14.", "3.15."})
+    EXPECT_TRUE(has("debian-sid", v))
+        << "Debian sid " << v << "x missing: scripts/provision-pythons";
+}
+
+TEST(Record, AllInterpretersAtOnceEachAttributedToItsOwnProcess) {
+  require_root();
+  std::vector<RunningWorkload> workloads;
+  for (const auto& i : load_manifest()) {
+    auto w = start_workload(i, "chain.py", {"--depth", "5"});
+    ASSERT_TRUE(w.ok()) << i.name << ": " << w.error().message;
+    workloads.push_back(std::move(*w));
+  }
+  ASSERT_GE(workloads.size(), 10u);
+  TempDir dir;
+  auto rec = Recording::start({"-d", "6"}, dir);
+  ASSERT_TRUE(rec.ok()) << rec.error().message;
+  auto r = rec->wait(60s);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  for (const auto& w : workloads) {
+    SCOPED_TRACE("python " + w.truth.python + " pid " + std::to_string(w.truth.pid));
+    const auto mine = samples_of_pid(r->samples, w.truth.pid);
+    const auto& expected = w.truth.threads.at(0).stack;
+    ASSERT_GE(total(mine), 20) << r->stderr_text;
+    EXPECT_GE(count_exact(mine, expected), kExactFraction * total(mine))
+        << describe_mismatches(mine, expected);
+    for (const auto& s : mine)
+      EXPECT_EQ(s.labels.at("python_version"), w.truth.python);
+  }
+}
+
+// The first interpreter of the manifest with this version prefix.
+Interpreter pick(const std::string& version_prefix) {
+  for (const auto& i : load_manifest())
+    if (i.version.rfind(version_prefix, 0) == 0)
+      return i;
+  ADD_FAILURE() << "no Python " << version_prefix << " in " << manifest_path();
+  return {};
+}
+
+TEST(Record, ProcessExitingMidRecordingKeepsItsSamples) {
+  require_root();
+  const Interpreter interp = pick("3.12");
+  auto w = start_workload(interp, "chain.py", {"--seconds", "1.5"});
+  ASSERT_TRUE(w.ok()) << w.error().message;
+  TempDir dir;
+  auto rec = Recording::start({"-p", std::to_string(w->truth.pid), "-d", "4"}, dir);
+  ASSERT_TRUE(rec.ok()) << rec.error().message;
+  auto exited = w->child.wait(30s);
+  ASSERT_TRUE(exited.ok() && exited->success());
+  auto r = rec->wait(60s);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+
+  const auto mine = samples_of_pid(r->samples, w->truth.pid);
+  const auto& expected = w->truth.threads.at(0).stack;
+  EXPECT_GE(total(mine), 60);
+  EXPECT_GE(count_exact(mine, expected), kExactFraction * total(mine))
+      << describe_mismatches(mine, expected);
+  const JsonValue* p = stats_process(r->stats, w->truth.pid);
+  ASSERT_NE(p, nullptr);
+  ASSERT_NE(p->find("exited"), nullptr);
+  EXPECT_TRUE(p->find("exited")->boolean);
+}
+
+TEST(Record, StackDeeperThanTheLimitIsMarkedTruncated) {
+  require_root();
+  const Interpreter interp = pick("3.11");
+  auto w = start_workload(interp, "chain.py", {"--depth", "300"});
+  ASSERT_TRUE(w.ok()) << w.error().message;
+  TempDir dir;
+  auto rec =
+      Recording::start({"-p", std::to_string(w->truth.pid), "-d", "3", "--max-depth", "128"}, dir);
+  ASSERT_TRUE(rec.ok()) << rec.error().message;
+  auto r = rec->wait(60s);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+
+  const auto& truth = w->truth.threads.at(0).stack;
+  ASSERT_GT(truth.size(), 300u);
+  // The leaf-side 128 frames, under one synthetic root naming the cut.
+  std::vector<Frame> expected{{"[truncated: deeper than 128 frames]", "", 0}};
+  expected.insert(expected.end(), truth.end() - 128, truth.end());
+  const auto mine = samples_of_pid(r->samples, w->truth.pid);
+  ASSERT_GE(total(mine), 150);
+  EXPECT_GE(count_exact(mine, expected), kExactFraction * total(mine))
+      << describe_mismatches(mine, expected);
+  const JsonValue* p = stats_process(r->stats, w->truth.pid);
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(p->find("truncated")->integer, p->find("samples")->integer);
+}
+
+TEST(Record, SigtermEndsTheRecordingAndWritesTheProfile) {
+  require_root();
+  const Interpreter interp = pick("3.10");
+  auto w = start_workload(interp, "chain.py", {});
+  ASSERT_TRUE(w.ok()) << w.error().message;
+  TempDir dir;
+  auto rec = Recording::start({"-p", std::to_string(w->truth.pid)}, dir);
+  ASSERT_TRUE(rec.ok()) << rec.error().message;
+  // The recording window, not a synchronisation: krait runs until signalled.
+  std::this_thread::sleep_for(2s);
+  auto r = rec->stop(SIGTERM);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  const auto mine = samples_of_pid(r->samples, w->truth.pid);
+  EXPECT_GE(total(mine), 100);
+  EXPECT_GE(count_exact(mine, w->truth.threads.at(0).stack), kExactFraction * total(mine));
+}
+
+}  // namespace
+}  // namespace krait::test
