@@ -346,9 +346,15 @@ std::vector<std::string> header_slots(const std::string& text) {
   return stack.front();
 }
 
-std::string pyheaders_root() {
-  const char* env = std::getenv("KRAIT_PYHEADERS");
-  return env && *env ? env : "/tmp/pyheaders/usr/include";
+// Include directory of CPython <minor> ("3.14"): $KRAIT_PYHEADERS/python<minor> when
+// set, else the Debian sid prefix scripts/provision-pythons unpacked (it
+// installs libpython3.X-dev there).
+std::string pyheaders_dir(const std::string& minor) {
+  if (const char* env = std::getenv("KRAIT_PYHEADERS"); env && *env)
+    return std::string(env) + "/python" + minor;
+  const char* cache = std::getenv("KRAIT_PYTHON_CACHE");
+  std::string root = cache && *cache ? cache : "/var/cache/krait/pythons";
+  return root + "/sid-" + minor + "/usr/include/python" + minor;
 }
 
 // The struct moved from pycore_runtime.h (3.13) to pycore_debug_offsets.h (3.14+).
@@ -364,14 +370,14 @@ TEST(DebugOffsets, LayoutsMatchTheCPythonHeaders) {
       debug_offsets_header(testing::pyenv_root() + "/versions/3.13.0/include/python3.13"));
   for (const auto& layout : builtin_debug_offsets_layouts())
     cases.emplace_back(&layout,
-                       debug_offsets_header(pyheaders_root() + "/python" + minor_name(layout)));
+                       debug_offsets_header(pyheaders_dir(minor_name(layout))));
   for (const auto& [layout, header] : cases) {
     ASSERT_NE(layout, nullptr);
     auto text = testing::read_text_file(header);
     ASSERT_TRUE(text) << "missing CPython header " << header << " (the python"
                       << minor_name(*layout)
-                      << " headers, e.g. from Debian's libpython3.x-dev, unpacked under "
-                         "$KRAIT_PYHEADERS, default /tmp/pyheaders/usr/include)";
+                      << " headers: run scripts/provision-pythons, which unpacks Debian's "
+                         "libpython3.x-dev, or point $KRAIT_PYHEADERS at an include root)";
     std::vector<std::string> slots = header_slots(*text);
     ASSERT_FALSE(slots.empty()) << "no struct _Py_DebugOffsets in " << header;
     EXPECT_EQ(paths_of(*layout), slots) << header;
