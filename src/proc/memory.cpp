@@ -2,6 +2,7 @@
 
 #include <sys/uio.h>
 
+#include <algorithm>
 #include <cerrno>
 
 namespace krait::proc {
@@ -23,14 +24,24 @@ Result<void> ProcessMemory::read(uint64_t address, std::span<uint8_t> out) const
 }
 
 Result<void> FakeMemory::read(uint64_t address, std::span<uint8_t> out) const {
-  for (const auto& r : regions_) {
-    if (address >= r.address && address - r.address <= r.bytes.size() &&
-        out.size() <= r.bytes.size() - (address - r.address)) {
-      std::memcpy(out.data(), r.bytes.data() + (address - r.address), out.size());
-      return {};
+  // Newest first: a later add() overwrites the bytes it overlaps.
+  std::vector<bool> filled(out.size(), false);
+  size_t missing = out.size();
+  for (auto it = regions_.rbegin(); it != regions_.rend() && missing; ++it) {
+    const uint64_t lo = std::max(address, it->address);
+    const uint64_t hi = std::min(address + out.size(), it->address + it->bytes.size());
+    for (uint64_t a = lo; a < hi; ++a) {
+      const size_t i = a - address;
+      if (filled[i])
+        continue;
+      out[i] = it->bytes[a - it->address];
+      filled[i] = true;
+      --missing;
     }
   }
-  return make_error("cannot read {} bytes at {:#x} (unmapped in fixture)", out.size(), address);
+  if (missing)
+    return make_error("cannot read {} bytes at {:#x} (unmapped in fixture)", out.size(), address);
+  return {};
 }
 
 }  // namespace krait::proc

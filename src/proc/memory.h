@@ -52,7 +52,8 @@ class ProcessMemory final : public RemoteMemory {
   pid_t pid_;
 };
 
-// Fixture memory for tests: a set of (address, bytes) regions.
+// Fixture memory for tests: (address, bytes) regions; where regions overlap,
+// the newest wins, as if it had been written over the older.
 class FakeMemory final : public RemoteMemory {
  public:
   void add(uint64_t address, std::vector<uint8_t> bytes) {

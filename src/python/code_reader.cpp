@@ -1,5 +1,6 @@
 #include "python/code_reader.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "krait/abi.h"
@@ -33,6 +34,15 @@ void append_utf8(std::string& out, uint32_t cp) {
   } else {
     out += "\xef\xbf\xbd";  // U+FFFD
   }
+}
+
+// A freed object's memory keeps its old contents except that the allocator
+// writes its free-list link into the first word, where ob_refcnt lives: a
+// pointer (bits 32-47 set) or 0. Live reference counts, immortal ones
+// included, keep those bits clear (3.14 keeps flags only in bits 48-63).
+bool looks_alive(const std::vector<uint8_t>& head) {
+  const uint64_t refcnt = load<uint64_t>(head, 0);
+  return (refcnt & 0x0000'ffff'0000'0000ull) == 0 && (refcnt & 0xffff'ffffull) != 0;
 }
 
 }  // namespace
@@ -111,6 +121,9 @@ Result<CodeInfo> read_code_object(const proc::RemoteMemory& memory, const Python
   const uint32_t firstlineno = load<uint32_t>(*head, b.code_firstlineno);
   if (krait_code_token(filename, name, linetable, firstlineno) != token)
     return make_error("code object at {:#x} was replaced since it was sampled", address);
+  // Same fields but freed: its strings may already hold other objects.
+  if (!looks_alive(*head))
+    return make_error("code object at {:#x} was freed since it was sampled", address);
 
   CodeInfo info;
   info.firstlineno = static_cast<int32_t>(firstlineno);
@@ -134,6 +147,14 @@ Result<CodeInfo> read_code_object(const proc::RemoteMemory& memory, const Python
   if (!lines)
     return lines.error().context("line table");
   info.lines = std::move(*lines);
+  // While the code object lives, so do the objects it references: it must
+  // still be alive and unchanged after they were read.
+  auto again = memory.read_bytes(address, b.code_read_size);
+  if (!again)
+    return again.error();
+  if (!looks_alive(*again) ||
+      !std::equal(head->begin() + 8, head->end(), again->begin() + 8, again->end()))
+    return make_error("code object at {:#x} was freed while it was being read", address);
   return info;
 }
 

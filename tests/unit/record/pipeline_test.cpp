@@ -73,6 +73,7 @@ class PipelineTest : public ::testing::Test {
     put_bytes(mem, table_addr, {0x80 | (13 << 3) | 7, 2, 0x80 | (13 << 3) | 7, 4});
     std::vector<uint8_t> head(b.code_read_size, 0);
     auto store = [&](uint16_t off, auto v) { std::memcpy(head.data() + off, &v, sizeof v); };
+    store(0, uint64_t{1});  // ob_refcnt of a live object
     store(b.code_type, kCodeType);
     store(b.code_filename, file_addr);
     store(b.code_name, name_addr);
@@ -189,6 +190,25 @@ TEST_F(PipelineTest, ReplacedCodeObjectIsNeverNamedFromTheOldOne) {
   ASSERT_EQ(stack.size(), 1u);
   EXPECT_NE(std::get<0>(stack[0]), "current");
   EXPECT_NE(std::get<0>(stack[0]).find("freed"), std::string::npos);
+  EXPECT_EQ(p.stats.unsymbolized_frames, 1u);
+}
+
+TEST_F(PipelineTest, FreedCodeObjectWithIntactFieldsIsNotNamed) {
+  ProcessTracker tracker(sink_, {});
+  auto mem = std::make_unique<proc::FakeMemory>();
+  FakeCode code = put_code(*mem, 0x100000, "gone", "/app/gone.py", 1);
+  // What pymalloc leaves in a freed block: its free-list link in ob_refcnt,
+  // every other field as it was (so the token still matches).
+  mem->add_value<uint64_t>(code.address, 0x7f12'3456'7000ull);
+  TrackedProcess& p = add_process(tracker, std::move(mem));
+  profile::Profile profile;
+  Pipeline pipeline(tracker, profile, 256);
+
+  auto r = make_sample({{code.address, code.token, 0}});
+  pipeline.on_sample({r->sample, {r->sample.frames, r->n}});
+  auto stack = only_stack(profile);
+  ASSERT_EQ(stack.size(), 1u);
+  EXPECT_NE(std::get<0>(stack[0]), "gone");
   EXPECT_EQ(p.stats.unsymbolized_frames, 1u);
 }
 
