@@ -153,9 +153,16 @@ TEST_P(PerInterpreter, ProcessLiving200msDuringARecordingIsSymbolized) {
   const auto& expected = w->truth.threads.at(0).stack;
   // ~20 samples fall in the 200 ms hot loop; start-up and exit add a few.
   EXPECT_GE(count_exact(mine, expected), 10) << describe_mismatches(mine, expected);
+  // A module body run by an import is freed as soon as the import ends and
+  // can be gone before krait reads it; such a frame is named as unknown
+  // (and counted), never guessed. It must stay rare.
+  int64_t unknown = 0;
   for (const auto& s : mine)
     for (const auto& f : s.stack)
-      EXPECT_EQ(f.function.find("[unknown"), std::string::npos);
+      if (f.function.find("[unknown") == 0)
+        unknown += s.count;
+  EXPECT_LE(unknown * 10, total(mine))
+      << unknown << " of " << total(mine) << " samples have an unknown frame";
 }
 
 INSTANTIATE_TEST_SUITE_P(Interpreters, PerInterpreter, ::testing::ValuesIn(interpreter_names()),
