@@ -1,6 +1,7 @@
 #include "record/pipeline.h"
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include <cstring>
 #include <ctime>
@@ -78,6 +79,8 @@ profile::FrameId Pipeline::python_frame(TrackedProcess& p, const krait_py_frame&
                                         p.attachment.info.code_type_addr, frame.code, frame.token);
       if (r)
         info = std::move(*r);
+      else
+        spdlog::debug("pid {}: {}", p.pid, r.error().message);
     }
     code = p.codes.emplace(ck, std::move(info)).first;
   }
