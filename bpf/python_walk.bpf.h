@@ -154,7 +154,47 @@ struct krait_frame_walk {
   __u64 frame; /* next frame to visit, 0 at the end of the chain */
   __u32 n;     /* frames emitted */
   __u32 status;
+  __u32 pid;
 };
+
+/* Sends the names of a code object the first time (pid, code, token) is seen
+ * (the table is shared by all CPUs and direct-mapped: a collision only means
+ * one more capture later). */
+static __always_inline void krait_capture_code(const struct krait_frame_walk* w, __u64 code,
+                                               __u32 token, __u64 name, __u64 file,
+                                               __u32 firstlineno) {
+  __u32 slot = (__u32)((code >> 4) ^ token ^ (w->pid * 0x9e3779b1u)) & (KRAIT_SEEN_SLOTS - 1);
+  struct krait_seen_slot* seen_slot = bpf_map_lookup_elem(&seen, &slot);
+  if (!seen_slot)
+    return;
+  if (seen_slot->code == code && seen_slot->token == token && seen_slot->pid == w->pid)
+    return;
+
+  struct krait_code_event* e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+  if (!e) {
+    krait_count(KRAIT_CNT_CODE_CAPTURES_LOST);
+    return;
+  }
+  seen_slot->code = code;
+  seen_slot->token = token;
+  seen_slot->pid = w->pid;
+  e->hdr.type = KRAIT_EVENT_CODE;
+  e->hdr.pid = w->pid;
+  e->hdr.tid = 0;
+  e->hdr.cpu = bpf_get_smp_processor_id();
+  e->hdr.ktime_ns = 0;
+  e->code = code;
+  e->token = token;
+  e->firstlineno = firstlineno;
+  e->name_addr = name;
+  e->file_addr = file;
+  /* A string near the end of a mapping cannot be read whole: the failed read
+   * leaves zeros, which user space treats as no capture. */
+  bpf_probe_read_user(e->name, sizeof(e->name), (const void*)name);
+  bpf_probe_read_user(e->file, sizeof(e->file), (const void*)file);
+  bpf_ringbuf_submit(e, 0);
+  krait_count(KRAIT_CNT_CODE_CAPTURES);
+}
 
 #define KRAIT_FRAME_SLOT(n) ((n) & (KRAIT_PY_FRAMES_CAP - 1))
 
@@ -215,12 +255,16 @@ static long krait_frame_step(__u32 index, void* arg) {
     instr = instr_raw > base ? (__u32)(instr_raw - base) : 0;
   }
 
+  __u64 file = KRAIT_LOAD(__u64, s->code, KRAIT_CODE_READ_CAP, l->code_filename);
+  __u64 name = KRAIT_LOAD(__u64, s->code, KRAIT_CODE_READ_CAP, l->code_name);
+  __u32 firstlineno = KRAIT_LOAD(__u32, s->code, KRAIT_CODE_READ_CAP, l->code_firstlineno);
+  __u32 token = krait_code_token(
+      file, name, KRAIT_LOAD(__u64, s->code, KRAIT_CODE_READ_CAP, l->code_linetable), firstlineno);
+  krait_capture_code(w, code, token, name, file, firstlineno);
+
   struct krait_py_frame* f = &s->sample.frames[KRAIT_FRAME_SLOT(w->n)];
   f->code = code;
-  f->token = krait_code_token(KRAIT_LOAD(__u64, s->code, KRAIT_CODE_READ_CAP, l->code_filename),
-                              KRAIT_LOAD(__u64, s->code, KRAIT_CODE_READ_CAP, l->code_name),
-                              KRAIT_LOAD(__u64, s->code, KRAIT_CODE_READ_CAP, l->code_linetable),
-                              KRAIT_LOAD(__u32, s->code, KRAIT_CODE_READ_CAP, l->code_firstlineno));
+  f->token = token;
   f->instr = (instr & KRAIT_FRAME_INSTR_MASK) | entry;
   w->n += 1;
   w->frame = back;
@@ -231,7 +275,8 @@ static long krait_frame_step(__u32 index, void* arg) {
  * frames (shim frames included). Fills s->sample.frames, py_nframes,
  * py_status and py_flags. */
 static __always_inline void krait_walk_frames(struct krait_scratch* s,
-                                              const struct krait_proc_info* proc, __u32 max_depth) {
+                                              const struct krait_proc_info* proc, __u32 pid,
+                                              __u32 max_depth) {
   const struct krait_py_layout* l = &proc->layout;
   __u64 frame = KRAIT_LOAD(__u64, s->tstate, KRAIT_TSTATE_READ_CAP, l->tstate_frame);
 
@@ -242,7 +287,8 @@ static __always_inline void krait_walk_frames(struct krait_scratch* s,
       return;
     }
   }
-  struct krait_frame_walk w = {.s = s, .proc = proc, .frame = frame, .status = KRAIT_PY_OK};
+  struct krait_frame_walk w = {
+      .s = s, .proc = proc, .frame = frame, .status = KRAIT_PY_OK, .pid = pid};
   bpf_loop(max_depth, krait_frame_step, &w, 0);
   if (w.frame != 0 && w.status == KRAIT_PY_OK)
     s->sample.py_flags |= KRAIT_PYF_TRUNCATED;

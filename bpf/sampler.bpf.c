@@ -61,6 +61,13 @@ static __always_inline void krait_count(__u32 index) {
     *v += 1;
 }
 
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, KRAIT_SEEN_SLOTS);
+  __type(key, __u32);
+  __type(value, struct krait_seen_slot);
+} seen SEC(".maps");
+
 #include "python_walk.bpf.h"
 
 struct {
@@ -159,7 +166,7 @@ int krait_sample(struct bpf_perf_event_data* ctx) {
     sample->py_status = status;
     if (status == KRAIT_PY_OK) {
       sample->tstate = tstate;
-      krait_walk_frames(s, proc, cfg_max_depth);
+      krait_walk_frames(s, proc, pid, cfg_max_depth);
     }
   }
 

@@ -45,6 +45,7 @@
 #define KRAIT_EVENT_EXEC 2         /* a process replaced its image */
 #define KRAIT_EVENT_EXIT 3         /* the last thread of a process exited */
 #define KRAIT_EVENT_PROC_UNKNOWN 4 /* a process was sampled that user space has not classified */
+#define KRAIT_EVENT_CODE 5         /* a code object seen for the first time (krait_code_event) */
 
 struct krait_event_header {
   __u32 type;
@@ -102,6 +103,33 @@ struct krait_sample {
 struct krait_exec_event {
   struct krait_event_header hdr;
   char comm[KRAIT_COMM_LEN];
+};
+
+/* The names of a code object, captured by the sampler the first time it sees
+ * (pid, code, token): user space reads code objects after the fact, and one
+ * that dies first (a module body after its import, exec'd code, the last
+ * samples of an exiting process) would otherwise lose its name. Raw bytes of
+ * the two string objects from their start; user space decodes them with the
+ * same layout as live memory, and uses them only when the live read fails. */
+#define KRAIT_CAPTURE_NAME_BYTES 128
+#define KRAIT_CAPTURE_FILE_BYTES 256
+#define KRAIT_SEEN_SLOTS 16384 /* direct-mapped table of (pid, code, token) already captured */
+
+struct krait_code_event {
+  struct krait_event_header hdr;
+  __u64 code;
+  __u32 token;
+  __u32 firstlineno;
+  __u64 name_addr;
+  __u64 file_addr;
+  __u8 name[KRAIT_CAPTURE_NAME_BYTES];
+  __u8 file[KRAIT_CAPTURE_FILE_BYTES];
+};
+
+struct krait_seen_slot {
+  __u64 code;
+  __u32 token;
+  __u32 pid;
 };
 
 /* ---- per-process configuration: the `procs` map (pid -> krait_proc_info) */
@@ -173,13 +201,15 @@ struct krait_thread_entry {
 
 /* ---- counters: the `counters` per-CPU array, one __u64 per index ------- */
 
-#define KRAIT_CNT_RUNS 0            /* sampler invocations */
-#define KRAIT_CNT_SAMPLES 1         /* sample records sent */
-#define KRAIT_CNT_RINGBUF_FULL 2    /* sample records lost: ring buffer full */
-#define KRAIT_CNT_EVENTS_LOST 3     /* exec/exit/unknown records lost: ring buffer full */
-#define KRAIT_CNT_THREAD_WALKS 4    /* thread lists walked (cache misses) */
-#define KRAIT_CNT_SCRATCH_MISSING 5 /* per-CPU scratch lookup failed (never expected) */
-#define KRAIT_CNT_COUNT 6
+#define KRAIT_CNT_RUNS 0               /* sampler invocations */
+#define KRAIT_CNT_SAMPLES 1            /* sample records sent */
+#define KRAIT_CNT_RINGBUF_FULL 2       /* sample records lost: ring buffer full */
+#define KRAIT_CNT_EVENTS_LOST 3        /* exec/exit/unknown records lost: ring buffer full */
+#define KRAIT_CNT_THREAD_WALKS 4       /* thread lists walked (cache misses) */
+#define KRAIT_CNT_SCRATCH_MISSING 5    /* per-CPU scratch lookup failed (never expected) */
+#define KRAIT_CNT_CODE_CAPTURES 6      /* krait_code_event records sent */
+#define KRAIT_CNT_CODE_CAPTURES_LOST 7 /* ... lost: ring buffer full */
+#define KRAIT_CNT_COUNT 8
 
 /* ---- code object identity ---------------------------------------------- */
 

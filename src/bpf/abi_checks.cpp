@@ -13,6 +13,8 @@ static_assert(KRAIT_SAMPLE_SIZE(0) == 64);
 static_assert(sizeof(krait_exec_event) == 40);
 static_assert(offsetof(krait_sample, cost_ns) == 36);
 static_assert(sizeof(krait_py_layout) == 48);
+static_assert(sizeof(krait_code_event) == 440);
+static_assert(sizeof(krait_seen_slot) == 16);
 static_assert(sizeof(krait_proc_info) == 80);
 static_assert(sizeof(krait_thread_entry) == 24);
 static_assert(KRAIT_PY_STATUS_COUNT == 9);

@@ -59,6 +59,11 @@ int RingReader::dispatch(const void* data, size_t size) {
     case KRAIT_EVENT_EXIT:
       handler_.on_exit(*header);
       return 0;
+    case KRAIT_EVENT_CODE:
+      if (size < sizeof(krait_code_event))
+        break;
+      handler_.on_code_capture(*static_cast<const krait_code_event*>(data));
+      return 0;
     case KRAIT_EVENT_PROC_UNKNOWN:
       handler_.on_unknown_process(*header);
       return 0;

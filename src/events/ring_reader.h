@@ -30,6 +30,7 @@ class EventHandler {
   virtual void on_exec(const krait_exec_event& event) = 0;
   virtual void on_exit(const krait_event_header& event) = 0;
   virtual void on_unknown_process(const krait_event_header& event) = 0;
+  virtual void on_code_capture(const krait_code_event& event) = 0;
 };
 
 class RingReader {

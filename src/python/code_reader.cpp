@@ -103,6 +103,58 @@ Result<std::string> read_py_string(const proc::RemoteMemory& memory, const Strin
   return out;
 }
 
+namespace {
+
+// A string object's raw bytes as the sampler copied them: decode what is
+// there, cutting (and marking) a string the copy did not hold whole.
+Result<std::string> decode_captured(const StringLayout& layout, std::span<const uint8_t> raw) {
+  // Served at a made-up address: only the bytes matter, not where they were.
+  constexpr uint64_t kAt = 0x1000;
+  std::vector<uint8_t> bytes(raw.begin(), raw.end());
+  if (!layout.py2_bytes && bytes.size() > layout.unicode_state + 4u) {
+    int64_t length = 0;
+    uint32_t state = 0;
+    std::memcpy(&length, bytes.data() + layout.unicode_length, sizeof length);
+    std::memcpy(&state, bytes.data() + layout.unicode_state, sizeof state);
+    const bool ascii = (state >> layout.ascii_bit) & 1;
+    const uint32_t kind = (state >> layout.kind_bit) & ((1u << layout.kind_bits) - 1);
+    const size_t header = ascii ? layout.ascii_size : layout.compact_size;
+    if (length <= 0 || kind == 0 || bytes.size() <= header)
+      return make_error("no string captured");
+    const size_t room = (bytes.size() - header) / kind;
+    if (static_cast<size_t>(length) > room) {
+      // Decode what the copy holds and mark the cut.
+      const int64_t shorter = static_cast<int64_t>(room);
+      std::memcpy(bytes.data() + layout.unicode_length, &shorter, sizeof shorter);
+      proc::FakeMemory mem;
+      mem.add(kAt, std::move(bytes));
+      auto s = read_py_string(mem, layout, kAt);
+      if (!s)
+        return s.error();
+      return *s + "...";
+    }
+  }
+  proc::FakeMemory mem;
+  mem.add(kAt, std::move(bytes));
+  return read_py_string(mem, layout, kAt);
+}
+
+}  // namespace
+
+Result<CodeInfo> code_info_from_capture(const StringLayout& layout, const krait_code_event& event) {
+  auto name = decode_captured(layout, event.name);
+  if (!name)
+    return name.error().context("captured function name");
+  auto file = decode_captured(layout, event.file);
+  if (!file)
+    return file.error().context("captured file name");
+  CodeInfo info;
+  info.name = std::move(*name);
+  info.filename = std::move(*file);
+  info.firstlineno = static_cast<int32_t>(event.firstlineno);
+  return info;
+}
+
 int32_t CodeInfo::line_at(const PythonLayout& layout, uint32_t instr) const {
   return line_for_offset(lines, instr * layout.instr_scale);
 }

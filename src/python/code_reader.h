@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "krait/abi.h"
 #include "proc/memory.h"
 #include "python/layout.h"
 #include "python/line_table.h"
@@ -39,6 +40,12 @@ struct CodeInfo {
   // without the entry bit), or kNoLine.
   int32_t line_at(const PythonLayout& layout, uint32_t instr) const;
 };
+
+// The names the sampler captured when it first saw a code object
+// (krait_code_event), for when the object is gone before it can be read:
+// name, file and first line, no line table. A string longer than the
+// capture is cut and ends in "...".
+Result<CodeInfo> code_info_from_capture(const StringLayout& layout, const krait_code_event& event);
 
 // Reads the code object at `address` and checks it is the one a sample saw:
 // its type must be code_type and its fields must hash to `token` (see

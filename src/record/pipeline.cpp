@@ -82,6 +82,14 @@ profile::FrameId Pipeline::python_frame(TrackedProcess& p, const krait_py_frame&
       else
         spdlog::debug("pid {}: {}", p.pid, r.error().message);
     }
+    if (!info) {
+      // Gone before it could be read: the names the sampler captured when it
+      // first saw the object still say what ran (without a line).
+      if (auto c = p.captured.find(ck); c != p.captured.end()) {
+        info = c->second;
+        ++p.stats.frames_from_capture;
+      }
+    }
     code = p.codes.emplace(ck, std::move(info)).first;
   }
   if (!code->second) {
@@ -162,6 +170,18 @@ void Pipeline::on_exec(const krait_exec_event& event) {
 void Pipeline::on_exit(const krait_event_header& event) {
   ++stats_.exit_events;
   tracker_.on_exit(static_cast<pid_t>(event.pid));
+}
+
+void Pipeline::on_code_capture(const krait_code_event& event) {
+  ++stats_.code_captures;
+  TrackedProcess* p = tracker_.find(static_cast<pid_t>(event.hdr.pid));
+  if (!p || !p->attachment.layout)
+    return;
+  if (p->captured.size() >= kMaxCodesPerProcess)
+    p->captured.clear();
+  auto info = python::code_info_from_capture(p->attachment.layout->strings, event);
+  if (info)
+    p->captured.insert_or_assign({event.code, event.token}, std::move(*info));
 }
 
 void Pipeline::on_unknown_process(const krait_event_header& event) {

@@ -25,6 +25,7 @@ struct PipelineStats {
   uint64_t exec_events = 0;
   uint64_t exit_events = 0;
   uint64_t unknown_events = 0;
+  uint64_t code_captures = 0;
   // krait_sample.cost_ns of walked samples when cost measurement is on
   // (capped at kMaxCostSamples; the first ones are kept).
   std::vector<uint32_t> sampler_cost_ns;
@@ -43,6 +44,7 @@ class Pipeline final : public events::EventHandler {
   void on_exec(const krait_exec_event& event) override;
   void on_exit(const krait_event_header& event) override;
   void on_unknown_process(const krait_event_header& event) override;
+  void on_code_capture(const krait_code_event& event) override;
 
   const PipelineStats& stats() const { return stats_; }
 

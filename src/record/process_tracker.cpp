@@ -64,6 +64,7 @@ void ProcessTracker::retire(pid_t pid) {
   } else {
     p.state = ProcessState::kExited;
     p.codes.clear();
+    p.captured.clear();
     p.memory.reset();
   }
   current_.erase(it);

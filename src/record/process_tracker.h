@@ -42,6 +42,7 @@ struct ProcessStats {
   std::array<uint64_t, KRAIT_PY_STATUS_COUNT> by_status{};
   uint64_t truncated = 0;
   uint64_t unsymbolized_frames = 0;  // code objects gone or unreadable
+  uint64_t frames_from_capture = 0;  // code object gone, named from the sampler's capture (no line)
 };
 
 struct TrackedProcess {
@@ -64,6 +65,8 @@ struct TrackedProcess {
     size_t operator()(const CodeKey& k) const { return k.address * 31 + k.token; }
   };
   std::unordered_map<CodeKey, std::optional<python::CodeInfo>, CodeKeyHash> codes;
+  // Names the sampler captured at first sight, used when the live read fails.
+  std::unordered_map<CodeKey, python::CodeInfo, CodeKeyHash> captured;
   std::unique_ptr<proc::RemoteMemory> memory;
 };
 

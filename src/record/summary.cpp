@@ -56,6 +56,10 @@ RunSummary build_summary(const RunFacts& run, const ProcessTracker& tracker,
           s.losses[std::string(py_status_description(st))] += p.stats.by_status[st];
       if (p.stats.truncated)
         s.losses["truncated at the depth limit"] += p.stats.truncated;
+      if (p.stats.frames_from_capture)
+        s.losses
+            ["code objects freed before they were read, named from the sampler's capture "
+             "(line unknown)"] += p.stats.frames_from_capture;
       if (p.stats.unsymbolized_frames)
         s.losses["frames whose code object was freed before it was read"] +=
             p.stats.unsymbolized_frames;
@@ -169,6 +173,7 @@ std::string summary_json(const RunSummary& s) {
     w.key("samples").value(static_cast<int64_t>(p.stats.samples));
     w.key("truncated").value(static_cast<int64_t>(p.stats.truncated));
     w.key("unsymbolized_frames").value(static_cast<int64_t>(p.stats.unsymbolized_frames));
+    w.key("code_from_capture").value(static_cast<int64_t>(p.stats.frames_from_capture));
     w.key("by_status").begin_object();
     for (uint32_t st = 0; st < KRAIT_PY_STATUS_COUNT; ++st)
       if (p.stats.by_status[st])

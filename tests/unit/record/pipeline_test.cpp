@@ -212,6 +212,62 @@ TEST_F(PipelineTest, FreedCodeObjectWithIntactFieldsIsNotNamed) {
   EXPECT_EQ(p.stats.unsymbolized_frames, 1u);
 }
 
+// What the sampler sends the first time it sees a code object: the raw
+// bytes at the name and file string objects.
+krait_code_event capture_of(const proc::FakeMemory& mem, const FakeCode& code, uint64_t name_addr,
+                            uint64_t file_addr) {
+  krait_code_event e{};
+  e.hdr.type = KRAIT_EVENT_CODE;
+  e.hdr.pid = 4242;
+  e.code = code.address;
+  e.token = code.token;
+  e.firstlineno = static_cast<uint32_t>(code.firstlineno);
+  e.name_addr = name_addr;
+  e.file_addr = file_addr;
+  // Copy as many bytes as the fixture holds, like a read that stops at the end.
+  for (size_t n = sizeof e.name; n > 0; --n)
+    if (mem.read({name_addr}, {e.name, n}).ok())
+      break;
+  for (size_t n = sizeof e.file; n > 0; --n)
+    if (mem.read({file_addr}, {e.file, n}).ok())
+      break;
+  return e;
+}
+
+TEST_F(PipelineTest, CodeObjectGoneBeforeItIsReadIsNamedFromTheSamplersCapture) {
+  ProcessTracker tracker(sink_, {});
+  auto mem = std::make_unique<proc::FakeMemory>();
+  const std::string long_file = "/srv/app/" + std::string(300, 'x') + "/module.py";
+  FakeCode imported = put_code(*mem, 0x100000, "<module>", "/srv/app/mod.py", 1);
+  FakeCode exec_d = put_code(*mem, 0x200000, "generated", long_file, 9);
+  krait_code_event c1 = capture_of(*mem, imported, 0x110000, 0x120000);
+  krait_code_event c2 = capture_of(*mem, exec_d, 0x210000, 0x220000);
+  // Both die before user space reads them.
+  mem->add_value<uint64_t>(imported.address, 0x7f12'3456'7000ull);
+  mem->add_value<uint64_t>(exec_d.address, 0);
+  TrackedProcess& p = add_process(tracker, std::move(mem));
+  profile::Profile profile;
+  Pipeline pipeline(tracker, profile, 256);
+
+  pipeline.on_code_capture(c1);
+  pipeline.on_code_capture(c2);
+  auto r = make_sample({{exec_d.address, exec_d.token, 2}, {imported.address, imported.token, 0}});
+  pipeline.on_sample({r->sample, {r->sample.frames, r->n}});
+
+  auto stack = only_stack(profile);
+  ASSERT_EQ(stack.size(), 2u);
+  EXPECT_EQ(std::get<0>(stack[1]), "<module>");
+  EXPECT_EQ(std::get<1>(stack[1]), "/srv/app/mod.py");
+  EXPECT_EQ(std::get<2>(stack[1]), 0) << "no line table was captured: the line is unknown";
+  EXPECT_EQ(std::get<0>(stack[0]), "generated");
+  const std::string& file = std::get<1>(stack[0]);
+  ASSERT_GT(file.size(), 3u);
+  EXPECT_EQ(file.substr(file.size() - 3), "...");
+  EXPECT_EQ(long_file.rfind(file.substr(0, file.size() - 3), 0), 0u) << file;
+  EXPECT_EQ(p.stats.frames_from_capture, 2u);
+  EXPECT_EQ(p.stats.unsymbolized_frames, 0u);
+}
+
 TEST_F(PipelineTest, TruncatedAndFailedWalksCarryTheirReason) {
   ProcessTracker tracker(sink_, {});
   auto mem = std::make_unique<proc::FakeMemory>();
