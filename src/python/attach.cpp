@@ -185,6 +185,7 @@ Attachment attach_process(pid_t pid, ImageCache& images, const AttachOptions& op
 
   // The candidate tables, most trusted first.
   std::optional<OffsetTable> debug_table;
+  std::optional<OffsetTable> nearest;
   std::vector<Candidate> candidates;
   for (const auto& t : options.user_tables)
     if (t.version == version)
@@ -226,11 +227,21 @@ Attachment attach_process(pid_t pid, ImageCache& images, const AttachOptions& op
     candidates.push_back({&*debug_table, "_Py_DebugOffsets"});
   }
   if (options.builtin_tables) {
-    if (const OffsetTable* exact = find_table(version)) {
+    if (const OffsetTable* exact = find_table(version))
       candidates.push_back({exact, "built-in table " + exact->version.str()});
-    } else if (const OffsetTable* near = nearest_table_same_minor(version)) {
-      candidates.push_back({near, fmt::format("built-in table {} (nearest to {})",
-                                              near->version.str(), version.str())});
+  }
+  // No table of its own: the closest table of the same minor version, from
+  // the user's or the built-in ones. Used only if validation passes.
+  if (candidates.empty() || candidates.back().table->version != version) {
+    std::vector<OffsetTable> pool(options.user_tables.begin(), options.user_tables.end());
+    if (options.builtin_tables)
+      pool.insert(pool.end(), builtin_offset_tables().begin(), builtin_offset_tables().end());
+    if (const OffsetTable* near = nearest_table_same_minor(pool, version);
+        near && near->version != version) {
+      nearest = *near;
+      candidates.push_back({&*nearest, fmt::format("table {} (nearest to {}; {})",
+                                                   near->version.str(), version.str(),
+                                                   near->source)});
     }
   }
   if (candidates.empty()) {

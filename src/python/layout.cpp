@@ -102,9 +102,11 @@ Result<PythonLayout> build_layout(const OffsetTable& table, PyVersion v) {
       // (3.14+, where CSTACK moved to 4 and then went away).
       b.frame_owner_shim = 3;
     }
-    // 3.14 made f_executable a _PyStackRef whose low bits are tags.
-    if (v >= PyVersion{3, 14, 0})
-      b.code_tag_mask = 3;
+    // 3.14 made f_executable a _PyStackRef whose low bits are tags. Objects
+    // are 8-byte aligned, so clearing them is a no-op where there are none:
+    // every 3.13+ version is read the same way, and a new minor version
+    // needs only its _Py_DebugOffsets layout (offsets/debug_offsets/).
+    if (v >= PyVersion{3, 13, 0}) b.code_tag_mask = 3;
   }
 
   b.code_type = f.optional("PyObject.ob_type", 8);

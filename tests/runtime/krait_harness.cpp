@@ -161,14 +161,21 @@ Result<RecordingResult> Recording::wait(std::chrono::seconds timeout) {
   auto status = child_.wait(timeout);
   if (!status)
     return status.error();
-  return collect(*status);
+  return collect(*status, true);
 }
 
-Result<RecordingResult> Recording::collect(ExitStatus status) {
+Result<RecordingResult> Recording::wait_any_status(std::chrono::seconds timeout) {
+  auto status = child_.wait(timeout);
+  if (!status)
+    return status.error();
+  return collect(*status, false);
+}
+
+Result<RecordingResult> Recording::collect(ExitStatus status, bool require_success) {
   RecordingResult r;
   r.status = status;
   r.stderr_text = child_.stderr_text();
-  if (!status.success())
+  if (require_success && !status.success())
     return make_error("krait record ended with {}: {}", status.describe(), r.stderr_text);
   TempDir go_dir;
   auto raw = go_pprof_raw(profile_, go_dir);

@@ -63,14 +63,18 @@ class Recording {
   static Result<Recording> start(const std::vector<std::string>& args, const TempDir& dir);
   // Stops it with `sig` (when it has no -d, or early) and collects the results.
   Result<RecordingResult> stop(int sig = SIGINT);
-  // Waits for a recording with -d to finish by itself.
+  // Waits for a recording with -d to finish by itself; an error unless it
+  // exited 0.
   Result<RecordingResult> wait(std::chrono::seconds timeout);
+  // The same, for runs expected to fail (exit status in the result): the
+  // profile and stats are written whatever the status.
+  Result<RecordingResult> wait_any_status(std::chrono::seconds timeout);
   pid_t pid() const { return child_.pid(); }
 
  private:
   Recording(ChildProcess child, std::string profile, std::string stats)
       : child_(std::move(child)), profile_(std::move(profile)), stats_(std::move(stats)) {}
-  Result<RecordingResult> collect(ExitStatus status);
+  Result<RecordingResult> collect(ExitStatus status, bool require_success);
 
   ChildProcess child_;
   std::string profile_;
