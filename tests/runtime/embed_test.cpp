@@ -1,0 +1,64 @@
+// An interpreter embedded in a program that is not python: krait finds the
+// libpython it maps and profiles both native threads that run Python.
+#include <gtest/gtest.h>
+
+#include "runtime/krait_harness.h"
+#include "support/workloads.h"
+
+namespace krait::test {
+namespace {
+
+using namespace std::chrono_literals;
+
+TEST(Embedded, HostThatIsNotPythonIsFoundAndEachThreadProfiled) {
+  require_root();
+  if (std::string(KRAIT_EMBED_HOST).empty())
+    FAIL() << "the embedding host was not built: it needs pyenv's 3.12.1 ("
+           << KRAIT_EMBED_PYTHONHOME
+           << ") with its headers and libpython; install it and re-run cmake";
+  SpawnOptions opts;
+  opts.argv = {KRAIT_EMBED_HOST, workload_path("embedded_lane.py")};
+  opts.env = {{"PYTHONHOME", std::string(KRAIT_EMBED_PYTHONHOME)}, {"PYTHONPATH", std::nullopt}};
+  auto host = ChildProcess::spawn(opts);
+  ASSERT_TRUE(host.ok()) << host.error().message;
+  std::vector<Truth> lanes;
+  for (int i = 0; i < 2; ++i) {
+    auto line = host->read_line(60s);
+    ASSERT_TRUE(line.ok()) << line.error().message;
+    auto truth = parse_truth(*line);
+    ASSERT_TRUE(truth.ok()) << truth.error().message << ": " << *line;
+    lanes.push_back(std::move(*truth));
+  }
+  ASSERT_EQ(lanes[0].pid, host->pid());
+
+  TempDir dir;
+  auto rec = Recording::start({"-p", std::to_string(host->pid()), "-d", "4"}, dir);
+  ASSERT_TRUE(rec.ok()) << rec.error().message;
+  auto r = rec->wait(60s);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+
+  const auto mine = samples_of_pid(r->samples, host->pid());
+  for (const auto& lane : lanes) {
+    const ThreadTruth& t = lane.threads.at(0);
+    SCOPED_TRACE("lane thread " + t.name);
+    std::vector<ProfileSample> thread;
+    for (const auto& s : mine)
+      if (s.tid() == t.tid)
+        thread.push_back(s);
+    // Two threads share one interpreter lock: about half of ~400 samples each.
+    ASSERT_GE(total(thread), 60) << r->stderr_text;
+    EXPECT_GE(count_exact(thread, t.stack), 0.95 * total(thread))
+        << describe_mismatches(thread, t.stack);
+    for (const auto& s : thread) {
+      EXPECT_EQ(s.labels.at("thread_name"), t.name);
+      EXPECT_EQ(s.labels.at("process_name"), "krait_embed_hos");  // comm: 15 characters
+      EXPECT_EQ(s.labels.at("python_version"), lane.python);
+    }
+  }
+  const JsonValue* p = stats_process(r->stats, host->pid());
+  ASSERT_NE(p, nullptr);
+  EXPECT_NE(p->find("image")->string.find("libpython3.12"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace krait::test
