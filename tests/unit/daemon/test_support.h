@@ -1,0 +1,50 @@
+// Helpers for the daemon building-block tests: small real profiles, uploads,
+// a raw HTTP/1.1 client independent of the code under test, and temporary
+// directories.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "export/upload_queue.h"
+#include "util/result.h"
+
+namespace krait::test {
+
+// A gzipped pprof with one Python sample in `function`, made with
+// encode_pprof (its bytes differ per function name).
+std::string tiny_pprof(std::string_view function);
+
+// An upload of `application` with a fresh id and a tiny profile.
+exporter::Upload make_upload(std::string application, profile::Labels labels = {},
+                             int64_t from_unix_s = 1'700'000'000,
+                             int64_t until_unix_s = 1'700'000'015);
+
+// Sends `request` verbatim to 127.0.0.1:port and returns everything the
+// server sends back until it closes the connection (send requests with
+// "Connection: close"). Error when the connection cannot be made.
+Result<std::string> raw_http_exchange(uint16_t port, std::string_view request);
+
+// The status code of a raw HTTP response ("HTTP/1.1 200 OK..."), 0 if none.
+int response_status(std::string_view response);
+
+// A fresh directory under $TMPDIR (or /tmp), removed with its contents on
+// destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string file(std::string_view name) const { return path_ + "/" + std::string(name); }
+
+ private:
+  std::string path_;
+};
+
+// Writes `data` to `path` (test setup; fails the test on error).
+void write_text_file(const std::string& path, std::string_view data);
+
+}  // namespace krait::test
