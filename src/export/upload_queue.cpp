@@ -249,12 +249,12 @@ void UploadQueue::settle(Upload item, const SendOutcome& outcome) {
     spdlog::debug("upload failed ({} in a row), next try in {} ms: {}", consecutive_failures_,
                   delay.count(), outcome.message);
   next_attempt_ = clock_.now() + delay;
+  // The item coming back is older than everything waiting, so when the
+  // waiting items filled the budget while it was out, it is the one to go.
   const uint64_t bytes = item.size_bytes();
-  evict_for(bytes);
-  // Room is made by dropping older items; when none is left to drop, this
-  // one is the oldest and goes instead.
   if (waiting_bytes_ + bytes > options_.max_bytes) {
     ++counters_.dropped_by_cap;
+    spdlog::debug("upload queue full: dropped the failed profile of {}", item.application);
     return;
   }
   waiting_bytes_ += bytes;
