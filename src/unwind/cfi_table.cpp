@@ -1,0 +1,428 @@
+#include "unwind/cfi_table.h"
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <string_view>
+#include <unordered_map>
+
+namespace krait::unwind {
+namespace {
+
+// DW_EH_PE_* pointer encodings (LSB Core, "DWARF Extensions").
+constexpr uint8_t kPeOmit = 0xff;
+constexpr uint8_t kPeFormatMask = 0x0f;
+constexpr uint8_t kPeApplicationMask = 0x70;
+constexpr uint8_t kPeIndirect = 0x80;
+constexpr uint8_t kPeAbsptr = 0x00, kPeUleb128 = 0x01, kPeUdata2 = 0x02, kPeUdata4 = 0x03,
+                  kPeUdata8 = 0x04, kPeSleb128 = 0x09, kPeSdata2 = 0x0a, kPeSdata4 = 0x0b,
+                  kPeSdata8 = 0x0c;
+constexpr uint8_t kPePcrel = 0x10;
+
+// A section larger than this cannot be indexed with 32-bit offsets.
+constexpr size_t kMaxSectionBytes = std::numeric_limits<uint32_t>::max() / 2;
+// How many earlier FDEs find() inspects when the nearest one ends too soon
+// (overlapping FDEs are rare; a long scan would only hide garbage).
+constexpr int kOverlapLookBack = 4;
+
+// Bounds-checked little-endian reads over one section. Every read either
+// succeeds completely or leaves `ok` false; callers check once per entry.
+class Reader {
+ public:
+  Reader(std::span<const uint8_t> bytes, size_t pos, size_t end)
+      : bytes_(bytes), pos_(pos), end_(std::min(end, bytes.size())) {}
+
+  size_t pos() const { return pos_; }
+  bool ok() const { return ok_; }
+  size_t remaining() const { return ok_ && pos_ < end_ ? end_ - pos_ : 0; }
+
+  template <typename T>
+  T fixed() {
+    T value{};
+    if (!ok_ || pos_ > end_ || end_ - pos_ < sizeof(T)) {
+      ok_ = false;
+      return value;
+    }
+    std::memcpy(&value, bytes_.data() + pos_, sizeof(T));
+    pos_ += sizeof(T);
+    return value;
+  }
+  uint64_t uleb() {
+    uint64_t value = 0;
+    for (unsigned shift = 0; ok_; shift += 7) {
+      uint8_t byte = fixed<uint8_t>();
+      if (shift < 64)
+        value |= static_cast<uint64_t>(byte & 0x7f) << shift;
+      if ((byte & 0x80) == 0)
+        return value;
+      if (shift > 70)
+        ok_ = false;  // longer than any 64-bit value
+    }
+    return 0;
+  }
+  int64_t sleb() {
+    uint64_t value = 0;
+    unsigned shift = 0;
+    uint8_t byte = 0;
+    do {
+      byte = fixed<uint8_t>();
+      if (!ok_)
+        return 0;
+      if (shift < 64)
+        value |= static_cast<uint64_t>(byte & 0x7f) << shift;
+      shift += 7;
+      if (shift > 77) {
+        ok_ = false;
+        return 0;
+      }
+    } while (byte & 0x80);
+    if (shift < 64 && (byte & 0x40))
+      value |= ~uint64_t{0} << shift;
+    return static_cast<int64_t>(value);
+  }
+  std::string_view cstring() {
+    if (!ok_ || pos_ >= end_) {
+      ok_ = false;
+      return {};
+    }
+    const auto* begin = reinterpret_cast<const char*>(bytes_.data() + pos_);
+    const void* nul = std::memchr(begin, '\0', end_ - pos_);
+    if (nul == nullptr) {
+      ok_ = false;
+      return {};
+    }
+    std::string_view out(begin, static_cast<const char*>(nul) - begin);
+    pos_ += out.size() + 1;
+    return out;
+  }
+  void skip(size_t n) {
+    if (!ok_ || pos_ > end_ || end_ - pos_ < n)
+      ok_ = false;
+    else
+      pos_ += n;
+  }
+
+ private:
+  std::span<const uint8_t> bytes_;
+  size_t pos_;
+  size_t end_;
+  bool ok_ = true;
+};
+
+// The framing shared by CIEs and FDEs in both sections.
+struct EntryHeader {
+  size_t start = 0;      // offset of the length field
+  size_t id_offset = 0;  // offset of the CIE id / CIE pointer field
+  size_t body = 0;       // first byte after the id field
+  size_t end = 0;        // one past the entry
+  uint64_t id = 0;
+  bool dwarf64 = false;
+  bool terminator = false;
+};
+
+std::optional<EntryHeader> read_header(std::span<const uint8_t> bytes, size_t pos) {
+  Reader r(bytes, pos, bytes.size());
+  EntryHeader h;
+  h.start = pos;
+  uint64_t length = r.fixed<uint32_t>();
+  if (!r.ok())
+    return std::nullopt;
+  if (length == 0) {
+    h.terminator = true;
+    return h;
+  }
+  if (length == 0xffffffff) {
+    h.dwarf64 = true;
+    length = r.fixed<uint64_t>();
+  }
+  if (!r.ok() || length > r.remaining())
+    return std::nullopt;
+  h.id_offset = r.pos();
+  h.end = r.pos() + length;
+  h.id = h.dwarf64 ? r.fixed<uint64_t>() : r.fixed<uint32_t>();
+  if (!r.ok() || r.pos() > h.end)
+    return std::nullopt;
+  h.body = r.pos();
+  return h;
+}
+
+std::optional<uint64_t> read_encoded(Reader& r, uint8_t encoding, uint64_t field_vaddr) {
+  if (encoding == kPeOmit || (encoding & kPeIndirect) != 0)
+    return std::nullopt;
+  uint64_t value = 0;
+  switch (encoding & kPeFormatMask) {
+    case kPeAbsptr:
+    case kPeUdata8:
+    case kPeSdata8:
+      value = r.fixed<uint64_t>();
+      break;
+    case kPeUleb128:
+      value = r.uleb();
+      break;
+    case kPeUdata2:
+      value = r.fixed<uint16_t>();
+      break;
+    case kPeUdata4:
+      value = r.fixed<uint32_t>();
+      break;
+    case kPeSleb128:
+      value = static_cast<uint64_t>(r.sleb());
+      break;
+    case kPeSdata2:
+      value = static_cast<uint64_t>(static_cast<int64_t>(r.fixed<int16_t>()));
+      break;
+    case kPeSdata4:
+      value = static_cast<uint64_t>(static_cast<int64_t>(r.fixed<int32_t>()));
+      break;
+    default:
+      return std::nullopt;
+  }
+  if (!r.ok())
+    return std::nullopt;
+  switch (encoding & kPeApplicationMask) {
+    case 0:
+      return value;
+    case kPePcrel:
+      return value + field_vaddr;
+    default:
+      // datarel/textrel/funcrel/aligned never appear in FDE addresses that
+      // GNU tools emit for x86_64.
+      return std::nullopt;
+  }
+}
+
+// What an FDE needs from its .eh_frame CIE.
+struct EhCie {
+  bool usable = false;
+  uint8_t fde_encoding = kPeAbsptr;
+  bool augmented = false;  // 'z': FDEs carry an augmentation length
+  bool signal_frame = false;
+};
+
+EhCie parse_eh_cie(std::span<const uint8_t> bytes, size_t offset) {
+  EhCie cie;
+  auto header = read_header(bytes, offset);
+  if (!header || header->terminator || header->id != 0)
+    return cie;
+  Reader r(bytes, header->body, header->end);
+  uint8_t version = r.fixed<uint8_t>();
+  if (version != 1 && version != 3 && version != 4)
+    return cie;
+  std::string_view augmentation = r.cstring();
+  if (version == 4)
+    r.skip(2);  // address_size, segment_selector_size
+  r.uleb();     // code alignment
+  r.sleb();     // data alignment
+  if (version == 1)
+    r.fixed<uint8_t>();
+  else
+    r.uleb();  // return address register
+  if (!r.ok())
+    return cie;
+  if (augmentation.empty()) {
+    cie.usable = true;
+    return cie;
+  }
+  if (augmentation.front() != 'z')
+    return cie;  // an old augmentation ("eh") whose data cannot be skipped
+  cie.augmented = true;
+  uint64_t length = r.uleb();
+  if (!r.ok() || length > r.remaining())
+    return cie;
+  Reader aug(bytes, r.pos(), r.pos() + length);
+  for (char c : augmentation.substr(1)) {
+    if (c == 'R') {
+      cie.fde_encoding = aug.fixed<uint8_t>();
+    } else if (c == 'L') {
+      aug.fixed<uint8_t>();
+    } else if (c == 'P') {
+      uint8_t encoding = aug.fixed<uint8_t>();
+      // The personality pointer's value is irrelevant here; only its size.
+      if (!read_encoded(aug, static_cast<uint8_t>(encoding & ~(kPeIndirect | kPeApplicationMask)),
+                        0))
+        break;
+    } else if (c == 'S') {
+      cie.signal_frame = true;
+    } else {
+      break;  // unknown: 'z' lets the FDE parser skip the rest
+    }
+  }
+  cie.usable = aug.ok();
+  return cie;
+}
+
+void sort_entries(std::vector<FdeEntry>& entries) {
+  std::sort(entries.begin(), entries.end(), [](const FdeEntry& a, const FdeEntry& b) {
+    return a.start != b.start ? a.start < b.start : a.end < b.end;
+  });
+}
+
+void put_u8(std::vector<uint8_t>& out, uint8_t v) {
+  out.push_back(v);
+}
+void put_u32(std::vector<uint8_t>& out, uint32_t v) {
+  uint8_t raw[4];
+  std::memcpy(raw, &v, sizeof v);
+  out.insert(out.end(), raw, raw + sizeof raw);
+}
+void put_u64(std::vector<uint8_t>& out, uint64_t v) {
+  uint8_t raw[8];
+  std::memcpy(raw, &v, sizeof v);
+  out.insert(out.end(), raw, raw + sizeof raw);
+}
+void patch_u32(std::vector<uint8_t>& out, size_t at, uint32_t v) {
+  std::memcpy(out.data() + at, &v, sizeof v);
+}
+
+}  // namespace
+
+Result<CfiTable> CfiTable::from_eh_frame(std::span<const uint8_t> bytes, uint64_t vaddr) {
+  if (bytes.size() > kMaxSectionBytes)
+    return make_error(".eh_frame of {} bytes is too large to index", bytes.size());
+  CfiTable table;
+  table.source_ = Source::kEhFrame;
+  table.bytes_ = bytes;
+  table.vaddr_ = vaddr;
+  std::unordered_map<size_t, EhCie> cies;
+  size_t pos = 0;
+  while (pos < bytes.size()) {
+    auto header = read_header(bytes, pos);
+    if (!header || header->terminator)
+      break;
+    pos = header->end;
+    if (header->id == 0)
+      continue;  // a CIE, parsed when an FDE refers to it
+    // The CIE pointer counts back from its own field.
+    if (header->id > header->id_offset)
+      continue;
+    size_t cie_offset = header->id_offset - header->id;
+    auto [it, inserted] = cies.try_emplace(cie_offset);
+    if (inserted)
+      it->second = parse_eh_cie(bytes, cie_offset);
+    const EhCie& cie = it->second;
+    if (!cie.usable)
+      continue;
+    Reader r(bytes, header->body, header->end);
+    auto start = read_encoded(r, cie.fde_encoding, vaddr + r.pos());
+    auto range = read_encoded(r, cie.fde_encoding & kPeFormatMask, 0);
+    if (!start || !range || *range == 0 || *start + *range < *start)
+      continue;
+    table.entries_.push_back(FdeEntry{.start = *start,
+                                      .end = *start + *range,
+                                      .offset = static_cast<uint32_t>(header->start),
+                                      .signal_frame = cie.signal_frame,
+                                      .absolute = (cie.fde_encoding & kPeApplicationMask) == 0});
+  }
+  if (table.entries_.empty())
+    return make_error(".eh_frame has no readable FDE");
+  sort_entries(table.entries_);
+  return table;
+}
+
+Result<CfiTable> CfiTable::from_debug_frame(std::span<const uint8_t> bytes) {
+  if (bytes.size() > kMaxSectionBytes)
+    return make_error(".debug_frame of {} bytes is too large to index", bytes.size());
+  CfiTable table;
+  table.source_ = Source::kDebugFrame;
+  std::vector<uint8_t>& out = table.owned_;
+  out.reserve(bytes.size() + 64);
+  // Converted CIEs by their offset in .debug_frame; nullopt when unusable.
+  std::unordered_map<size_t, std::optional<uint32_t>> converted;
+
+  auto convert_cie = [&](size_t offset) -> std::optional<uint32_t> {
+    auto header = read_header(bytes, offset);
+    if (!header || header->terminator)
+      return std::nullopt;
+    uint64_t cie_id = header->dwarf64 ? ~uint64_t{0} : uint64_t{0xffffffff};
+    if (header->id != cie_id)
+      return std::nullopt;
+    Reader r(bytes, header->body, header->end);
+    uint8_t version = r.fixed<uint8_t>();
+    if (version != 1 && version != 3 && version != 4)
+      return std::nullopt;
+    std::string_view augmentation = r.cstring();
+    if (!r.ok() || !augmentation.empty())
+      return std::nullopt;
+    if (version == 4) {
+      uint8_t address_size = r.fixed<uint8_t>();
+      uint8_t segment_size = r.fixed<uint8_t>();
+      if (address_size != 8 || segment_size != 0)
+        return std::nullopt;
+    }
+    size_t fields = r.pos();
+    r.uleb();
+    r.sleb();
+    if (version == 1)
+      r.fixed<uint8_t>();
+    else
+      r.uleb();
+    if (!r.ok())
+      return std::nullopt;
+    // .eh_frame knows versions 1 and 3; version 4 differs from 3 only by
+    // the two size bytes dropped above.
+    size_t at = out.size();
+    put_u32(out, 0);  // length, patched below
+    put_u32(out, 0);  // CIE id in .eh_frame
+    put_u8(out, version == 1 ? 1 : 3);
+    put_u8(out, 0);  // no augmentation: FDE addresses are 8-byte absolute
+    out.insert(out.end(), bytes.begin() + fields, bytes.begin() + header->end);
+    patch_u32(out, at, static_cast<uint32_t>(out.size() - at - 4));
+    return static_cast<uint32_t>(at);
+  };
+
+  size_t pos = 0;
+  while (pos < bytes.size()) {
+    auto header = read_header(bytes, pos);
+    if (!header || header->terminator)
+      break;
+    pos = header->end;
+    uint64_t cie_id = header->dwarf64 ? ~uint64_t{0} : uint64_t{0xffffffff};
+    if (header->id == cie_id)
+      continue;
+    if (header->id >= bytes.size())
+      continue;
+    auto [it, inserted] = converted.try_emplace(header->id);
+    if (inserted)
+      it->second = convert_cie(header->id);
+    if (!it->second)
+      continue;
+    Reader r(bytes, header->body, header->end);
+    uint64_t start = r.fixed<uint64_t>();
+    uint64_t range = r.fixed<uint64_t>();
+    if (!r.ok() || range == 0 || start + range < start)
+      continue;
+    size_t at = out.size();
+    put_u32(out, 0);  // length, patched below
+    size_t pointer_at = out.size();
+    put_u32(out, static_cast<uint32_t>(pointer_at - *it->second));
+    put_u64(out, start);
+    put_u64(out, range);
+    out.insert(out.end(), bytes.begin() + r.pos(), bytes.begin() + header->end);
+    patch_u32(out, at, static_cast<uint32_t>(out.size() - at - 4));
+    table.entries_.push_back(FdeEntry{.start = start,
+                                      .end = start + range,
+                                      .offset = static_cast<uint32_t>(at),
+                                      .absolute = true});
+  }
+  put_u32(out, 0);  // terminator
+  if (table.entries_.empty())
+    return make_error(
+        ".debug_frame has no FDE that can be used (8-byte addresses, no augmentation)");
+  table.bytes_ = out;
+  sort_entries(table.entries_);
+  return table;
+}
+
+const FdeEntry* CfiTable::find(uint64_t file_pc) const {
+  auto it = std::upper_bound(entries_.begin(), entries_.end(), file_pc,
+                             [](uint64_t pc, const FdeEntry& e) { return pc < e.start; });
+  for (int steps = 0; it != entries_.begin() && steps < kOverlapLookBack; ++steps) {
+    --it;
+    if (file_pc < it->end)
+      return &*it;
+  }
+  return nullptr;
+}
+
+}  // namespace krait::unwind

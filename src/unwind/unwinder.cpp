@@ -1,0 +1,359 @@
+#include "unwind/unwinder.h"
+
+#include <libunwind.h>
+
+#include <array>
+#include <cstring>
+#include <unordered_map>
+
+// Exported by libunwind but not declared in its public headers (linux perf
+// declares it the same way): it decodes one FDE given a search table.
+extern "C" int UNW_OBJ(dwarf_search_unwind_table)(unw_addr_space_t as, unw_word_t ip,
+                                                  unw_dyn_info_t* di, unw_proc_info_t* pi,
+                                                  int need_unwind_info, void* arg);
+
+namespace krait::unwind {
+namespace {
+
+// Addresses no x86_64 user process can map (non-canonical): libunwind is
+// shown a one-entry FDE search table at the first, and converted
+// .debug_frame bytes at the second.
+constexpr uint64_t kScratchTableAddress = 0x4000'0000'0000'0000;
+constexpr uint64_t kSyntheticCfiBase = 0x5000'0000'0000'0000;
+// Memory reads allowed per unwind() call. A cached step costs a handful; a
+// cold one a few hundred; garbage CFI (e.g. a DWARF expression that loops)
+// is cut off here.
+constexpr uint64_t kMaxReadsPerUnwind = 1 << 20;
+// A failed read this far above the copied stack still counts as "past the
+// copy" (the stack of a thread is at most this large in practice).
+constexpr uint64_t kMaxStackSpan = uint64_t{1} << 30;
+// libunwind caches decoded CFI per process address; see claim_cache().
+constexpr size_t kLibunwindCacheEntries = 4096;
+constexpr size_t kMaxTrackedAddresses = 1 << 16;
+
+struct AddressSpaceDeleter {
+  void operator()(unw_addr_space* as) const { unw_destroy_addr_space(as); }
+};
+using AddressSpace = std::unique_ptr<unw_addr_space, AddressSpaceDeleter>;
+
+// Per-unwind() state the accessors read.
+struct Context {
+  const StackSnapshot* snapshot = nullptr;
+  const ProcessModules* modules = nullptr;
+  const Module* module = nullptr;  // of the frame being stepped
+  const CfiTable* table = nullptr;
+  uint64_t table_base = 0;  // where libunwind sees table->bytes()
+  uint64_t reads_left = kMaxReadsPerUnwind;
+  bool read_past_stack = false;
+  bool lookup_failed = false;
+};
+
+uint64_t table_base(const Module& module, const CfiTable& table) {
+  // .eh_frame is read where the loader mapped it, so its PC-relative
+  // pointers resolve; converted .debug_frame exists only here.
+  return table.source() == CfiTable::Source::kEhFrame ? module.bias + table.vaddr()
+                                                      : kSyntheticCfiBase;
+}
+
+// Copies the part of the 8-byte word at `addr` that overlaps `bytes` (seen
+// at `base`), zeroing the rest: libunwind reads aligned words and uses only
+// the bytes it asked for.
+bool copy_overlap(uint64_t addr, uint64_t base, std::span<const uint8_t> bytes, unw_word_t* val) {
+  if (addr >= base + bytes.size() || addr + sizeof(unw_word_t) <= base)
+    return false;
+  uint8_t word[sizeof(unw_word_t)] = {};
+  for (size_t i = 0; i < sizeof word; ++i) {
+    uint64_t a = addr + i;
+    if (a >= base && a - base < bytes.size())
+      word[i] = bytes[a - base];
+  }
+  std::memcpy(val, word, sizeof word);
+  return true;
+}
+
+int find_proc_info(unw_addr_space_t as, unw_word_t ip, unw_proc_info_t* pi, int need_unwind_info,
+                   void* arg) {
+  auto& ctx = *static_cast<Context*>(arg);
+  const Module* module = ctx.module != nullptr && ip >= ctx.module->start && ip < ctx.module->end
+                             ? ctx.module
+                             : ctx.modules->find(ip);
+  FdeRef ref = module != nullptr ? module->file->find_fde(module->file_address(ip)) : FdeRef{};
+  if (!ref) {
+    ctx.lookup_failed = true;
+    return -UNW_ENOINFO;
+  }
+  uint64_t base = table_base(*module, *ref.table);
+  ctx.module = module;
+  ctx.table = ref.table;
+  ctx.table_base = base;
+  // Our own index found the FDE; libunwind gets a one-entry table (all
+  // zeros: start offset 0 from start_ip, FDE at offset 0 from segbase) and
+  // decodes the FDE itself.
+  unw_dyn_info_t di{};
+  di.format = UNW_INFO_FORMAT_IP_OFFSET;
+  di.start_ip = ref.fde->start + module->bias;
+  di.end_ip = ref.fde->end + module->bias;
+  di.load_offset = ref.fde->absolute ? module->bias : 0;
+  di.u.rti.segbase = base + ref.fde->offset;
+  di.u.rti.table_len = 1;  // in words: one 8-byte entry
+  di.u.rti.table_data = kScratchTableAddress;
+  int ret = UNW_OBJ(dwarf_search_unwind_table)(as, ip, &di, pi, need_unwind_info, arg);
+  if (ret < 0)
+    ctx.lookup_failed = true;
+  return ret;
+}
+
+void put_unwind_info(unw_addr_space_t, unw_proc_info_t*, void*) {
+  // libunwind frees the DWARF info it allocated for us itself.
+}
+
+int get_dyn_info_list_addr(unw_addr_space_t, unw_word_t*, void*) {
+  return -UNW_ENOINFO;  // no JIT registration in a copied stack
+}
+
+int access_mem(unw_addr_space_t, unw_word_t addr, unw_word_t* val, int write, void* arg) {
+  auto& ctx = *static_cast<Context*>(arg);
+  if (write != 0)
+    return -UNW_EINVAL;
+  if (ctx.reads_left == 0)
+    return -UNW_EINVAL;
+  --ctx.reads_left;
+  const StackSnapshot& snapshot = *ctx.snapshot;
+  const uint64_t size = snapshot.stack.size();
+  if (addr >= snapshot.stack_start) {
+    uint64_t offset = addr - snapshot.stack_start;
+    if (offset < size && size - offset >= sizeof(unw_word_t)) {
+      std::memcpy(val, snapshot.stack.data() + offset, sizeof(unw_word_t));
+      return 0;
+    }
+  }
+  if (ctx.table != nullptr && copy_overlap(addr, ctx.table_base, ctx.table->bytes(), val))
+    return 0;
+  if (addr == kScratchTableAddress) {
+    *val = 0;
+    return 0;
+  }
+  // Anything else (personality pointers, code bytes) comes from the files.
+  if (ctx.module != nullptr &&
+      ctx.module->file->read_image(ctx.module->file_address(addr), val, sizeof(unw_word_t)))
+    return 0;
+  for (const Module& module : ctx.modules->modules())
+    if (&module != ctx.module &&
+        module.file->read_image(module.file_address(addr), val, sizeof(unw_word_t)))
+      return 0;
+  if (addr >= snapshot.stack_start + size && addr - snapshot.stack_start < kMaxStackSpan)
+    ctx.read_past_stack = true;
+  return -UNW_EINVAL;
+}
+
+// Indexed by libunwind's x86_64 register numbers (the DWARF numbering).
+constexpr std::array<uint64_t Registers::*, 17> kRegisterByNumber = {
+    &Registers::ax,  &Registers::dx,  &Registers::cx,  &Registers::bx,  &Registers::si,
+    &Registers::di,  &Registers::bp,  &Registers::sp,  &Registers::r8,  &Registers::r9,
+    &Registers::r10, &Registers::r11, &Registers::r12, &Registers::r13, &Registers::r14,
+    &Registers::r15, &Registers::ip};
+static_assert(UNW_X86_64_RAX == 0 && UNW_X86_64_RDX == 1 && UNW_X86_64_RCX == 2 &&
+              UNW_X86_64_RBX == 3 && UNW_X86_64_RSI == 4 && UNW_X86_64_RDI == 5 &&
+              UNW_X86_64_RBP == 6 && UNW_X86_64_RSP == 7 && UNW_X86_64_R8 == 8 &&
+              UNW_X86_64_R15 == 15 && UNW_X86_64_RIP == 16);
+
+int access_reg(unw_addr_space_t, unw_regnum_t reg, unw_word_t* val, int write, void* arg) {
+  if (write != 0)
+    return -UNW_EREADONLYREG;
+  if (reg < 0 || static_cast<size_t>(reg) >= kRegisterByNumber.size())
+    return -UNW_EBADREG;
+  *val = static_cast<Context*>(arg)->snapshot->regs.*kRegisterByNumber[static_cast<size_t>(reg)];
+  return 0;
+}
+
+int access_fpreg(unw_addr_space_t, unw_regnum_t, unw_fpreg_t*, int, void*) {
+  return -UNW_EBADREG;
+}
+
+int resume(unw_addr_space_t, unw_cursor_t*, void*) {
+  return -UNW_EINVAL;
+}
+
+int get_proc_name(unw_addr_space_t, unw_word_t, char*, size_t, unw_word_t*, void*) {
+  return -UNW_ENOINFO;  // naming is the symbolizer's job
+}
+
+unw_accessors_t accessors() {
+  unw_accessors_t a{};
+  a.find_proc_info = find_proc_info;
+  a.put_unwind_info = put_unwind_info;
+  a.get_dyn_info_list_addr = get_dyn_info_list_addr;
+  a.access_mem = access_mem;
+  a.access_reg = access_reg;
+  a.access_fpreg = access_fpreg;
+  a.resume = resume;
+  a.get_proc_name = get_proc_name;
+  return a;
+}
+
+struct CacheOwner {
+  uint64_t serial = 0;
+  uint64_t bias = 0;
+  bool operator==(const CacheOwner&) const = default;
+};
+
+}  // namespace
+
+std::string_view to_string(UnwindStop stop) {
+  switch (stop) {
+    case UnwindStop::kRoot:
+      return "root";
+    case UnwindStop::kMaxFrames:
+      return "max-frames";
+    case UnwindStop::kStackTruncated:
+      return "stack-truncated";
+    case UnwindStop::kNoModule:
+      return "no-module";
+    case UnwindStop::kNoUnwindInfo:
+      return "no-unwind-info";
+    case UnwindStop::kBadFrame:
+      return "bad-frame";
+  }
+  return "unknown";
+}
+
+struct Unwinder::State {
+  unw_accessors_t callbacks = accessors();
+  AddressSpace as;
+  // libunwind caches decoded CFI by process address alone, but one Unwinder
+  // serves many processes, where one address can hold different code. Every
+  // address that may be in that cache is recorded with the (file, bias) that
+  // filled it; meeting it with another owner flushes the cache.
+  std::unordered_map<uint64_t, CacheOwner> owners;
+  UnwinderStats stats;
+
+  void claim_cache(uint64_t ip, const Module& module) {
+    CacheOwner owner{module.file->serial(), module.bias};
+    auto [it, inserted] = owners.try_emplace(ip, owner);
+    if (inserted) {
+      if (owners.size() <= kMaxTrackedAddresses)
+        return;
+    } else if (it->second == owner) {
+      return;
+    }
+    unw_flush_cache(as.get(), 0, 0);
+    ++stats.cache_flushes;
+    owners.clear();
+    owners.emplace(ip, owner);
+  }
+};
+
+Result<Unwinder> Unwinder::create() {
+  auto state = std::make_unique<State>();
+  state->as.reset(unw_create_addr_space(&state->callbacks, 0));
+  if (!state->as)
+    return make_error("libunwind could not create an address space (out of memory)");
+  // Without a cache every step re-parses its CIE and FDE.
+  if (unw_set_caching_policy(state->as.get(), UNW_CACHE_GLOBAL) != 0)
+    return make_error("libunwind refused to enable its cache");
+  // Larger than the default (128): interpreter stacks cycle through more
+  // distinct return addresses than that. Builds with a per-thread cache
+  // refuse, which is harmless.
+  (void)unw_set_cache_size(state->as.get(), kLibunwindCacheEntries, 0);
+  return Unwinder(std::move(state));
+}
+
+Unwinder::Unwinder(std::unique_ptr<State> state) : state_(std::move(state)) {}
+Unwinder::Unwinder(Unwinder&&) noexcept = default;
+Unwinder& Unwinder::operator=(Unwinder&&) noexcept = default;
+Unwinder::~Unwinder() = default;
+
+const UnwinderStats& Unwinder::stats() const {
+  return state_->stats;
+}
+
+UnwindResult Unwinder::unwind(const StackSnapshot& snapshot, const ProcessModules& modules,
+                              size_t max_frames) {
+  UnwindResult out;
+  unwind(snapshot, modules, max_frames, out);
+  return out;
+}
+
+void Unwinder::unwind(const StackSnapshot& snapshot, const ProcessModules& modules,
+                      size_t max_frames, UnwindResult& out) {
+  State& s = *state_;
+  ++s.stats.unwinds;
+  out.pcs.clear();
+  out.return_address.clear();
+  uint64_t ip = snapshot.regs.ip;
+  uint64_t sp = snapshot.regs.sp;
+  out.pcs.push_back(ip);
+  out.return_address.push_back(false);
+  out.stop = UnwindStop::kRoot;
+
+  Context ctx;
+  ctx.snapshot = &snapshot;
+  ctx.modules = &modules;
+  unw_cursor_t cursor;
+  if (unw_init_remote(&cursor, s.as.get(), &ctx) < 0) {
+    out.stop = UnwindStop::kBadFrame;
+    return;
+  }
+  // The sampled instruction and one interrupted by a signal are looked up
+  // as they are; return addresses one byte back, inside the call.
+  bool exact = true;
+  for (;;) {
+    if (out.pcs.size() >= max_frames) {
+      out.stop = UnwindStop::kMaxFrames;
+      break;
+    }
+    uint64_t lookup = exact ? ip : ip - 1;
+    const Module* module = modules.find(lookup);
+    if (module == nullptr) {
+      out.stop = UnwindStop::kNoModule;
+      break;
+    }
+    FdeRef ref = module->file->find_fde(module->file_address(lookup));
+    if (!ref) {
+      out.stop = UnwindStop::kNoUnwindInfo;
+      break;
+    }
+    ctx.module = module;
+    ctx.table = ref.table;
+    ctx.table_base = table_base(*module, *ref.table);
+    ctx.lookup_failed = false;
+    s.claim_cache(ip, *module);
+
+    int ret = unw_step(&cursor);
+    if (ret == 0) {
+      out.stop = UnwindStop::kRoot;
+      break;
+    }
+    // A failed lookup inside the step means libunwind fell back to guessing
+    // from %rbp; its guess is not trusted.
+    if (ret < 0 || ctx.lookup_failed) {
+      out.stop = ctx.read_past_stack ? UnwindStop::kStackTruncated : UnwindStop::kBadFrame;
+      break;
+    }
+    unw_word_t next_ip = 0, next_sp = 0;
+    if (unw_get_reg(&cursor, UNW_REG_IP, &next_ip) < 0 ||
+        unw_get_reg(&cursor, UNW_REG_SP, &next_sp) < 0) {
+      out.stop = UnwindStop::kBadFrame;
+      break;
+    }
+    if (next_ip == 0) {
+      out.stop = UnwindStop::kRoot;
+      break;
+    }
+    // Callers live higher on the stack; only a signal frame may switch
+    // stacks (sigaltstack).
+    bool signal = ref.fde->signal_frame;
+    if (!signal && next_sp <= sp) {
+      out.stop = UnwindStop::kBadFrame;
+      break;
+    }
+    out.pcs.push_back(next_ip);
+    out.return_address.push_back(!signal);
+    ip = next_ip;
+    sp = next_sp;
+    exact = signal;
+  }
+  s.stats.frames += out.pcs.size();
+}
+
+}  // namespace krait::unwind

@@ -1,0 +1,106 @@
+// Native stack unwinding of a sample from a copy of its user stack, with
+// DWARF CFI (.eh_frame / .debug_frame) through libunwind's remote API.
+//
+// The target process is never touched: libunwind reads registers from the
+// sample, stack words from the copied bytes, and unwind tables and other
+// code/data from the mapped files (ModuleFile). Interpreters and most
+// distribution libraries are built without frame pointers, so CFI is the
+// only reliable way up the stack.
+//
+// Limits: the stack copy bounds how far the walk goes (a frame whose return
+// address lies past the copy ends with kStackTruncated); max_frames bounds
+// the walk's length; every unwind() call does a bounded number of memory
+// reads, so garbage input (random stack bytes, registers pointing nowhere,
+// malformed unwind tables) ends in bounded time with a stop reason. Code
+// without unwind information ends the walk (kNoUnwindInfo); frame pointers
+// are not guessed.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "unwind/process_modules.h"
+#include "util/result.h"
+
+namespace krait::unwind {
+
+// x86_64 user registers at the sample: the ones DWARF CFI can refer to.
+struct Registers {
+  uint64_t ip = 0, sp = 0, bp = 0, bx = 0, r12 = 0, r13 = 0, r14 = 0, r15 = 0;
+  uint64_t ax = 0, cx = 0, dx = 0, si = 0, di = 0, r8 = 0, r9 = 0, r10 = 0, r11 = 0;
+};
+
+struct StackSnapshot {
+  Registers regs;
+  uint64_t stack_start = 0;        // user address of stack[0] (the sampled rsp)
+  std::span<const uint8_t> stack;  // bytes copied from [stack_start, stack_start + size)
+};
+
+enum class UnwindStop : uint8_t {
+  kRoot,            // the outermost frame (_start, clone, clone3: CFI marks the end)
+  kMaxFrames,       // max_frames reached
+  kStackTruncated,  // the next frame's data lies past the copied stack
+  kNoModule,        // a pc in no executable file mapping (JIT code, garbage)
+  kNoUnwindInfo,    // a pc in a file without CFI for it
+  kBadFrame,        // CFI produced an impossible frame (stack not growing, unreadable data)
+};
+std::string_view to_string(UnwindStop stop);
+
+struct UnwindResult {
+  // Leaf first. pcs[0] is regs.ip; the others are the callers' return
+  // addresses (or, above a signal frame, the interrupted instruction).
+  std::vector<uint64_t> pcs;
+  // return_address[i]: pcs[i] is a return address, i.e. the instruction
+  // after a call. Name such a frame by lookup_pc(i) = pcs[i] - 1, so that a
+  // call that ends a function (noreturn callees, tail of a .cold part) is
+  // attributed to the calling function and its line.
+  std::vector<bool> return_address;
+  UnwindStop stop = UnwindStop::kRoot;
+
+  uint64_t lookup_pc(size_t i) const { return return_address[i] ? pcs[i] - 1 : pcs[i]; }
+};
+
+// Counters over the life of one Unwinder.
+struct UnwinderStats {
+  uint64_t unwinds = 0;
+  uint64_t frames = 0;
+  uint64_t cache_flushes = 0;  // libunwind's per-address cache was dropped (address reuse)
+};
+
+// Ownership: owns one libunwind address space and its per-address cache of
+// decoded CFI. Threading: not thread-safe; use one Unwinder per thread. The
+// ProcessModules and ModuleFiles it reads are shared and may be used by other
+// threads concurrently.
+class Unwinder {
+ public:
+  // Error only when libunwind cannot create an address space (out of memory).
+  static Result<Unwinder> create();
+
+  Unwinder(Unwinder&&) noexcept;
+  Unwinder& operator=(Unwinder&&) noexcept;
+  Unwinder(const Unwinder&) = delete;
+  Unwinder& operator=(const Unwinder&) = delete;
+  ~Unwinder();
+
+  // Walks the stack of `snapshot` in the process described by `modules`.
+  // max_frames >= 1 counts pcs[0].
+  UnwindResult unwind(const StackSnapshot& snapshot, const ProcessModules& modules,
+                      size_t max_frames);
+  // The same, reusing `out`'s buffers (no allocation once they are large
+  // enough).
+  void unwind(const StackSnapshot& snapshot, const ProcessModules& modules, size_t max_frames,
+              UnwindResult& out);
+
+  const UnwinderStats& stats() const;
+
+ private:
+  struct State;
+  explicit Unwinder(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace krait::unwind
