@@ -1,0 +1,178 @@
+#include "symbolize/native_symbolizer.h"
+
+#include <algorithm>
+#include <atomic>
+#include <mutex>
+#include <optional>
+#include <unordered_map>
+
+#include "symbolize/demangle.h"
+#include "symbolize/dwarf_file.h"
+
+namespace krait::symbolize {
+namespace {
+
+// GNU ld writes symbol versions into .symtab names ("memcpy@@GLIBC_2.14");
+// the version is not part of the function's name.
+std::string unversioned(const std::string& name) {
+  size_t at = name.find('@');
+  return at == std::string::npos || at == 0 ? name : name.substr(0, at);
+}
+
+}  // namespace
+
+struct NativeSymbolizer::FileState {
+  std::mutex mutex;  // guards everything below
+  bool dwarf_tried = false;
+  std::optional<DwarfFile> dwarf;
+  std::unordered_map<uint64_t, std::shared_ptr<const NativeFrames>> addresses;
+  uint64_t last_use = 0;
+};
+
+struct NativeSymbolizer::Shared {
+  NativeSymbolizerOptions options;
+  mutable std::mutex mutex;  // guards the maps and the clock
+  std::unordered_map<std::string, std::shared_ptr<FileState>> by_identity;
+  // ModuleFile::serial() -> state: the hot path skips hashing identities.
+  std::unordered_map<uint64_t, std::shared_ptr<FileState>> by_serial;
+  uint64_t clock = 0;
+  std::atomic<uint64_t> lookups{0}, hits{0}, opened{0}, evicted{0};
+};
+
+NativeSymbolizer::NativeSymbolizer(NativeSymbolizerOptions options)
+    : shared_(std::make_unique<Shared>()) {
+  shared_->options = options;
+  shared_->options.max_files = std::max<size_t>(1, options.max_files);
+  shared_->options.max_addresses_per_file = std::max<size_t>(1, options.max_addresses_per_file);
+}
+
+NativeSymbolizer::~NativeSymbolizer() = default;
+
+std::shared_ptr<NativeSymbolizer::FileState> NativeSymbolizer::file_state(
+    const unwind::ModuleFile& file) {
+  Shared& s = *shared_;
+  std::lock_guard lock(s.mutex);
+  uint64_t now = ++s.clock;
+  if (auto it = s.by_serial.find(file.serial()); it != s.by_serial.end()) {
+    it->second->last_use = now;
+    return it->second;
+  }
+  auto [it, inserted] = s.by_identity.try_emplace(file.identity());
+  if (inserted) {
+    it->second = std::make_shared<FileState>();
+    ++s.opened;
+    if (s.by_identity.size() > s.options.max_files) {
+      // Close the least recently used file; callers still holding its
+      // state finish their lookup on it.
+      auto victim = s.by_identity.end();
+      for (auto candidate = s.by_identity.begin(); candidate != s.by_identity.end(); ++candidate)
+        if (candidate != it && (victim == s.by_identity.end() ||
+                                candidate->second->last_use < victim->second->last_use))
+          victim = candidate;
+      if (victim != s.by_identity.end()) {
+        for (auto serial = s.by_serial.begin(); serial != s.by_serial.end();)
+          serial = serial->second == victim->second ? s.by_serial.erase(serial) : std::next(serial);
+        s.by_identity.erase(victim);
+        ++s.evicted;
+      }
+    }
+  }
+  // Serials of files long gone would accumulate; they are only a shortcut.
+  if (s.by_serial.size() > 4 * s.options.max_files)
+    s.by_serial.clear();
+  s.by_serial.emplace(file.serial(), it->second);
+  it->second->last_use = now;
+  return it->second;
+}
+
+NativeFrames NativeSymbolizer::resolve(FileState& state, const unwind::ModuleFile& file,
+                                       uint64_t vaddr) {
+  if (!state.dwarf_tried) {
+    state.dwarf_tried = true;
+    int fd = file.debug_fd() >= 0 ? file.debug_fd() : file.fd();
+    // A debug file without DWARF (or a file without any) still has symbols.
+    if (auto dwarf = DwarfFile::open(fd, file.path()))
+      state.dwarf.emplace(std::move(*dwarf));
+    else if (file.debug_fd() >= 0)
+      if (auto own = DwarfFile::open(file.fd(), file.path()))
+        state.dwarf.emplace(std::move(*own));
+  }
+
+  const elf::Symbol* symbol = nullptr;
+  if (file.elf().has_symtab())
+    symbol = file.elf().function_at(vaddr);
+  if (symbol == nullptr && file.debug_elf() != nullptr)
+    symbol = file.debug_elf()->function_at(vaddr);
+  if (symbol == nullptr && !file.elf().has_symtab())
+    symbol = file.elf().function_at(vaddr);  // .dynsym
+  std::string symbol_name = symbol != nullptr ? unversioned(symbol->name) : std::string();
+
+  NativeFrames out;
+  if (state.dwarf) {
+    std::vector<DwarfScope> scopes = state.dwarf->scopes_at(vaddr);
+    for (DwarfScope& scope : scopes) {
+      NativeFrame frame{
+          .file = std::move(scope.file), .line = scope.line, .inlined = scope.inlined};
+      bool outermost = !scope.inlined;
+      if (!scope.linkage_name.empty()) {
+        frame.function = demangle(scope.linkage_name);
+        frame.system_name = std::move(scope.linkage_name);
+      } else if (outermost && is_mangled(symbol_name)) {
+        frame.function = demangle(symbol_name);
+        frame.system_name = symbol_name;
+      } else if (!scope.name.empty()) {
+        frame.function = scope.name;
+        frame.system_name = outermost && !symbol_name.empty() ? symbol_name : scope.name;
+      } else if (outermost && !symbol_name.empty()) {
+        frame.function = demangle(symbol_name);
+        frame.system_name = symbol_name;
+      }
+      out.push_back(std::move(frame));
+    }
+  }
+  if (out.empty()) {
+    NativeFrame frame;
+    if (!symbol_name.empty()) {
+      frame.function = demangle(symbol_name);
+      frame.system_name = symbol_name;
+    }
+    out.push_back(std::move(frame));
+  }
+  return out;
+}
+
+std::shared_ptr<const NativeFrames> NativeSymbolizer::lookup(const unwind::ModuleFile& file,
+                                                             uint64_t file_vaddr) {
+  Shared& s = *shared_;
+  s.lookups.fetch_add(1, std::memory_order_relaxed);
+  std::shared_ptr<FileState> state = file_state(file);
+  std::lock_guard lock(state->mutex);
+  if (auto it = state->addresses.find(file_vaddr); it != state->addresses.end()) {
+    s.hits.fetch_add(1, std::memory_order_relaxed);
+    return it->second;
+  }
+  auto frames = std::make_shared<const NativeFrames>(resolve(*state, file, file_vaddr));
+  if (state->addresses.size() >= s.options.max_addresses_per_file)
+    state->addresses.clear();
+  state->addresses.emplace(file_vaddr, frames);
+  return frames;
+}
+
+NativeFrames NativeSymbolizer::symbolize(const unwind::ModuleFile& file, uint64_t file_vaddr) {
+  return *lookup(file, file_vaddr);
+}
+
+size_t NativeSymbolizer::file_count() const {
+  std::lock_guard lock(shared_->mutex);
+  return shared_->by_identity.size();
+}
+
+NativeSymbolizerStats NativeSymbolizer::stats() const {
+  const Shared& s = *shared_;
+  return NativeSymbolizerStats{.lookups = s.lookups.load(),
+                               .address_cache_hits = s.hits.load(),
+                               .files_opened = s.opened.load(),
+                               .files_evicted = s.evicted.load()};
+}
+
+}  // namespace krait::symbolize
