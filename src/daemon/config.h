@@ -1,0 +1,169 @@
+// The configuration of `krait daemon`: a TOML file (--config FILE) merged
+// with command-line flags, flags winning. Every option is both a TOML key
+// and a flag; `krait daemon --print-config` prints the effective result as
+// TOML that reads back to the same configuration.
+//
+// Keys (TOML section.key = flag, default):
+//   log_level                     --log-level            "info"  (trace debug info warn error off)
+//   sampling.rate_hz              --rate                 99      (1..10000)
+//   sampling.stack_mode           --stack-mode           "mixed" (python | mixed)
+//   sampling.kernel               --no-kernel            true    (kernel frames in mixed stacks)
+//   processes.names               --process-name NAME    []      (comm or executable base name)
+//   processes.cmdline_regex       --cmdline-regex RE     []      (searched in the command line)
+//   processes.cgroups             --cgroup PATH          []      (cgroup path prefix)
+//   processes.container_ids       --container-id ID      []      (container id prefix, >= 4 hex)
+//   processes.exclude_names       --exclude-name NAME    []
+//   processes.exclude_cmdline_regex --exclude-cmdline-regex RE []
+//   application.name_regex        --app-name-regex RE    ""      (app_name.h)
+//   application.name_template     --app-name-template T  ""      (app_name.h)
+//   labels.<name> = "value"       --label NAME=VALUE     {}      (static labels)
+//   upload.interval_s             --upload-interval S    15      (1..3600)
+//   upload.queue_max_bytes        --queue-max-bytes N    "64MiB" (integer, or a string with
+//                                                                 KiB/MiB/GiB, K/M/G)
+//   pyroscope.url                 --pyroscope-url URL    ""      (empty: no upload)
+//   pyroscope.protocol            --pyroscope-protocol   "push"  (push | ingest)
+//   pyroscope.basic_auth_user_file / _env, basic_auth_password_file / _env,
+//   pyroscope.bearer_token_file / _env, pyroscope.tenant_id_file / _env
+//                                 --pyroscope-basic-auth-user-file FILE, ... _env NAME, ...
+//   pyroscope.tls_ca_file         --pyroscope-tls-ca-file FILE ""
+//   pyroscope.tls_insecure_skip_verify --pyroscope-tls-insecure-skip-verify  false
+//   pyroscope.connect_timeout_s   --pyroscope-connect-timeout S 5
+//   pyroscope.timeout_s           --pyroscope-timeout S  30
+//   directory.path                --output-dir DIR       ""      (empty: no files)
+//   directory.max_files           --output-max-files N   1000    (0: no limit)
+//   directory.max_bytes           --output-max-bytes N   "1GiB"  (0: no limit)
+// List flags replace the file's list when given; --label adds or overrides
+// one label at a time. Secrets (auth, tenant) are never values in the file
+// or on the command line: only the name of a file holding them, or of an
+// environment variable, so they never show in `ps` or --print-config.
+//
+// Errors are one line naming the key or flag (and the file and line):
+// unknown keys, wrong types, values out of range, regexes that do not
+// compile, both a bearer token and basic auth, no output at all, ...
+//
+// Threading: plain data and free functions; no shared state.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "export/directory_output.h"
+#include "export/pyroscope.h"
+#include "export/upload_queue.h"
+#include "util/result.h"
+
+namespace krait::daemon {
+
+enum class StackMode : uint8_t { kPython, kMixed };
+
+// Where a secret comes from: a file (its content, trailing newlines
+// trimmed) or an environment variable. At most one is set.
+struct SecretSource {
+  std::string file;
+  std::string env;
+  bool empty() const { return file.empty() && env.empty(); }
+  bool operator==(const SecretSource&) const = default;
+};
+
+struct ProcessSelection {
+  std::vector<std::string> names;
+  std::vector<std::string> cmdline_regex;
+  std::vector<std::string> cgroups;
+  std::vector<std::string> container_ids;
+  std::vector<std::string> exclude_names;
+  std::vector<std::string> exclude_cmdline_regex;
+  bool operator==(const ProcessSelection&) const = default;
+};
+
+struct PyroscopeConfig {
+  std::string url;
+  exporter::PyroscopeProtocol protocol = exporter::PyroscopeProtocol::kPush;
+  SecretSource basic_auth_user;
+  SecretSource basic_auth_password;
+  SecretSource bearer_token;
+  SecretSource tenant_id;
+  std::string tls_ca_file;
+  bool tls_insecure_skip_verify = false;
+  double connect_timeout_s = 5;
+  double timeout_s = 30;
+  bool operator==(const PyroscopeConfig&) const = default;
+};
+
+struct DirectoryConfig {
+  std::string path;
+  uint64_t max_files = 1000;
+  uint64_t max_bytes = 1ull << 30;
+  bool operator==(const DirectoryConfig&) const = default;
+};
+
+struct DaemonConfig {
+  std::string log_level = "info";
+  uint32_t sampling_rate_hz = 99;
+  StackMode stack_mode = StackMode::kMixed;
+  bool kernel_stacks = true;
+  ProcessSelection processes;
+  std::string app_name_regex;
+  std::string app_name_template;
+  std::map<std::string, std::string> labels;
+  uint32_t upload_interval_s = 15;
+  uint64_t queue_max_bytes = 64ull << 20;
+  PyroscopeConfig pyroscope;
+  DirectoryConfig directory;
+  bool operator==(const DaemonConfig&) const = default;
+};
+
+// What add_daemon_options() registers; owned by the caller, alive until
+// resolve_config() has run (the CLI11 options point into it).
+struct DaemonFlags {
+  std::string config_file;
+  bool print_config = false;
+  // One entry per option: the raw flag values and the CLI11 option.
+  struct Entry {
+    std::vector<std::string> values;
+    CLI::Option* option = nullptr;
+  };
+  std::map<std::string, Entry> by_key;  // TOML key -> flag values
+};
+
+// Registers --config, --print-config and one flag per configuration key on
+// `command` (the `daemon` subcommand). Values are kept as text and checked
+// by resolve_config(), so every error names its key the same way.
+void add_daemon_options(CLI::App& command, DaemonFlags& flags);
+
+// Defaults, then the TOML file (when --config was given), then the flags
+// given on the command line; then validate(), unless --print-config was
+// asked for (a partial configuration can still be printed).
+Result<DaemonConfig> resolve_config(const DaemonFlags& flags);
+
+// The same from a TOML text alone (defaults + text). `source` names the
+// text in errors ("/etc/krait/krait.toml").
+Result<DaemonConfig> parse_config_toml(std::string_view text, std::string_view source);
+
+// Checks what no single key can: regexes compile, label names are valid
+// and not krait's own, the application template's placeholders exist, auth
+// is one of basic or bearer and complete, the URL is http(s), at least one
+// output is configured.
+Result<void> validate(const DaemonConfig& config);
+
+// The effective configuration as TOML, every key present (reads back equal).
+std::string format_config_toml(const DaemonConfig& config);
+
+// Reads a secret: the file's content with trailing newlines trimmed, or the
+// environment variable's value; "" when the source is empty. Errors name
+// the file or variable (never the value).
+Result<std::string> read_secret(const SecretSource& source, std::string_view what);
+
+// Builders for the pieces the daemon runs. pyroscope_options() reads the
+// secrets, so call it once at startup.
+Result<exporter::PyroscopeOptions> pyroscope_options(const DaemonConfig& config);
+exporter::UploadQueueOptions upload_queue_options(const DaemonConfig& config);
+exporter::DirectoryOutputOptions directory_output_options(const DaemonConfig& config);
+
+// Parses "64MiB", "1G", "512k", "1048576" (binary units; B optional).
+Result<uint64_t> parse_byte_size(std::string_view text);
+
+}  // namespace krait::daemon

@@ -1,0 +1,91 @@
+#include "daemon/process_filter.h"
+
+#include <algorithm>
+#include <cctype>
+
+namespace krait::daemon {
+namespace {
+
+Result<std::vector<std::regex>> compile(const std::vector<std::string>& patterns,
+                                        std::string_view key) {
+  std::vector<std::regex> out;
+  for (const auto& pattern : patterns) {
+    try {
+      out.emplace_back(pattern);
+    } catch (const std::regex_error& e) {
+      return make_error("{}: regex '{}' does not compile: {}", key, pattern, e.what());
+    }
+  }
+  return out;
+}
+
+std::string base_name(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return s;
+}
+
+bool name_matches(const std::vector<std::string>& names, const ProcessIdentity& process) {
+  if (names.empty())
+    return false;
+  const std::string exe = base_name(process.exe);
+  const std::string app = default_application_name(process);
+  return std::any_of(names.begin(), names.end(), [&](const std::string& name) {
+    return name == process.comm || (!exe.empty() && name == exe) || name == app;
+  });
+}
+
+bool regex_matches(const std::vector<std::regex>& regexes, const std::string& cmdline) {
+  return std::any_of(regexes.begin(), regexes.end(),
+                     [&](const std::regex& r) { return std::regex_search(cmdline, r); });
+}
+
+}  // namespace
+
+Result<ProcessFilter> ProcessFilter::create(const ProcessSelection& selection) {
+  ProcessFilter filter;
+  auto include = compile(selection.cmdline_regex, "processes.cmdline_regex");
+  if (!include)
+    return include.error();
+  auto exclude = compile(selection.exclude_cmdline_regex, "processes.exclude_cmdline_regex");
+  if (!exclude)
+    return exclude.error();
+  filter.selection_ = selection;
+  filter.include_regex_ = std::move(*include);
+  filter.exclude_regex_ = std::move(*exclude);
+  filter.selects_all_ = selection.names.empty() && selection.cmdline_regex.empty() &&
+                        selection.cgroups.empty() && selection.container_ids.empty();
+  return filter;
+}
+
+bool ProcessFilter::matches(const ProcessIdentity& process,
+                            const proc::ContainerInfo& container) const {
+  std::string cmdline;
+  for (const auto& arg : process.argv)
+    cmdline += (cmdline.empty() ? "" : " ") + arg;
+  if (name_matches(selection_.exclude_names, process) || regex_matches(exclude_regex_, cmdline))
+    return false;
+  if (selects_all_)
+    return true;
+  if (name_matches(selection_.names, process) || regex_matches(include_regex_, cmdline))
+    return true;
+  for (std::string prefix : selection_.cgroups) {
+    while (prefix.size() > 1 && prefix.back() == '/')
+      prefix.pop_back();
+    const std::string& path = container.cgroup_path;
+    if (prefix == "/" || path == prefix || path.starts_with(prefix + "/"))
+      return true;
+  }
+  const std::string id = lower(container.container_id);
+  for (const auto& wanted : selection_.container_ids)
+    if (!id.empty() && id.starts_with(lower(wanted)))
+      return true;
+  return false;
+}
+
+}  // namespace krait::daemon

@@ -1,0 +1,196 @@
+// Application names from real command lines, the user's naming rules, the
+// labels of a process, and describing a process from a fixture /proc.
+#include "daemon/app_name.h"
+
+#include <gtest/gtest.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "daemon/config.h"
+#include "test_support.h"
+
+namespace krait::test {
+namespace {
+
+using daemon::ApplicationNamer;
+using daemon::default_application_name;
+using daemon::ProcessIdentity;
+
+ProcessIdentity identity(std::vector<std::string> argv, std::string comm = "python3",
+                         std::string exe = "/usr/bin/python3.11") {
+  return ProcessIdentity{4242, std::move(argv), std::move(comm), std::move(exe)};
+}
+
+TEST(AppNameTest, NamesWhatTheInterpreterRuns) {
+  struct Case {
+    std::vector<std::string> argv;
+    std::string expected;
+  };
+  const std::vector<Case> cases = {
+      {{"python", "app.py"}, "app.py"},
+      {{"python3", "-m", "celery", "worker", "-A", "proj"}, "celery"},
+      {{"/usr/bin/python3", "/usr/local/bin/gunicorn", "app:app"}, "gunicorn"},
+      {{"python3.12", "-u", "-X", "dev", "-W", "ignore", "/srv/app/manage.py", "runserver"},
+       "manage.py"},
+      {{"python", "-OO", "-Wd", "-Xfrozen_modules=off", "svc.py"}, "svc.py"},
+      {{"python", "-um", "http.server", "8000"}, "http.server"},
+      {{"python", "-mcelery", "beat"}, "celery"},
+      {{"python", "-I", "-m", "uvicorn", "main:app"}, "uvicorn"},
+      {{"python3", "-c", "import time; time.sleep(9)"}, "python3"},
+      {{"python3"}, "python3"},
+      {{"python3", "-"}, "python3"},
+      {{"python3", "-i"}, "python3"},
+      {{"python", "pkg/__main__.py"}, "pkg"},
+      {{"/root/.pyenv/versions/3.12.1/bin/python", "bench.py", "--n", "3"}, "bench.py"},
+      {{"python3.11-dbg", "x.py"}, "x.py"},
+      {{"python3.13t", "x.py"}, "x.py"},
+      {{"pypy3", "x.py"}, "x.py"},
+      {{"python", "--check-hash-based-pycs", "never", "a.py"}, "a.py"},
+      {{"python", "-E", "--", "b.py"}, "b.py"},
+      {{"python3", "myapp.pyz"}, "myapp.pyz"},
+      {{"python3", "/srv/src/"}, "src"},
+      {{"/usr/bin/uwsgi", "--ini", "/etc/uwsgi/app.ini"}, "uwsgi"},
+      {{"gunicorn: worker [app:app]"}, "gunicorn"},
+      {{"[celeryd: celery@web-1:MainProcess] -active- (worker -A proj)"}, "celeryd"},
+      {{"/opt/embed/bin/game-server", "--port", "7777"}, "game-server"},
+  };
+  for (const Case& c : cases)
+    EXPECT_EQ(default_application_name(identity(c.argv)), c.expected)
+        << fmt::format("{}", fmt::join(c.argv, " "));
+  // No argv at all (a zombie, a kernel thread): the comm.
+  EXPECT_EQ(default_application_name(identity({}, "python3")), "python3");
+  EXPECT_EQ(default_application_name(identity({}, "")), "unknown");
+}
+
+TEST(AppNameTest, RecognisesInterpreterNames) {
+  for (const char* yes : {"python", "python3", "python3.12", "python2.7", "python3.12d",
+                          "python3.13t", "python2.7-dbg", "pythonw", "pypy", "pypy3.10"})
+    EXPECT_TRUE(daemon::is_python_interpreter(yes)) << yes;
+  for (const char* no : {"python-config", "python3.12-config", "pythonista", "ipython", "uwsgi",
+                         "gunicorn", "", "py"})
+    EXPECT_FALSE(daemon::is_python_interpreter(no)) << no;
+}
+
+TEST(AppNameTest, SplitsCmdlineAtNuls) {
+  using V = std::vector<std::string>;
+  EXPECT_EQ(daemon::parse_cmdline(std::string("python\0app.py\0", 14)), (V{"python", "app.py"}));
+  EXPECT_EQ(daemon::parse_cmdline(std::string("a\0\0b\0", 5)), (V{"a", "", "b"}));
+  EXPECT_EQ(daemon::parse_cmdline("gunicorn: master [app]"), (V{"gunicorn: master [app]"}));
+  EXPECT_TRUE(daemon::parse_cmdline("").empty());
+}
+
+TEST(AppNameTest, ARegexRuleOverridesTheDefault) {
+  auto namer = ApplicationNamer::create(R"(--service[= ](\S+))", "");
+  ASSERT_TRUE(namer.ok()) << namer.error().message;
+  EXPECT_EQ(namer->name(identity({"python", "run.py", "--service=billing"}), {}), "billing");
+  EXPECT_EQ(namer->name(identity({"python", "run.py", "--service", "auth"}), {}), "auth");
+  EXPECT_EQ(namer->name(identity({"python", "run.py"}), {}), "run.py");  // no match
+  auto whole = ApplicationNamer::create(R"(worker-\d+)", "");
+  ASSERT_TRUE(whole.ok());
+  EXPECT_EQ(whole->name(identity({"python", "q.py", "worker-12"}), {}), "worker-12");
+}
+
+TEST(AppNameTest, ATemplateUsesTheNameAndLabels) {
+  const profile::Labels labels = {{"container_id", "abc123"}, {"env", "prod"}};
+  auto namer = ApplicationNamer::create("", "{app}-{env}");
+  ASSERT_TRUE(namer.ok()) << namer.error().message;
+  EXPECT_EQ(namer->name(identity({"python", "app.py"}), labels), "app.py-prod");
+  auto missing = ApplicationNamer::create("", "{app}@{pod_uid}");
+  ASSERT_TRUE(missing.ok());
+  EXPECT_EQ(missing->name(identity({"python", "app.py"}), labels), "app.py@");
+  auto both = ApplicationNamer::create(R"(-A (\w+))", "{app}.{env}");
+  ASSERT_TRUE(both.ok());
+  EXPECT_EQ(both->name(identity({"celery", "-A", "proj", "worker"}), labels), "proj.prod");
+  auto empty = ApplicationNamer::create("", "{pod_uid}");
+  ASSERT_TRUE(empty.ok());
+  EXPECT_EQ(empty->name(identity({"python", "app.py"}), labels), "app.py");
+}
+
+TEST(AppNameTest, RefusesBrokenRules) {
+  EXPECT_FALSE(ApplicationNamer::create("(unclosed", "").ok());
+  for (const char* bad : {"{app", "app}", "{}", "{a-b}", "x{app}}"}) {
+    auto namer = ApplicationNamer::create("", bad);
+    ASSERT_FALSE(namer.ok()) << bad;
+    EXPECT_NE(namer.error().message.find(bad), std::string::npos) << namer.error().message;
+  }
+}
+
+TEST(AppNameTest, LabelsAProcess) {
+  proc::ContainerInfo container;
+  container.runtime = "containerd";
+  container.container_id = std::string(64, 'a');
+  container.pod_uid = "2c7d8a7e-2b1f-4c6a-9b1e-8d5f4c3b2a19";
+  auto labels = daemon::process_labels(identity({"python", "app.py"}), "3.12.1", container,
+                                       {4242, 7}, "node-3");
+  EXPECT_EQ(labels, (profile::Labels{{"pid", "4242"},
+                                     {"process_name", "python3"},
+                                     {"hostname", "node-3"},
+                                     {"python_version", "3.12.1"},
+                                     {"container_id", std::string(64, 'a')},
+                                     {"container_runtime", "containerd"},
+                                     {"pod_uid", "2c7d8a7e-2b1f-4c6a-9b1e-8d5f4c3b2a19"},
+                                     {"container_pid", "7"}}));
+  for (const auto& [name, value] : labels) {
+    const auto& builtin = daemon::builtin_label_names();
+    EXPECT_NE(std::find(builtin.begin(), builtin.end(), name), builtin.end()) << name;
+  }
+  // On the host: no container labels, no container_pid.
+  labels = daemon::process_labels(identity({"python", "app.py"}), "", {}, {4242}, "node-3");
+  EXPECT_EQ(labels, (profile::Labels{
+                        {"pid", "4242"}, {"process_name", "python3"}, {"hostname", "node-3"}}));
+}
+
+TEST(AppNameTest, ReadsTheLiveProcess) {
+  auto self = daemon::read_process_identity(::getpid());
+  ASSERT_TRUE(self.ok()) << self.error().message;
+  EXPECT_EQ(self->pid, ::getpid());
+  ASSERT_FALSE(self->argv.empty());
+  EXPECT_EQ(std::filesystem::path(self->argv[0]).filename(), "daemon_labels_test");
+  EXPECT_EQ(self->exe, std::filesystem::read_symlink("/proc/self/exe").string());
+  char comm[17] = {};
+  ASSERT_EQ(::prctl(PR_GET_NAME, comm), 0);
+  EXPECT_EQ(self->comm, comm);
+}
+
+TEST(AppNameTest, DescribesAProcessFromAProcTree) {
+  TempDir root;
+  const std::string dir = root.file("77");
+  std::filesystem::create_directories(dir);
+  write_text_file(dir + "/cmdline",
+                  std::string("/usr/bin/python3\0/usr/local/bin/gunicorn\0app:app\0", 48));
+  write_text_file(dir + "/comm", "gunicorn\n");
+  write_text_file(
+      dir + "/cgroup",
+      "0::/kubepods.slice/kubepods-besteffort.slice/"
+      "kubepods-besteffort-pod2c7d8a7e_2b1f_4c6a_9b1e_8d5f4c3b2a19.slice/cri-containerd-" +
+          std::string(64, 'b') + ".scope\n");
+  write_text_file(dir + "/status", "Name:\tgunicorn\nNSpid:\t77\t1\n");
+  std::filesystem::create_symlink("/usr/bin/python3.11", dir + "/exe");
+
+  daemon::DaemonConfig config;
+  config.labels = {{"env", "prod"}, {"team", "payments"}};
+  config.app_name_template = "{app}-{team}";
+  auto describer = daemon::ProcessDescriber::create(config, "node-9", root.path());
+  ASSERT_TRUE(describer.ok()) << describer.error().message;
+  auto description = describer->describe(77, "3.11.2");
+  ASSERT_TRUE(description.ok()) << description.error().message;
+  EXPECT_EQ(description->application, "gunicorn-payments");
+  EXPECT_EQ(description->labels,
+            (profile::Labels{{"container_id", std::string(64, 'b')},
+                             {"container_pid", "1"},
+                             {"container_runtime", "containerd"},
+                             {"env", "prod"},
+                             {"hostname", "node-9"},
+                             {"pid", "77"},
+                             {"pod_uid", "2c7d8a7e-2b1f-4c6a-9b1e-8d5f4c3b2a19"},
+                             {"process_name", "gunicorn"},
+                             {"python_version", "3.11.2"},
+                             {"team", "payments"}}));
+  auto gone = describer->describe(78, "");
+  EXPECT_FALSE(gone.ok());
+}
+
+}  // namespace
+}  // namespace krait::test
