@@ -32,6 +32,16 @@ std::string linkage_name(Dwarf_Die* die) {
   return name.empty() ? attr_string(die, DW_AT_MIPS_linkage_name) : name;
 }
 
+// Relative source paths are relative to the unit's compilation directory;
+// joined the way addr2line and eu-addr2line print them.
+std::string source_path(const char* path, const std::string& comp_dir) {
+  if (path == nullptr)
+    return "";
+  if (path[0] == '/' || comp_dir.empty())
+    return path;
+  return comp_dir + "/" + path;
+}
+
 std::string die_name(Dwarf_Die* die) {
   const char* name = dwarf_diename(die);
   return name != nullptr ? name : "";
@@ -119,11 +129,11 @@ std::vector<DwarfScope> DwarfFile::scopes_at(uint64_t vaddr) {
   Dwarf_Die cu;
   if (dwarf_addrdie(state_->dwarf.get(), vaddr, &cu) == nullptr)
     return out;
+  std::string comp_dir = attr_string(&cu, DW_AT_comp_dir);
   std::string file;
   int line = 0;
   if (Dwarf_Line* row = dwarf_getsrc_die(&cu, vaddr)) {
-    if (const char* src = dwarf_linesrc(row, nullptr, nullptr))
-      file = src;
+    file = source_path(dwarf_linesrc(row, nullptr, nullptr), comp_dir);
     dwarf_lineno(row, &line);
   }
   Dwarf_Files* files = nullptr;
@@ -153,8 +163,7 @@ std::vector<DwarfScope> DwarfFile::scopes_at(uint64_t vaddr) {
     if (files != nullptr &&
         dwarf_formudata(dwarf_attr(scope, DW_AT_call_file, &attr), &value) == 0 &&
         value < file_count)
-      if (const char* src = dwarf_filesrc(files, value, nullptr, nullptr))
-        file = src;
+      file = source_path(dwarf_filesrc(files, value, nullptr, nullptr), comp_dir);
     if (dwarf_formudata(dwarf_attr(scope, DW_AT_call_line, &attr), &value) == 0)
       line = static_cast<int>(value);
   }

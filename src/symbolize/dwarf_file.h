@@ -24,9 +24,11 @@ namespace krait::symbolize {
 struct DwarfScope {
   std::string name;          // DW_AT_name (through abstract origins / specifications)
   std::string linkage_name;  // DW_AT_linkage_name (mangled), or ""
-  std::string file;          // source file of the position inside this scope, or ""
-  int line = 0;              // 0 when unknown
-  bool inlined = false;      // DW_TAG_inlined_subroutine
+  // Source file of the position inside this scope, or "": a relative path
+  // is joined to the unit's DW_AT_comp_dir, as addr2line prints it.
+  std::string file;
+  int line = 0;          // 0 when unknown
+  bool inlined = false;  // DW_TAG_inlined_subroutine
 };
 
 class DwarfFile {

@@ -12,6 +12,20 @@ bool is_text_type(char type) {
   return type == 't' || type == 'T' || type == 'w' || type == 'W';
 }
 
+// Lower is better among symbols sharing an address: global before local,
+// the x86_64 name before compat and padding aliases (__ia32_sys_getpid,
+// __pfx_...), fewer leading underscores (__x64_sys_getpid over
+// __do_sys_getpid is settled by globality).
+int alias_rank(char type, std::string_view name) {
+  int rank = (type == 'T' || type == 'W') ? 0 : 100;
+  if (name.starts_with("__ia32_") || name.starts_with("__pfx_"))
+    rank += 50;
+  size_t underscores = name.find_first_not_of('_');
+  rank += static_cast<int>(
+      std::min<size_t>(underscores == std::string_view::npos ? 0 : underscores, 9));
+  return rank;
+}
+
 }  // namespace
 
 Result<KernelSymbols> KernelSymbols::load(const std::string& path) {
@@ -31,6 +45,7 @@ Result<KernelSymbols> KernelSymbols::load(const std::string& path) {
 
 Result<KernelSymbols> KernelSymbols::parse(std::string_view text) {
   KernelSymbols out;
+  std::vector<int> ranks;
   size_t line_number = 0;
   while (!text.empty()) {
     size_t newline = text.find('\n');
@@ -62,23 +77,30 @@ Result<KernelSymbols> KernelSymbols::parse(std::string_view text) {
       continue;
     out.symbols_.push_back(
         KernelSymbol{.name = std::string(rest), .module = std::string(module), .address = address});
+    ranks.push_back(alias_rank(type, rest));
   }
-  std::stable_sort(
-      out.symbols_.begin(), out.symbols_.end(),
-      [](const KernelSymbol& a, const KernelSymbol& b) { return a.address < b.address; });
+  // One symbol per address: the best-ranked alias, the first on ties.
+  std::vector<size_t> order(out.symbols_.size());
+  for (size_t i = 0; i < order.size(); ++i)
+    order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    const KernelSymbol& x = out.symbols_[a];
+    const KernelSymbol& y = out.symbols_[b];
+    return x.address != y.address ? x.address < y.address : ranks[a] < ranks[b];
+  });
+  std::vector<KernelSymbol> unique;
+  unique.reserve(order.size());
+  for (size_t i : order)
+    if (unique.empty() || unique.back().address != out.symbols_[i].address)
+      unique.push_back(std::move(out.symbols_[i]));
+  out.symbols_ = std::move(unique);
   out.ends_.resize(out.symbols_.size());
   for (size_t i = 0; i < out.symbols_.size(); ++i) {
     const KernelSymbol& sym = out.symbols_[i];
     uint64_t cap = sym.address + kMaxLastSymbolSize;
     if (cap < sym.address)
       cap = ~uint64_t{0};
-    uint64_t end = cap;
-    for (size_t j = i + 1; j < out.symbols_.size(); ++j) {
-      if (out.symbols_[j].address != sym.address) {
-        end = std::min(cap, out.symbols_[j].address);
-        break;
-      }
-    }
+    uint64_t end = i + 1 < out.symbols_.size() ? std::min(cap, out.symbols_[i + 1].address) : cap;
     out.ends_[i] = end;
   }
   return out;
@@ -90,9 +112,6 @@ const KernelSymbol* KernelSymbols::find(uint64_t address) const {
   if (it == symbols_.begin())
     return nullptr;
   --it;
-  // Aliases share an address; the first in file order is reported.
-  while (it != symbols_.begin() && std::prev(it)->address == it->address)
-    --it;
   size_t index = static_cast<size_t>(it - symbols_.begin());
   return address < ends_[index] ? &*it : nullptr;
 }

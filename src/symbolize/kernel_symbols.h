@@ -1,6 +1,10 @@
 // Kernel addresses to names, from /proc/kallsyms (the core kernel and
 // loaded modules, "[module]" names included).
 //
+// Of symbols sharing an address one is kept: a global one before a local
+// one, the native x86_64 name before __ia32_/__pfx_ aliases, fewer leading
+// underscores, then the first in file order.
+//
 // Only text symbols (types t/T and weak w/W) are indexed: a kernel stack
 // holds code addresses. As for user stacks, name a return address (every
 // frame but the first) by address - 1. A symbol is taken to end where the next one starts;
@@ -49,6 +53,7 @@ class KernelSymbols {
 
   // The text symbol containing `address`, or nullptr. O(log n).
   const KernelSymbol* find(uint64_t address) const;
+  // Distinct addresses indexed.
   size_t size() const { return symbols_.size(); }
 
  private:
