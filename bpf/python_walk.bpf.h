@@ -143,6 +143,36 @@ static __always_inline __u32 krait_find_tstate(struct krait_scratch* s,
   return KRAIT_PY_OK;
 }
 
+/* ---- GIL ---------------------------------------------------------------- */
+
+/* KRAIT_PYF_GIL_* flags for the thread whose state is `tstate` (its block in
+ * s->tstate). */
+static __always_inline __u16 krait_gil_state(struct krait_scratch* s,
+                                             const struct krait_proc_info* proc, __u64 tstate) {
+  const struct krait_py_layout* l = &proc->layout;
+  if (l->gil_mode == KRAIT_GIL_CURRENT_PTR) {
+    __u64 current = 0;
+    if (krait_read_ptr(proc->gil_current_addr, &current))
+      return 0;
+    return KRAIT_PYF_GIL_KNOWN | (current == tstate ? KRAIT_PYF_GIL_HELD : 0);
+  }
+  if (l->gil_mode == KRAIT_GIL_INTERP_LOCK) {
+    __u64 interp = KRAIT_LOAD(__u64, s->tstate, KRAIT_TSTATE_READ_CAP, l->tstate_interp);
+    /* last_holder and locked are neighbours in every version: one read. */
+    struct {
+      __u64 holder;
+      __u32 locked;
+      __u32 pad;
+    } gil = {};
+    if (l->interp_gil_locked != l->interp_gil_holder + 8)
+      return 0;
+    if (bpf_probe_read_user(&gil, sizeof(gil), (const void*)(interp + l->interp_gil_holder)))
+      return 0;
+    return KRAIT_PYF_GIL_KNOWN | (gil.locked && gil.holder == tstate ? KRAIT_PYF_GIL_HELD : 0);
+  }
+  return 0;
+}
+
 /* ---- frame walk --------------------------------------------------------- */
 
 /* The depth limit is the bpf_loop count, so the step never compares the

@@ -26,6 +26,8 @@ const volatile __u64 cfg_unknown_recheck_ns = 1000000000ULL;
 const volatile __u32 cfg_self_pid = 0;
 /* Time each walk into krait_sample.cost_ns (two clock reads per sample). */
 const volatile __u8 cfg_measure_cost = 0;
+/* --gil-only: threads that do not hold the GIL are not walked nor sent. */
+const volatile __u8 cfg_gil_only = 0;
 /* --pid mode: processes absent from `procs` are not reported. */
 const volatile __u8 cfg_listed_only = 0;
 
@@ -166,6 +168,12 @@ int krait_sample(struct bpf_perf_event_data* ctx) {
     sample->py_status = status;
     if (status == KRAIT_PY_OK) {
       sample->tstate = tstate;
+      __u16 gil = krait_gil_state(s, proc, tstate);
+      sample->py_flags |= gil;
+      if (cfg_gil_only && (gil & KRAIT_PYF_GIL_KNOWN) && !(gil & KRAIT_PYF_GIL_HELD)) {
+        krait_count(KRAIT_CNT_GIL_SKIPPED);
+        return 0;
+      }
       krait_walk_frames(s, proc, pid, cfg_max_depth);
     }
   }

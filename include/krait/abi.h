@@ -71,6 +71,8 @@ struct krait_event_header {
 /* krait_sample.py_flags */
 #define KRAIT_PYF_TRUNCATED 0x1     /* more frames than the depth limit */
 #define KRAIT_PYF_TSTATE_CACHED 0x2 /* the thread state came from the cache */
+#define KRAIT_PYF_GIL_KNOWN 0x4     /* the version's GIL state could be read */
+#define KRAIT_PYF_GIL_HELD 0x8      /* ... and the sampled thread held the GIL */
 
 /* krait_py_frame.instr: the low 31 bits hold the instruction position as the
  * version records it (KRAIT_INSTR_* of the layout says which); the top bit
@@ -139,11 +141,19 @@ struct krait_seen_slot {
 #define KRAIT_PROC_PYTHON 1  /* walk Python stacks with the layout */
 #define KRAIT_PROC_REFUSED 2 /* Python, but not profiled: samples are counted, not walked */
 
-/* krait_py_layout.instr_kind */
-#define KRAIT_INSTR_LASTI 0 /* frame_instr is an int (f_lasti); copied as is, negatives as 0 */
-#define KRAIT_INSTR_POINTER                                            \
-  1 /* frame_instr points into co_code_adaptive; sent as a byte offset \
-     */
+/* krait_py_layout.instr_kind: what frame_instr holds. LASTI: an int
+ * (f_lasti), sent as is, negatives as 0. POINTER: a pointer into
+ * co_code_adaptive, sent as a byte offset from its start. */
+#define KRAIT_INSTR_LASTI 0
+#define KRAIT_INSTR_POINTER 1
+
+/* krait_py_layout.gil_mode: how to tell whether the sampled thread holds the
+ * GIL. CURRENT_PTR (2.7-3.11): *gil_current_addr, the current thread state,
+ * equals the thread's state. INTERP_LOCK (3.12+): the interpreter's
+ * _gil.locked is set and _gil.last_holder is the thread's state. */
+#define KRAIT_GIL_UNKNOWN 0
+#define KRAIT_GIL_CURRENT_PTR 1
+#define KRAIT_GIL_INTERP_LOCK 2
 
 /* Where the fields the sampler reads live, for one interpreter build.
  * Offsets are in bytes from the start of the struct; KRAIT_OFFSET_NONE
@@ -174,11 +184,17 @@ struct krait_py_layout {
   __u16 code_adaptive; /* co_code_adaptive (3.11+), the base of KRAIT_INSTR_POINTER */
   __u16 code_read_size;
   __u8 instr_kind;
-  __u8 frame_owner_shim; /* owner value of the eval loop's C-stack shim frames, or KRAIT_OWNER_NONE
-                          */
-  __u8 code_tag_mask;    /* low bits of frame_code that are tags, not address (3.14 _PyStackRef) */
-  __u8 skip_non_code;    /* 1: a frame whose code is not a code object is a shim, not an error */
-  __u16 _pad0[2];
+  /* Owner value of the eval loop's C-stack shim frames, or KRAIT_OWNER_NONE. */
+  __u8 frame_owner_shim;
+  __u8 code_tag_mask; /* low bits of frame_code that are tags, not address (3.14 _PyStackRef) */
+  __u8 skip_non_code; /* 1: a frame whose code is not a code object is a shim, not an error */
+  /* GIL (gil_mode KRAIT_GIL_INTERP_LOCK): fields of PyInterpreterState */
+  __u16 interp_gil_locked; /* int */
+  __u16 interp_gil_holder; /* PyThreadState* */
+  __u16 tstate_interp;     /* PyThreadState.interp */
+  __u8 gil_mode;
+  __u8 _pad0;
+  __u32 _pad1;
 };
 
 struct krait_proc_info {
@@ -187,6 +203,7 @@ struct krait_proc_info {
   __u64 recheck_after_ns; /* KRAIT_PROC_IGNORE: ktime before which the pid is not reported again */
   __u64 interp_head_addr; /* address of the pointer to the first PyInterpreterState */
   __u64 code_type_addr;   /* &PyCode_Type in the process */
+  __u64 gil_current_addr; /* gil_mode KRAIT_GIL_CURRENT_PTR: the current thread state pointer */
   struct krait_py_layout layout;
 };
 
@@ -209,7 +226,8 @@ struct krait_thread_entry {
 #define KRAIT_CNT_SCRATCH_MISSING 5    /* per-CPU scratch lookup failed (never expected) */
 #define KRAIT_CNT_CODE_CAPTURES 6      /* krait_code_event records sent */
 #define KRAIT_CNT_CODE_CAPTURES_LOST 7 /* ... lost: ring buffer full */
-#define KRAIT_CNT_COUNT 8
+#define KRAIT_CNT_GIL_SKIPPED 8        /* --gil-only: samples of threads not holding the GIL */
+#define KRAIT_CNT_COUNT 9
 
 /* ---- code object identity ---------------------------------------------- */
 

@@ -115,6 +115,7 @@ Result<std::unique_ptr<Sampler>> Sampler::open_and_load(const SamplerConfig& con
   skel->rodata->cfg_self_pid = static_cast<__u32>(::getpid());
   skel->rodata->cfg_listed_only = config.listed_only ? 1 : 0;
   skel->rodata->cfg_measure_cost = config.measure_cost ? 1 : 0;
+  skel->rodata->cfg_gil_only = config.gil_only ? 1 : 0;
   if (int err = bpf_map__set_max_entries(skel->maps.events, config.ring_buffer_bytes))
     return make_error("ring buffer size {}: {}", config.ring_buffer_bytes, errno_text(err));
 

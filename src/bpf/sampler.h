@@ -31,6 +31,7 @@ struct SamplerConfig {
   uint32_t ring_buffer_bytes = 8u << 20;
   bool listed_only = false;   // --pid mode
   bool measure_cost = false;  // fill krait_sample.cost_ns
+  bool gil_only = false;      // skip threads that do not hold the GIL
   EventSource source = EventSource::kAuto;
 };
 

@@ -36,6 +36,8 @@ Runner add_record_command(CLI::App& app) {
       ->check(CLI::ExistingFile);
   cmd->add_option("--ready-fd", opts->ready_fd,
                   "Write \"ready\" to this fd once sampling runs (for scripts and tests)");
+  cmd->add_flag("--gil-only", opts->gil_only,
+                "Record only threads that hold the GIL (samples are labelled gil=held|released)");
   cmd->add_option("--stats-json", opts->stats_json,
                   "Also write the end-of-run summary (per-process samples, losses, costs) as JSON");
   cmd->add_flag("--measure-sampler-cost", opts->measure_cost,

@@ -239,9 +239,9 @@ Attachment attach_process(pid_t pid, ImageCache& images, const AttachOptions& op
     if (const OffsetTable* near = nearest_table_same_minor(pool, version);
         near && near->version != version) {
       nearest = *near;
-      candidates.push_back({&*nearest, fmt::format("table {} (nearest to {}; {})",
-                                                   near->version.str(), version.str(),
-                                                   near->source)});
+      candidates.push_back(
+          {&*nearest, fmt::format("table {} (nearest to {}; {})", near->version.str(),
+                                  version.str(), near->source)});
     }
   }
   if (candidates.empty()) {
@@ -278,6 +278,12 @@ Attachment attach_process(pid_t pid, ImageCache& images, const AttachOptions& op
     out.info.mode = KRAIT_PROC_PYTHON;
     out.info.interp_head_addr = head;
     out.info.code_type_addr = pi.code_type_addr;
+    if (version < PyVersion{3, 7, 0})
+      out.info.gil_current_addr = pi.current_tstate_addr;
+    else if (layout->runtime_tstate_current != KRAIT_OFFSET_NONE)
+      out.info.gil_current_addr = pi.runtime_addr + layout->runtime_tstate_current;
+    if (layout->bpf.gil_mode == KRAIT_GIL_CURRENT_PTR && out.info.gil_current_addr == 0)
+      layout->bpf.gil_mode = KRAIT_GIL_UNKNOWN;
     out.info.layout = layout->bpf;
     out.layout = std::move(*layout);
     return out;

@@ -141,6 +141,8 @@ Result<std::optional<InterpreterImage>> analyze_image(std::shared_ptr<const elf:
       return make_error("{} (Python {}) has no _PyRuntime symbol", mapped_path, img.version.str());
     img.runtime_vaddr = runtime->value;
   } else {
+    if (auto current = elf->find_symbol("_PyThreadState_Current"))
+      img.current_tstate_vaddr = current->value;
     if (auto head = elf->find_symbol("interp_head"))
       img.interp_head_vaddr = head->value;
     else if (auto h = interp_head_from_code(*elf))
@@ -230,6 +232,8 @@ FindResult ImageCache::find(pid_t pid) {
     pi.code_type_addr = *bias + pi.image.code_type_vaddr;
     if (pi.image.runtime_vaddr)
       pi.runtime_addr = *bias + pi.image.runtime_vaddr;
+    if (pi.image.current_tstate_vaddr)
+      pi.current_tstate_addr = *bias + pi.image.current_tstate_vaddr;
     if (pi.image.interp_head_vaddr)
       pi.interp_head_var = *bias + pi.image.interp_head_vaddr;
     result.status = FindStatus::kFound;

@@ -29,9 +29,10 @@ struct InterpreterImage {
   bool shared_library = false;  // libpython*.so rather than an executable
   bool stripped = false;        // no .symtab
   PyVersion version;
-  uint64_t runtime_vaddr = 0;      // _PyRuntime (3.7+)
-  uint64_t interp_head_vaddr = 0;  // interp_head (2.7, 3.6): holds the first interpreter
-  uint64_t code_type_vaddr = 0;    // PyCode_Type
+  uint64_t runtime_vaddr = 0;         // _PyRuntime (3.7+)
+  uint64_t interp_head_vaddr = 0;     // interp_head (2.7, 3.6): holds the first interpreter
+  uint64_t code_type_vaddr = 0;       // PyCode_Type
+  uint64_t current_tstate_vaddr = 0;  // _PyThreadState_Current (2.7, 3.6): the GIL holder
   std::shared_ptr<const elf::ElfFile> elf;
 };
 
@@ -47,6 +48,7 @@ struct ProcessInterpreter {
   uint64_t runtime_addr = 0;
   uint64_t interp_head_var = 0;  // 2.7/3.6: address of interp_head
   uint64_t code_type_addr = 0;
+  uint64_t current_tstate_addr = 0;  // 2.7/3.6
 };
 
 enum class FindStatus : uint8_t { kFound, kNotYet, kNotPython, kGone, kUnusable };

@@ -73,6 +73,9 @@ Result<PythonLayout> build_layout(const OffsetTable& table, PyVersion v) {
   b.code_adaptive = KRAIT_OFFSET_NONE;
   b.code_tag_mask = 0;
   b.skip_non_code = 0;
+  b.gil_mode = KRAIT_GIL_UNKNOWN;
+  b.interp_gil_locked = KRAIT_OFFSET_NONE;
+  b.interp_gil_holder = KRAIT_OFFSET_NONE;
 
   if (frame_objects) {
     b.tstate_frame = f.need("PyThreadState.frame");
@@ -106,7 +109,8 @@ Result<PythonLayout> build_layout(const OffsetTable& table, PyVersion v) {
     // are 8-byte aligned, so clearing them is a no-op where there are none:
     // every 3.13+ version is read the same way, and a new minor version
     // needs only its _Py_DebugOffsets layout (offsets/debug_offsets/).
-    if (v >= PyVersion{3, 13, 0}) b.code_tag_mask = 3;
+    if (v >= PyVersion{3, 13, 0})
+      b.code_tag_mask = 3;
   }
 
   b.code_type = f.optional("PyObject.ob_type", 8);
@@ -121,6 +125,22 @@ Result<PythonLayout> build_layout(const OffsetTable& table, PyVersion v) {
                                     : f.optional("PyCodeObject.co_localsplusnames");
   out.tuple_items = f.optional("PyTupleObject.ob_item", 24);
   out.tstate_interp = f.optional("PyThreadState.interp");
+  b.tstate_interp = out.tstate_interp;
+  // The GIL: a label, never a reason to refuse a process, so every field is
+  // optional and a version without them just reports no GIL state.
+  if (v < PyVersion{3, 7, 0}) {
+    b.gil_mode = KRAIT_GIL_CURRENT_PTR;  // the caller supplies &_PyThreadState_Current
+  } else if (v < PyVersion{3, 12, 0}) {
+    out.runtime_tstate_current = f.optional("_PyRuntimeState.gilstate.tstate_current");
+    if (out.runtime_tstate_current != KRAIT_OFFSET_NONE)
+      b.gil_mode = KRAIT_GIL_CURRENT_PTR;
+  } else {
+    b.interp_gil_locked = f.optional("PyInterpreterState._gil.locked");
+    b.interp_gil_holder = f.optional("PyInterpreterState._gil.last_holder");
+    if (b.interp_gil_locked != KRAIT_OFFSET_NONE && b.interp_gil_holder != KRAIT_OFFSET_NONE &&
+        b.tstate_interp != KRAIT_OFFSET_NONE && b.interp_gil_locked == b.interp_gil_holder + 8)
+      b.gil_mode = KRAIT_GIL_INTERP_LOCK;
+  }
   out.tstate_native_thread_id = f.optional("PyThreadState.native_thread_id");
   if (v >= PyVersion{3, 7, 0})
     out.runtime_interp_head = f.need("_PyRuntimeState.interpreters.head");
@@ -149,7 +169,7 @@ Result<PythonLayout> build_layout(const OffsetTable& table, PyVersion v) {
     return make_error("the offsets for Python {} ({}) lack {}", v.str(), table.source, f.missing());
 
   auto tsize = read_size("PyThreadState", KRAIT_TSTATE_READ_CAP,
-                         {b.tstate_next, b.tstate_thread_id, b.tstate_frame});
+                         {b.tstate_next, b.tstate_thread_id, b.tstate_frame, b.tstate_interp});
   if (!tsize)
     return tsize.error();
   auto fsize =

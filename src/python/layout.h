@@ -49,6 +49,9 @@ struct PythonLayout {
   uint16_t tstate_interp = KRAIT_OFFSET_NONE;
   uint16_t tstate_native_thread_id = KRAIT_OFFSET_NONE;
   uint16_t runtime_interp_head = KRAIT_OFFSET_NONE;  // _PyRuntimeState.interpreters.head (3.7+)
+  // 3.7-3.11, bpf.gil_mode KRAIT_GIL_CURRENT_PTR: the current thread state in
+  // _PyRuntimeState (2.7/3.6 keep it in the _PyThreadState_Current symbol).
+  uint16_t runtime_tstate_current = KRAIT_OFFSET_NONE;
 };
 
 // Fails with a message naming the missing field when the table lacks one the

@@ -113,9 +113,13 @@ profile::FrameId Pipeline::python_frame(TrackedProcess& p, const krait_py_frame&
   return id;
 }
 
-profile::LabelSetId Pipeline::labels_for(const TrackedProcess& p, uint32_t tid, const char* comm) {
+profile::LabelSetId Pipeline::labels_for(const TrackedProcess& p, uint32_t tid, const char* comm,
+                                         uint16_t py_flags) {
   std::string thread(comm, strnlen(comm, KRAIT_COMM_LEN));
-  std::string key = fmt::format("{}/{}/{}", p.generation, tid, thread);
+  const char* gil = !(py_flags & KRAIT_PYF_GIL_KNOWN) ? ""
+                    : (py_flags & KRAIT_PYF_GIL_HELD) ? "held"
+                                                      : "released";
+  std::string key = fmt::format("{}/{}/{}/{}", p.generation, tid, gil, thread);
   if (auto it = labels_.find(key); it != labels_.end())
     return it->second;
   profile::Labels labels{{"pid", std::to_string(p.pid)},
@@ -124,6 +128,8 @@ profile::LabelSetId Pipeline::labels_for(const TrackedProcess& p, uint32_t tid, 
                          {"process_name", p.name}};
   if (p.attachment.version)
     labels.emplace_back("python_version", p.attachment.version->str());
+  if (*gil)
+    labels.emplace_back("gil", gil);
   profile::LabelSetId id = profile_.intern_labels(std::move(labels));
   labels_.emplace(std::move(key), id);
   return id;
@@ -159,7 +165,7 @@ void Pipeline::on_sample(const events::SampleView& view) {
   } else if (stack_.empty()) {
     stack_.push_back(synthetic_frame("[no Python frame running]"));
   }
-  profile_.add_sample(stack_, labels_for(*p, s.hdr.tid, s.comm));
+  profile_.add_sample(stack_, labels_for(*p, s.hdr.tid, s.comm, s.py_flags));
 }
 
 void Pipeline::on_exec(const krait_exec_event& event) {

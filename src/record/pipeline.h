@@ -51,7 +51,8 @@ class Pipeline final : public events::EventHandler {
  private:
   profile::FrameId python_frame(TrackedProcess& p, const krait_py_frame& frame);
   profile::FrameId synthetic_frame(const std::string& name);
-  profile::LabelSetId labels_for(const TrackedProcess& p, uint32_t tid, const char* comm);
+  profile::LabelSetId labels_for(const TrackedProcess& p, uint32_t tid, const char* comm,
+                                 uint16_t py_flags);
 
   struct FrameKey {
     uint32_t generation;

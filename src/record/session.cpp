@@ -163,6 +163,7 @@ Result<int> run_record(const RecordOptions& o) {
   cfg.listed_only = topts.listed_only;
   cfg.source = o.event;
   cfg.measure_cost = o.measure_cost;
+  cfg.gil_only = o.gil_only;
   auto sampler = bpf::Sampler::open_and_load(cfg);
   if (!sampler)
     return sampler.error();

@@ -32,6 +32,7 @@ struct RecordOptions {
   int ready_fd = -1;                       // written "ready\n" once sampling runs
   std::string stats_json;                  // write the run summary as JSON here
   bool measure_cost = false;               // time every walk (benchmarks)
+  bool gil_only = false;                   // only samples of threads holding the GIL
 };
 
 // Returns the process exit status (0, or 1 when nothing could be

@@ -73,6 +73,12 @@ RunSummary build_summary(const RunFacts& run, const ProcessTracker& tracker,
   if (pipeline.stale_samples)
     s.losses["from a process that re-executed before its sample was read"] +=
         pipeline.stale_samples;
+  if (run.counters[KRAIT_CNT_GIL_SKIPPED])
+    s.losses["skipped: thread not holding the GIL (--gil-only)"] +=
+        run.counters[KRAIT_CNT_GIL_SKIPPED];
+  if (run.counters[KRAIT_CNT_CODE_CAPTURES_LOST])
+    s.losses["code object names not captured: ring buffer full"] +=
+        run.counters[KRAIT_CNT_CODE_CAPTURES_LOST];
   if (run.malformed_records)
     s.losses["malformed ring buffer records"] += run.malformed_records;
 

@@ -176,6 +176,65 @@ TEST_P(PerInterpreter, ProcessLiving200msDuringARecordingIsSymbolized) {
       << unknown << " of " << total(mine) << " samples have an unknown frame";
 }
 
+TEST_P(PerInterpreter, GilLabelFollowsTheLockAndGilOnlyKeepsHolders) {
+  auto w = start_workload(interp_, "gil.py", {});
+  ASSERT_TRUE(w.ok()) << w.error().message;
+  const auto pid = w->truth.pid;
+  const ThreadTruth* holder = nullptr;
+  const ThreadTruth* free_thread = nullptr;
+  for (const auto& t : w->truth.threads)
+    (t.name == "gil-holder" ? holder : free_thread) = &t;
+  ASSERT_TRUE(holder && free_thread);
+
+  auto samples_of = [](const std::vector<ProfileSample>& all, const ThreadTruth& t) {
+    std::vector<ProfileSample> out;
+    for (const auto& s : all)
+      if (s.tid() == t.tid && s.stack == t.stack)
+        out.push_back(s);
+    return out;
+  };
+  auto count_gil = [](const std::vector<ProfileSample>& samples, const std::string& value) {
+    int64_t n = 0;
+    for (const auto& s : samples) {
+      auto it = s.labels.find("gil");
+      if (it != s.labels.end() && it->second == value)
+        n += s.count;
+    }
+    return n;
+  };
+
+  TempDir dir;
+  auto rec = Recording::start({"-p", std::to_string(pid), "-d", "4"}, dir);
+  ASSERT_TRUE(rec.ok()) << rec.error().message;
+  auto r = rec->wait(60s);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  const auto mine = samples_of_pid(r->samples, pid);
+  const auto in_loop = samples_of(mine, *holder);
+  const auto in_c = samples_of(mine, *free_thread);
+  ASSERT_GE(total(in_loop), 30) << describe_mismatches(mine, holder->stack);
+  ASSERT_GE(total(in_c), 30) << describe_mismatches(mine, free_thread->stack);
+  EXPECT_GE(count_gil(in_loop, "held"), 0.9 * total(in_loop));
+  EXPECT_GE(count_gil(in_c, "released"), 0.9 * total(in_c));
+
+  TempDir dir2;
+  auto rec2 = Recording::start({"-p", std::to_string(pid), "-d", "4", "--gil-only"}, dir2);
+  ASSERT_TRUE(rec2.ok()) << rec2.error().message;
+  auto r2 = rec2->wait(60s);
+  ASSERT_TRUE(r2.ok()) << r2.error().message;
+  const auto mine2 = samples_of_pid(r2->samples, pid);
+  const int64_t loop2 = total(samples_of(mine2, *holder));
+  const int64_t c2 = total(samples_of(mine2, *free_thread));
+  EXPECT_GE(loop2, 30);
+  // The call also holds the GIL briefly around deflate (arguments, the
+  // result's allocation and copy): those samples stay. Most go.
+  EXPECT_LE(c2 * 4, total(in_c)) << c2 << " of " << total(in_c)
+                                 << " samples inside zlib.compress kept by --gil-only";
+  const JsonValue* losses = r2->stats.find("losses");
+  ASSERT_NE(losses, nullptr);
+  EXPECT_NE(losses->find("skipped: thread not holding the GIL (--gil-only)"), nullptr)
+      << "the skipped samples are counted";
+}
+
 INSTANTIATE_TEST_SUITE_P(Interpreters, PerInterpreter, ::testing::ValuesIn(interpreter_names()),
                          test_name);
 

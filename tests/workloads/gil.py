@@ -1,0 +1,237 @@
+"""Two threads, one holding the GIL and one running C code that released it.
+
+    python gil.py
+
+The main thread ("gil-holder") runs a one-line pure-Python loop, so it holds
+the GIL whenever it is on a CPU. The second ("gil-free") compresses a large
+buffer with zlib.compress, which releases the GIL around deflate (in every
+version since 2.7; hashlib does not before 3.7 without OpenSSL):
+while it burns CPU inside the hash, another thread may hold the GIL. Each
+thread's truth (format of chain.py) has its leaf at its loop's marked line;
+the truth line also says which thread is which ("holds_gil").
+"""
+
+from __future__ import print_function
+
+import zlib
+import sys
+import time
+
+# --- common (identical in every workload) -----------------------------------
+import dis
+import json
+import os
+import threading
+import traceback
+
+HOT_MARKER = "# krait:" + "hot"
+CALL_MARKER = "# krait:" + "call"
+SELFCHECK_INTERVAL = 0.01
+_print_lock = threading.Lock()
+
+
+def python_version():
+    return sys.version.split()[0]
+
+
+def code_name(code):
+    # co_qualname exists from 3.11 on; profilers report it there, co_name before.
+    return getattr(code, "co_qualname", code.co_name)
+
+
+def stack_of(frame):
+    """Frames from the root down to `frame`, as the truth lists them."""
+    frames = []
+    while frame is not None:
+        code = frame.f_code
+        frames.append({"function": code_name(code), "file": code.co_filename,
+                       "line": frame.f_lineno})
+        frame = frame.f_back
+    frames.reverse()
+    return frames
+
+
+def native_tid():
+    if hasattr(threading, "get_native_id"):
+        return threading.get_native_id()
+    # Before 3.8: /proc/thread-self links to "<pid>/task/<tid>" (Linux 3.17+).
+    return int(os.readlink("/proc/thread-self").rsplit("/", 1)[1])
+
+
+def thread_ident():
+    return threading.current_thread().ident
+
+
+def read_comm(tid):
+    with open("/proc/self/task/%d/comm" % tid) as f:
+        return f.read().rstrip("\n")
+
+
+def set_comm(tid, name):
+    with open("/proc/self/task/%d/comm" % tid, "w") as f:
+        f.write(name)
+
+
+def marked_line(code, marker):
+    """The one line of `code` whose source text ends with `marker`.
+
+    Only lines in the compiler's own line table of `code` count, so the
+    marker of a nested or neighbouring function is never taken, and a marker
+    that drifted off real code fails loudly instead of giving a wrong truth.
+    """
+    code_lines = set(line for _, line in dis.findlinestarts(code) if line is not None)
+    with open(code.co_filename) as f:
+        text = f.read().split("\n")
+    found = [n for n in sorted(code_lines)
+             if 0 < n <= len(text) and text[n - 1].rstrip().endswith(marker)]
+    if len(found) != 1:
+        raise RuntimeError("%s: %d lines marked %r in %s, need one" %
+                           (code.co_filename, len(found), marker, code.co_name))
+    return found[0]
+
+
+def thread_truth(frame, leaf_marker):
+    """The truth of the calling thread whose leaf frame is `frame`."""
+    stack = stack_of(frame)
+    stack[-1]["line"] = marked_line(frame.f_code, leaf_marker)
+    tid = native_tid()
+    return {"tid": tid, "ident": thread_ident(), "name": read_comm(tid), "stack": stack}
+
+
+def guarded(function, *args):
+    """Runs `function`; any exception ends the whole process with status 70.
+
+    A workload whose truth cannot be computed must die, not leave a test
+    waiting for a line that never comes.
+    """
+    try:
+        return function(*args)
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(70)
+
+
+def emit(obj):
+    with _print_lock:
+        print(json.dumps(obj, sort_keys=True))
+        sys.stdout.flush()
+
+
+def emit_truth(workload, threads, extra=None):
+    truth = {"kind": "truth", "workload": workload, "pid": os.getpid(),
+             "python": python_version(), "threads": threads}
+    if extra:
+        truth.update(extra)
+    emit(truth)
+
+
+def selfcheck_enabled():
+    return os.environ.get("KRAIT_WORKLOAD_SELFCHECK") == "1"
+
+
+def selfcheck_count():
+    return int(os.environ.get("KRAIT_WORKLOAD_SELFCHECK_COUNT", "100"))
+
+
+def start_selfcheck(threads, end_info=None):
+    """Observes `threads` (truth entries) from a helper thread, if enabled.
+
+    `end_info` is called at the end for workload-specific facts to report.
+    """
+    if not selfcheck_enabled():
+        return
+
+    count = selfcheck_count()
+
+    def observe():
+        for _ in range(count):
+            time.sleep(SELFCHECK_INTERVAL)
+            frames = sys._current_frames()
+            seen = []
+            for t in threads:
+                frame = frames.get(t["ident"])
+                seen.append({"tid": t["tid"], "stack": stack_of(frame) if frame else []})
+            del frames
+            emit({"kind": "observation", "threads": seen})
+        end = {"kind": "selfcheck_end", "observations": count}
+        if end_info is not None:
+            end.update(end_info())
+        emit(end)
+
+    helper = threading.Thread(target=guarded, args=(observe,), name="selfcheck")
+    helper.daemon = True
+    helper.start()
+
+
+class Lane(object):
+    """Per-thread bookkeeping, run once per lap of a hot loop (rarely)."""
+
+    def __init__(self, deadline=None, on_first_lap=None):
+        self.running = True
+        self.laps = 0
+        self.deadline = deadline
+        self.on_first_lap = on_first_lap
+
+    def lap(self):
+        self.laps += 1
+        if self.laps == 1 and self.on_first_lap is not None:
+            guarded(self.on_first_lap, sys._getframe(1))
+        if self.deadline is not None and time.time() >= self.deadline:
+            self.running = False
+# --- end common --------------------------------------------------------------
+
+LAP = 200000
+# Random bytes, so deflate works for its time (about 0.1 s per call).
+PAYLOAD = os.urandom(1 << 20) * 4
+
+
+def compress_forever(lane):
+    while lane.running:
+        zlib.compress(PAYLOAD, 6)  # krait:hot
+        lane.lap()
+
+
+def spin_forever(lane):
+    limit = LAP
+    n = 0
+    while lane.running:
+        n = 0
+        while n < limit: n += 1  # krait:hot
+        lane.lap()
+    return n
+
+
+def main():
+    truths = {}
+    ready = threading.Event()
+
+    def announce_as(name):
+        def announce(frame):
+            tid = native_tid()
+            set_comm(tid, name)
+            truths[name] = thread_truth(frame, HOT_MARKER)
+            if len(truths) == 2:
+                ready.set()
+        return announce
+
+    worker = threading.Thread(target=guarded,
+                              args=(compress_forever, Lane(on_first_lap=announce_as("gil-free"))))
+    worker.daemon = True
+    worker.start()
+    holder_lane = Lane(on_first_lap=announce_as("gil-holder"))
+
+    def report():
+        ready.wait()
+        emit_truth("gil", [truths["gil-holder"], truths["gil-free"]],
+                   {"holds_gil": {"gil-holder": True, "gil-free": False}})
+
+    reporter = threading.Thread(target=guarded, args=(report,))
+    reporter.daemon = True
+    reporter.start()
+    spin_forever(holder_lane)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
