@@ -124,25 +124,27 @@ Result<DwarfFile> DwarfFile::open(int fd, std::string_view name) {
   return DwarfFile(std::move(state));
 }
 
-std::vector<DwarfScope> DwarfFile::scopes_at(uint64_t vaddr) {
+namespace {
+
+// The chain at `vaddr` inside one unit; empty when no function of the unit
+// contains it. `line_only` receives the line-table position either way.
+std::vector<DwarfScope> scopes_in_unit(Dwarf_Die* cu, uint64_t vaddr, DwarfScope& line_only) {
   std::vector<DwarfScope> out;
-  Dwarf_Die cu;
-  if (dwarf_addrdie(state_->dwarf.get(), vaddr, &cu) == nullptr)
-    return out;
-  std::string comp_dir = attr_string(&cu, DW_AT_comp_dir);
+  std::string comp_dir = attr_string(cu, DW_AT_comp_dir);
   std::string file;
   int line = 0;
-  if (Dwarf_Line* row = dwarf_getsrc_die(&cu, vaddr)) {
+  if (Dwarf_Line* row = dwarf_getsrc_die(cu, vaddr)) {
     file = source_path(dwarf_linesrc(row, nullptr, nullptr), comp_dir);
     dwarf_lineno(row, &line);
   }
+  line_only = DwarfScope{.file = file, .line = line};
   Dwarf_Files* files = nullptr;
   size_t file_count = 0;
-  if (dwarf_getsrcfiles(&cu, &files, &file_count) != 0)
+  if (dwarf_getsrcfiles(cu, &files, &file_count) != 0)
     files = nullptr;
 
   std::vector<Dwarf_Die> chain;  // outermost first
-  find_chain(&cu, vaddr, chain, 0);
+  find_chain(cu, vaddr, chain, 0);
   // The innermost function that is not inlined ends the chain (a nested
   // function's encloser is not one of its callers).
   for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
@@ -167,9 +169,48 @@ std::vector<DwarfScope> DwarfFile::scopes_at(uint64_t vaddr) {
     if (dwarf_formudata(dwarf_attr(scope, DW_AT_call_line, &attr), &value) == 0)
       line = static_cast<int>(value);
   }
-  if (out.empty())
-    out.push_back(DwarfScope{.file = file, .line = line});
   return out;
+}
+
+}  // namespace
+
+std::vector<DwarfScope> DwarfFile::scopes_at(uint64_t vaddr) {
+  Dwarf* dwarf = state_->dwarf.get();
+  DwarfScope line_only;
+  bool have_line = false;
+  Dwarf_Die cu;
+  Dwarf_Off first_unit = ~Dwarf_Off{0};
+  if (dwarf_addrdie(dwarf, vaddr, &cu) != nullptr) {
+    auto scopes = scopes_in_unit(&cu, vaddr, line_only);
+    if (!scopes.empty())
+      return scopes;
+    have_line = true;
+    first_unit = dwarf_dieoffset(&cu);
+  }
+  // .debug_aranges can point at the wrong unit (an empty range that
+  // starts where another unit's code does, as in libpython's
+  // _PyEval_EvalFrameDefault.cold), or be incomplete: ask every unit.
+  Dwarf_Off offset = 0, next = 0;
+  size_t header_size = 0;
+  while (dwarf_nextcu(dwarf, offset, &next, &header_size, nullptr, nullptr, nullptr) == 0) {
+    Dwarf_Die unit;
+    if (offset + header_size != first_unit &&
+        dwarf_offdie(dwarf, offset + header_size, &unit) != nullptr &&
+        dwarf_haspc(&unit, vaddr) == 1) {
+      DwarfScope unit_line;
+      auto scopes = scopes_in_unit(&unit, vaddr, unit_line);
+      if (!scopes.empty())
+        return scopes;
+      if (!have_line) {
+        line_only = unit_line;
+        have_line = true;
+      }
+    }
+    offset = next;
+  }
+  if (!have_line)
+    return {};
+  return {line_only};
 }
 
 }  // namespace krait::symbolize

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <toml++/toml.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <set>
@@ -51,6 +52,7 @@ std::string error_of(Result<DaemonConfig> config) {
 DaemonConfig everything_set() {
   DaemonConfig c;
   c.log_level = "debug";
+  c.hostname = "node-7";
   c.sampling_rate_hz = 250;
   c.stack_mode = StackMode::kPython;
   c.kernel_stacks = false;
@@ -88,6 +90,7 @@ TEST(DaemonConfigTest, Defaults) {
 
 TEST(DaemonConfigTest, ReadsEveryKeyFromToml) {
   const std::string text = R"(
+hostname = "node-7"
 log_level = "debug"
 [sampling]
 rate_hz = 250
@@ -359,6 +362,10 @@ TEST(DaemonConfigTest, ParsesByteSizes) {
 
 TEST(DaemonConfigTest, BuildsTheOutputOptions) {
   DaemonConfig c = everything_set();
+  EXPECT_EQ(daemon::effective_hostname(c), "node-7");
+  char host[256] = {};
+  ASSERT_EQ(::gethostname(host, sizeof host - 1), 0);
+  EXPECT_EQ(daemon::effective_hostname(DaemonConfig{}), host);
   const auto dir = daemon::directory_output_options(c);
   EXPECT_EQ(dir.path, "/var/lib/krait/profiles");
   EXPECT_EQ(dir.max_files, 500u);

@@ -235,7 +235,7 @@ TEST_P(SymbolizeCaptureTest, MatchesAddr2line) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, SymbolizeCaptureTest,
-                         ::testing::Values("c-main", "c-thread", "cpp-main", "cpp-thread",
+                         ::testing::Values("c-main", "c-thread", "c-cold", "cpp-main", "cpp-thread",
                                            "python-main", "python-thread"),
                          [](const auto& info) {
                            std::string name = info.param;
@@ -310,6 +310,55 @@ TEST(SymbolizeTest, FixtureChainsHaveTheirSourceNames) {
     if (std::string(name) == "python-main") {
       EXPECT_EQ(functions.back(), "_start");
     }
+  }
+}
+
+// nm -S: value and size of `symbol` in `path`.
+std::optional<std::pair<uint64_t, uint64_t>> nm_symbol(const std::string& path,
+                                                       const std::string& symbol) {
+  auto out = run_tool({"/usr/bin/nm", "-S", path});
+  if (!out)
+    return std::nullopt;
+  std::istringstream in(*out);
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream fields(line);
+    std::string value, size, type, name;
+    if (fields >> value >> size >> type >> name && name == symbol)
+      return std::pair{std::stoull(value, nullptr, 16), std::stoull(size, nullptr, 16)};
+  }
+  return std::nullopt;
+}
+
+// A capture taken inside the part GCC split off into krait_fixture_split.cold:
+// unwound (see the parameterized tests) and named after the function.
+TEST(SymbolizeTest, ColdPartsAreNamedAfterTheirFunction) {
+  ASSERT_CAPTURE(capture, "c-cold");
+  auto paths = unwind_fixtures::fixture_paths();
+  auto cold = nm_symbol(paths.c, "krait_fixture_split.cold");
+  ASSERT_TRUE(cold) << "GCC did not split krait_fixture_split.cold off";
+  auto leaf = oracle_address(*capture, capture->file.regs.ip);
+  ASSERT_TRUE(leaf);
+  ASSERT_GE(leaf->vaddr, cold->first);
+  ASSERT_LT(leaf->vaddr, cold->first + cold->second) << "the capture is not in the cold part";
+  unwind::ModuleCache cache;
+  NativeSymbolizer symbolizer;
+  Symbolized s = symbolize_capture(*capture, cache, symbolizer);
+  ASSERT_GE(s.frames.size(), 2u);
+  EXPECT_EQ(s.frames[0].back().function, "krait_fixture_split");
+  EXPECT_EQ(s.frames[0].back().system_name, "krait_fixture_split.cold");
+  EXPECT_EQ(s.frames[1].back().function, "main");
+
+  // CPython's own split eval loop: covered by CFI and named.
+  std::string libpython = "/root/.pyenv/versions/3.12.1/lib/libpython3.12.so.1.0";
+  auto eval_cold = nm_symbol(libpython, "_PyEval_EvalFrameDefault.cold");
+  ASSERT_TRUE(eval_cold) << "no _PyEval_EvalFrameDefault.cold in " << libpython;
+  auto file = unwind::ModuleFile::open(libpython);
+  ASSERT_TRUE(file.ok()) << file.error().message;
+  for (uint64_t offset : {uint64_t{0}, eval_cold->second / 2, eval_cold->second - 1}) {
+    uint64_t vaddr = eval_cold->first + offset;
+    EXPECT_TRUE((*file)->find_fde(vaddr)) << "no CFI at " << std::hex << vaddr;
+    NativeFrames frames = symbolizer.symbolize(**file, vaddr);
+    EXPECT_EQ(frames.back().function, "_PyEval_EvalFrameDefault") << describe(frames);
   }
 }
 

@@ -179,7 +179,7 @@ TEST_P(UnwindCaptureTest, MatchesGlibcBacktrace) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, UnwindCaptureTest,
-                         ::testing::Values("c-main", "c-thread", "cpp-main", "cpp-thread",
+                         ::testing::Values("c-main", "c-thread", "c-cold", "cpp-main", "cpp-thread",
                                            "python-main", "python-thread"),
                          [](const auto& info) {
                            std::string name = info.param;
