@@ -303,6 +303,11 @@ const std::vector<Option>& options() {
   using exporter::PyroscopeProtocol;
   static const std::vector<Option> kOptions = [] {
     std::vector<Option> o;
+    o.push_back(text(
+        "hostname", "--hostname", "NAME",
+        "Value of the hostname label (default: this host's name; in a Kubernetes pod, "
+        "pass the node's)",
+        [](auto& c) -> auto& { return c.hostname; }));
     o.push_back(choice<std::string>(
         "log_level", "--log-level", "Log level",
         {{"trace", "trace"},
@@ -780,6 +785,10 @@ exporter::UploadQueueOptions upload_queue_options(const DaemonConfig& config) {
   options.send_timeout =
       std::chrono::milliseconds(static_cast<int64_t>(std::ceil(config.pyroscope.timeout_s * 1000)));
   return options;
+}
+
+std::string effective_hostname(const DaemonConfig& config) {
+  return config.hostname.empty() ? host_name() : config.hostname;
 }
 
 exporter::DirectoryOutputOptions directory_output_options(const DaemonConfig& config) {

@@ -17,6 +17,8 @@
 //   application.name_regex        --app-name-regex RE    ""      (app_name.h)
 //   application.name_template     --app-name-template T  ""      (app_name.h)
 //   labels.<name> = "value"       --label NAME=VALUE     {}      (static labels)
+//   hostname                      --hostname NAME        ""      (the hostname label; empty:
+//                                                                 this host's name)
 //   upload.interval_s             --upload-interval S    15      (1..3600)
 //   upload.queue_max_bytes        --queue-max-bytes N    "64MiB" (integer, or a string with
 //                                                                 KiB/MiB/GiB, K/M/G)
@@ -109,6 +111,7 @@ struct DaemonConfig {
   std::string app_name_regex;
   std::string app_name_template;
   std::map<std::string, std::string> labels;
+  std::string hostname;  // empty: host_name()
   uint32_t upload_interval_s = 15;
   uint64_t queue_max_bytes = 64ull << 20;
   PyroscopeConfig pyroscope;
@@ -162,6 +165,8 @@ Result<std::string> read_secret(const SecretSource& source, std::string_view wha
 Result<exporter::PyroscopeOptions> pyroscope_options(const DaemonConfig& config);
 exporter::UploadQueueOptions upload_queue_options(const DaemonConfig& config);
 exporter::DirectoryOutputOptions directory_output_options(const DaemonConfig& config);
+// config.hostname, or this host's name (uname) when it is empty.
+std::string effective_hostname(const DaemonConfig& config);
 
 // Parses "64MiB", "1G", "512k", "1048576" (binary units; B optional).
 Result<uint64_t> parse_byte_size(std::string_view text);

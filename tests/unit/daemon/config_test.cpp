@@ -360,6 +360,35 @@ TEST(DaemonConfigTest, ParsesByteSizes) {
     EXPECT_FALSE(daemon::parse_byte_size(bad).ok()) << bad;
 }
 
+// The configurations the packages ship must be accepted as they are.
+TEST(DaemonConfigTest, ShippedConfigurationsAreValid) {
+  const std::string packaging = std::string(KRAIT_SOURCE_DIR) + "/packaging";
+  auto debian = read_file(packaging + "/krait.toml");
+  ASSERT_TRUE(debian.ok()) << debian.error().message;
+  const DaemonConfig config = must(daemon::parse_config_toml(*debian, "packaging/krait.toml"));
+  EXPECT_TRUE(daemon::validate(config).ok());
+  EXPECT_EQ(config.directory.path, "/var/lib/krait/profiles");
+
+  // The ConfigMap's krait.toml: the block under "krait.toml: |", indented.
+  auto manifest = read_file(packaging + "/kubernetes/krait-daemonset.yaml");
+  ASSERT_TRUE(manifest.ok()) << manifest.error().message;
+  const size_t start = manifest->find("  krait.toml: |\n");
+  ASSERT_NE(start, std::string::npos) << "no krait.toml in the ConfigMap";
+  std::string toml;
+  size_t at = manifest->find('\n', start) + 1;
+  while (at < manifest->size()) {
+    const size_t end = manifest->find('\n', at);
+    const std::string line = manifest->substr(at, end - at);
+    if (!line.empty() && !line.starts_with("    "))
+      break;
+    toml += (line.empty() ? "" : line.substr(4)) + "\n";
+    at = end == std::string::npos ? manifest->size() : end + 1;
+  }
+  const DaemonConfig k8s = must(daemon::parse_config_toml(toml, "ConfigMap krait.toml"));
+  EXPECT_TRUE(daemon::validate(k8s).ok());
+  EXPECT_FALSE(k8s.pyroscope.url.empty());
+}
+
 TEST(DaemonConfigTest, BuildsTheOutputOptions) {
   DaemonConfig c = everything_set();
   EXPECT_EQ(daemon::effective_hostname(c), "node-7");
