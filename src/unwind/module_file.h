@@ -12,7 +12,8 @@
 // A candidate is accepted when its build-id equals the file's, or, when the
 // file has no build-id, when its CRC-32 equals the one in .gnu_debuglink.
 //
-// Unwind tables are indexed on the first find_fde() call: .eh_frame of the
+// Unwind tables are indexed on first use (find_fde, has_unwind_info,
+// read_image): .eh_frame of the
 // file, then .debug_frame of the file, then .debug_frame of the debug file
 // (see CfiTable). A file without any of them has no unwind information.
 //

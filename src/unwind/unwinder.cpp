@@ -141,7 +141,9 @@ int access_mem(unw_addr_space_t, unw_word_t addr, unw_word_t* val, int write, vo
     if (&module != ctx.module &&
         module.file->read_image(module.file_address(addr), val, sizeof(unw_word_t)))
       return 0;
-  if (addr >= snapshot.stack_start + size && addr - snapshot.stack_start < kMaxStackSpan)
+  // Past the end of the copy (even partly): the stack goes on, uncopied.
+  if (addr >= snapshot.stack_start && addr - snapshot.stack_start < kMaxStackSpan &&
+      addr - snapshot.stack_start + sizeof(unw_word_t) > size)
     ctx.read_past_stack = true;
   return -UNW_EINVAL;
 }

@@ -349,7 +349,7 @@ TEST(SymbolizeTest, ColdPartsAreNamedAfterTheirFunction) {
   EXPECT_EQ(s.frames[1].back().function, "main");
 
   // CPython's own split eval loop: covered by CFI and named.
-  std::string libpython = "/root/.pyenv/versions/3.12.1/lib/libpython3.12.so.1.0";
+  std::string libpython = unwind_fixtures::fixture_paths().libpython;
   auto eval_cold = nm_symbol(libpython, "_PyEval_EvalFrameDefault.cold");
   ASSERT_TRUE(eval_cold) << "no _PyEval_EvalFrameDefault.cold in " << libpython;
   auto file = unwind::ModuleFile::open(libpython);

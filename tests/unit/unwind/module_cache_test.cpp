@@ -222,7 +222,7 @@ void expect_table_matches_readelf(const CfiTable& table, const std::vector<Oracl
 }
 
 TEST(CfiTableTest, EhFrameMatchesReadelf) {
-  std::string libpython = "/root/.pyenv/versions/3.12.1/lib/libpython3.12.so.1.0";
+  std::string libpython = unwind_fixtures::fixture_paths().libpython;
   for (const std::string& path : {unwind_fixtures::fixture_paths().cpp, libpython}) {
     auto elf = elf::ElfFile::open(path);
     ASSERT_TRUE(elf.ok()) << elf.error().message;
