@@ -12,6 +12,8 @@
 //   the debug file's .symtab, then .dynsym. Split parts keep their suffix
 //   ("_PyEval_EvalFrameDefault.cold", demangled C++ as "f() [clone .cold]").
 // An address nothing names gives one frame with an empty function name.
+// Debug files that dwz split (.gnu_debugaltlink, as Debian's -dbgsym
+// packages are) are read as far as libdw follows the link on its own.
 //
 // Return addresses: pass pc - 1 for every frame but the sampled one (and
 // the one interrupted by a signal), see unwind::UnwindResult::lookup_pc; a
