@@ -217,8 +217,14 @@ TEST(DaemonSupport, DirectoryOutputSurvivesAFullDisk) {
 TEST(DaemonSupport, ContainerPidOfAProcessInItsOwnPidNamespace) {
   require_root();
   SpawnOptions options;
-  options.argv = {"/usr/bin/unshare",         "--pid", "--fork", "--", "/bin/sh", "-c",
-                  "echo ready; exec sleep 60"};
+  // The process says it is ready itself, so nothing races an exec.
+  options.argv = {"/usr/bin/unshare",
+                  "--pid",
+                  "--fork",
+                  "--",
+                  "/usr/bin/python3",
+                  "-c",
+                  "import time; print('ready', flush=True); time.sleep(60)"};
   auto outer = ChildProcess::spawn(options);
   ASSERT_TRUE(outer.ok()) << outer.error().message;
   auto ready = outer->read_line(10s);
