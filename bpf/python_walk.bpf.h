@@ -18,6 +18,9 @@
  * inside it. */
 struct krait_scratch {
   struct krait_sample sample;
+  /* Continues sample.frames: kernel frames and the user stack copy follow the
+   * last Python frame in the record. */
+  __u8 tail[KRAIT_KERNEL_FRAMES_CAP * sizeof(__u64) + KRAIT_USER_STACK_CAP];
   __u8 tstate[KRAIT_TSTATE_READ_CAP + 8];
   __u8 frame[KRAIT_FRAME_READ_CAP + 8];
   __u8 code[KRAIT_CODE_READ_CAP + 8];

@@ -28,6 +28,12 @@ const volatile __u32 cfg_self_pid = 0;
 const volatile __u8 cfg_measure_cost = 0;
 /* --gil-only: threads that do not hold the GIL are not walked nor sent. */
 const volatile __u8 cfg_gil_only = 0;
+/* Mixed stacks: capture the kernel stack and the user registers and stack. */
+const volatile __u8 cfg_native = 0;
+const volatile __u8 cfg_kernel_stacks = 1;
+const volatile __u32 cfg_user_stack_bytes = KRAIT_USER_STACK_DEFAULT;
+/* --all-processes: non-Python processes are sampled too (native stacks). */
+const volatile __u8 cfg_all_processes = 0;
 /* --pid mode: processes absent from `procs` are not reported. */
 const volatile __u8 cfg_listed_only = 0;
 
@@ -72,12 +78,17 @@ struct {
 
 #include "python_walk.bpf.h"
 
+/* One slot per CPU (user space sizes it to the possible CPUs): the
+ * record is built here, too large for a per-CPU map value. The program runs
+ * in interrupt context, so a CPU's slot has one user at a time. */
 struct {
-  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+  __uint(type, BPF_MAP_TYPE_ARRAY);
   __uint(max_entries, 1);
   __type(key, __u32);
   __type(value, struct krait_scratch);
 } scratch SEC(".maps");
+
+#include "native_stack.bpf.h"
 
 static __always_inline void krait_fill_header(struct krait_event_header* h, __u32 type,
                                               __u64 pid_tgid) {
@@ -99,7 +110,8 @@ static __always_inline void krait_emit_small(__u32 type, __u64 pid_tgid) {
   bpf_ringbuf_submit(e, 0);
 }
 
-/* Returns the process's info if its samples should be recorded. */
+/* The process's info when user space attached or refused it; 0 otherwise,
+ * after reporting a pid user space has not classified (rate-limited). */
 static __always_inline struct krait_proc_info* krait_classify(__u32 pid, __u64 pid_tgid) {
   struct krait_proc_info* proc = bpf_map_lookup_elem(&procs, &pid);
   __u64 now;
@@ -132,34 +144,39 @@ int krait_sample(struct bpf_perf_event_data* ctx) {
   __u64 pid_tgid = bpf_get_current_pid_tgid();
   __u32 pid = pid_tgid >> 32;
   __u32 tid = (__u32)pid_tgid;
-  __u32 zero = 0;
 
   krait_count(KRAIT_CNT_RUNS);
   if (pid == 0 || pid == cfg_self_pid)
     return 0;
 
   struct krait_proc_info* proc = krait_classify(pid, pid_tgid);
-  if (!proc)
+  if (!proc && !cfg_all_processes)
     return 0;
 
-  struct krait_scratch* s = bpf_map_lookup_elem(&scratch, &zero);
+  __u32 cpu = bpf_get_smp_processor_id();
+  struct krait_scratch* s = bpf_map_lookup_elem(&scratch, &cpu);
   if (!s) {
     krait_count(KRAIT_CNT_SCRATCH_MISSING);
     return 0;
   }
+  struct task_struct* task = bpf_get_current_task_btf();
   struct krait_sample* sample = &s->sample;
   krait_fill_header(&sample->hdr, KRAIT_EVENT_SAMPLE, pid_tgid);
-  sample->proc_generation = proc->generation;
+  sample->proc_generation = proc ? proc->generation : 0;
   sample->py_status = KRAIT_PY_OK;
   sample->py_flags = 0;
   sample->py_nframes = 0;
   sample->tstate = 0;
+  sample->kernel_nframes = 0;
+  sample->native_flags = 0;
+  sample->user_stack_size = 0;
   bpf_get_current_comm(sample->comm, sizeof(sample->comm));
 
-  if (proc->mode == KRAIT_PROC_REFUSED) {
+  if (!proc) {
+    sample->py_status = KRAIT_PY_NOT_PYTHON;
+  } else if (proc->mode == KRAIT_PROC_REFUSED) {
     sample->py_status = KRAIT_PY_PROC_REFUSED;
   } else {
-    struct task_struct* task = bpf_get_current_task_btf();
     __u64 fsbase = BPF_CORE_READ(task, thread.fsbase);
     __u64 tstate = 0;
     __u16 flags = 0;
@@ -177,12 +194,20 @@ int krait_sample(struct bpf_perf_event_data* ctx) {
       krait_walk_frames(s, proc, pid, cfg_max_depth);
     }
   }
+  if (cfg_native)
+    krait_capture_native(s, ctx, task, cfg_kernel_stacks, cfg_user_stack_bytes);
 
   sample->cost_ns = cfg_measure_cost ? (__u32)(bpf_ktime_get_ns() - start_ns) : 0;
   __u32 n = sample->py_nframes;
   if (n > KRAIT_PY_FRAMES_CAP)
     n = KRAIT_PY_FRAMES_CAP;
-  if (bpf_ringbuf_output(&events, sample, KRAIT_SAMPLE_SIZE(n), 0)) {
+  __u32 k = sample->kernel_nframes;
+  if (k > KRAIT_KERNEL_FRAMES_CAP)
+    k = KRAIT_KERNEL_FRAMES_CAP;
+  __u32 m = sample->user_stack_size;
+  if (m > KRAIT_USER_STACK_CAP)
+    m = KRAIT_USER_STACK_CAP;
+  if (bpf_ringbuf_output(&events, sample, KRAIT_SAMPLE_SIZE(n, k, m), 0)) {
     krait_count(KRAIT_CNT_RINGBUF_FULL);
     return 0;
   }

@@ -66,7 +66,8 @@ struct krait_event_header {
 #define KRAIT_PY_READ_FAULT_FRAME 6  /* a frame was unreadable */
 #define KRAIT_PY_READ_FAULT_CODE 7   /* a code object was unreadable */
 #define KRAIT_PY_BAD_CODE_OBJECT 8   /* a frame's code is not a code object: layout mismatch */
-#define KRAIT_PY_STATUS_COUNT 9
+#define KRAIT_PY_NOT_PYTHON 9        /* --all-processes: a process that is not Python */
+#define KRAIT_PY_STATUS_COUNT 10
 
 /* krait_sample.py_flags */
 #define KRAIT_PYF_TRUNCATED 0x1     /* more frames than the depth limit */
@@ -86,6 +87,24 @@ struct krait_py_frame {
   __u32 instr; /* see KRAIT_FRAME_ENTRY */
 };
 
+/* x86_64 user registers at the sample (from the task's saved pt_regs), the
+ * ones DWARF CFI can refer to. */
+struct krait_user_regs {
+  __u64 ip, sp, bp, bx, r12, r13, r14, r15;
+  __u64 ax, cx, dx, si, di, r8, r9, r10, r11;
+};
+
+/* krait_sample.native_flags */
+#define KRAIT_NATIVE_CAPTURED 0x1    /* user_regs and the stack copy are valid */
+#define KRAIT_NATIVE_STACK_SHORT 0x2 /* the copy stopped before the requested size (top of stack) */
+#define KRAIT_NATIVE_NO_USER 0x4     /* a kernel thread: no user context */
+#define KRAIT_NATIVE_KERNEL_FAULT 0x8 /* the kernel stack could not be read */
+
+/* Bounds of the variable parts of a sample record. */
+#define KRAIT_KERNEL_FRAMES_CAP 128
+#define KRAIT_USER_STACK_CAP 65536
+#define KRAIT_USER_STACK_DEFAULT 16384
+
 struct krait_sample {
   struct krait_event_header hdr;
   __u32 proc_generation; /* krait_proc_info.generation the walk used */
@@ -95,12 +114,21 @@ struct krait_sample {
   __u32 cost_ns;    /* sampler time spent on this sample (0 unless cost measurement is on) */
   __u64 tstate;
   char comm[KRAIT_COMM_LEN]; /* the thread's name */
+  /* Native stacks (mixed mode): the record continues after frames[py_nframes]
+   * with __u64 kernel_ips[kernel_nframes] (leaf first), then
+   * __u8 user_stack[user_stack_size] copied from user_regs.sp upwards. */
+  __u16 kernel_nframes;
+  __u16 native_flags;
+  __u32 user_stack_size;
+  struct krait_user_regs user_regs;
   struct krait_py_frame frames[KRAIT_PY_FRAMES_CAP];
 };
 
-/* Bytes of a sample record carrying n Python frames. */
-#define KRAIT_SAMPLE_SIZE(n) \
-  (sizeof(struct krait_sample) - sizeof(struct krait_py_frame) * (KRAIT_PY_FRAMES_CAP - (n)))
+/* Bytes of a sample record with n Python frames, k kernel frames and m bytes
+ * of user stack. */
+#define KRAIT_SAMPLE_SIZE(n, k, m)                                                             \
+  (sizeof(struct krait_sample) - sizeof(struct krait_py_frame) * (KRAIT_PY_FRAMES_CAP - (n)) + \
+   (k) * sizeof(__u64) + (m))
 
 struct krait_exec_event {
   struct krait_event_header hdr;

@@ -7,9 +7,11 @@
 
 static_assert(sizeof(krait_event_header) == 24);
 static_assert(sizeof(krait_py_frame) == 16);
-static_assert(offsetof(krait_sample, frames) == 64);
-static_assert(sizeof(krait_sample) == 64 + 16 * KRAIT_PY_FRAMES_CAP);
-static_assert(KRAIT_SAMPLE_SIZE(0) == 64);
+static_assert(offsetof(krait_sample, frames) == 208);
+static_assert(sizeof(krait_sample) == 208 + 16 * KRAIT_PY_FRAMES_CAP);
+static_assert(sizeof(krait_user_regs) == 136);
+static_assert(KRAIT_SAMPLE_SIZE(0, 0, 0) == 208);
+static_assert(KRAIT_SAMPLE_SIZE(2, 3, 100) == 208 + 32 + 24 + 100);
 static_assert(sizeof(krait_exec_event) == 40);
 static_assert(offsetof(krait_sample, cost_ns) == 36);
 static_assert(sizeof(krait_py_layout) == 56);
@@ -17,4 +19,4 @@ static_assert(sizeof(krait_code_event) == 440);
 static_assert(sizeof(krait_seen_slot) == 16);
 static_assert(sizeof(krait_proc_info) == 96);
 static_assert(sizeof(krait_thread_entry) == 24);
-static_assert(KRAIT_PY_STATUS_COUNT == 9);
+static_assert(KRAIT_PY_STATUS_COUNT == 10);

@@ -100,6 +100,9 @@ void Sampler::LinkDeleter::operator()(bpf_link* link) const {
 Result<std::unique_ptr<Sampler>> Sampler::open_and_load(const SamplerConfig& config) {
   if (config.frequency_hz == 0 || config.frequency_hz > 100000)
     return make_error("sampling frequency {} Hz is out of range (1-100000)", config.frequency_hz);
+  if (config.user_stack_bytes > KRAIT_USER_STACK_CAP || config.user_stack_bytes % 8 != 0)
+    return make_error("user stack copy size {} must be a multiple of 8 up to {}",
+                      config.user_stack_bytes, KRAIT_USER_STACK_CAP);
   if (config.max_depth == 0 || config.max_depth > KRAIT_PY_FRAMES_CAP)
     return make_error("stack depth limit {} is out of range (1-{})", config.max_depth,
                       KRAIT_PY_FRAMES_CAP);
@@ -116,11 +119,21 @@ Result<std::unique_ptr<Sampler>> Sampler::open_and_load(const SamplerConfig& con
   skel->rodata->cfg_listed_only = config.listed_only ? 1 : 0;
   skel->rodata->cfg_measure_cost = config.measure_cost ? 1 : 0;
   skel->rodata->cfg_gil_only = config.gil_only ? 1 : 0;
+  skel->rodata->cfg_native = config.native ? 1 : 0;
+  skel->rodata->cfg_kernel_stacks = config.kernel_stacks ? 1 : 0;
+  skel->rodata->cfg_user_stack_bytes = config.user_stack_bytes;
+  skel->rodata->cfg_all_processes = config.all_processes ? 1 : 0;
+  const int cpus = libbpf_num_possible_cpus();
+  if (cpus <= 0)
+    return make_error("cannot count the possible CPUs: {}", errno_text(cpus));
+  if (int err = bpf_map__set_max_entries(skel->maps.scratch, static_cast<uint32_t>(cpus)))
+    return make_error("sizing the per-CPU scratch map: {}", errno_text(err));
   if (int err = bpf_map__set_max_entries(skel->maps.events, config.ring_buffer_bytes))
     return make_error("ring buffer size {}: {}", config.ring_buffer_bytes, errno_text(err));
 
   if (int err = sampler_bpf__load(skel)) {
-    if (err == -EPERM || err == -EACCES)
+    // Capabilities were checked before: EACCES here is the verifier.
+    if (err == -EPERM)
       return make_error(
           "loading the BPF sampler was refused ({}): krait needs CAP_BPF and CAP_PERFMON (or "
           "root); run it with sudo",

@@ -32,6 +32,11 @@ struct SamplerConfig {
   bool listed_only = false;   // --pid mode
   bool measure_cost = false;  // fill krait_sample.cost_ns
   bool gil_only = false;      // skip threads that do not hold the GIL
+  // Mixed stacks: kernel stack, user registers and a copy of the user stack.
+  bool native = false;
+  bool kernel_stacks = true;
+  uint32_t user_stack_bytes = KRAIT_USER_STACK_DEFAULT;
+  bool all_processes = false;  // also sample processes that are not Python
   EventSource source = EventSource::kAuto;
 };
 

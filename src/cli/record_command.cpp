@@ -36,6 +36,19 @@ Runner add_record_command(CLI::App& app) {
       ->check(CLI::ExistingFile);
   cmd->add_option("--ready-fd", opts->ready_fd,
                   "Write \"ready\" to this fd once sampling runs (for scripts and tests)");
+  std::map<std::string, record::StackMode> stacks{{"python", record::StackMode::kPython},
+                                                  {"mixed", record::StackMode::kMixed}};
+  cmd->add_option("--stacks", opts->stacks,
+                  "mixed: Python, native and kernel frames in one stack (default); python: "
+                  "Python frames only")
+      ->transform(CLI::CheckedTransformer(stacks, CLI::ignore_case));
+  cmd->add_flag("!--no-kernel", opts->kernel_stacks, "Mixed stacks without kernel frames");
+  cmd->add_flag("--all-processes", opts->all_processes,
+                "Also record processes that are not Python (native and kernel stacks)");
+  cmd->add_option("--user-stack-size", opts->user_stack_bytes,
+                  "Bytes of user stack copied per sample for native unwinding")
+      ->check(CLI::Range(1024, KRAIT_USER_STACK_CAP))
+      ->capture_default_str();
   cmd->add_flag("--gil-only", opts->gil_only,
                 "Record only threads that hold the GIL (samples are labelled gil=held|released)");
   cmd->add_option("--stats-json", opts->stats_json,

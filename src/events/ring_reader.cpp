@@ -42,13 +42,19 @@ int RingReader::dispatch(const void* data, size_t size) {
   const auto* header = static_cast<const krait_event_header*>(data);
   switch (header->type) {
     case KRAIT_EVENT_SAMPLE: {
-      if (size < KRAIT_SAMPLE_SIZE(0))
+      if (size < KRAIT_SAMPLE_SIZE(0, 0, 0))
         break;
       const auto* sample = static_cast<const krait_sample*>(data);
-      const size_t room = (size - KRAIT_SAMPLE_SIZE(0)) / sizeof(krait_py_frame);
-      if (sample->py_nframes > room || sample->py_nframes > KRAIT_PY_FRAMES_CAP)
+      const size_t n = sample->py_nframes, k = sample->kernel_nframes, m = sample->user_stack_size;
+      if (n > KRAIT_PY_FRAMES_CAP || k > KRAIT_KERNEL_FRAMES_CAP || m > KRAIT_USER_STACK_CAP ||
+          size < KRAIT_SAMPLE_SIZE(n, k, m))
         break;
-      handler_.on_sample(SampleView{*sample, {sample->frames, sample->py_nframes}});
+      // The kernel frames and the stack copy follow the last Python frame.
+      const auto* tail = reinterpret_cast<const uint8_t*>(sample->frames + n);
+      handler_.on_sample(SampleView{*sample,
+                                    {sample->frames, n},
+                                    {reinterpret_cast<const uint64_t*>(tail), k},
+                                    {tail + k * sizeof(uint64_t), m}});
       return 0;
     }
     case KRAIT_EVENT_EXEC:

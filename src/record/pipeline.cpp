@@ -6,6 +6,8 @@
 #include <cstring>
 #include <ctime>
 
+#include "util/files.h"
+
 namespace krait::record {
 namespace {
 
@@ -13,6 +15,16 @@ namespace {
 // a process that creates them without end must not grow krait without end.
 constexpr size_t kMaxCodesPerProcess = 200'000;
 constexpr size_t kMaxFrameCache = 1'000'000;
+// A sample outside the known mappings reloads them, at most this often.
+constexpr uint64_t kModuleReloadNs = 100'000'000;
+
+std::string process_comm(int pid) {
+  auto comm = read_file("/proc/" + std::to_string(pid) + "/comm");
+  std::string name = comm ? *comm : "?";
+  while (!name.empty() && name.back() == '\n')
+    name.pop_back();
+  return name;
+}
 
 }  // namespace
 
@@ -42,27 +54,29 @@ std::string_view py_status_description(uint32_t status) {
       return "code object unreadable";
     case KRAIT_PY_BAD_CODE_OBJECT:
       return "frame without a code object";
+    case KRAIT_PY_NOT_PYTHON:
+      return "not a Python process";
     default:
       return "unknown status";
   }
 }
 
-Pipeline::Pipeline(ProcessTracker& tracker, profile::Profile& profile, uint32_t max_depth)
-    : tracker_(tracker), profile_(profile), max_depth_(max_depth) {}
+Pipeline::Pipeline(ProcessTracker& tracker, JobQueue& queue, PipelineOptions options,
+                   unwind::ModuleCache* modules)
+    : tracker_(tracker), queue_(queue), options_(options), module_cache_(modules) {}
 
-profile::FrameId Pipeline::synthetic_frame(const std::string& name) {
+FrameRef Pipeline::synthetic_frame(const std::string& name) {
   auto it = synthetic_.find(name);
   if (it != synthetic_.end())
     return it->second;
-  profile::Frame f;
-  f.kind = profile::FrameKind::kSynthetic;
-  f.function = name;
-  profile::FrameId id = profile_.intern_frame(f);
-  synthetic_.emplace(name, id);
-  return id;
+  auto f = std::make_shared<profile::Frame>();
+  f->kind = profile::FrameKind::kSynthetic;
+  f->function = name;
+  synthetic_.emplace(name, f);
+  return f;
 }
 
-profile::FrameId Pipeline::python_frame(TrackedProcess& p, const krait_py_frame& frame) {
+FrameRef Pipeline::python_frame(TrackedProcess& p, const krait_py_frame& frame) {
   const uint32_t instr = frame.instr & KRAIT_FRAME_INSTR_MASK;
   FrameKey key{p.generation, frame.token, frame.code, instr};
   if (auto it = frames_.find(key); it != frames_.end())
@@ -99,46 +113,96 @@ profile::FrameId Pipeline::python_frame(TrackedProcess& p, const krait_py_frame&
     return synthetic_frame("[unknown Python code: object freed before it was read]");
   }
   const python::CodeInfo& info = *code->second;
-  profile::Frame f;
-  f.kind = profile::FrameKind::kPython;
-  f.function = info.name;
-  f.file = info.filename;
-  f.start_line = info.firstlineno;
+  auto f = std::make_shared<profile::Frame>();
+  f->kind = profile::FrameKind::kPython;
+  f->function = info.name;
+  f->file = info.filename;
+  f->start_line = info.firstlineno;
   int32_t line = info.line_at(*p.attachment.layout, instr);
-  f.line = line < 0 ? 0 : line;
-  profile::FrameId id = profile_.intern_frame(f);
+  f->line = line < 0 ? 0 : line;
   if (frames_.size() >= kMaxFrameCache)
     frames_.clear();
-  frames_.emplace(key, id);
-  return id;
+  frames_.emplace(key, f);
+  return f;
 }
 
-profile::LabelSetId Pipeline::labels_for(const TrackedProcess& p, uint32_t tid, const char* comm,
-                                         uint16_t py_flags) {
+LabelsRef Pipeline::labels_for(uint64_t key, int pid, const std::string& process_name,
+                               const std::string* python_version, uint32_t tid, const char* comm,
+                               uint16_t py_flags) {
   std::string thread(comm, strnlen(comm, KRAIT_COMM_LEN));
   const char* gil = !(py_flags & KRAIT_PYF_GIL_KNOWN) ? ""
                     : (py_flags & KRAIT_PYF_GIL_HELD) ? "held"
                                                       : "released";
-  std::string key = fmt::format("{}/{}/{}/{}", p.generation, tid, gil, thread);
-  if (auto it = labels_.find(key); it != labels_.end())
+  std::string cache_key = fmt::format("{}/{}/{}/{}", key, tid, gil, thread);
+  if (auto it = labels_.find(cache_key); it != labels_.end())
     return it->second;
-  profile::Labels labels{{"pid", std::to_string(p.pid)},
-                         {"tid", std::to_string(tid)},
-                         {"thread_name", thread},
-                         {"process_name", p.name}};
-  if (p.attachment.version)
-    labels.emplace_back("python_version", p.attachment.version->str());
+  auto labels = std::make_shared<profile::Labels>(profile::Labels{{"pid", std::to_string(pid)},
+                                                                  {"tid", std::to_string(tid)},
+                                                                  {"thread_name", thread},
+                                                                  {"process_name", process_name}});
+  if (python_version)
+    labels->emplace_back("python_version", *python_version);
   if (*gil)
-    labels.emplace_back("gil", gil);
-  profile::LabelSetId id = profile_.intern_labels(std::move(labels));
-  labels_.emplace(std::move(key), id);
-  return id;
+    labels->emplace_back("gil", gil);
+  std::sort(labels->begin(), labels->end());
+  labels_.emplace(std::move(cache_key), labels);
+  return labels;
+}
+
+std::shared_ptr<const unwind::ProcessModules> Pipeline::modules_for(
+    int pid, std::shared_ptr<const unwind::ProcessModules>& cached, uint64_t& loaded_ns,
+    uint64_t ip) {
+  const uint64_t now = monotonic_ns();
+  const bool stale = cached && !cached->find(ip) && now - loaded_ns > kModuleReloadNs;
+  if ((!cached || stale) && module_cache_) {
+    auto loaded = unwind::ProcessModules::load(pid, *module_cache_);
+    if (loaded) {
+      cached = std::make_shared<const unwind::ProcessModules>(std::move(*loaded));
+      loaded_ns = now;
+    }
+  }
+  return cached;
+}
+
+void Pipeline::add_native(const events::SampleView& view, SampleJob& job,
+                          std::shared_ptr<const unwind::ProcessModules>& cached,
+                          uint64_t& loaded_ns) {
+  const krait_sample& s = view.sample;
+  job.native = true;
+  job.native_flags = s.native_flags;
+  job.kernel_ips.assign(view.kernel_ips.begin(), view.kernel_ips.end());
+  if (s.native_flags & KRAIT_NATIVE_CAPTURED) {
+    job.regs = s.user_regs;
+    job.user_stack.assign(view.user_stack.begin(), view.user_stack.end());
+    job.modules = modules_for(static_cast<int>(s.hdr.pid), cached, loaded_ns, s.user_regs.ip);
+  }
+}
+
+void Pipeline::submit(SampleJob job) {
+  if (!queue_.push(std::move(job)))
+    ++stats_.queue_full;
 }
 
 void Pipeline::on_sample(const events::SampleView& view) {
   const krait_sample& s = view.sample;
   ++stats_.samples;
-  TrackedProcess* p = tracker_.find(static_cast<pid_t>(s.hdr.pid));
+  const int pid = static_cast<int>(s.hdr.pid);
+
+  if (s.py_status == KRAIT_PY_NOT_PYTHON) {  // --all-processes
+    ++stats_.native_samples;
+    OtherProcess& other = others_[pid];
+    if (other.name.empty())
+      other.name = process_comm(pid);
+    SampleJob job;
+    job.process_key = (uint64_t{1} << 63) | static_cast<uint32_t>(pid);
+    job.labels = labels_for(job.process_key, pid, other.name, nullptr, s.hdr.tid, s.comm, 0);
+    if (options_.native)
+      add_native(view, job, other.modules, other.modules_loaded_ns);
+    submit(std::move(job));
+    return;
+  }
+
+  TrackedProcess* p = tracker_.find(pid);
   if (!p || p->generation != s.proc_generation) {
     ++stats_.stale_samples;
     return;
@@ -152,29 +216,49 @@ void Pipeline::on_sample(const events::SampleView& view) {
   if (s.cost_ns && stats_.sampler_cost_ns.size() < kMaxCostSamples)
     stats_.sampler_cost_ns.push_back(s.cost_ns);
 
-  stack_.clear();
+  SampleJob job;
+  job.process_key = p->generation;
+  job.python_process = true;
+  const std::string* version = nullptr;
+  std::string version_text;
+  if (p->attachment.version) {
+    version_text = p->attachment.version->str();
+    version = &version_text;
+  }
+  job.labels = labels_for(p->generation, p->pid, p->name, version, s.hdr.tid, s.comm, s.py_flags);
+  const bool every_entry = p->attachment.layout && p->attachment.layout->every_frame_is_entry;
+  job.python.reserve(view.frames.size());
   for (const krait_py_frame& f : view.frames)
-    stack_.push_back(python_frame(*p, f));
+    job.python.push_back({python_frame(*p, f), every_entry || (f.instr & KRAIT_FRAME_ENTRY)});
   if (s.py_flags & KRAIT_PYF_TRUNCATED) {
     ++p->stats.truncated;
-    stack_.push_back(
-        synthetic_frame(fmt::format("[truncated: deeper than {} frames]", max_depth_)));
+    job.python_truncated = true;
+    job.python_reasons.push_back(
+        synthetic_frame(fmt::format("[truncated: deeper than {} frames]", options_.max_depth)));
   }
-  if (status != KRAIT_PY_OK) {
-    stack_.push_back(synthetic_frame(fmt::format("[{}]", py_status_description(status))));
-  } else if (stack_.empty()) {
-    stack_.push_back(synthetic_frame("[no Python frame running]"));
-  }
-  profile_.add_sample(stack_, labels_for(*p, s.hdr.tid, s.comm, s.py_flags));
+  // In mixed mode a thread without Python state or frames is just a native
+  // thread: its native stack says what it runs.
+  const bool native_explains =
+      options_.native && (status == KRAIT_PY_NO_THREAD_STATE || status == KRAIT_PY_NO_INTERPRETER);
+  if (status != KRAIT_PY_OK && !native_explains)
+    job.python_reasons.push_back(
+        synthetic_frame(fmt::format("[{}]", py_status_description(status))));
+  else if (status == KRAIT_PY_OK && view.frames.empty() && !options_.native)
+    job.python_reasons.push_back(synthetic_frame("[no Python frame running]"));
+  if (options_.native)
+    add_native(view, job, p->modules, p->modules_loaded_ns);
+  submit(std::move(job));
 }
 
 void Pipeline::on_exec(const krait_exec_event& event) {
   ++stats_.exec_events;
+  others_.erase(static_cast<int>(event.hdr.pid));
   tracker_.on_exec(static_cast<pid_t>(event.hdr.pid), monotonic_ns());
 }
 
 void Pipeline::on_exit(const krait_event_header& event) {
   ++stats_.exit_events;
+  others_.erase(static_cast<int>(event.pid));
   tracker_.on_exit(static_cast<pid_t>(event.pid));
 }
 

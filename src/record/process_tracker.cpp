@@ -29,8 +29,12 @@ krait_proc_info ignore_until(uint64_t when_ns) {
 // Interpreter start-up takes milliseconds; a program that links libpython
 // but never starts it should not be polled forever at that pace.
 uint64_t not_yet_backoff_ns(int retries) {
+  // The first tries follow the sampler (the next sample of the process asks
+  // again): a process that lives 200 ms cannot wait for a back-off.
+  if (retries < 100)
+    return 0;
   const uint64_t base = 10'000'000ull;  // 10 ms
-  return std::min<uint64_t>(base << std::min(retries, 8), 2'000'000'000ull);
+  return std::min<uint64_t>(base << std::min(retries - 100, 8), 2'000'000'000ull);
 }
 
 }  // namespace
@@ -66,6 +70,7 @@ void ProcessTracker::retire(pid_t pid) {
     p.codes.clear();
     p.captured.clear();
     p.memory.reset();
+    p.modules.reset();
   }
   current_.erase(it);
 }

@@ -24,6 +24,7 @@
 #include "proc/memory.h"
 #include "python/attach.h"
 #include "python/code_reader.h"
+#include "unwind/process_modules.h"
 
 namespace krait::record {
 
@@ -68,6 +69,10 @@ struct TrackedProcess {
   // Names the sampler captured at first sight, used when the live read fails.
   std::unordered_map<CodeKey, python::CodeInfo, CodeKeyHash> captured;
   std::unique_ptr<proc::RemoteMemory> memory;
+  // Mixed stacks: the process's executable mappings, reloaded when a sample
+  // runs code outside them (dlopen).
+  std::shared_ptr<const unwind::ProcessModules> modules;
+  uint64_t modules_loaded_ns = 0;
 };
 
 struct TrackerOptions {

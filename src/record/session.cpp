@@ -19,12 +19,17 @@
 #include "profile/profile.h"
 #include "record/pipeline.h"
 #include "record/process_tracker.h"
+#include "record/stack_builder.h"
 #include "record/summary.h"
 #include "util/files.h"
 #include "util/unique_fd.h"
 
 namespace krait::record {
 namespace {
+
+// Samples waiting for the stack builder; with native stacks a job is about
+// the size of its stack copy.
+constexpr size_t kJobQueueBytes = 256u << 20;
 
 class SamplerSink final : public ProcessMapSink {
  public:
@@ -164,6 +169,25 @@ Result<int> run_record(const RecordOptions& o) {
   cfg.source = o.event;
   cfg.measure_cost = o.measure_cost;
   cfg.gil_only = o.gil_only;
+  cfg.native = o.stacks == StackMode::kMixed;
+  cfg.kernel_stacks = o.kernel_stacks;
+  cfg.user_stack_bytes = o.user_stack_bytes;
+  cfg.all_processes = o.all_processes;
+  {
+    // Room for about a second of samples on every CPU before the reader
+    // must catch up; a stack copy makes a record ~20x larger.
+    const long cpus = std::max(1L, ::sysconf(_SC_NPROCESSORS_CONF));
+    uint64_t want = static_cast<uint64_t>(cpus) * o.frequency_hz *
+                    (cfg.native ? o.user_stack_bytes + 4096 : 1024);
+    uint64_t ring = 8u << 20;
+    while (ring < want && ring < (512u << 20))
+      ring <<= 1;
+    cfg.ring_buffer_bytes = static_cast<uint32_t>(ring);
+  }
+  if (o.all_processes && !cfg.native)
+    return make_error("--all-processes records native stacks: it needs --stacks mixed");
+  if (o.all_processes && !o.pids.empty())
+    return make_error("--all-processes and --pid exclude each other");
   auto sampler = bpf::Sampler::open_and_load(cfg);
   if (!sampler)
     return sampler.error();
@@ -173,7 +197,21 @@ Result<int> run_record(const RecordOptions& o) {
   profile::ProfileMeta meta;
   meta.period_ns = static_cast<int64_t>(1'000'000'000ull / o.frequency_hz);
   profile::Profile profile(std::move(meta));
-  Pipeline pipeline(tracker, profile, o.max_depth);
+  // The stack builder owns the profile until it is joined; the reader only
+  // names Python frames and queues the rest.
+  unwind::ModuleCache module_cache;
+  BuilderOptions bopts;
+  bopts.native = cfg.native;
+  bopts.kernel = o.kernel_stacks;
+  auto builder = StackBuilder::create(profile, bopts);
+  if (!builder)
+    return builder.error();
+  JobQueue queue(kJobQueueBytes);
+  BuilderThread builder_thread(**builder, queue);
+  PipelineOptions popts;
+  popts.max_depth = o.max_depth;
+  popts.native = cfg.native;
+  Pipeline pipeline(tracker, queue, popts, &module_cache);
   auto reader = events::RingReader::create((*sampler)->events_fd(), pipeline);
   if (!reader)
     return reader.error();
@@ -248,6 +286,7 @@ Result<int> run_record(const RecordOptions& o) {
 
   // No new samples; then everything the kernel already holds.
   (*sampler)->stop();
+  // From here on the profile waits for the builder to finish.
   for (;;) {
     auto r = (*reader)->consume();
     if (!r)
@@ -266,7 +305,9 @@ Result<int> run_record(const RecordOptions& o) {
   facts.counters = (*sampler)->counters();
   facts.malformed_records = (*reader)->malformed();
   facts.bpf_runs = (*sampler)->run_stats();
-  const RunSummary run_summary = build_summary(facts, tracker, pipeline.stats());
+  builder_thread.finish();
+  const RunSummary run_summary =
+      build_summary(facts, tracker, pipeline.stats(), (*builder)->stats());
   auto summary = summary_text(run_summary);
 
   profile.meta().start_time_unix_ns = start_unix;

@@ -18,6 +18,7 @@
 namespace krait::record {
 
 enum class OutputFormat : uint8_t { kPprof, kFolded };
+enum class StackMode : uint8_t { kPython, kMixed };
 
 struct RecordOptions {
   std::optional<double> duration_s;  // nullopt: until SIGINT/SIGTERM
@@ -33,6 +34,10 @@ struct RecordOptions {
   std::string stats_json;                  // write the run summary as JSON here
   bool measure_cost = false;               // time every walk (benchmarks)
   bool gil_only = false;                   // only samples of threads holding the GIL
+  StackMode stacks = StackMode::kMixed;    // Python frames only, or with native and kernel
+  bool kernel_stacks = true;               // mixed: kernel frames too
+  uint32_t user_stack_bytes = KRAIT_USER_STACK_DEFAULT;
+  bool all_processes = false;  // also processes that are not Python
 };
 
 // Returns the process exit status (0, or 1 when nothing could be

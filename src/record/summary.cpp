@@ -28,10 +28,11 @@ CostQuantiles quantiles(std::vector<uint32_t> c) {
 }  // namespace
 
 RunSummary build_summary(const RunFacts& run, const ProcessTracker& tracker,
-                         const PipelineStats& pipeline) {
+                         const PipelineStats& pipeline, const BuilderStats& builder) {
   RunSummary s;
   s.run = run;
-  s.python_samples = pipeline.samples - pipeline.stale_samples;
+  s.native_samples = pipeline.native_samples;
+  s.python_samples = pipeline.samples - pipeline.stale_samples - pipeline.native_samples;
   if (!pipeline.sampler_cost_ns.empty())
     s.sampler_cost = quantiles(pipeline.sampler_cost_ns);
 
@@ -48,6 +49,8 @@ RunSummary build_summary(const RunFacts& run, const ProcessTracker& tracker,
     ps.exited = p.state == ProcessState::kExited;
     ps.reason = ps.profiled ? "" : p.reason;
     ps.stats = p.stats;
+    if (auto u = builder.unwinding.find(p.generation); u != builder.unwinding.end())
+      ps.unwinding = u->second;
     if (!ps.profiled && a.status != python::AttachStatus::kRefused)
       continue;  // never decided
     if (ps.profiled) {
@@ -79,6 +82,10 @@ RunSummary build_summary(const RunFacts& run, const ProcessTracker& tracker,
   if (run.counters[KRAIT_CNT_CODE_CAPTURES_LOST])
     s.losses["code object names not captured: ring buffer full"] +=
         run.counters[KRAIT_CNT_CODE_CAPTURES_LOST];
+  if (pipeline.queue_full)
+    s.losses["dropped: the stack builder fell behind (queue full)"] += pipeline.queue_full;
+  for (const auto& [reason, n] : builder.reasons)
+    s.losses[reason] += n;
   if (run.malformed_records)
     s.losses["malformed ring buffer records"] += run.malformed_records;
 
@@ -125,9 +132,14 @@ std::vector<std::string> summary_text(const RunSummary& s) {
                                 "SAMPLES", "OFFSETS"));
       header = true;
     }
-    out.push_back(fmt::format("  {:>8}  {:<16} {:<8} {:>8}  {}{}", p.pid, p.name,
+    std::string unwound;
+    if (p.unwinding.unwinds)
+      unwound = fmt::format(", native stacks complete {:.1f}%",
+                            100.0 * static_cast<double>(p.unwinding.reached_root) /
+                                static_cast<double>(p.unwinding.unwinds));
+    out.push_back(fmt::format("  {:>8}  {:<16} {:<8} {:>8}  {}{}{}", p.pid, p.name,
                               p.python_version.empty() ? "?" : p.python_version, p.stats.samples,
-                              p.offsets, p.exited ? " (exited)" : ""));
+                              p.offsets, unwound, p.exited ? " (exited)" : ""));
   }
   if (s.losses.empty()) {
     out.push_back("  no sample dropped or truncated");
@@ -152,6 +164,7 @@ std::string summary_json(const RunSummary& s) {
   w.key("event").value(s.run.event);
   w.key("cpus").value(static_cast<int64_t>(s.run.cpus));
   w.key("python_samples").value(static_cast<int64_t>(s.python_samples));
+  w.key("native_samples").value(static_cast<int64_t>(s.native_samples));
   w.key("bpf_runs").value(static_cast<int64_t>(s.run.bpf_runs.runs));
   w.key("bpf_run_time_ns").value(static_cast<int64_t>(s.run.bpf_runs.run_time_ns));
   w.key("krait_cpu_seconds").value(s.krait_cpu_seconds);
@@ -180,6 +193,12 @@ std::string summary_json(const RunSummary& s) {
     w.key("truncated").value(static_cast<int64_t>(p.stats.truncated));
     w.key("unsymbolized_frames").value(static_cast<int64_t>(p.stats.unsymbolized_frames));
     w.key("code_from_capture").value(static_cast<int64_t>(p.stats.frames_from_capture));
+    w.key("native_unwinds").value(static_cast<int64_t>(p.unwinding.unwinds));
+    w.key("native_unwinds_to_root").value(static_cast<int64_t>(p.unwinding.reached_root));
+    w.key("native_unwind_stops").begin_object();
+    for (const auto& [stop, n] : p.unwinding.stops)
+      w.key(stop).value(static_cast<int64_t>(n));
+    w.end_object();
     w.key("by_status").begin_object();
     for (uint32_t st = 0; st < KRAIT_PY_STATUS_COUNT; ++st)
       if (p.stats.by_status[st])

@@ -12,6 +12,7 @@
 #include "bpf/sampler.h"
 #include "record/pipeline.h"
 #include "record/process_tracker.h"
+#include "record/stack_builder.h"
 
 namespace krait::record {
 
@@ -35,6 +36,7 @@ struct ProcessSummary {
   bool exited = false;
   std::string reason;  // not profiled: why
   ProcessStats stats;
+  UnwindStats unwinding;  // mixed stacks
 };
 
 struct CostQuantiles {
@@ -45,6 +47,7 @@ struct CostQuantiles {
 struct RunSummary {
   RunFacts run;
   uint64_t python_samples = 0;
+  uint64_t native_samples = 0;                // --all-processes: of processes that are not Python
   std::optional<CostQuantiles> sampler_cost;  // --measure-sampler-cost
   std::vector<ProcessSummary> processes;      // Python processes, in order of first sight
   std::map<std::string, uint64_t> losses;     // reason -> samples (or frames)
@@ -53,7 +56,7 @@ struct RunSummary {
 };
 
 RunSummary build_summary(const RunFacts& run, const ProcessTracker& tracker,
-                         const PipelineStats& pipeline);
+                         const PipelineStats& pipeline, const BuilderStats& builder);
 std::vector<std::string> summary_text(const RunSummary& summary);
 std::string summary_json(const RunSummary& summary);
 

@@ -73,6 +73,9 @@ Result<std::string> go_pprof_raw(const std::string& profile, const TempDir& dir)
 std::vector<ProfileSample> decode_samples(const perftools::profiles::Profile& p) {
   std::map<uint64_t, const perftools::profiles::Location*> locations;
   std::map<uint64_t, const perftools::profiles::Function*> functions;
+  std::map<uint64_t, const perftools::profiles::Mapping*> mappings;
+  for (const auto& m : p.mapping())
+    mappings[m.id()] = &m;
   for (const auto& l : p.location())
     locations[l.id()] = &l;
   for (const auto& f : p.function())
@@ -100,7 +103,12 @@ std::vector<ProfileSample> decode_samples(const perftools::profiles::Profile& p)
           f.file = str(fn->filename());
         }
         f.line = line.line();
-        ps.stack.push_back(std::move(f));
+        const auto* m = mappings[loc->mapping_id()];
+        std::string mapping = m ? str(m->filename()) : "";
+        if (mapping == "[python]")
+          ps.stack.push_back(f);
+        ps.full_stack.push_back(std::move(f));
+        ps.mappings.push_back(std::move(mapping));
       }
     }
     out.push_back(std::move(ps));

@@ -41,7 +41,13 @@ class TempDir {
 // One sample of the profile, decoded: labels and the stack, root first.
 struct ProfileSample {
   std::map<std::string, std::string> labels;
-  std::vector<Frame> stack;  // root first
+  // Root first. `stack` holds the Python frames only (the "[python]"
+  // mapping), what a workload's truth describes, whatever the stack mode;
+  // `full_stack` every frame, with its mapping's file name alongside
+  // ("[python]", "[kernel.kallsyms]", "[synthetic]", a library path).
+  std::vector<Frame> stack;
+  std::vector<Frame> full_stack;
+  std::vector<std::string> mappings;
   int64_t count = 0;
   int64_t pid() const;
   int64_t tid() const;

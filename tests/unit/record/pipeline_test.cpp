@@ -2,6 +2,7 @@
 // laid out with the real 3.12.1 offsets, so every rule of turning a sample
 // into a profile stack is checked without BPF or a live interpreter.
 #include "record/pipeline.h"
+#include "record/stack_builder.h"
 
 #include <gtest/gtest.h>
 
@@ -29,6 +30,22 @@ struct FakeCode {
   std::string name;
   std::string file;
   int32_t firstlineno;
+};
+
+// The reader half (Pipeline) and the builder half (StackBuilder) on one
+// thread: flush() hands every queued job to the builder.
+struct Harness {
+  Harness(ProcessTracker& tracker, profile::Profile& profile, uint32_t max_depth)
+      : queue(64u << 20),
+        builder(std::move(StackBuilder::create(profile, {}).value())),
+        pipeline(tracker, queue, PipelineOptions{max_depth, false}) {}
+  void flush() {
+    while (auto job = queue.try_pop())
+      builder->add(*job);
+  }
+  JobQueue queue;
+  std::unique_ptr<StackBuilder> builder;
+  Pipeline pipeline;
 };
 
 class PipelineTest : public ::testing::Test {
@@ -150,7 +167,8 @@ TEST_F(PipelineTest, SymbolizesFramesLeafFirstWithLinesAndLabels) {
   FakeCode inner = put_code(*mem, 0x200000, "Worker.run", "/app/work.py", 40);
   add_process(tracker, std::move(mem));
   profile::Profile profile;
-  Pipeline pipeline(tracker, profile, 256);
+  Harness h(tracker, profile, 256);
+  Pipeline& pipeline = h.pipeline;
 
   // Leaf at byte 18 (unit 9: second range), caller at byte 4 with the entry bit.
   auto r = make_sample(
@@ -158,6 +176,7 @@ TEST_F(PipelineTest, SymbolizesFramesLeafFirstWithLinesAndLabels) {
   pipeline.on_sample({r->sample, {r->sample.frames, r->n}});
 
   profile::Labels labels;
+  h.flush();
   auto stack = only_stack(profile, &labels);
   ASSERT_EQ(stack.size(), 2u);
   EXPECT_EQ(stack[0],
@@ -181,11 +200,13 @@ TEST_F(PipelineTest, ReplacedCodeObjectIsNeverNamedFromTheOldOne) {
   FakeCode code = put_code(*mem, 0x100000, "current", "/app/a.py", 1);
   TrackedProcess& p = add_process(tracker, std::move(mem));
   profile::Profile profile;
-  Pipeline pipeline(tracker, profile, 256);
+  Harness h(tracker, profile, 256);
+  Pipeline& pipeline = h.pipeline;
 
   // The sample saw an object whose token differs: memory now holds another one.
   auto r = make_sample({{code.address, code.token ^ 1, 0}});
   pipeline.on_sample({r->sample, {r->sample.frames, r->n}});
+  h.flush();
   auto stack = only_stack(profile);
   ASSERT_EQ(stack.size(), 1u);
   EXPECT_NE(std::get<0>(stack[0]), "current");
@@ -202,10 +223,12 @@ TEST_F(PipelineTest, FreedCodeObjectWithIntactFieldsIsNotNamed) {
   mem->add_value<uint64_t>(code.address, 0x7f12'3456'7000ull);
   TrackedProcess& p = add_process(tracker, std::move(mem));
   profile::Profile profile;
-  Pipeline pipeline(tracker, profile, 256);
+  Harness h(tracker, profile, 256);
+  Pipeline& pipeline = h.pipeline;
 
   auto r = make_sample({{code.address, code.token, 0}});
   pipeline.on_sample({r->sample, {r->sample.frames, r->n}});
+  h.flush();
   auto stack = only_stack(profile);
   ASSERT_EQ(stack.size(), 1u);
   EXPECT_NE(std::get<0>(stack[0]), "gone");
@@ -247,13 +270,15 @@ TEST_F(PipelineTest, CodeObjectGoneBeforeItIsReadIsNamedFromTheSamplersCapture) 
   mem->add_value<uint64_t>(exec_d.address, 0);
   TrackedProcess& p = add_process(tracker, std::move(mem));
   profile::Profile profile;
-  Pipeline pipeline(tracker, profile, 256);
+  Harness h(tracker, profile, 256);
+  Pipeline& pipeline = h.pipeline;
 
   pipeline.on_code_capture(c1);
   pipeline.on_code_capture(c2);
   auto r = make_sample({{exec_d.address, exec_d.token, 2}, {imported.address, imported.token, 0}});
   pipeline.on_sample({r->sample, {r->sample.frames, r->n}});
 
+  h.flush();
   auto stack = only_stack(profile);
   ASSERT_EQ(stack.size(), 2u);
   EXPECT_EQ(std::get<0>(stack[1]), "<module>");
@@ -274,7 +299,8 @@ TEST_F(PipelineTest, TruncatedAndFailedWalksCarryTheirReason) {
   FakeCode code = put_code(*mem, 0x100000, "deep", "/app/d.py", 1);
   TrackedProcess& p = add_process(tracker, std::move(mem));
   profile::Profile profile;
-  Pipeline pipeline(tracker, profile, 3);
+  Harness h(tracker, profile, 3);
+  Pipeline& pipeline = h.pipeline;
 
   auto truncated = make_sample({{code.address, code.token, 0}}, KRAIT_PY_OK, KRAIT_PYF_TRUNCATED);
   pipeline.on_sample({truncated->sample, {truncated->sample.frames, truncated->n}});
@@ -283,6 +309,7 @@ TEST_F(PipelineTest, TruncatedAndFailedWalksCarryTheirReason) {
   auto native = make_sample({}, KRAIT_PY_NO_THREAD_STATE);
   pipeline.on_sample({native->sample, {native->sample.frames, native->n}});
 
+  h.flush();
   std::vector<std::string> roots;
   for (const auto& s : profile.samples())
     roots.push_back(profile.frames()[s.stack.back()].function);
@@ -302,13 +329,15 @@ TEST_F(PipelineTest, StaleAndRefusedSamplesStayOutOfTheProfile) {
   FakeCode code = put_code(*mem, 0x100000, "f", "/app/f.py", 1);
   TrackedProcess& p = add_process(tracker, std::move(mem));
   profile::Profile profile;
-  Pipeline pipeline(tracker, profile, 256);
+  Harness h(tracker, profile, 256);
+  Pipeline& pipeline = h.pipeline;
 
   auto stale = make_sample({{code.address, code.token, 0}}, KRAIT_PY_OK, 0, kGeneration + 1);
   pipeline.on_sample({stale->sample, {stale->sample.frames, stale->n}});
   auto refused = make_sample({}, KRAIT_PY_PROC_REFUSED);
   pipeline.on_sample({refused->sample, {refused->sample.frames, refused->n}});
 
+  h.flush();
   EXPECT_EQ(profile.total_count(), 0u);
   EXPECT_EQ(pipeline.stats().stale_samples, 1u);
   EXPECT_EQ(p.stats.by_status[KRAIT_PY_PROC_REFUSED], 1u);
@@ -320,7 +349,8 @@ TEST_F(PipelineTest, ExitKeepsTheProcessForTheSummaryButFreesItsCaches) {
   FakeCode code = put_code(*mem, 0x100000, "f", "/app/f.py", 1);
   add_process(tracker, std::move(mem));
   profile::Profile profile;
-  Pipeline pipeline(tracker, profile, 256);
+  Harness h(tracker, profile, 256);
+  Pipeline& pipeline = h.pipeline;
   auto r = make_sample({{code.address, code.token, 0}});
   pipeline.on_sample({r->sample, {r->sample.frames, r->n}});
 
@@ -329,6 +359,7 @@ TEST_F(PipelineTest, ExitKeepsTheProcessForTheSummaryButFreesItsCaches) {
   exit.pid = 4242;
   pipeline.on_exit(exit);
 
+  h.flush();
   EXPECT_EQ(tracker.find(4242), nullptr);
   ASSERT_EQ(tracker.processes().size(), 1u);
   const TrackedProcess& gone = tracker.processes().begin()->second;

@@ -1,0 +1,52 @@
+// What the reader thread hands the stack builder for one sample: the Python
+// frames already named (code objects must be read while they live), and the
+// raw native material (registers, stack copy, kernel addresses) to unwind
+// and name on the builder's thread.
+//
+// Frames and labels are shared, immutable values: the reader caches them, a
+// job only holds references.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "krait/abi.h"
+#include "profile/profile.h"
+#include "unwind/process_modules.h"
+
+namespace krait::record {
+
+using FrameRef = std::shared_ptr<const profile::Frame>;
+using LabelsRef = std::shared_ptr<const profile::Labels>;
+
+struct PythonFrameRef {
+  FrameRef frame;
+  // The oldest frame of one C-level call of the eval loop: every frame before
+  // 3.11, the frames the interpreter marks from 3.11 on.
+  bool entry = false;
+};
+
+struct SampleJob {
+  uint64_t process_key = 0;  // the reader's id of the process incarnation (stats)
+  LabelsRef labels;
+  std::vector<PythonFrameRef> python;  // leaf first
+  // Why the Python part is incomplete or absent, root side ("[...]"); empty
+  // when complete. truncated: the Python walk hit the depth limit.
+  std::vector<FrameRef> python_reasons;
+  bool python_truncated = false;
+  bool python_process = false;  // the process runs Python (else: native only)
+
+  // Mixed mode.
+  bool native = false;
+  krait_user_regs regs{};
+  uint16_t native_flags = 0;
+  std::vector<uint8_t> user_stack;   // from regs.sp upwards
+  std::vector<uint64_t> kernel_ips;  // leaf first
+  std::shared_ptr<const unwind::ProcessModules> modules;
+
+  size_t bytes() const { return sizeof(*this) + user_stack.size() + kernel_ips.size() * 8; }
+};
+
+}  // namespace krait::record

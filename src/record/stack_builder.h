@@ -1,0 +1,114 @@
+// StackBuilder: turns SampleJobs into profile stacks. In mixed mode it
+// unwinds the copied user stack (DWARF CFI, libunwind), names native and
+// kernel frames, and splices the Python frames into the native stack where
+// the interpreter ran them: each native frame of the eval loop
+// (_PyEval_EvalFrameDefault, PyEval_EvalFrameEx, their .cold parts) is
+// replaced by the Python frames that C call owns, matched from the leaf.
+// When the two stacks cannot be matched, the sample says so with a reason
+// frame instead of guessing.
+//
+// Threading: owns the Profile while it runs; used by one thread (the
+// builder thread, see BuilderThread). The ModuleCache is shared.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "profile/profile.h"
+#include "record/job_queue.h"
+#include "record/sample_job.h"
+#include "symbolize/kernel_symbols.h"
+#include "symbolize/native_symbolizer.h"
+#include "unwind/unwinder.h"
+#include "util/result.h"
+
+namespace krait::record {
+
+struct UnwindStats {
+  uint64_t unwinds = 0;
+  uint64_t reached_root = 0;              // ended at _start / clone / clone3
+  std::map<std::string, uint64_t> stops;  // other ends, by reason
+};
+
+struct BuilderStats {
+  uint64_t samples = 0;
+  std::map<std::string, uint64_t> reasons;    // incomplete or unmatched stacks
+  std::map<uint64_t, UnwindStats> unwinding;  // per process key
+};
+
+struct BuilderOptions {
+  bool native = false;  // unwind and merge native stacks
+  bool kernel = true;   // name kernel frames (native only)
+  size_t max_native_frames = 256;
+};
+
+class StackBuilder {
+ public:
+  static Result<std::unique_ptr<StackBuilder>> create(profile::Profile& profile,
+                                                      BuilderOptions options);
+  void add(const SampleJob& job);
+  const BuilderStats& stats() const { return stats_; }
+
+ private:
+  StackBuilder(profile::Profile& profile, BuilderOptions options, unwind::Unwinder unwinder);
+
+  struct NativeEntry {
+    std::vector<profile::FrameId> frames;  // innermost (inlined) first
+    bool eval = false;                     // the interpreter's eval loop
+  };
+
+  profile::FrameId frame_id(const FrameRef& frame);
+  profile::FrameId synthetic(const std::string& name);
+  profile::LabelSetId labels_id(const LabelsRef& labels);
+  const NativeEntry& native_entry(const unwind::ProcessModules& modules, uint64_t pc);
+  profile::FrameId kernel_frame(uint64_t ip);
+  void merge_native(const SampleJob& job, std::vector<profile::FrameId>& out);
+  void reason(std::vector<profile::FrameId>& out, const std::string& text);
+
+  profile::Profile& profile_;
+  BuilderOptions options_;
+  unwind::Unwinder unwinder_;
+  symbolize::NativeSymbolizer symbolizer_;
+  symbolize::KernelSymbols kernel_;
+  bool kernel_loaded_ = false;
+  unwind::UnwindResult unwound_;
+  BuilderStats stats_;
+  std::vector<profile::FrameId> stack_;
+
+  std::unordered_map<const profile::Frame*, std::pair<FrameRef, profile::FrameId>> frames_;
+  std::unordered_map<const profile::Labels*, std::pair<LabelsRef, profile::LabelSetId>> labels_;
+  std::unordered_map<std::string, profile::FrameId> synthetic_;
+  struct NativeKey {
+    uint64_t file_serial;
+    uint64_t vaddr;
+    uint64_t pc;  // the runtime address the location shows
+    bool operator==(const NativeKey&) const = default;
+  };
+  struct NativeKeyHash {
+    size_t operator()(const NativeKey& k) const {
+      return (k.file_serial * 1000003u) ^ k.vaddr ^ (k.pc << 17);
+    }
+  };
+  std::unordered_map<NativeKey, NativeEntry, NativeKeyHash> native_;
+  std::unordered_map<uint64_t, profile::FrameId> kernel_frames_;
+  std::unordered_map<std::string, uint32_t> mappings_;
+};
+
+// Runs a StackBuilder on its own thread, fed by a JobQueue.
+class BuilderThread {
+ public:
+  BuilderThread(StackBuilder& builder, JobQueue& queue);
+  ~BuilderThread();  // closes the queue and joins
+  void finish();     // closes the queue, processes what is left, joins
+
+ private:
+  StackBuilder& builder_;
+  JobQueue& queue_;
+  std::thread thread_;
+};
+
+}  // namespace krait::record
