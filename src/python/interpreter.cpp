@@ -161,7 +161,7 @@ const ImageCache::Entry& ImageCache::analyze(pid_t pid, const proc::MapEntry& ma
   if (it != images_.end())
     return it->second;
 
-    Entry entry;
+  Entry entry;
   auto elf = proc::open_mapped_elf(pid, map);
   if (!elf && looks_like_python_file(basename(map.path))) {
     // Named like an interpreter but unreadable (permissions, a deleted file
