@@ -195,6 +195,8 @@ void Pipeline::on_sample(const events::SampleView& view) {
       other.name = process_comm(pid);
     SampleJob job;
     job.process_key = (uint64_t{1} << 63) | static_cast<uint32_t>(pid);
+    job.ktime_ns = s.hdr.ktime_ns;
+    job.series = other.series;
     job.labels = labels_for(job.process_key, pid, other.name, nullptr, s.hdr.tid, s.comm, 0);
     if (options_.native)
       add_native(view, job, other.modules, other.modules_loaded_ns);
@@ -218,6 +220,8 @@ void Pipeline::on_sample(const events::SampleView& view) {
 
   SampleJob job;
   job.process_key = p->generation;
+  job.ktime_ns = s.hdr.ktime_ns;
+  job.series = p->series;
   job.python_process = true;
   const std::string* version = nullptr;
   std::string version_text;

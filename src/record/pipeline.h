@@ -67,6 +67,7 @@ class Pipeline final : public events::EventHandler {
  private:
   struct OtherProcess {  // --all-processes: a process that is not Python
     std::string name;
+    SeriesRef series;
     std::shared_ptr<const unwind::ProcessModules> modules;
     uint64_t modules_loaded_ns = 0;
   };

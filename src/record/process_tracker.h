@@ -24,6 +24,7 @@
 #include "proc/memory.h"
 #include "python/attach.h"
 #include "python/code_reader.h"
+#include "record/sample_job.h"
 #include "unwind/process_modules.h"
 
 namespace krait::record {
@@ -55,6 +56,10 @@ struct TrackedProcess {
   python::Attachment attachment;
   ProcessStats stats;
   int retries = 0;  // kNotYet attempts so far
+  // Daemon: the profile series this process feeds and labels of its own
+  // (container pid...) that go on every sample; null/empty for a recording.
+  SeriesRef series;
+  profile::Labels extra_labels;
 
   // Symbolization caches, keyed by what the sample carries; freed at exit.
   struct CodeKey {

@@ -21,6 +21,15 @@ namespace krait::record {
 using FrameRef = std::shared_ptr<const profile::Frame>;
 using LabelsRef = std::shared_ptr<const profile::Labels>;
 
+// Where a sample's profile goes: one profile per series. `krait record`
+// writes a single one (no series); the daemon one per application and set
+// of series labels (service_name, hostname, container...).
+struct Series {
+  std::string application;
+  profile::Labels labels;  // besides service_name, sorted
+};
+using SeriesRef = std::shared_ptr<const Series>;
+
 struct PythonFrameRef {
   FrameRef frame;
   // The oldest frame of one C-level call of the eval loop: every frame before
@@ -30,7 +39,11 @@ struct PythonFrameRef {
 
 struct SampleJob {
   uint64_t process_key = 0;  // the reader's id of the process incarnation (stats)
+  uint64_t ktime_ns = 0;     // when it was sampled (CLOCK_MONOTONIC)
+  SeriesRef series;          // null: the single profile of a recording
   LabelsRef labels;
+  // Not a sample: the end of an interval at `ktime_ns` (daemon).
+  bool interval_end = false;
   std::vector<PythonFrameRef> python;  // leaf first
   // Why the Python part is incomplete or absent, root side ("[...]"); empty
   // when complete. truncated: the Python walk hit the depth limit.

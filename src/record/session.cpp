@@ -194,16 +194,13 @@ Result<int> run_record(const RecordOptions& o) {
 
   SamplerSink sink(**sampler);
   ProcessTracker tracker(sink, std::move(topts));
-  profile::ProfileMeta meta;
-  meta.period_ns = static_cast<int64_t>(1'000'000'000ull / o.frequency_hz);
-  profile::Profile profile(std::move(meta));
   // The stack builder owns the profile until it is joined; the reader only
   // names Python frames and queues the rest.
   unwind::ModuleCache module_cache;
   BuilderOptions bopts;
   bopts.native = cfg.native;
   bopts.kernel = o.kernel_stacks;
-  auto builder = StackBuilder::create(profile, bopts);
+  auto builder = StackBuilder::create(bopts);
   if (!builder)
     return builder.error();
   JobQueue queue(kJobQueueBytes);
@@ -306,6 +303,10 @@ Result<int> run_record(const RecordOptions& o) {
   facts.malformed_records = (*reader)->malformed();
   facts.bpf_runs = (*sampler)->run_stats();
   builder_thread.finish();
+  // One series in a recording: the profile of the whole run.
+  auto profiles = (*builder)->take_profiles(static_cast<int64_t>(end_mono));
+  profile::Profile profile = profiles.empty() ? profile::Profile{} : std::move(profiles[0].profile);
+  profile.meta().period_ns = static_cast<int64_t>(1'000'000'000ull / o.frequency_hz);
   const RunSummary run_summary =
       build_summary(facts, tracker, pipeline.stats(), (*builder)->stats());
   auto summary = summary_text(run_summary);

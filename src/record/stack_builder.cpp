@@ -25,12 +25,11 @@ std::string basename(const std::string& path) {
 
 }  // namespace
 
-Result<std::unique_ptr<StackBuilder>> StackBuilder::create(profile::Profile& profile,
-                                                           BuilderOptions options) {
+Result<std::unique_ptr<StackBuilder>> StackBuilder::create(BuilderOptions options) {
   auto unwinder = unwind::Unwinder::create();
   if (!unwinder)
     return unwinder.error();
-  std::unique_ptr<StackBuilder> b(new StackBuilder(profile, options, std::move(*unwinder)));
+  std::unique_ptr<StackBuilder> b(new StackBuilder(options, std::move(*unwinder)));
   if (options.native && options.kernel) {
     auto kernel = symbolize::KernelSymbols::load();
     if (kernel) {
@@ -44,55 +43,78 @@ Result<std::unique_ptr<StackBuilder>> StackBuilder::create(profile::Profile& pro
   return b;
 }
 
-StackBuilder::StackBuilder(profile::Profile& profile, BuilderOptions options,
-                           unwind::Unwinder unwinder)
-    : profile_(profile), options_(options), unwinder_(std::move(unwinder)) {}
+StackBuilder::StackBuilder(BuilderOptions options, unwind::Unwinder unwinder)
+    : options_(options), unwinder_(std::move(unwinder)) {}
 
-profile::FrameId StackBuilder::frame_id(const FrameRef& frame) {
-  auto it = frames_.find(frame.get());
-  if (it != frames_.end())
+StackBuilder::SeriesState& StackBuilder::state_for(const SeriesRef& series) {
+  auto it = series_.find(series.get());
+  if (it != series_.end())
+    return *it->second;
+  auto st = std::make_unique<SeriesState>();
+  st->series = series;
+  return *series_.emplace(series.get(), std::move(st)).first->second;
+}
+
+std::vector<SeriesProfile> StackBuilder::take_profiles(int64_t end_ktime_ns) {
+  std::vector<SeriesProfile> out;
+  for (auto& [key, st] : series_) {
+    if (st->profile.total_count() == 0)
+      continue;
+    out.push_back({st->series, std::move(st->profile), interval_start_ns_, end_ktime_ns});
+  }
+  // New profiles mean new ids: every cache of ids goes with the old ones.
+  series_.clear();
+  interval_start_ns_ = end_ktime_ns;
+  return out;
+}
+
+profile::FrameId StackBuilder::frame_id(SeriesState& st, const FrameRef& frame) {
+  auto it = st.frames.find(frame.get());
+  if (it != st.frames.end())
     return it->second.second;
-  profile::FrameId id = profile_.intern_frame(*frame);
-  frames_.emplace(frame.get(), std::make_pair(frame, id));
+  profile::FrameId id = st.profile.intern_frame(*frame);
+  st.frames.emplace(frame.get(), std::make_pair(frame, id));
   return id;
 }
 
-profile::FrameId StackBuilder::synthetic(const std::string& name) {
-  auto it = synthetic_.find(name);
-  if (it != synthetic_.end())
+profile::FrameId StackBuilder::synthetic(SeriesState& st, const std::string& name) {
+  auto it = st.synthetic.find(name);
+  if (it != st.synthetic.end())
     return it->second;
   profile::Frame f;
   f.kind = profile::FrameKind::kSynthetic;
   f.function = name;
-  profile::FrameId id = profile_.intern_frame(f);
-  synthetic_.emplace(name, id);
+  profile::FrameId id = st.profile.intern_frame(f);
+  st.synthetic.emplace(name, id);
   return id;
 }
 
-profile::LabelSetId StackBuilder::labels_id(const LabelsRef& labels) {
-  auto it = labels_.find(labels.get());
-  if (it != labels_.end())
+profile::LabelSetId StackBuilder::labels_id(SeriesState& st, const LabelsRef& labels) {
+  auto it = st.labels.find(labels.get());
+  if (it != st.labels.end())
     return it->second.second;
-  profile::LabelSetId id = profile_.intern_labels(*labels);
-  labels_.emplace(labels.get(), std::make_pair(labels, id));
+  profile::LabelSetId id = st.profile.intern_labels(*labels);
+  st.labels.emplace(labels.get(), std::make_pair(labels, id));
   return id;
 }
 
-void StackBuilder::reason(std::vector<profile::FrameId>& out, const std::string& text) {
+void StackBuilder::reason(SeriesState& st, std::vector<profile::FrameId>& out,
+                          const std::string& text) {
   ++stats_.reasons[text];
-  out.push_back(synthetic("[" + text + "]"));
+  out.push_back(synthetic(st, "[" + text + "]"));
 }
 
-const StackBuilder::NativeEntry& StackBuilder::native_entry(const unwind::ProcessModules& modules,
+const StackBuilder::NativeEntry& StackBuilder::native_entry(SeriesState& st,
+                                                            const unwind::ProcessModules& modules,
                                                             uint64_t pc) {
   const unwind::Module* module = modules.find(pc);
   const uint64_t serial = module ? module->file->serial() : 0;
   const uint64_t vaddr = module ? module->file_address(pc) : pc;
   NativeKey key{serial, vaddr, pc};
-  if (auto it = native_.find(key); it != native_.end())
+  if (auto it = st.native.find(key); it != st.native.end())
     return it->second;
-  if (native_.size() >= kMaxNativeCache)
-    native_.clear();
+  if (st.native.size() >= kMaxNativeCache)
+    st.native.clear();
 
   NativeEntry entry;
   if (!module) {
@@ -100,12 +122,12 @@ const StackBuilder::NativeEntry& StackBuilder::native_entry(const unwind::Proces
     f.kind = profile::FrameKind::kNative;
     f.function = fmt::format("[unknown {:#x}]", pc);
     f.address = pc;
-    entry.frames.push_back(profile_.intern_frame(f));
-    return native_.emplace(key, std::move(entry)).first->second;
+    entry.frames.push_back(st.profile.intern_frame(f));
+    return st.native.emplace(key, std::move(entry)).first->second;
   }
   std::string mapping_key = fmt::format("{}/{:x}", module->path, module->start);
   uint32_t mapping;
-  if (auto m = mappings_.find(mapping_key); m != mappings_.end()) {
+  if (auto m = st.mappings.find(mapping_key); m != st.mappings.end()) {
     mapping = m->second;
   } else {
     profile::Mapping map;
@@ -114,8 +136,8 @@ const StackBuilder::NativeEntry& StackBuilder::native_entry(const unwind::Proces
     map.start = module->start;
     map.limit = module->end;
     map.offset = module->start - module->bias;
-    mapping = profile_.intern_mapping(map);
-    mappings_.emplace(std::move(mapping_key), mapping);
+    mapping = st.profile.intern_mapping(map);
+    st.mappings.emplace(std::move(mapping_key), mapping);
   }
   auto frames = symbolizer_.lookup(*module->file, vaddr);
   for (const auto& nf : *frames) {
@@ -128,14 +150,14 @@ const StackBuilder::NativeEntry& StackBuilder::native_entry(const unwind::Proces
     f.line = nf.line;
     f.address = pc;
     f.mapping = mapping;
-    entry.frames.push_back(profile_.intern_frame(f));
+    entry.frames.push_back(st.profile.intern_frame(f));
   }
   entry.eval = !frames->empty() && is_eval_function(frames->back().function);
-  return native_.emplace(key, std::move(entry)).first->second;
+  return st.native.emplace(key, std::move(entry)).first->second;
 }
 
-profile::FrameId StackBuilder::kernel_frame(uint64_t ip) {
-  if (auto it = kernel_frames_.find(ip); it != kernel_frames_.end())
+profile::FrameId StackBuilder::kernel_frame(SeriesState& st, uint64_t ip) {
+  if (auto it = st.kernel.find(ip); it != st.kernel.end())
     return it->second;
   profile::Frame f;
   f.kind = profile::FrameKind::kKernel;
@@ -148,18 +170,19 @@ profile::FrameId StackBuilder::kernel_frame(uint64_t ip) {
   } else {
     f.function = fmt::format("[kernel {:#x}]", ip);
   }
-  if (!mappings_.count("[kernel.kallsyms]")) {
+  if (!st.mappings.count("[kernel.kallsyms]")) {
     profile::Mapping map;
     map.file = "[kernel.kallsyms]";
-    mappings_["[kernel.kallsyms]"] = profile_.intern_mapping(map);
+    st.mappings["[kernel.kallsyms]"] = st.profile.intern_mapping(map);
   }
-  f.mapping = mappings_["[kernel.kallsyms]"];
-  profile::FrameId id = profile_.intern_frame(f);
-  kernel_frames_.emplace(ip, id);
+  f.mapping = st.mappings["[kernel.kallsyms]"];
+  profile::FrameId id = st.profile.intern_frame(f);
+  st.kernel.emplace(ip, id);
   return id;
 }
 
-void StackBuilder::merge_native(const SampleJob& job, std::vector<profile::FrameId>& out) {
+void StackBuilder::merge_native(SeriesState& st, const SampleJob& job,
+                                std::vector<profile::FrameId>& out) {
   unwind::StackSnapshot snap;
   const krait_user_regs& r = job.regs;
   snap.regs = {r.ip, r.sp, r.bp, r.bx, r.r12, r.r13, r.r14, r.r15, r.ax,
@@ -185,10 +208,10 @@ void StackBuilder::merge_native(const SampleJob& job, std::vector<profile::Frame
   };
   size_t extra_eval = 0;
   for (size_t i = 0; i < unwound_.pcs.size(); ++i) {
-    const NativeEntry& e = native_entry(*job.modules, unwound_.lookup_pc(i));
+    const NativeEntry& e = native_entry(st, *job.modules, unwound_.lookup_pc(i));
     if (e.eval && next < job.python.size()) {
       for (size_t end = next_group_end(); next < end; ++next)
-        out.push_back(frame_id(job.python[next].frame));
+        out.push_back(frame_id(st, job.python[next].frame));
       continue;
     }
     if (e.eval && job.python_process && !job.python_truncated)
@@ -198,43 +221,50 @@ void StackBuilder::merge_native(const SampleJob& job, std::vector<profile::Frame
   if (next < job.python.size()) {
     // Older Python frames whose eval calls the native stack did not reach.
     for (; next < job.python.size(); ++next)
-      out.push_back(frame_id(job.python[next].frame));
-    reason(out, complete
-                    ? "native and Python stacks do not match"
+      out.push_back(frame_id(st, job.python[next].frame));
+    reason(st, out,
+           complete ? "native and Python stacks do not match"
                     : fmt::format("native stack incomplete: {}", unwind::to_string(unwound_.stop)));
     return;
   }
   if (extra_eval > 0 && !job.python.empty()) {
-    reason(out, "native and Python stacks do not match");
+    reason(st, out, "native and Python stacks do not match");
     return;
   }
   if (!complete)
-    reason(out, fmt::format("native stack incomplete: {}", unwind::to_string(unwound_.stop)));
+    reason(st, out, fmt::format("native stack incomplete: {}", unwind::to_string(unwound_.stop)));
 }
 
 void StackBuilder::add(const SampleJob& job) {
+  if (job.interval_end) {
+    auto profiles = take_profiles(static_cast<int64_t>(job.ktime_ns));
+    if (sink_)
+      sink_(std::move(profiles));
+    return;
+  }
   ++stats_.samples;
+  SeriesState& st = state_for(job.series);
   stack_.clear();
   if (job.native) {
     for (uint64_t ip : job.kernel_ips)
-      stack_.push_back(kernel_frame(ip));
+      stack_.push_back(kernel_frame(st, ip));
     if ((job.native_flags & KRAIT_NATIVE_CAPTURED) && job.modules) {
-      merge_native(job, stack_);
+      merge_native(st, job, stack_);
     } else {
       for (const auto& p : job.python)
-        stack_.push_back(frame_id(p.frame));
+        stack_.push_back(frame_id(st, p.frame));
       if (!(job.native_flags & KRAIT_NATIVE_NO_USER))
-        reason(stack_, "user stack not captured");
+        reason(st, stack_, "user stack not captured");
     }
   } else {
     for (const auto& p : job.python)
-      stack_.push_back(frame_id(p.frame));
+      stack_.push_back(frame_id(st, p.frame));
   }
   for (const auto& r : job.python_reasons)
-    stack_.push_back(frame_id(r));
+    stack_.push_back(frame_id(st, r));
   if (stack_.empty())
-    stack_.push_back(synthetic("[no frames]"));
-  profile_.add_sample(stack_, labels_id(job.labels));
+    stack_.push_back(synthetic(st, "[no frames]"));
+  st.profile.add_sample(stack_, labels_id(st, job.labels));
 }
 
 BuilderThread::BuilderThread(StackBuilder& builder, JobQueue& queue)

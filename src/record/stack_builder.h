@@ -7,10 +7,12 @@
 // When the two stacks cannot be matched, the sample says so with a reason
 // frame instead of guessing.
 //
-// Threading: owns the Profile while it runs; used by one thread (the
-// builder thread, see BuilderThread). The ModuleCache is shared.
+// Threading: owns the profiles while it runs; used by one thread (the
+// builder thread, see BuilderThread); take_profiles() after the thread is
+// joined. The ModuleCache is shared.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -46,42 +48,35 @@ struct BuilderOptions {
   size_t max_native_frames = 256;
 };
 
+// A finished interval's profile of one series.
+struct SeriesProfile {
+  SeriesRef series;  // null for a recording
+  profile::Profile profile;
+  int64_t start_ktime_ns = 0;
+  int64_t end_ktime_ns = 0;
+};
+
+// Receives the profiles of an interval that ended (on the builder thread).
+using IntervalSink = std::function<void(std::vector<SeriesProfile>)>;
+
 class StackBuilder {
  public:
-  static Result<std::unique_ptr<StackBuilder>> create(profile::Profile& profile,
-                                                      BuilderOptions options);
+  static Result<std::unique_ptr<StackBuilder>> create(BuilderOptions options);
+  // Adds a sample, or ends an interval (job.interval_end): the profiles of
+  // every series go to the sink, and new ones start.
   void add(const SampleJob& job);
+  // The profiles gathered since the last interval end, taken out.
+  std::vector<SeriesProfile> take_profiles(int64_t end_ktime_ns);
+  void set_interval_sink(IntervalSink sink) { sink_ = std::move(sink); }
   const BuilderStats& stats() const { return stats_; }
 
  private:
-  StackBuilder(profile::Profile& profile, BuilderOptions options, unwind::Unwinder unwinder);
+  explicit StackBuilder(BuilderOptions options, unwind::Unwinder unwinder);
 
   struct NativeEntry {
     std::vector<profile::FrameId> frames;  // innermost (inlined) first
     bool eval = false;                     // the interpreter's eval loop
   };
-
-  profile::FrameId frame_id(const FrameRef& frame);
-  profile::FrameId synthetic(const std::string& name);
-  profile::LabelSetId labels_id(const LabelsRef& labels);
-  const NativeEntry& native_entry(const unwind::ProcessModules& modules, uint64_t pc);
-  profile::FrameId kernel_frame(uint64_t ip);
-  void merge_native(const SampleJob& job, std::vector<profile::FrameId>& out);
-  void reason(std::vector<profile::FrameId>& out, const std::string& text);
-
-  profile::Profile& profile_;
-  BuilderOptions options_;
-  unwind::Unwinder unwinder_;
-  symbolize::NativeSymbolizer symbolizer_;
-  symbolize::KernelSymbols kernel_;
-  bool kernel_loaded_ = false;
-  unwind::UnwindResult unwound_;
-  BuilderStats stats_;
-  std::vector<profile::FrameId> stack_;
-
-  std::unordered_map<const profile::Frame*, std::pair<FrameRef, profile::FrameId>> frames_;
-  std::unordered_map<const profile::Labels*, std::pair<LabelsRef, profile::LabelSetId>> labels_;
-  std::unordered_map<std::string, profile::FrameId> synthetic_;
   struct NativeKey {
     uint64_t file_serial;
     uint64_t vaddr;
@@ -93,9 +88,39 @@ class StackBuilder {
       return (k.file_serial * 1000003u) ^ k.vaddr ^ (k.pc << 17);
     }
   };
-  std::unordered_map<NativeKey, NativeEntry, NativeKeyHash> native_;
-  std::unordered_map<uint64_t, profile::FrameId> kernel_frames_;
-  std::unordered_map<std::string, uint32_t> mappings_;
+  // One series' profile and the caches of ids into it.
+  struct SeriesState {
+    SeriesRef series;
+    profile::Profile profile;
+    std::unordered_map<const profile::Frame*, std::pair<FrameRef, profile::FrameId>> frames;
+    std::unordered_map<const profile::Labels*, std::pair<LabelsRef, profile::LabelSetId>> labels;
+    std::unordered_map<std::string, profile::FrameId> synthetic;
+    std::unordered_map<NativeKey, NativeEntry, NativeKeyHash> native;
+    std::unordered_map<uint64_t, profile::FrameId> kernel;
+    std::unordered_map<std::string, uint32_t> mappings;
+  };
+
+  SeriesState& state_for(const SeriesRef& series);
+  profile::FrameId frame_id(SeriesState& st, const FrameRef& frame);
+  profile::FrameId synthetic(SeriesState& st, const std::string& name);
+  profile::LabelSetId labels_id(SeriesState& st, const LabelsRef& labels);
+  const NativeEntry& native_entry(SeriesState& st, const unwind::ProcessModules& modules,
+                                  uint64_t pc);
+  profile::FrameId kernel_frame(SeriesState& st, uint64_t ip);
+  void merge_native(SeriesState& st, const SampleJob& job, std::vector<profile::FrameId>& out);
+  void reason(SeriesState& st, std::vector<profile::FrameId>& out, const std::string& text);
+
+  BuilderOptions options_;
+  unwind::Unwinder unwinder_;
+  symbolize::NativeSymbolizer symbolizer_;
+  symbolize::KernelSymbols kernel_;
+  bool kernel_loaded_ = false;
+  unwind::UnwindResult unwound_;
+  BuilderStats stats_;
+  std::vector<profile::FrameId> stack_;
+  std::map<const Series*, std::unique_ptr<SeriesState>> series_;
+  int64_t interval_start_ns_ = 0;
+  IntervalSink sink_;
 };
 
 // Runs a StackBuilder on its own thread, fed by a JobQueue.
