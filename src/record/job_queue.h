@@ -18,11 +18,13 @@ class JobQueue {
  public:
   explicit JobQueue(size_t max_bytes) : max_bytes_(max_bytes) {}
 
-  bool push(SampleJob job) {
+  // `control` jobs (interval ends) are tiny and must not be lost: they
+  // ignore the byte cap.
+  bool push(SampleJob job, bool control = false) {
     const size_t size = job.bytes();
     {
       std::lock_guard lock(mutex_);
-      if (closed_ || bytes_ + size > max_bytes_)
+      if (closed_ || (!control && bytes_ + size > max_bytes_))
         return false;
       bytes_ += size;
       jobs_.push_back(std::move(job));

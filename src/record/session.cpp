@@ -17,6 +17,8 @@
 #include "export/folded.h"
 #include "export/pprof.h"
 #include "profile/profile.h"
+#include "record/collector.h"
+#include "record/loop_support.h"
 #include "record/pipeline.h"
 #include "record/process_tracker.h"
 #include "record/stack_builder.h"
@@ -27,41 +29,10 @@
 namespace krait::record {
 namespace {
 
-// Samples waiting for the stack builder; with native stacks a job is about
-// the size of its stack copy.
-constexpr size_t kJobQueueBytes = 256u << 20;
-
-class SamplerSink final : public ProcessMapSink {
- public:
-  explicit SamplerSink(bpf::Sampler& sampler) : sampler_(sampler) {}
-  Result<void> set_process(uint32_t pid, const krait_proc_info& info) override {
-    return sampler_.set_process(pid, info);
-  }
-  void remove_process(uint32_t pid) override { sampler_.remove_process(pid); }
-
- private:
-  bpf::Sampler& sampler_;
-};
-
 int64_t unix_now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
              std::chrono::system_clock::now().time_since_epoch())
       .count();
-}
-
-std::vector<pid_t> all_pids() {
-  std::vector<pid_t> pids;
-  std::error_code ec;
-  const pid_t self = ::getpid();
-  for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
-    const std::string name = e.path().filename().string();
-    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos)
-      continue;
-    pid_t pid = static_cast<pid_t>(std::stol(name));
-    if (pid != self)
-      pids.push_back(pid);
-  }
-  return pids;
 }
 
 std::string comm_of(pid_t pid) {
@@ -84,45 +55,6 @@ Result<std::vector<python::OffsetTable>> load_user_tables(const std::vector<std:
     tables.push_back(std::move(*table));
   }
   return tables;
-}
-
-// Blocks SIGINT/SIGTERM for the whole process and returns an fd that reports
-// them, so a signal ends the loop instead of the program.
-Result<UniqueFd> signal_fd() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  if (pthread_sigmask(SIG_BLOCK, &set, nullptr) != 0)
-    return make_error("cannot block signals");
-  UniqueFd fd(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
-  if (!fd.valid())
-    return make_error("signalfd: {}", std::strerror(errno));
-  return fd;
-}
-
-Result<UniqueFd> duration_timer(double seconds) {
-  UniqueFd fd(::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
-  if (!fd.valid())
-    return make_error("timerfd_create: {}", std::strerror(errno));
-  itimerspec spec{};
-  double whole = std::floor(seconds);
-  spec.it_value.tv_sec = static_cast<time_t>(whole);
-  spec.it_value.tv_nsec = static_cast<long>((seconds - whole) * 1e9);
-  if (spec.it_value.tv_sec == 0 && spec.it_value.tv_nsec == 0)
-    spec.it_value.tv_nsec = 1;
-  if (::timerfd_settime(fd.get(), 0, &spec, nullptr) != 0)
-    return make_error("timerfd_settime: {}", std::strerror(errno));
-  return fd;
-}
-
-Result<void> epoll_add(int epfd, int fd) {
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  ev.data.fd = fd;
-  if (::epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) != 0)
-    return make_error("epoll_ctl: {}", std::strerror(errno));
-  return {};
 }
 
 }  // namespace
@@ -148,24 +80,23 @@ Result<int> run_record(const RecordOptions& o) {
     if (pid <= 0 || !std::filesystem::exists("/proc/" + std::to_string(pid)))
       return make_error("no process with pid {}: check the pid (ps -p {})", pid, pid);
   }
-  TrackerOptions topts;
+  if (o.all_processes && o.stacks != StackMode::kMixed)
+    return make_error("--all-processes records native stacks: it needs --stacks mixed");
+  if (o.all_processes && !o.pids.empty())
+    return make_error("--all-processes and --pid exclude each other");
+
+  CollectorOptions copts;
   auto tables = load_user_tables(o.offsets_files);
   if (!tables)
     return tables.error();
-  topts.attach.user_tables = std::move(*tables);
-  topts.attach.builtin_tables = o.builtin_offsets;
-  topts.listed_only = !o.pids.empty();
-  const std::string output = o.output.empty() ? default_output_name(o.format) : o.output;
-
-  auto sigfd = signal_fd();
-  if (!sigfd)
-    return sigfd.error();
-
-  bpf::install_libbpf_logging();
-  bpf::SamplerConfig cfg;
+  copts.tracker.attach.user_tables = std::move(*tables);
+  copts.tracker.attach.builtin_tables = o.builtin_offsets;
+  copts.tracker.listed_only = !o.pids.empty();
+  copts.max_depth = o.max_depth;
+  bpf::SamplerConfig& cfg = copts.sampler;
   cfg.frequency_hz = o.frequency_hz;
   cfg.max_depth = o.max_depth;
-  cfg.listed_only = topts.listed_only;
+  cfg.listed_only = !o.pids.empty();
   cfg.source = o.event;
   cfg.measure_cost = o.measure_cost;
   cfg.gil_only = o.gil_only;
@@ -173,82 +104,53 @@ Result<int> run_record(const RecordOptions& o) {
   cfg.kernel_stacks = o.kernel_stacks;
   cfg.user_stack_bytes = o.user_stack_bytes;
   cfg.all_processes = o.all_processes;
-  {
-    // Room for about a second of samples on every CPU before the reader
-    // must catch up; a stack copy makes a record ~20x larger.
-    const long cpus = std::max(1L, ::sysconf(_SC_NPROCESSORS_CONF));
-    uint64_t want = static_cast<uint64_t>(cpus) * o.frequency_hz *
-                    (cfg.native ? o.user_stack_bytes + 4096 : 1024);
-    uint64_t ring = 8u << 20;
-    while (ring < want && ring < (512u << 20))
-      ring <<= 1;
-    cfg.ring_buffer_bytes = static_cast<uint32_t>(ring);
-  }
-  if (o.all_processes && !cfg.native)
-    return make_error("--all-processes records native stacks: it needs --stacks mixed");
-  if (o.all_processes && !o.pids.empty())
-    return make_error("--all-processes and --pid exclude each other");
-  auto sampler = bpf::Sampler::open_and_load(cfg);
-  if (!sampler)
-    return sampler.error();
+  const std::string output = o.output.empty() ? default_output_name(o.format) : o.output;
 
-  SamplerSink sink(**sampler);
-  ProcessTracker tracker(sink, std::move(topts));
-  // The stack builder owns the profile until it is joined; the reader only
-  // names Python frames and queues the rest.
-  unwind::ModuleCache module_cache;
-  BuilderOptions bopts;
-  bopts.native = cfg.native;
-  bopts.kernel = o.kernel_stacks;
-  auto builder = StackBuilder::create(bopts);
-  if (!builder)
-    return builder.error();
-  JobQueue queue(kJobQueueBytes);
-  BuilderThread builder_thread(**builder, queue);
-  PipelineOptions popts;
-  popts.max_depth = o.max_depth;
-  popts.native = cfg.native;
-  Pipeline pipeline(tracker, queue, popts, &module_cache);
-  auto reader = events::RingReader::create((*sampler)->events_fd(), pipeline);
-  if (!reader)
-    return reader.error();
+  // Signals are blocked before the builder thread starts, so it inherits
+  // the mask and the signalfd alone receives them.
+  auto sigfd = signal_fd({SIGINT, SIGTERM});
+  if (!sigfd)
+    return sigfd.error();
+  auto collector = Collector::create(std::move(copts));
+  if (!collector)
+    return collector.error();
+  Collector& c = **collector;
 
   // Attach to what runs already; later processes arrive through exec
   // events and the sampler's unknown-pid reports.
   if (!o.pids.empty()) {
     for (pid_t pid : o.pids) {
-      auto status = tracker.classify(pid, monotonic_ns());
+      auto status = c.tracker().classify(pid, monotonic_ns());
       if (status == python::AttachStatus::kNotPython)
         return make_error("pid {} ({}) is not a Python process", pid, comm_of(pid));
       if (status == python::AttachStatus::kGone)
         return make_error("process {} exited before it could be profiled", pid);
     }
   } else {
-    for (pid_t pid : all_pids())
-      (void)tracker.classify(pid, monotonic_ns());
+    c.scan();
   }
 
-  UniqueFd epfd(::epoll_create1(EPOLL_CLOEXEC));
-  if (!epfd.valid())
-    return make_error("epoll_create1: {}", std::strerror(errno));
-  KRAIT_TRY(epoll_add(epfd.get(), (*reader)->epoll_fd()));
-  KRAIT_TRY(epoll_add(epfd.get(), sigfd->get()));
+  auto epfd = epoll_fd();
+  if (!epfd)
+    return epfd.error();
+  KRAIT_TRY(epoll_add(epfd->get(), c.ring_fd()));
+  KRAIT_TRY(epoll_add(epfd->get(), sigfd->get()));
   UniqueFd timer;
   if (o.duration_s) {
-    auto t = duration_timer(*o.duration_s);
+    auto t = timer_fd(*o.duration_s);
     if (!t)
       return t.error();
     timer = std::move(*t);
-    KRAIT_TRY(epoll_add(epfd.get(), timer.get()));
+    KRAIT_TRY(epoll_add(epfd->get(), timer.get()));
   }
 
-  KRAIT_TRY((*sampler)->start());
+  KRAIT_TRY(c.start());
   const int64_t start_unix = unix_now_ns();
   const uint64_t start_mono = monotonic_ns();
   spdlog::info("recording {} at {} Hz ({}){}",
                o.pids.empty() ? std::string("every Python process")
                               : fmt::format("{} process(es)", o.pids.size()),
-               o.frequency_hz, (*sampler)->source_name(),
+               o.frequency_hz, c.sampler().source_name(),
                o.duration_s ? fmt::format(" for {} s", *o.duration_s) : " until Ctrl-C");
   if (o.ready_fd >= 0) {
     [[maybe_unused]] ssize_t n = ::write(o.ready_fd, "ready\n", 6);
@@ -256,10 +158,9 @@ Result<int> run_record(const RecordOptions& o) {
   }
 
   bool running = true;
-  std::string stop_reason = "duration reached";
   while (running) {
     epoll_event events[4];
-    int n = ::epoll_wait(epfd.get(), events, 4, -1);
+    int n = ::epoll_wait(epfd->get(), events, 4, -1);
     if (n < 0) {
       if (errno == EINTR)
         continue;
@@ -267,13 +168,11 @@ Result<int> run_record(const RecordOptions& o) {
     }
     for (int i = 0; i < n; ++i) {
       int fd = events[i].data.fd;
-      if (fd == (*reader)->epoll_fd()) {
-        if (auto r = (*reader)->consume(); !r)
+      if (fd == c.ring_fd()) {
+        if (auto r = c.consume(); !r)
           return r.error();
       } else if (fd == sigfd->get()) {
-        signalfd_siginfo info{};
-        [[maybe_unused]] ssize_t got = ::read(fd, &info, sizeof info);
-        stop_reason = info.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT";
+        spdlog::debug("stopping: signal {}", read_signal(fd));
         running = false;
       } else if (fd == timer.get()) {
         running = false;
@@ -281,34 +180,18 @@ Result<int> run_record(const RecordOptions& o) {
     }
   }
 
-  // No new samples; then everything the kernel already holds.
-  (*sampler)->stop();
-  // From here on the profile waits for the builder to finish.
-  for (;;) {
-    auto r = (*reader)->consume();
-    if (!r)
-      return r.error();
-    if (*r == 0)
-      break;
-  }
+  // No new samples; then everything the kernel already holds; then the
+  // builder finishes what is queued.
+  KRAIT_TRY(c.stop());
   const uint64_t end_mono = monotonic_ns();
-  spdlog::debug("stopped: {}", stop_reason);
-
-  RunFacts facts;
-  facts.seconds = static_cast<double>(end_mono - start_mono) / 1e9;
-  facts.frequency_hz = o.frequency_hz;
-  facts.event = (*sampler)->source_name();
-  facts.cpus = (*sampler)->cpus();
-  facts.counters = (*sampler)->counters();
-  facts.malformed_records = (*reader)->malformed();
-  facts.bpf_runs = (*sampler)->run_stats();
-  builder_thread.finish();
+  c.finish();
   // One series in a recording: the profile of the whole run.
-  auto profiles = (*builder)->take_profiles(static_cast<int64_t>(end_mono));
+  auto profiles = c.builder().take_profiles(static_cast<int64_t>(end_mono));
   profile::Profile profile = profiles.empty() ? profile::Profile{} : std::move(profiles[0].profile);
   profile.meta().period_ns = static_cast<int64_t>(1'000'000'000ull / o.frequency_hz);
   const RunSummary run_summary =
-      build_summary(facts, tracker, pipeline.stats(), (*builder)->stats());
+      build_summary(c.facts(static_cast<double>(end_mono - start_mono) / 1e9), c.tracker(),
+                    c.pipeline().stats(), c.builder().stats());
   auto summary = summary_text(run_summary);
 
   profile.meta().start_time_unix_ns = start_unix;
@@ -326,11 +209,11 @@ Result<int> run_record(const RecordOptions& o) {
   fmt::print(stderr, "krait: wrote {} ({} samples, {} stacks)\n", output, profile.total_count(),
              profile.samples().size());
 
-  if (!o.pids.empty() && tracker.attached() == 0) {
+  if (!o.pids.empty() && c.tracker().attached() == 0) {
     fmt::print(stderr, "krait: none of the requested processes could be profiled\n");
     return 1;
   }
-  if (tracker.attached() == 0)
+  if (c.tracker().attached() == 0)
     spdlog::warn("no Python process was found to profile");
   return 0;
 }

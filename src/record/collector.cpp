@@ -1,0 +1,111 @@
+#include "record/collector.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+
+namespace krait::record {
+
+Result<std::unique_ptr<Collector>> Collector::create(CollectorOptions options) {
+  std::unique_ptr<Collector> c(new Collector(std::move(options)));
+  bpf::SamplerConfig& cfg = c->options_.sampler;
+  {
+    // Room for about a second of samples on every CPU before the reader
+    // must catch up; a stack copy makes a record ~20x larger.
+    const long cpus = std::max(1L, ::sysconf(_SC_NPROCESSORS_CONF));
+    const uint64_t want = static_cast<uint64_t>(cpus) * cfg.frequency_hz *
+                          (cfg.native ? cfg.user_stack_bytes + 4096 : 1024);
+    uint64_t ring = 8u << 20;
+    while (ring < want && ring < (512u << 20))
+      ring <<= 1;
+    cfg.ring_buffer_bytes = static_cast<uint32_t>(ring);
+  }
+  bpf::install_libbpf_logging();
+  auto sampler = bpf::Sampler::open_and_load(cfg);
+  if (!sampler)
+    return sampler.error();
+  c->sampler_ = std::move(*sampler);
+  c->sink_ = std::make_unique<SamplerSink>(*c->sampler_);
+  c->tracker_ = std::make_unique<ProcessTracker>(*c->sink_, c->options_.tracker);
+
+  BuilderOptions bopts;
+  bopts.native = cfg.native;
+  bopts.kernel = cfg.kernel_stacks;
+  auto builder = StackBuilder::create(bopts);
+  if (!builder)
+    return builder.error();
+  c->builder_ = std::move(*builder);
+  c->queue_ = std::make_unique<JobQueue>(c->options_.queue_bytes);
+  c->builder_thread_ = std::make_unique<BuilderThread>(*c->builder_, *c->queue_);
+  PipelineOptions popts;
+  popts.max_depth = c->options_.max_depth;
+  popts.native = cfg.native;
+  c->pipeline_ = std::make_unique<Pipeline>(*c->tracker_, *c->queue_, popts, &c->modules_);
+  auto reader = events::RingReader::create(c->sampler_->events_fd(), *c->pipeline_);
+  if (!reader)
+    return reader.error();
+  c->reader_ = std::move(*reader);
+  return c;
+}
+
+Collector::~Collector() {
+  // The builder thread must stop before what it reads goes away.
+  if (builder_thread_)
+    builder_thread_->finish();
+}
+
+void Collector::scan(const std::vector<pid_t>& pids) {
+  if (!pids.empty()) {
+    for (pid_t pid : pids)
+      (void)tracker_->classify(pid, monotonic_ns());
+    return;
+  }
+  std::error_code ec;
+  const pid_t self = ::getpid();
+  for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos)
+      continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(name));
+    if (pid != self)
+      (void)tracker_->classify(pid, monotonic_ns());
+  }
+}
+
+void Collector::end_interval(uint64_t ktime_ns) {
+  SampleJob marker;
+  marker.interval_end = true;
+  marker.ktime_ns = ktime_ns;
+  queue_->push(std::move(marker), /*control=*/true);
+}
+
+Result<void> Collector::stop() {
+  sampler_->stop();
+  for (;;) {
+    auto r = reader_->consume();
+    if (!r)
+      return r.error();
+    if (*r == 0)
+      break;
+  }
+  return {};
+}
+
+void Collector::finish() {
+  builder_thread_->finish();
+}
+
+RunFacts Collector::facts(double seconds) const {
+  RunFacts f;
+  f.seconds = seconds;
+  f.frequency_hz = options_.sampler.frequency_hz;
+  f.event = sampler_->source_name();
+  f.cpus = sampler_->cpus();
+  f.counters = sampler_->counters();
+  f.malformed_records = reader_->malformed();
+  f.bpf_runs = sampler_->run_stats();
+  return f;
+}
+
+}  // namespace krait::record

@@ -1,0 +1,81 @@
+// Collector: everything between the kernel and the profiles, for one run of
+// `krait record` or `krait daemon`: the loaded sampler, the process
+// tracker, the reader-side pipeline, and the stack builder on its thread.
+//
+// Threading: created, driven (consume, stop) and destroyed on one thread,
+// the run loop's; the builder runs on its own thread until finish().
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "bpf/sampler.h"
+#include "events/ring_reader.h"
+#include "record/job_queue.h"
+#include "record/pipeline.h"
+#include "record/process_tracker.h"
+#include "record/stack_builder.h"
+#include "record/summary.h"
+#include "unwind/module_cache.h"
+
+namespace krait::record {
+
+struct CollectorOptions {
+  bpf::SamplerConfig sampler;  // ring buffer size is derived here
+  TrackerOptions tracker;
+  uint32_t max_depth = KRAIT_PY_DEPTH_DEFAULT;
+  size_t queue_bytes = 256u << 20;  // samples waiting for the stack builder
+};
+
+class Collector {
+ public:
+  static Result<std::unique_ptr<Collector>> create(CollectorOptions options);
+  ~Collector();
+
+  ProcessTracker& tracker() { return *tracker_; }
+  Pipeline& pipeline() { return *pipeline_; }
+  StackBuilder& builder() { return *builder_; }
+  bpf::Sampler& sampler() { return *sampler_; }
+
+  // Classifies every process running now (or just `pids`), before start().
+  void scan(const std::vector<pid_t>& pids = {});
+  Result<void> start() { return sampler_->start(); }
+  int ring_fd() const { return reader_->epoll_fd(); }
+  // Dispatches the records waiting in the ring buffer.
+  Result<uint64_t> consume() { return reader_->consume(); }
+  // Ends the current interval at `ktime_ns` (in order with the samples).
+  void end_interval(uint64_t ktime_ns);
+  // Stops sampling and drains the ring buffer into the builder's queue.
+  Result<void> stop();
+  // Lets the builder finish the queue and joins it (take profiles after).
+  void finish();
+
+  RunFacts facts(double seconds) const;
+
+ private:
+  explicit Collector(CollectorOptions options) : options_(std::move(options)) {}
+
+    class SamplerSink final : public ProcessMapSink {
+   public:
+    explicit SamplerSink(bpf::Sampler& sampler) : sampler_(sampler) {}
+    Result<void> set_process(uint32_t pid, const krait_proc_info& info) override {
+      return sampler_.set_process(pid, info);
+    }
+    void remove_process(uint32_t pid) override { sampler_.remove_process(pid); }
+
+   private:
+    bpf::Sampler& sampler_;
+  };
+  CollectorOptions options_;
+  std::unique_ptr<bpf::Sampler> sampler_;
+  std::unique_ptr<SamplerSink> sink_;
+  std::unique_ptr<ProcessTracker> tracker_;
+  unwind::ModuleCache modules_;
+  std::unique_ptr<StackBuilder> builder_;
+  std::unique_ptr<JobQueue> queue_;
+  std::unique_ptr<BuilderThread> builder_thread_;
+  std::unique_ptr<Pipeline> pipeline_;
+  std::unique_ptr<events::RingReader> reader_;
+};
+
+}  // namespace krait::record
