@@ -14,5 +14,6 @@ using Runner = std::function<Result<int>()>;
 Runner add_record_command(CLI::App& app);
 Runner add_info_command(CLI::App& app);
 Runner add_offsets_command(CLI::App& app);
+Runner add_daemon_command(CLI::App& app);
 
 }  // namespace krait::cli

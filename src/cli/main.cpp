@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   auto record = krait::cli::add_record_command(app);
   auto info = krait::cli::add_info_command(app);
   auto offsets = krait::cli::add_offsets_command(app);
+  auto daemon = krait::cli::add_daemon_command(app);
 
   try {
     app.parse(argc, argv);
@@ -38,6 +39,8 @@ int main(int argc, char** argv) {
     result = info();
   else if (app.got_subcommand("offsets"))
     result = offsets();
+  else if (app.got_subcommand("daemon"))
+    result = daemon();
   if (!result) {
     std::fprintf(stderr, "krait: error: %s\n", result.error().message.c_str());
     return 1;

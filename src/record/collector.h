@@ -55,7 +55,7 @@ class Collector {
  private:
   explicit Collector(CollectorOptions options) : options_(std::move(options)) {}
 
-    class SamplerSink final : public ProcessMapSink {
+  class SamplerSink final : public ProcessMapSink {
    public:
     explicit SamplerSink(bpf::Sampler& sampler) : sampler_(sampler) {}
     Result<void> set_process(uint32_t pid, const krait_proc_info& info) override {

@@ -128,7 +128,7 @@ FrameRef Pipeline::python_frame(TrackedProcess& p, const krait_py_frame& frame) 
 
 LabelsRef Pipeline::labels_for(uint64_t key, int pid, const std::string& process_name,
                                const std::string* python_version, uint32_t tid, const char* comm,
-                               uint16_t py_flags) {
+                               uint16_t py_flags, const profile::Labels* extra) {
   std::string thread(comm, strnlen(comm, KRAIT_COMM_LEN));
   const char* gil = !(py_flags & KRAIT_PYF_GIL_KNOWN) ? ""
                     : (py_flags & KRAIT_PYF_GIL_HELD) ? "held"
@@ -144,6 +144,8 @@ LabelsRef Pipeline::labels_for(uint64_t key, int pid, const std::string& process
     labels->emplace_back("python_version", *python_version);
   if (*gil)
     labels->emplace_back("gil", gil);
+  if (extra)
+    labels->insert(labels->end(), extra->begin(), extra->end());
   std::sort(labels->begin(), labels->end());
   labels_.emplace(std::move(cache_key), labels);
   return labels;
@@ -229,7 +231,8 @@ void Pipeline::on_sample(const events::SampleView& view) {
     version_text = p->attachment.version->str();
     version = &version_text;
   }
-  job.labels = labels_for(p->generation, p->pid, p->name, version, s.hdr.tid, s.comm, s.py_flags);
+  job.labels = labels_for(p->generation, p->pid, p->name, version, s.hdr.tid, s.comm, s.py_flags,
+                          &p->extra_labels);
   const bool every_entry = p->attachment.layout && p->attachment.layout->every_frame_is_entry;
   job.python.reserve(view.frames.size());
   for (const krait_py_frame& f : view.frames)
@@ -252,6 +255,12 @@ void Pipeline::on_sample(const events::SampleView& view) {
   if (options_.native)
     add_native(view, job, p->modules, p->modules_loaded_ns);
   submit(std::move(job));
+}
+
+void Pipeline::prune_caches() {
+  frames_.clear();
+  labels_.clear();
+  synthetic_.clear();
 }
 
 void Pipeline::on_exec(const krait_exec_event& event) {

@@ -63,6 +63,10 @@ class Pipeline final : public events::EventHandler {
   void on_code_capture(const krait_code_event& event) override;
 
   const PipelineStats& stats() const { return stats_; }
+  // Drops the caches of named frames and labels (they are rebuilt on use):
+  // the daemon calls it per interval so processes that came and went leave
+  // nothing behind.
+  void prune_caches();
 
  private:
   struct OtherProcess {  // --all-processes: a process that is not Python
@@ -76,7 +80,7 @@ class Pipeline final : public events::EventHandler {
   FrameRef synthetic_frame(const std::string& name);
   LabelsRef labels_for(uint64_t key, int pid, const std::string& process_name,
                        const std::string* python_version, uint32_t tid, const char* comm,
-                       uint16_t py_flags);
+                       uint16_t py_flags, const profile::Labels* extra = nullptr);
   std::shared_ptr<const unwind::ProcessModules> modules_for(
       int pid, std::shared_ptr<const unwind::ProcessModules>& cached, uint64_t& loaded_ns,
       uint64_t ip);

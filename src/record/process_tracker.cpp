@@ -82,6 +82,11 @@ python::AttachStatus ProcessTracker::classify(pid_t pid, uint64_t now_ns) {
   if (existing && existing->state == ProcessState::kRefused)
     return python::AttachStatus::kRefused;
   const int retries = existing ? existing->retries : 0;
+  if (options_.wanted && !options_.wanted(pid)) {
+    retire(pid);
+    (void)sink_.set_process(pid, ignore_until(now_ns + options_.not_python_recheck_ns));
+    return python::AttachStatus::kNotPython;
+  }
 
   python::Attachment a = python::attach_process(pid, images_, options_.attach);
   switch (a.status) {
@@ -117,6 +122,8 @@ python::AttachStatus ProcessTracker::classify(pid_t pid, uint64_t now_ns) {
     info = at.info;
     p.memory = std::make_unique<proc::ProcessMemory>(pid);
     ++attached_;
+    if (options_.describe)
+      options_.describe(p);
     spdlog::debug("pid {} ({}): Python {} from {}, offsets: {}", pid, p.name, at.version->str(),
                   at.image_path, at.offsets_source);
   } else {
@@ -129,6 +136,25 @@ python::AttachStatus ProcessTracker::classify(pid_t pid, uint64_t now_ns) {
   if (auto r = sink_.set_process(pid, info); !r)
     spdlog::warn("{}", r.error().message);
   return p.attachment.status;
+}
+
+size_t ProcessTracker::prune_exited() {
+  size_t n = 0;
+  for (auto it = processes_.begin(); it != processes_.end();) {
+    if (it->second.state == ProcessState::kExited) {
+      it = processes_.erase(it);
+      ++n;
+    } else {
+      ++it;
+    }
+  }
+  return n;
+}
+
+void ProcessTracker::set_hooks(std::function<bool(pid_t)> wanted,
+                               std::function<void(TrackedProcess&)> describe) {
+  options_.wanted = std::move(wanted);
+  options_.describe = std::move(describe);
 }
 
 TrackedProcess& ProcessTracker::adopt(TrackedProcess process) {

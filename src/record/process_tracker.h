@@ -14,6 +14,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -84,6 +85,11 @@ struct TrackerOptions {
   python::AttachOptions attach;
   bool listed_only = false;
   uint64_t not_python_recheck_ns = 10'000'000'000ull;
+  // Daemon hooks, both optional. `wanted`: whether a process may be
+  // profiled at all (process selection), asked before attaching.
+  // `describe`: fills series and extra_labels of a process just attached.
+  std::function<bool(pid_t)> wanted;
+  std::function<void(TrackedProcess&)> describe;
 };
 
 class ProcessTracker {
@@ -106,6 +112,11 @@ class ProcessTracker {
   const std::map<uint64_t, TrackedProcess>& processes() const { return processes_; }
 
   uint64_t attached() const { return attached_; }
+  // Forgets processes that exited (kept until now for a summary); the
+  // daemon calls it once per interval so churn does not accumulate.
+  size_t prune_exited();
+  // Replaces the daemon hooks (configuration reload).
+  void set_hooks(std::function<bool(pid_t)> wanted, std::function<void(TrackedProcess&)> describe);
 
  private:
   TrackedProcess& fresh_entry(pid_t pid);

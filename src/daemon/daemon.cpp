@@ -1,0 +1,395 @@
+#include "daemon/daemon.h"
+
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <mutex>
+#include <set>
+
+#include "bpf/features.h"
+#include "daemon/app_name.h"
+#include "daemon/process_filter.h"
+#include "export/directory_output.h"
+#include "export/pprof.h"
+#include "export/pyroscope.h"
+#include "export/upload_queue.h"
+#include "proc/container.h"
+#include "record/collector.h"
+#include "record/loop_support.h"
+
+namespace krait::daemon {
+namespace {
+
+using record::Collector;
+using record::SeriesRef;
+using record::TrackedProcess;
+
+int64_t unix_now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Labels that differ per process go on each sample inside the pprof; the
+// rest name the series (a Pyroscope series per application, host and
+// container, not per pid).
+bool is_sample_label(const std::string& name) {
+  static const std::set<std::string> names{"pid", "process_name", "python_version",
+                                           "container_pid"};
+  return names.count(name) > 0;
+}
+
+// Where profiles go. Used from the builder thread (deliver) and the run loop
+// (reload, flush, health): one mutex.
+class Outputs {
+ public:
+  static Result<std::unique_ptr<Outputs>> create(const DaemonConfig& config) {
+    auto out = std::make_unique<Outputs>();
+    if (!config.pyroscope.url.empty()) {
+      auto options = pyroscope_options(config);
+      if (!options)
+        return options.error();
+      auto sender = exporter::PyroscopeSender::create(std::move(*options));
+      if (!sender)
+        return sender.error();
+      out->sender_ = std::move(*sender);
+      out->queue_ =
+          std::make_unique<exporter::UploadQueue>(*out->sender_, upload_queue_options(config));
+    }
+    if (!config.directory.path.empty())
+      out->directory_ =
+          std::make_unique<exporter::DirectoryOutput>(directory_output_options(config));
+    out->rate_hz_ = config.sampling_rate_hz;
+    return out;
+  }
+
+  void deliver(const record::Series& series, profile::Profile profile, int64_t from_ns,
+               int64_t until_ns) {
+    profile.meta().start_time_unix_ns = from_ns;
+    profile.meta().duration_ns = until_ns - from_ns;
+    profile.meta().period_ns = static_cast<int64_t>(1'000'000'000ull / rate_hz_);
+    auto bytes = exporter::encode_pprof(profile);
+    std::lock_guard lock(mutex_);
+    if (!bytes) {
+      ++encode_failures_;
+      spdlog::error("{}: cannot encode its profile: {}", series.application, bytes.error().message);
+      return;
+    }
+    if (directory_) {
+      auto written = directory_->write(series.application, from_ns / 1'000'000'000,
+                                       until_ns / 1'000'000'000, *bytes);
+      // A full or unwritable directory is reported, never fatal.
+      if (!written && written.error().message != last_directory_error_) {
+        spdlog::error("profile directory: {}", written.error().message);
+        last_directory_error_ = written.error().message;
+      } else if (written) {
+        last_directory_error_.clear();
+      }
+    }
+    if (queue_) {
+      exporter::Upload upload;
+      upload.application = series.application;
+      upload.labels = series.labels;
+      upload.from_unix_ns = from_ns;
+      upload.until_unix_ns = until_ns;
+      upload.sample_rate_hz = rate_hz_;
+      upload.pprof = std::move(*bytes);
+      upload.id = exporter::make_upload_id();
+      queue_->enqueue(std::move(upload));
+    }
+    ++delivered_;
+  }
+
+  // Sends what is queued until `deadline`; the queue stops after this.
+  void flush(std::chrono::steady_clock::time_point deadline) {
+    std::lock_guard lock(mutex_);
+    if (queue_ && !queue_->flush(deadline)) {
+      auto s = queue_->stats();
+      spdlog::warn("{} profile(s) could not be uploaded before exiting: {}", s.queued,
+                   s.last_error.empty() ? "timeout" : s.last_error);
+    }
+  }
+
+  std::string health() const {
+    std::lock_guard lock(mutex_);
+    std::string out = fmt::format("{} profiles cut", delivered_);
+    if (queue_) {
+      auto s = queue_->stats();
+      out += fmt::format(
+          ", uploads: {} sent, {} queued, {} retried, {} dropped (queue full), {} "
+          "rejected",
+          s.sent, s.queued, s.retried, s.dropped_by_cap, s.rejected);
+      if (!s.last_error.empty() && s.queued)
+        out += " (last error: " + s.last_error + ")";
+    }
+    if (directory_) {
+      auto s = directory_->stats();
+      out += fmt::format(", files: {} written, {} failed", s.written, s.failed);
+    }
+    return out;
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  std::unique_ptr<exporter::PyroscopeSender> sender_;
+  std::unique_ptr<exporter::UploadQueue> queue_;
+  std::unique_ptr<exporter::DirectoryOutput> directory_;
+  uint32_t rate_hz_ = 99;
+  uint64_t delivered_ = 0;
+  uint64_t encode_failures_ = 0;
+  std::string last_directory_error_;
+};
+
+// How processes are chosen and named; rebuilt on SIGHUP.
+struct Naming {
+  std::shared_ptr<ProcessFilter> filter;
+  std::shared_ptr<ProcessDescriber> describer;
+  // Series are shared by every process of an application: interned here
+  // (run loop thread only).
+  std::map<std::pair<std::string, profile::Labels>, SeriesRef> series;
+
+  static Result<Naming> create(const DaemonConfig& config) {
+    Naming n;
+    auto filter = ProcessFilter::create(config.processes);
+    if (!filter)
+      return filter.error();
+    n.filter = std::make_shared<ProcessFilter>(std::move(*filter));
+    auto describer = ProcessDescriber::create(config, effective_hostname(config));
+    if (!describer)
+      return describer.error();
+    n.describer = std::make_shared<ProcessDescriber>(std::move(*describer));
+    return n;
+  }
+
+  bool wanted(pid_t pid) const {
+    auto identity = read_process_identity(pid);
+    if (!identity)
+      return true;  // gone or unreadable: the attach decides
+    auto container = proc::read_container_info(pid);
+    return filter->matches(*identity, container ? *container : proc::ContainerInfo{});
+  }
+
+  void describe(TrackedProcess& p) {
+    const std::string version = p.attachment.version ? p.attachment.version->str() : "";
+    auto d = describer->describe(p.pid, version);
+    profile::Labels series_labels;
+    p.extra_labels.clear();
+    std::string application = "unknown";
+    if (d) {
+      application = d->application;
+      for (auto& [k, v] : d->labels) {
+        if (!is_sample_label(k))
+          series_labels.emplace_back(k, v);
+        else if (k == "container_pid")
+          p.extra_labels.emplace_back(k, v);
+      }
+    }
+    auto key = std::make_pair(application, series_labels);
+    auto it = series.find(key);
+    if (it == series.end())
+      it = series
+               .emplace(key, std::make_shared<const record::Series>(
+                                 record::Series{application, series_labels}))
+               .first;
+    p.series = it->second;
+  }
+};
+
+// The wall-clock boundary after `unix_ns`, on multiples of the interval.
+int64_t next_boundary(int64_t unix_ns, uint32_t interval_s) {
+  const int64_t step = static_cast<int64_t>(interval_s) * 1'000'000'000;
+  return (unix_ns / step + 1) * step;
+}
+
+}  // namespace
+
+Result<int> run_daemon(DaemonRunOptions o) {
+  if (auto missing = bpf::missing_capabilities(bpf::effective_capabilities()))
+    return Error{*missing};
+  DaemonConfig config = std::move(o.config);
+
+  auto sigfd = record::signal_fd({SIGINT, SIGTERM, SIGHUP});
+  if (!sigfd)
+    return sigfd.error();
+
+  auto outputs_result = Outputs::create(config);
+  if (!outputs_result)
+    return outputs_result.error();
+  std::shared_ptr<Outputs> outputs = std::move(*outputs_result);
+  std::mutex outputs_mutex;  // guards the pointer itself (swapped on reload)
+
+  auto naming_result = Naming::create(config);
+  if (!naming_result)
+    return naming_result.error();
+  Naming naming = std::move(*naming_result);
+
+  record::CollectorOptions copts;
+  copts.sampler.frequency_hz = config.sampling_rate_hz;
+  copts.sampler.native = config.stack_mode == StackMode::kMixed;
+  copts.sampler.kernel_stacks = config.kernel_stacks;
+  copts.tracker.wanted = [&naming](pid_t pid) { return naming.wanted(pid); };
+  copts.tracker.describe = [&naming](TrackedProcess& p) { naming.describe(p); };
+  auto collector = Collector::create(std::move(copts));
+  if (!collector)
+    return collector.error();
+  Collector& c = **collector;
+
+  // The wall clock names intervals; the monotonic clock (the samples' own)
+  // decides which interval a sample falls in. One fixed mapping between
+  // them keeps consecutive intervals exactly adjacent.
+  const int64_t unix_at_start = unix_now_ns();
+  const int64_t mono_at_start = static_cast<int64_t>(record::monotonic_ns());
+  auto to_unix = [&](int64_t mono) { return mono - mono_at_start + unix_at_start; };
+  auto to_mono = [&](int64_t unix) { return unix - unix_at_start + mono_at_start; };
+
+  // Runs on the builder thread at every interval end.
+  int64_t interval_start_mono = mono_at_start;
+  c.builder().set_interval_sink([&](std::vector<record::SeriesProfile> profiles) {
+    std::shared_ptr<Outputs> out;
+    {
+      std::lock_guard lock(outputs_mutex);
+      out = outputs;
+    }
+    for (auto& sp : profiles) {
+      if (!sp.series)
+        continue;
+      out->deliver(*sp.series, std::move(sp.profile), to_unix(interval_start_mono),
+                   to_unix(sp.end_ktime_ns));
+    }
+    if (!profiles.empty())
+      interval_start_mono = profiles.front().end_ktime_ns;
+  });
+
+  c.scan();
+  auto epfd = record::epoll_fd();
+  if (!epfd)
+    return epfd.error();
+  auto interval_timer = record::timer_fd(3600);
+  auto health_timer = record::timer_fd(o.health_interval_s, /*repeat=*/true);
+  if (!interval_timer)
+    return interval_timer.error();
+  if (!health_timer)
+    return health_timer.error();
+  KRAIT_TRY(record::epoll_add(epfd->get(), c.ring_fd()));
+  KRAIT_TRY(record::epoll_add(epfd->get(), sigfd->get()));
+  KRAIT_TRY(record::epoll_add(epfd->get(), interval_timer->get()));
+  KRAIT_TRY(record::epoll_add(epfd->get(), health_timer->get()));
+
+  int64_t boundary_unix = next_boundary(unix_at_start, config.upload_interval_s);
+  KRAIT_TRY(
+      record::arm_timer_at(interval_timer->get(), static_cast<uint64_t>(to_mono(boundary_unix))));
+  KRAIT_TRY(c.start());
+  spdlog::info("profiling every Python process at {} Hz ({}), {} s intervals{}{}",
+               config.sampling_rate_hz, c.sampler().source_name(), config.upload_interval_s,
+               config.pyroscope.url.empty() ? "" : ", to " + config.pyroscope.url,
+               config.directory.path.empty() ? "" : ", into " + config.directory.path);
+  if (o.ready_fd >= 0) {
+    [[maybe_unused]] ssize_t n = ::write(o.ready_fd, "ready\n", 6);
+    ::close(o.ready_fd);
+  }
+
+  uint64_t last_samples = 0;
+  bool running = true;
+  while (running) {
+    epoll_event events[8];
+    int n = ::epoll_wait(epfd->get(), events, 8, -1);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      return make_error("epoll_wait: {}", std::strerror(errno));
+    }
+    for (int i = 0; i < n; ++i) {
+      const int fd = events[i].data.fd;
+      if (fd == c.ring_fd()) {
+        if (auto r = c.consume(); !r)
+          return r.error();
+      } else if (fd == interval_timer->get()) {
+        record::drain_timer(fd);
+        // Samples already in the ring belong before the boundary.
+        if (auto r = c.consume(); !r)
+          return r.error();
+        c.end_interval(static_cast<uint64_t>(to_mono(boundary_unix)));
+        // Processes that exited and the caches they left go with the
+        // interval they ended in.
+        c.tracker().prune_exited();
+        c.pipeline().prune_caches();
+        boundary_unix = next_boundary(boundary_unix, config.upload_interval_s);
+        KRAIT_TRY(record::arm_timer_at(fd, static_cast<uint64_t>(to_mono(boundary_unix))));
+      } else if (fd == health_timer->get()) {
+        record::drain_timer(fd);
+        const auto& ps = c.pipeline().stats();
+        std::shared_ptr<Outputs> out;
+        {
+          std::lock_guard lock(outputs_mutex);
+          out = outputs;
+        }
+        auto counters = c.sampler().counters();
+        spdlog::info(
+            "health: {} Python processes profiled, {} samples (+{}), {} lost (ring "
+            "full), {} dropped (builder behind); {}",
+            c.tracker().attached(), ps.samples, ps.samples - last_samples,
+            counters[KRAIT_CNT_RINGBUF_FULL], ps.queue_full, out->health());
+        last_samples = ps.samples;
+      } else if (fd == sigfd->get()) {
+        const int sig = record::read_signal(fd);
+        if (sig != SIGHUP) {
+          spdlog::info("{}: delivering the last interval and exiting",
+                       sig == SIGTERM ? "SIGTERM" : "SIGINT");
+          running = false;
+          continue;
+        }
+        // SIGHUP: the configuration again, applied where it can be live.
+        if (!o.flags)
+          continue;
+        auto reloaded = resolve_config(*o.flags);
+        if (!reloaded) {
+          spdlog::error("configuration not reloaded: {}", reloaded.error().message);
+          continue;
+        }
+        if (reloaded->sampling_rate_hz != config.sampling_rate_hz ||
+            reloaded->stack_mode != config.stack_mode ||
+            reloaded->kernel_stacks != config.kernel_stacks)
+          spdlog::warn("sampling rate and stack mode changes need a restart of krait");
+        auto new_outputs = Outputs::create(*reloaded);
+        auto new_naming = Naming::create(*reloaded);
+        if (!new_outputs || !new_naming) {
+          spdlog::error("configuration not reloaded: {}",
+                        (!new_outputs ? new_outputs.error() : new_naming.error()).message);
+          continue;
+        }
+        std::shared_ptr<Outputs> old;
+        {
+          std::lock_guard lock(outputs_mutex);
+          old = std::exchange(outputs, std::move(*new_outputs));
+        }
+        old->flush(std::chrono::steady_clock::now() + std::chrono::seconds(2));
+        naming.filter = new_naming->filter;
+        naming.describer = new_naming->describer;
+        // A new interval length applies from the next boundary on.
+        config = std::move(*reloaded);
+        spdlog::set_level(spdlog::level::from_str(config.log_level));
+        spdlog::info("configuration reloaded");
+      }
+    }
+  }
+
+  // The last interval ends now: deliver it, then give the uploads a few
+  // seconds.
+  KRAIT_TRY(c.stop());
+  c.end_interval(record::monotonic_ns());
+  c.finish();
+  std::shared_ptr<Outputs> out;
+  {
+    std::lock_guard lock(outputs_mutex);
+    out = outputs;
+  }
+  out->flush(std::chrono::steady_clock::now() + std::chrono::seconds(5));
+  spdlog::info("stopped; {}", out->health());
+  return 0;
+}
+
+}  // namespace krait::daemon
