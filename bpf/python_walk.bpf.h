@@ -221,6 +221,7 @@ static __always_inline void krait_capture_code(const struct krait_frame_walk* w,
   e->firstlineno = firstlineno;
   e->name_addr = name;
   e->file_addr = file;
+  e->frame = w->frame;
   /* A string near the end of a mapping cannot be read whole: the failed read
    * leaves zeros, which user space treats as no capture. */
   bpf_probe_read_user(e->name, sizeof(e->name), (const void*)name);

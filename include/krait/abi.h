@@ -95,9 +95,10 @@ struct krait_user_regs {
 };
 
 /* krait_sample.native_flags */
-#define KRAIT_NATIVE_CAPTURED 0x1    /* user_regs and the stack copy are valid */
-#define KRAIT_NATIVE_STACK_SHORT 0x2 /* the copy stopped before the requested size (top of stack) */
-#define KRAIT_NATIVE_NO_USER 0x4     /* a kernel thread: no user context */
+#define KRAIT_NATIVE_CAPTURED 0x1     /* user_regs and the stack copy are valid */
+#define KRAIT_NATIVE_STACK_SHORT 0x2  /* the copy stopped before the requested size (top of stack) \
+                                       */
+#define KRAIT_NATIVE_NO_USER 0x4      /* a kernel thread: no user context */
 #define KRAIT_NATIVE_KERNEL_FAULT 0x8 /* the kernel stack could not be read */
 
 /* Bounds of the variable parts of a sample record. */
@@ -152,6 +153,7 @@ struct krait_code_event {
   __u32 firstlineno;
   __u64 name_addr;
   __u64 file_addr;
+  __u64 frame; /* the frame that ran it when first seen (names methods before 3.11) */
   __u8 name[KRAIT_CAPTURE_NAME_BYTES];
   __u8 file[KRAIT_CAPTURE_FILE_BYTES];
 };

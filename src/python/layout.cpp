@@ -124,6 +124,36 @@ Result<PythonLayout> build_layout(const OffsetTable& table, PyVersion v) {
   out.code_varnames = frame_objects ? f.optional("PyCodeObject.co_varnames")
                                     : f.optional("PyCodeObject.co_localsplusnames");
   out.tuple_items = f.optional("PyTupleObject.ob_item", 24);
+  if (frame_objects) {
+    // Optional: without these fields methods keep their bare names.
+    MethodClassLayout& m = out.method_class;
+    m.frame_localsplus = f.optional("PyFrameObject.f_localsplus");
+    m.type_name = f.optional("PyTypeObject.tp_name");
+    m.type_mro = f.optional("PyTypeObject.tp_mro");
+    m.type_dict = f.optional("PyTypeObject.tp_dict");
+    m.py2_dict = py2;
+    m.dict_keys = f.optional("PyDictObject.ma_keys");
+    m.dict_mask = f.optional("PyDictObject.ma_mask");
+    m.dict_table = f.optional("PyDictObject.ma_table");
+    m.keys_size = f.optional("PyDictKeysObject.dk_size");
+    m.keys_nentries = f.optional("PyDictKeysObject.dk_nentries");
+    m.keys_indices = f.optional("PyDictKeysObject.dk_indices");
+    m.entry_size = f.optional("sizeof(PyDictKeyEntry)", 0);
+    m.entry_key = f.optional("PyDictKeyEntry.me_key");
+    m.entry_value = f.optional("PyDictKeyEntry.me_value");
+    m.func_code = f.optional("PyFunctionObject.func_code");
+    m.classmethod_callable = f.optional("classmethod.cm_callable");
+    const bool dict_ok =
+        py2 ? (m.dict_mask != KRAIT_OFFSET_NONE && m.dict_table != KRAIT_OFFSET_NONE)
+            : (m.dict_keys != KRAIT_OFFSET_NONE && m.keys_size != KRAIT_OFFSET_NONE &&
+               m.keys_nentries != KRAIT_OFFSET_NONE && m.keys_indices != KRAIT_OFFSET_NONE);
+    m.enabled = dict_ok && m.frame_localsplus != KRAIT_OFFSET_NONE &&
+                m.type_name != KRAIT_OFFSET_NONE && m.type_mro != KRAIT_OFFSET_NONE &&
+                m.type_dict != KRAIT_OFFSET_NONE && m.entry_size != 0 &&
+                m.entry_key != KRAIT_OFFSET_NONE && m.entry_value != KRAIT_OFFSET_NONE &&
+                m.func_code != KRAIT_OFFSET_NONE && out.code_argcount != KRAIT_OFFSET_NONE &&
+                out.code_varnames != KRAIT_OFFSET_NONE;
+  }
   out.tstate_interp = f.optional("PyThreadState.interp");
   b.tstate_interp = out.tstate_interp;
   // The GIL: a label, never a reason to refuse a process, so every field is

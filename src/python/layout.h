@@ -31,6 +31,29 @@ struct StringLayout {
   uint8_t kind_bit = 2, kind_bits = 3, compact_bit = 5, ascii_bit = 6;
 };
 
+// What naming a method's class takes before 3.11 (no co_qualname): the
+// frame's first local, its type's MRO and each class's dict. Read in user
+// space, once per code object.
+struct MethodClassLayout {
+  bool enabled = false;
+  uint16_t frame_localsplus = KRAIT_OFFSET_NONE;
+  uint16_t type_name = KRAIT_OFFSET_NONE;  // PyTypeObject.tp_name (char*)
+  uint16_t type_mro = KRAIT_OFFSET_NONE;
+  uint16_t type_dict = KRAIT_OFFSET_NONE;
+  bool py2_dict = false;  // 2.7: ma_mask + ma_table; 3.x: ma_keys -> PyDictKeysObject
+  uint16_t dict_keys = KRAIT_OFFSET_NONE;
+  uint16_t dict_mask = KRAIT_OFFSET_NONE;
+  uint16_t dict_table = KRAIT_OFFSET_NONE;
+  uint16_t keys_size = KRAIT_OFFSET_NONE;
+  uint16_t keys_nentries = KRAIT_OFFSET_NONE;
+  uint16_t keys_indices = KRAIT_OFFSET_NONE;
+  uint16_t entry_size = 0;
+  uint16_t entry_key = KRAIT_OFFSET_NONE;
+  uint16_t entry_value = KRAIT_OFFSET_NONE;
+  uint16_t func_code = KRAIT_OFFSET_NONE;
+  uint16_t classmethod_callable = KRAIT_OFFSET_NONE;
+};
+
 struct PythonLayout {
   PyVersion version;
   krait_py_layout bpf{};
@@ -45,6 +68,7 @@ struct PythonLayout {
   uint16_t code_argcount = KRAIT_OFFSET_NONE;
   uint16_t code_varnames = KRAIT_OFFSET_NONE;  // co_varnames / co_localsplusnames
   uint16_t tuple_items = 24;                   // PyTupleObject.ob_item
+  MethodClassLayout method_class;              // before 3.11
   // Thread and interpreter fields the validator reads.
   uint16_t tstate_interp = KRAIT_OFFSET_NONE;
   uint16_t tstate_native_thread_id = KRAIT_OFFSET_NONE;

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <ctime>
 
+#include "python/method_class.h"
 #include "util/files.h"
 
 namespace krait::record {
@@ -103,6 +104,10 @@ FrameRef Pipeline::python_frame(TrackedProcess& p, const krait_py_frame& frame) 
         info = c->second;
         ++p.stats.frames_from_capture;
       }
+    }
+    if (info) {
+      if (auto m = p.method_classes.find(ck); m != p.method_classes.end())
+        info->name = m->second + "." + info->name;
     }
     code = p.codes.emplace(ck, std::move(info)).first;
   }
@@ -282,6 +287,14 @@ void Pipeline::on_code_capture(const krait_code_event& event) {
     return;
   if (p->captured.size() >= kMaxCodesPerProcess)
     p->captured.clear();
+  if (p->attachment.layout->method_class.enabled && p->memory && event.frame) {
+    if (auto cls =
+            python::method_class_name(*p->memory, *p->attachment.layout, event.frame, event.code)) {
+      if (p->method_classes.size() >= kMaxCodesPerProcess)
+        p->method_classes.clear();
+      p->method_classes.insert_or_assign({event.code, event.token}, std::move(*cls));
+    }
+  }
   auto info = python::code_info_from_capture(p->attachment.layout->strings, event);
   if (info)
     p->captured.insert_or_assign({event.code, event.token}, std::move(*info));

@@ -69,6 +69,7 @@ void ProcessTracker::retire(pid_t pid) {
     p.state = ProcessState::kExited;
     p.codes.clear();
     p.captured.clear();
+    p.method_classes.clear();
     p.memory.reset();
     p.modules.reset();
   }

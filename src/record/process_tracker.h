@@ -74,6 +74,8 @@ struct TrackedProcess {
   std::unordered_map<CodeKey, std::optional<python::CodeInfo>, CodeKeyHash> codes;
   // Names the sampler captured at first sight, used when the live read fails.
   std::unordered_map<CodeKey, python::CodeInfo, CodeKeyHash> captured;
+  // Before 3.11: the class defining a method, found when it was captured.
+  std::unordered_map<CodeKey, std::string, CodeKeyHash> method_classes;
   std::unique_ptr<proc::RemoteMemory> memory;
   // Mixed stacks: the process's executable mappings, reloaded when a sample
   // runs code outside them (dlopen).

@@ -78,6 +78,24 @@ TEST_P(PerInterpreter, ChainStackAndLinesAreExact) {
   EXPECT_NE(r->go_raw.find("chain.py"), std::string::npos);
 }
 
+TEST_P(PerInterpreter, MethodsAreNamedAfterTheClassThatDefinesThem) {
+  // Before 3.11 there is no co_qualname: krait finds the defining class
+  // (inherited methods, classmethods) from the frame; the truth comes from
+  // the interpreter's own MRO.
+  auto w = start_workload(interp_, "methods.py", {});
+  ASSERT_TRUE(w.ok()) << w.error().message;
+  TempDir dir;
+  auto rec = Recording::start({"-p", std::to_string(w->truth.pid), "-d", "2"}, dir);
+  ASSERT_TRUE(rec.ok()) << rec.error().message;
+  auto r = rec->wait(60s);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  const auto mine = samples_of_pid(r->samples, w->truth.pid);
+  const auto& expected = w->truth.threads.at(0).stack;
+  ASSERT_GE(total(mine), 100) << r->stderr_text;
+  EXPECT_GE(count_exact(mine, expected), kExactFraction * total(mine))
+      << describe_mismatches(mine, expected);
+}
+
 TEST_P(PerInterpreter, EachThreadHasItsOwnStackAndName) {
   auto w = start_workload(interp_, "threads.py", {});
   ASSERT_TRUE(w.ok()) << w.error().message;

@@ -39,12 +39,34 @@ def code_name(code):
     return getattr(code, "co_qualname", code.co_name)
 
 
+def frame_name(frame):
+    """The name a profiler should report for `frame`.
+
+    From 3.11 co_qualname. Before, a method (first argument self or cls) is
+    named after the class that defines it, as co_qualname would: the first
+    class of the argument's MRO whose __dict__ holds a function with this
+    very code object (so Base.helper called on a Derived is Base.helper).
+    """
+    code = frame.f_code
+    if hasattr(code, "co_qualname"):
+        return code.co_qualname
+    if code.co_argcount >= 1 and code.co_varnames[0] in ("self", "cls"):
+        first = frame.f_locals.get(code.co_varnames[0])
+        klass = first if code.co_varnames[0] == "cls" else type(first)
+        for c in getattr(klass, "__mro__", ()):
+            f = c.__dict__.get(code.co_name)
+            f = getattr(f, "__func__", f)
+            if getattr(f, "__code__", None) is code:
+                return c.__name__ + "." + code.co_name
+    return code.co_name
+
+
 def stack_of(frame):
     """Frames from the root down to `frame`, as the truth lists them."""
     frames = []
     while frame is not None:
         code = frame.f_code
-        frames.append({"function": code_name(code), "file": code.co_filename,
+        frames.append({"function": frame_name(frame), "file": code.co_filename,
                        "line": frame.f_lineno})
         frame = frame.f_back
     frames.reverse()
