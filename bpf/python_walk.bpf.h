@@ -194,7 +194,7 @@ struct krait_frame_walk {
  * (the table is shared by all CPUs and direct-mapped: a collision only means
  * one more capture later). */
 static __always_inline void krait_capture_code(const struct krait_frame_walk* w, __u64 code,
-                                               __u32 token, __u64 name, __u64 file,
+                                               __u32 token, __u64 name, __u64 file, __u64 linetable,
                                                __u32 firstlineno) {
   __u32 slot = (__u32)((code >> 4) ^ token ^ (w->pid * 0x9e3779b1u)) & (KRAIT_SEEN_SLOTS - 1);
   struct krait_seen_slot* seen_slot = bpf_map_lookup_elem(&seen, &slot);
@@ -222,11 +222,15 @@ static __always_inline void krait_capture_code(const struct krait_frame_walk* w,
   e->name_addr = name;
   e->file_addr = file;
   e->frame = w->frame;
+  e->linetable_addr = linetable;
   /* A string near the end of a mapping cannot be read whole: the failed read
    * leaves zeros, which user space treats as no capture. */
   bpf_probe_read_user(e->name, sizeof(e->name), (const void*)name);
   bpf_probe_read_user(e->file, sizeof(e->file), (const void*)file);
-  bpf_ringbuf_submit(e, 0);
+  /* A small table near the end of a mapping: then its head alone. */
+  if (bpf_probe_read_user(e->linetable, sizeof(e->linetable), (const void*)linetable))
+    bpf_probe_read_user(e->linetable, 128, (const void*)linetable);
+  bpf_ringbuf_submit(e, krait_wakeup_flag());
   krait_count(KRAIT_CNT_CODE_CAPTURES);
 }
 
@@ -292,9 +296,9 @@ static long krait_frame_step(__u32 index, void* arg) {
   __u64 file = KRAIT_LOAD(__u64, s->code, KRAIT_CODE_READ_CAP, l->code_filename);
   __u64 name = KRAIT_LOAD(__u64, s->code, KRAIT_CODE_READ_CAP, l->code_name);
   __u32 firstlineno = KRAIT_LOAD(__u32, s->code, KRAIT_CODE_READ_CAP, l->code_firstlineno);
-  __u32 token = krait_code_token(
-      file, name, KRAIT_LOAD(__u64, s->code, KRAIT_CODE_READ_CAP, l->code_linetable), firstlineno);
-  krait_capture_code(w, code, token, name, file, firstlineno);
+  __u64 linetable = KRAIT_LOAD(__u64, s->code, KRAIT_CODE_READ_CAP, l->code_linetable);
+  __u32 token = krait_code_token(file, name, linetable, firstlineno);
+  krait_capture_code(w, code, token, name, file, linetable, firstlineno);
 
   struct krait_py_frame* f = &s->sample.frames[KRAIT_FRAME_SLOT(w->n)];
   f->code = code;

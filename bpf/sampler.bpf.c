@@ -34,6 +34,9 @@ const volatile __u8 cfg_kernel_stacks = 1;
 const volatile __u32 cfg_user_stack_bytes = KRAIT_USER_STACK_DEFAULT;
 /* --all-processes: non-Python processes are sampled too (native stacks). */
 const volatile __u8 cfg_all_processes = 0;
+/* Samples do not wake the reader (a wakeup costs more than a stack walk):
+ * it drains the ring on a short timer, or when this much is pending. */
+const volatile __u32 cfg_wakeup_bytes = 1 << 20;
 /* --pid mode: processes absent from `procs` are not reported. */
 const volatile __u8 cfg_listed_only = 0;
 
@@ -62,6 +65,11 @@ struct {
   __type(key, __u32);
   __type(value, __u64);
 } counters SEC(".maps");
+
+static __always_inline __u64 krait_wakeup_flag(void) {
+  return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg_wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+                                                                           : BPF_RB_NO_WAKEUP;
+}
 
 static __always_inline void krait_count(__u32 index) {
   __u64* v = bpf_map_lookup_elem(&counters, &index);
@@ -207,7 +215,7 @@ int krait_sample(struct bpf_perf_event_data* ctx) {
   __u32 m = sample->user_stack_size;
   if (m > KRAIT_USER_STACK_CAP)
     m = KRAIT_USER_STACK_CAP;
-  if (bpf_ringbuf_output(&events, sample, KRAIT_SAMPLE_SIZE(n, k, m), 0)) {
+  if (bpf_ringbuf_output(&events, sample, KRAIT_SAMPLE_SIZE(n, k, m), krait_wakeup_flag())) {
     krait_count(KRAIT_CNT_RINGBUF_FULL);
     return 0;
   }

@@ -95,8 +95,9 @@ struct krait_user_regs {
 };
 
 /* krait_sample.native_flags */
-#define KRAIT_NATIVE_CAPTURED 0x1     /* user_regs and the stack copy are valid */
-#define KRAIT_NATIVE_STACK_SHORT 0x2  /* the copy stopped before the requested size (top of stack) \
+#define KRAIT_NATIVE_CAPTURED 0x1 /* user_regs and the stack copy are valid */
+#define KRAIT_NATIVE_STACK_SHORT                                                                   \
+  0x2                                 /* the copy stopped before the requested size (top of stack) \
                                        */
 #define KRAIT_NATIVE_NO_USER 0x4      /* a kernel thread: no user context */
 #define KRAIT_NATIVE_KERNEL_FAULT 0x8 /* the kernel stack could not be read */
@@ -144,6 +145,7 @@ struct krait_exec_event {
  * same layout as live memory, and uses them only when the live read fails. */
 #define KRAIT_CAPTURE_NAME_BYTES 128
 #define KRAIT_CAPTURE_FILE_BYTES 256
+#define KRAIT_CAPTURE_LINETABLE_BYTES 512
 #define KRAIT_SEEN_SLOTS 16384 /* direct-mapped table of (pid, code, token) already captured */
 
 struct krait_code_event {
@@ -154,8 +156,12 @@ struct krait_code_event {
   __u64 name_addr;
   __u64 file_addr;
   __u64 frame; /* the frame that ran it when first seen (names methods before 3.11) */
+  __u64 linetable_addr;
   __u8 name[KRAIT_CAPTURE_NAME_BYTES];
   __u8 file[KRAIT_CAPTURE_FILE_BYTES];
+  /* The line table object's first bytes: whole for most functions, so even
+   * a code object that died before user space read it gets exact lines. */
+  __u8 linetable[KRAIT_CAPTURE_LINETABLE_BYTES];
 };
 
 struct krait_seen_slot {

@@ -15,7 +15,7 @@ static_assert(KRAIT_SAMPLE_SIZE(2, 3, 100) == 208 + 32 + 24 + 100);
 static_assert(sizeof(krait_exec_event) == 40);
 static_assert(offsetof(krait_sample, cost_ns) == 36);
 static_assert(sizeof(krait_py_layout) == 56);
-static_assert(sizeof(krait_code_event) == 448);
+static_assert(sizeof(krait_code_event) == 968);
 static_assert(sizeof(krait_seen_slot) == 16);
 static_assert(sizeof(krait_proc_info) == 96);
 static_assert(sizeof(krait_thread_entry) == 24);

@@ -123,6 +123,8 @@ Result<std::unique_ptr<Sampler>> Sampler::open_and_load(const SamplerConfig& con
   skel->rodata->cfg_kernel_stacks = config.kernel_stacks ? 1 : 0;
   skel->rodata->cfg_user_stack_bytes = config.user_stack_bytes;
   skel->rodata->cfg_all_processes = config.all_processes ? 1 : 0;
+  // A quarter full: early enough that a slow drain never overflows.
+  skel->rodata->cfg_wakeup_bytes = config.ring_buffer_bytes / 4;
   const int cpus = libbpf_num_possible_cpus();
   if (cpus <= 0)
     return make_error("cannot count the possible CPUs: {}", errno_text(cpus));

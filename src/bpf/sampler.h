@@ -28,10 +28,10 @@ struct SamplerConfig {
   uint32_t max_depth = KRAIT_PY_DEPTH_DEFAULT;
   uint32_t thread_walk_limit = KRAIT_THREAD_WALK_DEFAULT;
   uint64_t unknown_recheck_ns = 1'000'000'000;
-  uint32_t ring_buffer_bytes = 8u << 20;
-  bool listed_only = false;   // --pid mode
-  bool measure_cost = false;  // fill krait_sample.cost_ns
-  bool gil_only = false;      // skip threads that do not hold the GIL
+  uint32_t ring_buffer_bytes = 8u << 20;  // samples wake the reader only past a quarter
+  bool listed_only = false;               // --pid mode
+  bool measure_cost = false;              // fill krait_sample.cost_ns
+  bool gil_only = false;                  // skip threads that do not hold the GIL
   // Mixed stacks: kernel stack, user registers and a copy of the user stack.
   bool native = false;
   bool kernel_stacks = true;

@@ -296,18 +296,17 @@ Result<int> run_daemon(DaemonRunOptions o) {
   bool running = true;
   while (running) {
     epoll_event events[8];
-    int n = ::epoll_wait(epfd->get(), events, 8, -1);
+    int n = ::epoll_wait(epfd->get(), events, 8, Collector::kDrainPeriodMs);
     if (n < 0) {
       if (errno == EINTR)
         continue;
       return make_error("epoll_wait: {}", std::strerror(errno));
     }
+    if (auto r = c.consume(); !r)
+      return r.error();
     for (int i = 0; i < n; ++i) {
       const int fd = events[i].data.fd;
-      if (fd == c.ring_fd()) {
-        if (auto r = c.consume(); !r)
-          return r.error();
-      } else if (fd == interval_timer->get()) {
+      if (fd == interval_timer->get()) {
         record::drain_timer(fd);
         // Samples already in the ring belong before the boundary.
         if (auto r = c.consume(); !r)

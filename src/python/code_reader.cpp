@@ -139,9 +139,52 @@ Result<std::string> decode_captured(const StringLayout& layout, std::span<const 
   return read_py_string(mem, layout, kAt);
 }
 
+// The lines a captured line table object gives: all of them when the copy
+// holds the whole table, else those of the entries it holds whole.
+std::vector<LineRange> lines_from_capture(const PythonLayout& python, std::span<const uint8_t> raw,
+                                          int32_t firstlineno) {
+  const StringLayout& s = python.strings;
+  if (raw.size() <= s.bytes_data)
+    return {};
+  int64_t size = 0;
+  std::memcpy(&size, raw.data() + s.var_size, sizeof size);
+  if (size <= 0 || static_cast<uint64_t>(size) > kMaxLineTableBytes)
+    return {};
+  const size_t avail = raw.size() - s.bytes_data;
+  const bool cut = static_cast<size_t>(size) > avail;
+  std::span<const uint8_t> table(raw.data() + s.bytes_data, cut ? avail : size);
+  const LineTableFormat format = python.line_format;
+  uint32_t code_size = 0;
+  if (format == LineTableFormat::kLocations311) {
+    // Entries start with a byte whose top bit is set: drop a cut last one.
+    if (cut) {
+      size_t end = table.size();
+      while (end > 0 && !(table[end - 1] & 0x80))
+        --end;
+      table = table.first(end > 0 ? end - 1 : 0);
+    }
+  } else {
+    if (cut)
+      table = table.first(table.size() & ~size_t{1});  // whole pairs only
+    if (format == LineTableFormat::kLnotabSigned || format == LineTableFormat::kLnotabUnsigned) {
+      // lnotab's last line runs to the end of the code; of a cut table that
+      // end is unknown, so the last line stops where its entry starts.
+      uint32_t covered = 0;
+      for (size_t i = 0; i < table.size(); i += 2)
+        covered += table[i];
+      code_size = cut ? covered : UINT32_MAX / 2;
+      if (code_size == 0)
+        return {};
+    }
+  }
+  auto lines = decode_line_table(format, table, firstlineno, code_size);
+  return lines ? std::move(*lines) : std::vector<LineRange>{};
+}
+
 }  // namespace
 
-Result<CodeInfo> code_info_from_capture(const StringLayout& layout, const krait_code_event& event) {
+Result<CodeInfo> code_info_from_capture(const PythonLayout& python, const krait_code_event& event) {
+  const StringLayout& layout = python.strings;
   auto name = decode_captured(layout, event.name);
   if (!name)
     return name.error().context("captured function name");
@@ -152,6 +195,7 @@ Result<CodeInfo> code_info_from_capture(const StringLayout& layout, const krait_
   info.name = std::move(*name);
   info.filename = std::move(*file);
   info.firstlineno = static_cast<int32_t>(event.firstlineno);
+  info.lines = lines_from_capture(python, event.linetable, info.firstlineno);
   return info;
 }
 

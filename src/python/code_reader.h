@@ -43,9 +43,11 @@ struct CodeInfo {
 
 // The names the sampler captured when it first saw a code object
 // (krait_code_event), for when the object is gone before it can be read:
-// name, file and first line, no line table. A string longer than the
-// capture is cut and ends in "...".
-Result<CodeInfo> code_info_from_capture(const StringLayout& layout, const krait_code_event& event);
+// name, file, first line, and the lines of the part of the line table the
+// capture holds (the whole table for most functions; offsets past a cut
+// table have no line). A string longer than the capture is cut and ends in
+// "...".
+Result<CodeInfo> code_info_from_capture(const PythonLayout& layout, const krait_code_event& event);
 
 // Reads the code object at `address` and checks it is the one a sample saw:
 // its type must be code_type and its fields must hash to `token` (see

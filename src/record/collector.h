@@ -41,6 +41,9 @@ class Collector {
   void scan(const std::vector<pid_t>& pids = {});
   Result<void> start() { return sampler_->start(); }
   int ring_fd() const { return reader_->epoll_fd(); }
+  // Samples do not wake the reader: a run loop waits at most this long
+  // before it drains the ring (consume()) anyway.
+  static constexpr int kDrainPeriodMs = 10;
   // Dispatches the records waiting in the ring buffer.
   Result<uint64_t> consume() { return reader_->consume(); }
   // Ends the current interval at `ktime_ns` (in order with the samples).

@@ -295,7 +295,7 @@ void Pipeline::on_code_capture(const krait_code_event& event) {
       p->method_classes.insert_or_assign({event.code, event.token}, std::move(*cls));
     }
   }
-  auto info = python::code_info_from_capture(p->attachment.layout->strings, event);
+  auto info = python::code_info_from_capture(*p->attachment.layout, event);
   if (info)
     p->captured.insert_or_assign({event.code, event.token}, std::move(*info));
 }

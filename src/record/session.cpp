@@ -160,18 +160,17 @@ Result<int> run_record(const RecordOptions& o) {
   bool running = true;
   while (running) {
     epoll_event events[4];
-    int n = ::epoll_wait(epfd->get(), events, 4, -1);
+    int n = ::epoll_wait(epfd->get(), events, 4, Collector::kDrainPeriodMs);
     if (n < 0) {
       if (errno == EINTR)
         continue;
       return make_error("epoll_wait: {}", std::strerror(errno));
     }
+    if (auto r = c.consume(); !r)
+      return r.error();
     for (int i = 0; i < n; ++i) {
       int fd = events[i].data.fd;
-      if (fd == c.ring_fd()) {
-        if (auto r = c.consume(); !r)
-          return r.error();
-      } else if (fd == sigfd->get()) {
+      if (fd == sigfd->get()) {
         spdlog::debug("stopping: signal {}", read_signal(fd));
         running = false;
       } else if (fd == timer.get()) {

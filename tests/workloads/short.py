@@ -5,8 +5,9 @@
 The truth (one JSON line, as in chain.py) is printed at once, before the
 loop starts, so a profiler can be pointed at the process while it lives:
 <module> -> main -> burn -> hot, the leaf at the hot loop's line. The loop
-then runs for about --ms milliseconds (checked every lap of a few hundred
-microseconds) and the process exits 0. For tests of processes that come and
+then runs for about --ms milliseconds of CPU time (checked every lap of a few
+hundred microseconds; CPU time, so a loaded machine gives the same number of
+samples, only later) and the process exits 0. For tests of processes that come and
 go while the profiler runs. KRAIT_WORKLOAD_SELFCHECK=1 adds the observation
 lines described in chain.py; give it --ms of a second or more so they fit.
 """
@@ -206,6 +207,24 @@ class Lane(object):
 LAP = 20000
 
 
+def cpu_seconds():
+    # time.clock is process CPU time on Unix in 2.7; process_time from 3.3.
+    return time.process_time() if hasattr(time, "process_time") else time.clock()
+
+
+class CpuLane(Lane):
+    """A Lane whose deadline is in CPU seconds from now."""
+
+    def __init__(self, cpu_budget):
+        Lane.__init__(self)
+        self.cpu_deadline = cpu_seconds() + cpu_budget
+
+    def lap(self):
+        Lane.lap(self)
+        if cpu_seconds() >= self.cpu_deadline:
+            self.running = False
+
+
 def hot(lane, announce):
     announce(sys._getframe())
     limit = LAP
@@ -227,7 +246,7 @@ def main():
     args = parser.parse_args()
     if args.ms < 0:
         parser.error("--ms must be >= 0")
-    lane = Lane(time.time() + args.ms / 1000.0)
+    lane = CpuLane(args.ms / 1000.0)
 
     def announce(frame):
         threads = [thread_truth(frame, HOT_MARKER)]

@@ -240,7 +240,7 @@ TEST_F(PipelineTest, FreedCodeObjectWithIntactFieldsIsNotNamed) {
 // What the sampler sends the first time it sees a code object: the raw
 // bytes at the name and file string objects.
 krait_code_event capture_of(const proc::FakeMemory& mem, const FakeCode& code, uint64_t name_addr,
-                            uint64_t file_addr) {
+                            uint64_t file_addr, uint64_t table_addr) {
   krait_code_event e{};
   e.hdr.type = KRAIT_EVENT_CODE;
   e.hdr.pid = 4242;
@@ -256,6 +256,10 @@ krait_code_event capture_of(const proc::FakeMemory& mem, const FakeCode& code, u
   for (size_t n = sizeof e.file; n > 0; --n)
     if (mem.read({file_addr}, {e.file, n}).ok())
       break;
+  e.linetable_addr = table_addr;
+  for (size_t n = sizeof e.linetable; n > 0; --n)
+    if (mem.read({table_addr}, {e.linetable, n}).ok())
+      break;
   return e;
 }
 
@@ -265,8 +269,8 @@ TEST_F(PipelineTest, CodeObjectGoneBeforeItIsReadIsNamedFromTheSamplersCapture) 
   const std::string long_file = "/srv/app/" + std::string(300, 'x') + "/module.py";
   FakeCode imported = put_code(*mem, 0x100000, "<module>", "/srv/app/mod.py", 1);
   FakeCode exec_d = put_code(*mem, 0x200000, "generated", long_file, 9);
-  krait_code_event c1 = capture_of(*mem, imported, 0x110000, 0x120000);
-  krait_code_event c2 = capture_of(*mem, exec_d, 0x210000, 0x220000);
+  krait_code_event c1 = capture_of(*mem, imported, 0x110000, 0x120000, 0x130000);
+  krait_code_event c2 = capture_of(*mem, exec_d, 0x210000, 0x220000, 0x230000);
   // Both die before user space reads them.
   mem->add_value<uint64_t>(imported.address, 0x7f12'3456'7000ull);
   mem->add_value<uint64_t>(exec_d.address, 0);
@@ -285,7 +289,7 @@ TEST_F(PipelineTest, CodeObjectGoneBeforeItIsReadIsNamedFromTheSamplersCapture) 
   ASSERT_EQ(stack.size(), 2u);
   EXPECT_EQ(std::get<0>(stack[1]), "<module>");
   EXPECT_EQ(std::get<1>(stack[1]), "/srv/app/mod.py");
-  EXPECT_EQ(std::get<2>(stack[1]), 0) << "no line table was captured: the line is unknown";
+  EXPECT_EQ(std::get<2>(stack[1]), 2) << "the captured line table gives the line";
   EXPECT_EQ(std::get<0>(stack[0]), "generated");
   const std::string& file = std::get<1>(stack[0]);
   ASSERT_GT(file.size(), 3u);
