@@ -287,24 +287,16 @@ Result<int> run_daemon(DaemonRunOptions o) {
                config.sampling_rate_hz, c.sampler().source_name(), config.upload_interval_s,
                config.pyroscope.url.empty() ? "" : ", to " + config.pyroscope.url,
                config.directory.path.empty() ? "" : ", into " + config.directory.path);
-  if (o.ready_fd >= 0) {
-    [[maybe_unused]] ssize_t n = ::write(o.ready_fd, "ready\n", 6);
-    ::close(o.ready_fd);
-  }
+  record::signal_ready(o.ready_fd);
 
   uint64_t last_samples = 0;
   bool running = true;
   while (running) {
     epoll_event events[8];
-    int n = ::epoll_wait(epfd->get(), events, 8, Collector::kDrainPeriodMs);
-    if (n < 0) {
-      if (errno == EINTR)
-        continue;
-      return make_error("epoll_wait: {}", std::strerror(errno));
-    }
-    if (auto r = c.consume(); !r)
-      return r.error();
-    for (int i = 0; i < n; ++i) {
+    auto ready = c.wait(epfd->get(), events);
+    if (!ready)
+      return ready.error();
+    for (int i = 0; i < *ready; ++i) {
       const int fd = events[i].data.fd;
       if (fd == interval_timer->get()) {
         record::drain_timer(fd);

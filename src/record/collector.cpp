@@ -3,6 +3,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 
 namespace krait::record {
@@ -71,6 +73,17 @@ void Collector::scan(const std::vector<pid_t>& pids) {
     if (pid != self)
       (void)tracker_->classify(pid, monotonic_ns());
   }
+}
+
+Result<int> Collector::wait(int epfd, std::span<epoll_event> events) {
+  int n = ::epoll_wait(epfd, events.data(), static_cast<int>(events.size()), kDrainPeriodMs);
+  if (n < 0) {
+    if (errno != EINTR)
+      return make_error("epoll_wait: {}", std::strerror(errno));
+    n = 0;
+  }
+  KRAIT_TRY(consume());
+  return n;
 }
 
 void Collector::end_interval(uint64_t ktime_ns) {

@@ -6,7 +6,10 @@
 // the run loop's; the builder runs on its own thread until finish().
 #pragma once
 
+#include <sys/epoll.h>
+
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "bpf/sampler.h"
@@ -46,6 +49,10 @@ class Collector {
   static constexpr int kDrainPeriodMs = 10;
   // Dispatches the records waiting in the ring buffer.
   Result<uint64_t> consume() { return reader_->consume(); }
+  // One turn of a run loop: waits on `epfd` at most kDrainPeriodMs (the
+  // ring must be added to it), drains the ring, and returns how many of
+  // `events` are ready (the ring's own readiness included).
+  Result<int> wait(int epfd, std::span<epoll_event> events);
   // Ends the current interval at `ktime_ns` (in order with the samples).
   void end_interval(uint64_t ktime_ns);
   // Stops sampling and drains the ring buffer into the builder's queue.

@@ -62,6 +62,13 @@ void drain_timer(int fd) {
   [[maybe_unused]] ssize_t got = ::read(fd, &expirations, sizeof expirations);
 }
 
+void signal_ready(int fd) {
+  if (fd < 0)
+    return;
+  [[maybe_unused]] ssize_t n = ::write(fd, "ready\n", 6);
+  ::close(fd);
+}
+
 Result<UniqueFd> epoll_fd() {
   UniqueFd fd(::epoll_create1(EPOLL_CLOEXEC));
   if (!fd.valid())

@@ -24,6 +24,10 @@ Result<void> arm_timer_at(int fd, uint64_t monotonic_ns);
 // Consumes a timer's expirations (so epoll stops reporting it).
 void drain_timer(int fd);
 
+// Writes "ready\n" to `fd` and closes it (no-op for -1): --ready-fd, for
+// service managers and tests waiting for sampling to run.
+void signal_ready(int fd);
+
 Result<UniqueFd> epoll_fd();
 Result<void> epoll_add(int epfd, int fd);
 

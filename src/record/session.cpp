@@ -152,23 +152,15 @@ Result<int> run_record(const RecordOptions& o) {
                               : fmt::format("{} process(es)", o.pids.size()),
                o.frequency_hz, c.sampler().source_name(),
                o.duration_s ? fmt::format(" for {} s", *o.duration_s) : " until Ctrl-C");
-  if (o.ready_fd >= 0) {
-    [[maybe_unused]] ssize_t n = ::write(o.ready_fd, "ready\n", 6);
-    ::close(o.ready_fd);
-  }
+  signal_ready(o.ready_fd);
 
   bool running = true;
   while (running) {
     epoll_event events[4];
-    int n = ::epoll_wait(epfd->get(), events, 4, Collector::kDrainPeriodMs);
-    if (n < 0) {
-      if (errno == EINTR)
-        continue;
-      return make_error("epoll_wait: {}", std::strerror(errno));
-    }
-    if (auto r = c.consume(); !r)
-      return r.error();
-    for (int i = 0; i < n; ++i) {
+    auto ready = c.wait(epfd->get(), events);
+    if (!ready)
+      return ready.error();
+    for (int i = 0; i < *ready; ++i) {
       int fd = events[i].data.fd;
       if (fd == sigfd->get()) {
         spdlog::debug("stopping: signal {}", read_signal(fd));
