@@ -1,0 +1,307 @@
+"""Python calling C, and C calling Python, through the krait_cext extension.
+
+    python cext.py --ext-dir DIR
+
+DIR holds krait_cext.so (tests/fixtures/cext/krait_cext.c), built by the test
+for this very interpreter. Three threads burn CPU, each in one place:
+
+  cext-spin      Python -> krait_cext.spin -> krait_cext_spin (a C loop, GIL
+                 released). Truth: its Python stack, the leaf at the call line.
+  cext-callback  Python -> krait_cext.call_back -> krait_cext_call_back (C)
+                 -> callback_hot (Python, a one-line loop). Truth: its Python
+                 stack, the callback's frame last, the leaf at the hot line.
+  cext-native    a pthread started by the extension that runs
+                 krait_cext_native_worker and never touches the interpreter.
+
+The truth line adds "c_function" (thread name -> the C function it runs, as
+the extension names its own symbols), "callback_frames" (how many Python
+frames of the cext-callback stack run above the C call: 1),
+"native_thread" ({"tid", "name", "function"}) and "extension" (the file
+imported). The threads run until the process is killed.
+
+Runs unchanged on CPython 2.7 and 3.6 to 3.15. The block between the
+"common" markers is identical in every workload so each stays one file.
+"""
+
+from __future__ import print_function
+
+import argparse
+import sys
+import time
+
+# --- common (identical in every workload) -----------------------------------
+import dis
+import json
+import os
+import threading
+import traceback
+
+HOT_MARKER = "# krait:" + "hot"
+CALL_MARKER = "# krait:" + "call"
+SELFCHECK_INTERVAL = 0.01
+_print_lock = threading.Lock()
+
+
+def python_version():
+    return sys.version.split()[0]
+
+
+def code_name(code):
+    # co_qualname exists from 3.11 on; profilers report it there, co_name before.
+    return getattr(code, "co_qualname", code.co_name)
+
+
+def frame_name(frame):
+    """The name a profiler should report for `frame`.
+
+    From 3.11 co_qualname. Before, a method (first argument self or cls) is
+    named after the class that defines it, as co_qualname would: the first
+    class of the argument's MRO whose __dict__ holds a function with this
+    very code object (so Base.helper called on a Derived is Base.helper).
+    """
+    code = frame.f_code
+    if hasattr(code, "co_qualname"):
+        return code.co_qualname
+    if code.co_argcount >= 1 and code.co_varnames[0] in ("self", "cls"):
+        first = frame.f_locals.get(code.co_varnames[0])
+        klass = first if code.co_varnames[0] == "cls" else type(first)
+        for c in getattr(klass, "__mro__", ()):
+            f = c.__dict__.get(code.co_name)
+            f = getattr(f, "__func__", f)
+            if getattr(f, "__code__", None) is code:
+                return c.__name__ + "." + code.co_name
+    return code.co_name
+
+
+def stack_of(frame):
+    """Frames from the root down to `frame`, as the truth lists them."""
+    frames = []
+    while frame is not None:
+        code = frame.f_code
+        frames.append({"function": frame_name(frame), "file": code.co_filename,
+                       "line": frame.f_lineno})
+        frame = frame.f_back
+    frames.reverse()
+    return frames
+
+
+def native_tid():
+    if hasattr(threading, "get_native_id"):
+        return threading.get_native_id()
+    # Before 3.8: /proc/thread-self links to "<pid>/task/<tid>" (Linux 3.17+).
+    return int(os.readlink("/proc/thread-self").rsplit("/", 1)[1])
+
+
+def thread_ident():
+    return threading.current_thread().ident
+
+
+def read_comm(tid):
+    with open("/proc/self/task/%d/comm" % tid) as f:
+        return f.read().rstrip("\n")
+
+
+def set_comm(tid, name):
+    with open("/proc/self/task/%d/comm" % tid, "w") as f:
+        f.write(name)
+
+
+def marked_line(code, marker):
+    """The one line of `code` whose source text ends with `marker`.
+
+    Only lines in the compiler's own line table of `code` count, so the
+    marker of a nested or neighbouring function is never taken, and a marker
+    that drifted off real code fails loudly instead of giving a wrong truth.
+    """
+    code_lines = set(line for _, line in dis.findlinestarts(code) if line is not None)
+    with open(code.co_filename) as f:
+        text = f.read().split("\n")
+    found = [n for n in sorted(code_lines)
+             if 0 < n <= len(text) and text[n - 1].rstrip().endswith(marker)]
+    if len(found) != 1:
+        raise RuntimeError("%s: %d lines marked %r in %s, need one" %
+                           (code.co_filename, len(found), marker, code.co_name))
+    return found[0]
+
+
+def thread_truth(frame, leaf_marker):
+    """The truth of the calling thread whose leaf frame is `frame`."""
+    stack = stack_of(frame)
+    stack[-1]["line"] = marked_line(frame.f_code, leaf_marker)
+    tid = native_tid()
+    return {"tid": tid, "ident": thread_ident(), "name": read_comm(tid), "stack": stack}
+
+
+def guarded(function, *args):
+    """Runs `function`; any exception ends the whole process with status 70.
+
+    A workload whose truth cannot be computed must die, not leave a test
+    waiting for a line that never comes.
+    """
+    try:
+        return function(*args)
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(70)
+
+
+def emit(obj):
+    with _print_lock:
+        print(json.dumps(obj, sort_keys=True))
+        sys.stdout.flush()
+
+
+def emit_truth(workload, threads, extra=None):
+    truth = {"kind": "truth", "workload": workload, "pid": os.getpid(),
+             "python": python_version(), "threads": threads}
+    if extra:
+        truth.update(extra)
+    emit(truth)
+
+
+def selfcheck_enabled():
+    return os.environ.get("KRAIT_WORKLOAD_SELFCHECK") == "1"
+
+
+def selfcheck_count():
+    return int(os.environ.get("KRAIT_WORKLOAD_SELFCHECK_COUNT", "100"))
+
+
+def start_selfcheck(threads, end_info=None):
+    """Observes `threads` (truth entries) from a helper thread, if enabled.
+
+    `end_info` is called at the end for workload-specific facts to report.
+    """
+    if not selfcheck_enabled():
+        return
+
+    count = selfcheck_count()
+
+    def observe():
+        for _ in range(count):
+            time.sleep(SELFCHECK_INTERVAL)
+            frames = sys._current_frames()
+            seen = []
+            for t in threads:
+                frame = frames.get(t["ident"])
+                seen.append({"tid": t["tid"], "stack": stack_of(frame) if frame else []})
+            del frames
+            emit({"kind": "observation", "threads": seen})
+        end = {"kind": "selfcheck_end", "observations": count}
+        if end_info is not None:
+            end.update(end_info())
+        emit(end)
+
+    helper = threading.Thread(target=guarded, args=(observe,), name="selfcheck")
+    helper.daemon = True
+    helper.start()
+
+
+class Lane(object):
+    """Per-thread bookkeeping, run once per lap of a hot loop (rarely)."""
+
+    def __init__(self, deadline=None, on_first_lap=None):
+        self.running = True
+        self.laps = 0
+        self.deadline = deadline
+        self.on_first_lap = on_first_lap
+
+    def lap(self):
+        self.laps += 1
+        if self.laps == 1 and self.on_first_lap is not None:
+            guarded(self.on_first_lap, sys._getframe(1))
+        if self.deadline is not None and time.time() >= self.deadline:
+            self.running = False
+# --- end common --------------------------------------------------------------
+
+# About 20-50 ms of C per call and per callback: the Python bookkeeping
+# between them is a negligible share of the samples.
+SPIN_LAPS = 20000000
+CALLBACK_LAP = 300000
+CALLS_PER_LAP = 10
+
+_callback_state = {"first": True, "on_first": None}
+
+
+def callback_hot():
+    if _callback_state["first"]:
+        _callback_state["first"] = False
+        guarded(_callback_state["on_first"], sys._getframe())
+    n = 0
+    while n < CALLBACK_LAP: n += 1  # krait:hot
+    return n
+
+
+def spin_in_c(cext, lane):
+    while lane.running:
+        cext.spin(SPIN_LAPS)  # krait:call
+        lane.lap()
+
+
+def call_back_from_c(cext, lane):
+    while lane.running:
+        cext.call_back(callback_hot, CALLS_PER_LAP)  # krait:call
+        lane.lap()
+
+
+def run_part(name, body, cext, lane):
+    set_comm(native_tid(), name)
+    body(cext, lane)
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Python -> C and C -> Python")
+    parser.add_argument("--ext-dir", required=True, help="directory of krait_cext.so")
+    args = parser.parse_args()
+    sys.path.insert(0, args.ext_dir)
+    import krait_cext
+
+    ready = threading.Condition()
+    truths = {}
+
+    def record(name, truth):
+        with ready:
+            truths[name] = truth
+            ready.notify()
+
+    def spin_first_lap(frame):
+        truth = thread_truth(frame, CALL_MARKER)
+        record("cext-spin", truth)
+
+    def callback_first(frame):
+        truth = thread_truth(frame, HOT_MARKER)
+        # CPython's own view of the caller: the frame below the callback is
+        # at its call of call_back.
+        caller = frame.f_back
+        if caller.f_lineno != marked_line(caller.f_code, CALL_MARKER):
+            raise RuntimeError("the callback's caller is not at its call line")
+        record("cext-callback", truth)
+
+    _callback_state["on_first"] = callback_first
+    parts = [("cext-spin", spin_in_c, Lane(on_first_lap=spin_first_lap)),
+             ("cext-callback", call_back_from_c, Lane())]
+    for name, body, lane in parts:
+        t = threading.Thread(target=guarded, args=(run_part, name, body, krait_cext, lane),
+                             name=name)
+        t.daemon = True
+        t.start()
+
+    native = krait_cext.start_native_thread()
+    with ready:
+        while len(truths) < 2:
+            ready.wait()
+    emit_truth("cext", [truths["cext-spin"], truths["cext-callback"]], {
+        "c_function": {"cext-spin": krait_cext.SPIN_SYMBOL,
+                       "cext-callback": krait_cext.CALL_BACK_SYMBOL},
+        "callback_frames": 1,
+        "native_thread": {"tid": native, "name": read_comm(native),
+                          "function": krait_cext.NATIVE_WORKER_SYMBOL},
+        "extension": os.path.abspath(krait_cext.__file__),
+    })
+    while True:
+        time.sleep(3600)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
