@@ -19,6 +19,30 @@ std::string unversioned(const std::string& name) {
   return at == std::string::npos || at == 0 ? name : name.substr(0, at);
 }
 
+// The function that the code at `vaddr`, which no symbol covers, was split
+// off from: stripped builds keep the symbols of exported functions but not
+// the local ones of their cold parts ("f.cold"), and PGO builds of CPython
+// put most of the eval loop in _PyEval_EvalFrameDefault.cold. GCC emits the
+// cold part's FDE right after its function's, and linkers place
+// .text.unlikely before .text, so a part is recognized by an FDE that
+// follows in the section the FDE of a named function (a symbol spanning
+// exactly that FDE) yet lies below it in memory. A static function that
+// follows an exported one lies above it and is not mistaken for its part.
+const elf::Symbol* split_from(const unwind::ModuleFile& file, const elf::ElfFile& symbols,
+                              uint64_t vaddr) {
+  unwind::FdeRef part = file.find_fde(vaddr);
+  if (!part)
+    return nullptr;
+  const unwind::FdeEntry* parent = part.table->emitted_before(*part.fde);
+  if (parent == nullptr || parent->start <= part.fde->end)
+    return nullptr;
+  const elf::Symbol* symbol = symbols.function_at(parent->start);
+  if (symbol == nullptr || symbol->value != parent->start ||
+      symbol->value + symbol->size != parent->end)
+    return nullptr;
+  return symbol;
+}
+
 }  // namespace
 
 struct NativeSymbolizer::FileState {
@@ -106,6 +130,9 @@ NativeFrames NativeSymbolizer::resolve(FileState& state, const unwind::ModuleFil
   if (symbol == nullptr && !file.elf().has_symtab())
     symbol = file.elf().function_at(vaddr);  // .dynsym
   std::string symbol_name = symbol != nullptr ? unversioned(symbol->name) : std::string();
+  if (symbol == nullptr)
+    if (const elf::Symbol* parent = split_from(file, file.elf(), vaddr))
+      symbol_name = unversioned(parent->name) + ".cold";
 
   NativeFrames out;
   if (state.dwarf) {

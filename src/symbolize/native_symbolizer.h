@@ -11,6 +11,8 @@
 // - ELF symbols when DWARF does not cover the address: the file's .symtab,
 //   the debug file's .symtab, then .dynsym. Split parts keep their suffix
 //   ("_PyEval_EvalFrameDefault.cold", demangled C++ as "f() [clone .cold]").
+//   In a stripped file, a cold part without its own symbol is named after
+//   the function whose FDE precedes it (see split_from in the .cpp).
 // An address nothing names gives one frame with an empty function name.
 // Debug files that dwz split (.gnu_debugaltlink, as Debian's -dbgsym
 // packages are) are read as far as libdw follows the link on its own.

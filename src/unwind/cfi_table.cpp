@@ -252,12 +252,6 @@ EhCie parse_eh_cie(std::span<const uint8_t> bytes, size_t offset) {
   return cie;
 }
 
-void sort_entries(std::vector<FdeEntry>& entries) {
-  std::sort(entries.begin(), entries.end(), [](const FdeEntry& a, const FdeEntry& b) {
-    return a.start != b.start ? a.start < b.start : a.end < b.end;
-  });
-}
-
 void put_u8(std::vector<uint8_t>& out, uint8_t v) {
   out.push_back(v);
 }
@@ -316,7 +310,7 @@ Result<CfiTable> CfiTable::from_eh_frame(std::span<const uint8_t> bytes, uint64_
   }
   if (table.entries_.empty())
     return make_error(".eh_frame has no readable FDE");
-  sort_entries(table.entries_);
+  table.index_entries();
   return table;
 }
 
@@ -410,8 +404,28 @@ Result<CfiTable> CfiTable::from_debug_frame(std::span<const uint8_t> bytes) {
     return make_error(
         ".debug_frame has no FDE that can be used (8-byte addresses, no augmentation)");
   table.bytes_ = out;
-  sort_entries(table.entries_);
+  table.index_entries();
   return table;
+}
+
+void CfiTable::index_entries() {
+  std::sort(entries_.begin(), entries_.end(), [](const FdeEntry& a, const FdeEntry& b) {
+    return a.start != b.start ? a.start < b.start : a.end < b.end;
+  });
+  by_offset_.resize(entries_.size());
+  for (uint32_t i = 0; i < by_offset_.size(); ++i)
+    by_offset_[i] = i;
+  std::sort(by_offset_.begin(), by_offset_.end(),
+            [&](uint32_t a, uint32_t b) { return entries_[a].offset < entries_[b].offset; });
+}
+
+const FdeEntry* CfiTable::emitted_before(const FdeEntry& fde) const {
+  auto it = std::lower_bound(
+      by_offset_.begin(), by_offset_.end(), fde.offset,
+      [&](uint32_t index, uint32_t offset) { return entries_[index].offset < offset; });
+  if (it == by_offset_.begin() || it == by_offset_.end() || entries_[*it].offset != fde.offset)
+    return nullptr;
+  return &entries_[*std::prev(it)];
 }
 
 const FdeEntry* CfiTable::find(uint64_t file_pc) const {

@@ -68,15 +68,22 @@ class CfiTable {
   // The FDE covering file address `file_pc`, or nullptr. Where FDEs
   // overlap, the one starting last wins.
   const FdeEntry* find(uint64_t file_pc) const;
+  // The FDE that precedes `fde` (one of this table's) in the section, or
+  // nullptr. Compilers emit a function's FDEs together, so this is how the
+  // part GCC splits off a function ("f.cold", whose symbol a stripped file
+  // lacks) finds its function.
+  const FdeEntry* emitted_before(const FdeEntry& fde) const;
   size_t size() const { return entries_.size(); }
 
  private:
   CfiTable() = default;
+  void index_entries();
   Source source_ = Source::kEhFrame;
   std::vector<uint8_t> owned_;  // converted .debug_frame
   std::span<const uint8_t> bytes_;
   uint64_t vaddr_ = 0;
-  std::vector<FdeEntry> entries_;  // sorted by start
+  std::vector<FdeEntry> entries_;    // sorted by start
+  std::vector<uint32_t> by_offset_;  // indexes of entries_, in section order
 };
 
 }  // namespace krait::unwind

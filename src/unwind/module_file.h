@@ -23,7 +23,7 @@
 // file (and of the debug file) open for its whole life, so the symbolizer can
 // reopen it through /proc/self/fd even after the mapping process exited or
 // the file was deleted. Held through std::shared_ptr<const ModuleFile>.
-// Memory: the .eh_frame section (kept by the ElfFile) plus 24 bytes per FDE
+// Memory: the .eh_frame section (kept by the ElfFile) plus 28 bytes per FDE
 // (libpython: ~0.5 MiB); other bytes are read from the file when needed.
 //
 // Threading: every member function is const and may be called from any

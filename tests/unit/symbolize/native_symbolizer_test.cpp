@@ -368,6 +368,51 @@ TEST(SymbolizeTest, ColdPartsAreNamedAfterTheirFunction) {
   }
 }
 
+// Stripped builds (Debian's static CPython) keep exported functions'
+// symbols but not their cold parts': the part is named from the CFI that
+// ties it to its function, and only when that function's symbol is there.
+TEST(SymbolizeTest, StrippedColdPartsAreNamedAfterTheFunctionTheyWereSplitFrom) {
+  auto paths = unwind_fixtures::fixture_paths();
+  auto cold = nm_symbol(paths.c, "krait_fixture_split.cold");
+  ASSERT_TRUE(cold) << "GCC did not split krait_fixture_split.cold off";
+  auto dir = TempDir::create();
+  ASSERT_TRUE(dir.ok()) << dir.error().message;
+  const std::string kept = dir->path() + "/kept";
+  const std::string bare = dir->path() + "/bare";
+  ASSERT_TRUE(run_tool({"/usr/bin/objcopy", "--strip-all", "--keep-symbol=krait_fixture_split",
+                        paths.c, kept})
+                  .ok());
+  ASSERT_TRUE(run_tool({"/usr/bin/objcopy", "--strip-all", paths.c, bare}).ok());
+  ASSERT_FALSE(nm_symbol(kept, "krait_fixture_split.cold")) << "objcopy kept the cold symbol";
+  // One symbolizer per file: both copies have the fixture's build-id, which
+  // a symbolizer takes to mean the same contents.
+  NativeSymbolizer symbolizer;
+  NativeSymbolizer bare_symbolizer;
+  auto with_parent = unwind::ModuleFile::open(kept, unwind::ModuleFileOptions{.debug_roots = {}});
+  ASSERT_TRUE(with_parent.ok()) << with_parent.error().message;
+  auto without = unwind::ModuleFile::open(bare, unwind::ModuleFileOptions{.debug_roots = {}});
+  ASSERT_TRUE(without.ok()) << without.error().message;
+  for (uint64_t offset : {uint64_t{0}, cold->second / 2, cold->second - 1}) {
+    const uint64_t vaddr = cold->first + offset;
+    NativeFrames named = symbolizer.symbolize(**with_parent, vaddr);
+    // Named as its symbol would name it, without DWARF to say more.
+    EXPECT_EQ(named.back().function, "krait_fixture_split.cold") << describe(named);
+    NativeFrames unnamed = bare_symbolizer.symbolize(**without, vaddr);
+    EXPECT_EQ(unnamed.back().function, "") << describe(unnamed);
+  }
+  // The function itself keeps its own name, and code after it that no
+  // symbol covers is not taken for one of its parts.
+  auto parent = nm_symbol(paths.c, "krait_fixture_split");
+  ASSERT_TRUE(parent);
+  EXPECT_EQ(symbolizer.symbolize(**with_parent, parent->first).back().system_name,
+            "krait_fixture_split");
+  auto after = (*with_parent)->find_fde(parent->first + parent->second);
+  if (after) {
+    NativeFrames next = symbolizer.symbolize(**with_parent, after.fde->start);
+    EXPECT_EQ(next.back().function, "") << describe(next);
+  }
+}
+
 // The leaf of the C capture, as (fixture executable, file address).
 std::optional<OracleAddress> c_leaf() {
   const Capture* capture = find_capture("c-main");
