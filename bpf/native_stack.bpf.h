@@ -3,7 +3,7 @@
  * The native part of a mixed stack: the kernel stack (bpf_get_stack) and
  * what user space needs to unwind the user stack itself, since interpreters
  * have no frame pointers: the saved user registers and a copy of the stack
- * from the sampled rsp upwards. Both are appended to the sample record after
+ * from the sampled rsp (less the red zone) upwards. Both are appended to the sample record after
  * its Python frames (see krait_sample in krait/abi.h).
  */
 #ifndef KRAIT_NATIVE_STACK_BPF_H
@@ -97,8 +97,9 @@ static __always_inline void krait_capture_native(struct krait_scratch* s, void* 
     want = KRAIT_USER_STACK_CAP;
   /* One read when the range is mapped (most samples); page by page when it
    * runs past the top of the stack (shallow stacks). */
-  if (bpf_probe_read_user(dst, want, (const void*)r->sp) == 0) {
+  if (bpf_probe_read_user(dst, want, (const void*)(r->sp - KRAIT_RED_ZONE_BYTES)) == 0) {
     sample->user_stack_size = want;
+    sample->native_flags |= KRAIT_NATIVE_RED_ZONE;
   } else {
     struct krait_stack_copy c = {.dst = dst, .sp = r->sp, .want = want};
     bpf_loop(KRAIT_USER_STACK_CAP / KRAIT_PAGE + 1, krait_copy_stack_page, &c, 0);

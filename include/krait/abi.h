@@ -101,6 +101,12 @@ struct krait_user_regs {
                                        */
 #define KRAIT_NATIVE_NO_USER 0x4      /* a kernel thread: no user context */
 #define KRAIT_NATIVE_KERNEL_FAULT 0x8 /* the kernel stack could not be read */
+#define KRAIT_NATIVE_RED_ZONE 0x10    /* the copy starts KRAIT_RED_ZONE_BYTES below sp */
+
+/* The x86-64 red zone. Functions that pop a register just before `ret`
+ * leave CFI that still finds the caller's value there, below sp; copying
+ * the red zone too lets samples taken at such epilogues unwind. */
+#define KRAIT_RED_ZONE_BYTES 128
 
 /* Bounds of the variable parts of a sample record. */
 #define KRAIT_KERNEL_FRAMES_CAP 128
@@ -118,7 +124,8 @@ struct krait_sample {
   char comm[KRAIT_COMM_LEN]; /* the thread's name */
   /* Native stacks (mixed mode): the record continues after frames[py_nframes]
    * with __u64 kernel_ips[kernel_nframes] (leaf first), then
-   * __u8 user_stack[user_stack_size] copied from user_regs.sp upwards. */
+   * __u8 user_stack[user_stack_size] copied from user_regs.sp upwards
+   * (KRAIT_RED_ZONE_BYTES lower with KRAIT_NATIVE_RED_ZONE). */
   __u16 kernel_nframes;
   __u16 native_flags;
   __u32 user_stack_size;

@@ -22,7 +22,7 @@ struct SampleView {
   const krait_sample& sample;              // fields up to `frames` are valid
   std::span<const krait_py_frame> frames;  // leaf first
   std::span<const uint64_t> kernel_ips;    // leaf first (mixed mode)
-  std::span<const uint8_t> user_stack;     // from sample.user_regs.sp upwards (mixed mode)
+  std::span<const uint8_t> user_stack;     // see krait_sample (mixed mode)
 };
 
 class EventHandler {

@@ -55,7 +55,7 @@ struct SampleJob {
   bool native = false;
   krait_user_regs regs{};
   uint16_t native_flags = 0;
-  std::vector<uint8_t> user_stack;   // from regs.sp upwards
+  std::vector<uint8_t> user_stack;   // from regs.sp (less the red zone, see native_flags) up
   std::vector<uint64_t> kernel_ips;  // leaf first
   std::shared_ptr<const unwind::ProcessModules> modules;
 

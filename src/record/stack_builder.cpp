@@ -187,7 +187,8 @@ void StackBuilder::merge_native(SeriesState& st, const SampleJob& job,
   const krait_user_regs& r = job.regs;
   snap.regs = {r.ip, r.sp, r.bp, r.bx, r.r12, r.r13, r.r14, r.r15, r.ax,
                r.cx, r.dx, r.si, r.di, r.r8,  r.r9,  r.r10, r.r11};
-  snap.stack_start = r.sp;
+  snap.stack_start =
+      (job.native_flags & KRAIT_NATIVE_RED_ZONE) ? r.sp - KRAIT_RED_ZONE_BYTES : r.sp;
   snap.stack = job.user_stack;
   unwinder_.unwind(snap, *job.modules, options_.max_native_frames, unwound_);
   UnwindStats& us = stats_.unwinding[job.process_key];

@@ -36,7 +36,7 @@ struct Registers {
 
 struct StackSnapshot {
   Registers regs;
-  uint64_t stack_start = 0;        // user address of stack[0] (the sampled rsp)
+  uint64_t stack_start = 0;        // user address of stack[0] (at or below the sampled rsp)
   std::span<const uint8_t> stack;  // bytes copied from [stack_start, stack_start + size)
 };
 
