@@ -118,6 +118,7 @@ RunFacts Collector::facts(double seconds) const {
   f.counters = sampler_->counters();
   f.malformed_records = reader_->malformed();
   f.bpf_runs = sampler_->run_stats();
+  f.native_stacks = options_.sampler.native;
   return f;
 }
 

@@ -54,9 +54,12 @@ RunSummary build_summary(const RunFacts& run, const ProcessTracker& tracker,
     if (!ps.profiled && a.status != python::AttachStatus::kRefused)
       continue;  // never decided
     if (ps.profiled) {
-      for (uint32_t st = 1; st < KRAIT_PY_STATUS_COUNT; ++st)
-        if (st != KRAIT_PY_PROC_REFUSED && p.stats.by_status[st])
+      for (uint32_t st = 1; st < KRAIT_PY_STATUS_COUNT; ++st) {
+        const bool native_thread = st == KRAIT_PY_NO_THREAD_STATE || st == KRAIT_PY_NO_INTERPRETER;
+        if (st != KRAIT_PY_PROC_REFUSED && p.stats.by_status[st] &&
+            !(native_thread && run.native_stacks))
           s.losses[std::string(py_status_description(st))] += p.stats.by_status[st];
+      }
       if (p.stats.truncated)
         s.losses["truncated at the depth limit"] += p.stats.truncated;
       if (p.stats.frames_from_capture)

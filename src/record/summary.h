@@ -24,6 +24,9 @@ struct RunFacts {
   bpf::Counters counters{};
   uint64_t malformed_records = 0;
   bpf::Sampler::RunStats bpf_runs;
+  // Mixed stacks: a thread without Python state is a native thread whose
+  // native stack is its sample, not a loss.
+  bool native_stacks = false;
 };
 
 struct ProcessSummary {

@@ -593,6 +593,12 @@ TEST_P(CExtension, PythonAndCFramesInterleaveAsTheyCalledEachOther) {
   EXPECT_EQ(truth_string(truth, "native_thread", "name"), "cext-native");
   EXPECT_GE(n.total(), 40) << "too few samples of the native thread\n" << r->stderr_text;
   EXPECT_GE(n.fraction(), kInterleavedFraction) << "native thread:\n" << n.describe();
+  // Its samples are its native stacks, not samples lost for want of Python
+  // state (the sampler still counts the status per process).
+  const JsonValue* losses = r->stats.find("losses");
+  ASSERT_NE(losses, nullptr) << "no losses in --stats-json";
+  EXPECT_EQ(losses->find("no Python thread state"), nullptr)
+      << "the native thread's samples were summarized as lost";
 
   auto checked = check_names_against_nm(r->pprof, pid, ext, false);
   ASSERT_TRUE(checked.ok()) << checked.error().message;
