@@ -13,13 +13,16 @@ Result<std::unique_ptr<Collector>> Collector::create(CollectorOptions options) {
   std::unique_ptr<Collector> c(new Collector(std::move(options)));
   bpf::SamplerConfig& cfg = c->options_.sampler;
   {
-    // Room for about a second of samples on every CPU before the reader
-    // must catch up; a stack copy makes a record ~20x larger.
+    // Room for a quarter of a second of samples on every CPU, 25 drain
+    // periods: the reader is late only when a new process is being
+    // attached. A stack copy makes a record ~20x larger; the kernel
+    // allocates the whole ring up front, hence the cap for hosts with
+    // hundreds of CPUs (where not every CPU runs Python).
     const long cpus = std::max(1L, ::sysconf(_SC_NPROCESSORS_CONF));
     const uint64_t want = static_cast<uint64_t>(cpus) * cfg.frequency_hz *
-                          (cfg.native ? cfg.user_stack_bytes + 4096 : 1024);
+                          (cfg.native ? cfg.user_stack_bytes + 4096 : 1024) / 4;
     uint64_t ring = 8u << 20;
-    while (ring < want && ring < (512u << 20))
+    while (ring < want && ring < (128u << 20))
       ring <<= 1;
     cfg.ring_buffer_bytes = static_cast<uint32_t>(ring);
   }
