@@ -69,10 +69,35 @@ TEST_P(PerInterpreter, ChainStackAndLinesAreExact) {
   ASSERT_EQ(expected.size(), 24u) << "module, main, worker, 20 x recurse, hot";
   ASSERT_GE(total(mine), 150) << "expected ~297 samples of a busy process in 3 s at 99 Hz\n"
                               << r->stderr_text;
-  EXPECT_GE(count_exact(mine, expected), kExactFraction * total(mine))
-      << describe_mismatches(mine, expected);
+  const int64_t exact = count_exact(mine, expected);
+  EXPECT_GE(exact, kExactFraction * total(mine)) << describe_mismatches(mine, expected);
   for (const auto& s : mine)
     EXPECT_EQ(s.labels.at("python_version"), w->truth.python);
+  // Line-number accuracy: of the samples whose functions and files are the
+  // truth's, those whose every line is too.
+  int64_t same_functions = 0;
+  for (const auto& s : mine) {
+    bool same = s.stack.size() == expected.size();
+    for (size_t i = 0; same && i < expected.size(); ++i)
+      same = s.stack[i].function == expected[i].function && s.stack[i].file == expected[i].file;
+    if (same)
+      same_functions += s.count;
+  }
+  EXPECT_GE(exact, kExactFraction * same_functions)
+      << "samples with the truth's functions but other lines\n"
+      << describe_mismatches(mine, expected);
+  const JsonValue* p = stats_process(r->stats, pid);
+  const JsonValue* by_status = p ? p->find("by_status") : nullptr;
+  std::string statuses;
+  for (size_t i = 0; by_status && i < by_status->keys.size(); ++i)
+    statuses += fmt::format("{}{}={}", statuses.empty() ? "" : ", ", by_status->keys[i],
+                            by_status->items[i].integer);
+  std::cout << fmt::format(
+      "[ stats    ] {} {}: {} of {} samples exact ({:.1f}%), lines right in {} of {} with the "
+      "truth's functions; samples by status: {}\n",
+      interp_.name, w->truth.python, exact, total(mine),
+      100.0 * static_cast<double>(exact) / static_cast<double>(std::max<int64_t>(1, total(mine))),
+      exact, same_functions, statuses);
   // The independent reader saw the same functions.
   EXPECT_NE(r->go_raw.find("recurse"), std::string::npos);
   EXPECT_NE(r->go_raw.find("chain.py"), std::string::npos);
