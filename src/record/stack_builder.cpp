@@ -162,11 +162,13 @@ profile::FrameId StackBuilder::kernel_frame(SeriesState& st, uint64_t ip) {
   profile::Frame f;
   f.kind = profile::FrameKind::kKernel;
   f.address = ip;
-  const symbolize::KernelSymbol* sym = kernel_loaded_ ? kernel_.find(ip) : nullptr;
+  std::optional<symbolize::KernelSymbol> sym;
+  if (kernel_loaded_)
+    sym = kernel_.find(ip);
   if (sym) {
     f.function = sym->name;
     if (!sym->module.empty())
-      f.file = "[" + sym->module + "]";
+      f.file = fmt::format("[{}]", sym->module);
   } else {
     f.function = fmt::format("[kernel {:#x}]", ip);
   }

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstdint>
+#include <unordered_map>
 
 #include "util/files.h"
 
@@ -35,7 +37,7 @@ Result<KernelSymbols> KernelSymbols::load(const std::string& path) {
   auto symbols = parse(*text);
   if (!symbols)
     return symbols.error().context(path);
-  if (symbols->size() > 0 && symbols->symbols_.back().address == 0)
+  if (symbols->size() > 0 && symbols->entries_.back().address == 0)
     return make_error(
         "{} shows every kernel address as 0 (kernel.kptr_restrict); run as root to name kernel "
         "frames",
@@ -44,8 +46,17 @@ Result<KernelSymbols> KernelSymbols::load(const std::string& path) {
 }
 
 Result<KernelSymbols> KernelSymbols::parse(std::string_view text) {
+  // A text symbol as read: its name is still a view into `text`.
+  struct Candidate {
+    uint64_t address;
+    std::string_view name;
+    uint16_t module;
+    int rank;
+  };
   KernelSymbols out;
-  std::vector<int> ranks;
+  out.modules_.emplace_back();
+  std::unordered_map<std::string_view, uint16_t> module_index;
+  std::vector<Candidate> candidates;
   size_t line_number = 0;
   while (!text.empty()) {
     size_t newline = text.find('\n');
@@ -73,47 +84,64 @@ Result<KernelSymbols> KernelSymbols::parse(std::string_view text) {
     }
     if (rest.empty())
       return make_error("kallsyms line {} has no symbol name", line_number);
+    if (rest.size() > UINT16_MAX)
+      return make_error("kallsyms line {} has a name of {} bytes", line_number, rest.size());
     if (!is_text_type(type))
       continue;
-    out.symbols_.push_back(
-        KernelSymbol{.name = std::string(rest), .module = std::string(module), .address = address});
-    ranks.push_back(alias_rank(type, rest));
+    uint16_t module_id = 0;
+    if (!module.empty()) {
+      auto [it, inserted] =
+          module_index.try_emplace(module, static_cast<uint16_t>(out.modules_.size()));
+      if (inserted) {
+        if (out.modules_.size() > UINT16_MAX)
+          return make_error("kallsyms names more than {} modules", UINT16_MAX);
+        out.modules_.emplace_back(module);
+      }
+      module_id = it->second;
+    }
+    candidates.push_back({address, rest, module_id, alias_rank(type, rest)});
   }
   // One symbol per address: the best-ranked alias, the first on ties.
-  std::vector<size_t> order(out.symbols_.size());
-  for (size_t i = 0; i < order.size(); ++i)
-    order[i] = i;
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    const KernelSymbol& x = out.symbols_[a];
-    const KernelSymbol& y = out.symbols_[b];
-    return x.address != y.address ? x.address < y.address : ranks[a] < ranks[b];
-  });
-  std::vector<KernelSymbol> unique;
-  unique.reserve(order.size());
-  for (size_t i : order)
-    if (unique.empty() || unique.back().address != out.symbols_[i].address)
-      unique.push_back(std::move(out.symbols_[i]));
-  out.symbols_ = std::move(unique);
-  out.ends_.resize(out.symbols_.size());
-  for (size_t i = 0; i < out.symbols_.size(); ++i) {
-    const KernelSymbol& sym = out.symbols_[i];
-    uint64_t cap = sym.address + kMaxLastSymbolSize;
-    if (cap < sym.address)
+  std::stable_sort(candidates.begin(), candidates.end(),
+                   [](const Candidate& x, const Candidate& y) {
+                     return x.address != y.address ? x.address < y.address : x.rank < y.rank;
+                   });
+  for (const Candidate& c : candidates) {
+    if (!out.entries_.empty() && out.entries_.back().address == c.address)
+      continue;
+    if (out.names_.size() + c.name.size() > UINT32_MAX)
+      return make_error("kallsyms names take more than 4 GiB");
+    out.entries_.push_back(Entry{.address = c.address,
+                                 .name_offset = static_cast<uint32_t>(out.names_.size()),
+                                 .name_size = static_cast<uint16_t>(c.name.size()),
+                                 .module = c.module});
+    out.names_.append(c.name);
+  }
+  out.entries_.shrink_to_fit();
+  out.names_.shrink_to_fit();
+  out.ends_.resize(out.entries_.size());
+  for (size_t i = 0; i < out.entries_.size(); ++i) {
+    const uint64_t address = out.entries_[i].address;
+    uint64_t cap = address + kMaxLastSymbolSize;
+    if (cap < address)
       cap = ~uint64_t{0};
-    uint64_t end = i + 1 < out.symbols_.size() ? std::min(cap, out.symbols_[i + 1].address) : cap;
-    out.ends_[i] = end;
+    out.ends_[i] = i + 1 < out.entries_.size() ? std::min(cap, out.entries_[i + 1].address) : cap;
   }
   return out;
 }
 
-const KernelSymbol* KernelSymbols::find(uint64_t address) const {
-  auto it = std::upper_bound(symbols_.begin(), symbols_.end(), address,
-                             [](uint64_t a, const KernelSymbol& s) { return a < s.address; });
-  if (it == symbols_.begin())
-    return nullptr;
+std::optional<KernelSymbol> KernelSymbols::find(uint64_t address) const {
+  auto it = std::upper_bound(entries_.begin(), entries_.end(), address,
+                             [](uint64_t a, const Entry& e) { return a < e.address; });
+  if (it == entries_.begin())
+    return std::nullopt;
   --it;
-  size_t index = static_cast<size_t>(it - symbols_.begin());
-  return address < ends_[index] ? &*it : nullptr;
+  const size_t index = static_cast<size_t>(it - entries_.begin());
+  if (address >= ends_[index])
+    return std::nullopt;
+  return KernelSymbol{.name = std::string_view(names_).substr(it->name_offset, it->name_size),
+                      .module = modules_[it->module],
+                      .address = it->address};
 }
 
 }  // namespace krait::symbolize

@@ -32,37 +32,37 @@ TEST(KernelSymbolsTest, ParsesTextSymbolsWithModules) {
   // Data and read-only symbols are not indexed; aliases count once.
   EXPECT_EQ(symbols->size(), 8u);
 
-  const KernelSymbol* s = symbols->find(0xffffffff81000000);
-  ASSERT_NE(s, nullptr);
+  auto s = symbols->find(0xffffffff81000000);
+  ASSERT_TRUE(s);
   EXPECT_EQ(s->name, "startup_64");  // of two global aliases, fewer underscores
   s = symbols->find(0xffffffff810000ff);
-  ASSERT_NE(s, nullptr);
+  ASSERT_TRUE(s);
   EXPECT_EQ(s->name, "startup_64");
   s = symbols->find(0xffffffff81000190);  // inside helper; some_data is not text
-  ASSERT_NE(s, nullptr);
+  ASSERT_TRUE(s);
   EXPECT_EQ(s->name, "helper");
   EXPECT_EQ(s->module, "");
   s = symbols->find(0xffffffff81000250);
-  ASSERT_NE(s, nullptr);
+  ASSERT_TRUE(s);
   EXPECT_EQ(s->name, "weak_function");
   s = symbols->find(0xffffffff8100033f);
-  ASSERT_NE(s, nullptr);
+  ASSERT_TRUE(s);
   EXPECT_EQ(s->name, "__x64_sys_getpid");
   EXPECT_EQ(s->address, 0xffffffff81000300u);
 
   s = symbols->find(0xffffffffc0a00090);
-  ASSERT_NE(s, nullptr);
+  ASSERT_TRUE(s);
   EXPECT_EQ(s->name, "ext4_write");
   EXPECT_EQ(s->module, "ext4");
   s = symbols->find(0xffffffffc0b00010);
-  ASSERT_NE(s, nullptr);
+  ASSERT_TRUE(s);
   EXPECT_EQ(s->module, "bpf");
 
-  EXPECT_EQ(symbols->find(0xffffffff80ffffff), nullptr);  // before every symbol
-  EXPECT_EQ(symbols->find(0), nullptr);
+  EXPECT_FALSE(symbols->find(0xffffffff80ffffff));  // before every symbol
+  EXPECT_FALSE(symbols->find(0));
   // Past the last symbol by more than the cap.
-  EXPECT_EQ(symbols->find(0xffffffffc0b00000 + KernelSymbols::kMaxLastSymbolSize), nullptr);
-  EXPECT_NE(symbols->find(0xffffffffc0b00000 + KernelSymbols::kMaxLastSymbolSize - 1), nullptr);
+  EXPECT_FALSE(symbols->find(0xffffffffc0b00000 + KernelSymbols::kMaxLastSymbolSize));
+  EXPECT_TRUE(symbols->find(0xffffffffc0b00000 + KernelSymbols::kMaxLastSymbolSize - 1));
 }
 
 TEST(KernelSymbolsTest, RejectsMalformedLines) {
@@ -103,15 +103,15 @@ TEST(KernelSymbolsTest, ThisKernel) {
   ASSERT_TRUE(symbols.ok()) << symbols.error().message;
   EXPECT_GT(symbols->size(), 10000u);
   for (uint64_t offset : {0, 1, 8}) {
-    const KernelSymbol* s = symbols->find(getpid + offset);
-    ASSERT_NE(s, nullptr);
+    auto s = symbols->find(getpid + offset);
+    ASSERT_TRUE(s);
     EXPECT_EQ(s->name, "__x64_sys_getpid");
     EXPECT_EQ(s->address, getpid);
     EXPECT_EQ(s->module, "");
   }
   if (module_address != 0) {
-    const KernelSymbol* s = symbols->find(module_address);
-    ASSERT_NE(s, nullptr);
+    auto s = symbols->find(module_address);
+    ASSERT_TRUE(s);
     EXPECT_EQ(s->module, module_name);
   }
 }
