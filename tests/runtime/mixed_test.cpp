@@ -380,24 +380,6 @@ Result<int> check_names_against_nm(const perftools::profiles::Profile& p, int64_
 // ---------------------------------------------------------------------------
 // Interpreters and the extension.
 
-std::vector<std::string> interpreter_names() {
-  auto m = read_manifest(manifest_path());
-  if (!m || m->empty())
-    return {"manifest_missing"};
-  std::vector<std::string> names;
-  for (const auto& i : *m)
-    names.push_back(i.name);
-  return names;
-}
-
-std::string test_name(const ::testing::TestParamInfo<std::string>& info) {
-  std::string n = info.param;
-  for (char& c : n)
-    if (!std::isalnum(static_cast<unsigned char>(c)))
-      c = '_';
-  return n;
-}
-
 // The interpreter of the manifest with this name; a test failure if absent.
 Interpreter interpreter_named(const std::string& name) {
   for (auto& i : load_manifest())
@@ -606,7 +588,7 @@ TEST_P(CExtension, PythonAndCFramesInterleaveAsTheyCalledEachOther) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Interpreters, CExtension, ::testing::ValuesIn(interpreter_names()),
-                         test_name);
+                         interpreter_test_name);
 
 // ---------------------------------------------------------------------------
 // 2: kernel frames of a system call, leafward of the Python line.
@@ -670,7 +652,7 @@ TEST_P(KernelFrames, ShowUnderThePythonLineThatMadeTheCall) {
 }
 
 INSTANTIATE_TEST_SUITE_P(SharedAndStatic, KernelFrames,
-                         ::testing::Values("pyenv-3.12.1", "debian-3.11.2"), test_name);
+                         ::testing::Values("pyenv-3.12.1", "debian-3.11.2"), interpreter_test_name);
 
 TEST(Mixed, NoKernelLeavesOutKernelFrames) {
   require_root();

@@ -18,26 +18,6 @@ using namespace std::chrono_literals;
 
 constexpr double kExactFraction = 0.95;
 
-// The interpreters the manifest lists, by name, for parameterized tests. A
-// missing manifest yields one name that fails, never zero tests.
-std::vector<std::string> interpreter_names() {
-  auto m = read_manifest(manifest_path());
-  if (!m || m->empty())
-    return {"manifest_missing"};
-  std::vector<std::string> names;
-  for (const auto& i : *m)
-    names.push_back(i.name);
-  return names;
-}
-
-std::string test_name(const ::testing::TestParamInfo<std::string>& info) {
-  std::string n = info.param;
-  for (char& c : n)
-    if (!std::isalnum(static_cast<unsigned char>(c)))
-      c = '_';
-  return n;
-}
-
 class PerInterpreter : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
@@ -279,7 +259,7 @@ TEST_P(PerInterpreter, GilLabelFollowsTheLockAndGilOnlyKeepsHolders) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Interpreters, PerInterpreter, ::testing::ValuesIn(interpreter_names()),
-                         test_name);
+                         interpreter_test_name);
 
 TEST(Record, MatrixHasEveryRequiredInterpreter) {
   const auto interps = load_manifest();

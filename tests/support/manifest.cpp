@@ -1,5 +1,7 @@
 #include "support/manifest.h"
 
+#include <cctype>
+
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -118,6 +120,24 @@ std::vector<Interpreter> load_manifest() {
     return {};
   }
   return std::move(*manifest);
+}
+
+std::vector<std::string> interpreter_names() {
+  auto m = read_manifest(manifest_path());
+  if (!m || m->empty())
+    return {"manifest_missing"};
+  std::vector<std::string> names;
+  for (const auto& i : *m)
+    names.push_back(i.name);
+  return names;
+}
+
+std::string interpreter_test_name(const ::testing::TestParamInfo<std::string>& info) {
+  std::string n = info.param;
+  for (char& c : n)
+    if (!std::isalnum(static_cast<unsigned char>(c)))
+      c = '_';
+  return n;
 }
 
 }  // namespace krait::test

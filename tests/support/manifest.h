@@ -11,6 +11,8 @@
 // `origin` is "pyenv", "debian-<codename>" or "debian-sid".
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <map>
 #include <string>
 #include <vector>
@@ -46,5 +48,14 @@ Result<std::vector<Interpreter>> read_manifest(const std::string& path);
 // an empty list, so a test that needs interpreters fails instead of passing
 // vacuously.
 std::vector<Interpreter> load_manifest();
+
+// The interpreters the manifest lists, by name, for parameterized tests. A
+// missing manifest yields one name ("manifest_missing") whose test fails,
+// never zero tests.
+std::vector<std::string> interpreter_names();
+
+// The gtest name of a test parameterized by interpreter name
+// ("pyenv-3.12.1" -> "pyenv_3_12_1").
+std::string interpreter_test_name(const ::testing::TestParamInfo<std::string>& info);
 
 }  // namespace krait::test
