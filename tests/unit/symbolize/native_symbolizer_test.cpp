@@ -22,50 +22,8 @@ using unwind_fixtures::Capture;
 using unwind_fixtures::OracleFrame;
 using unwind_fixtures::TempDir;
 
-struct Captures {
-  Result<TempDir> dir = TempDir::create();
-  std::map<std::string, Capture> by_name;
-  std::vector<std::string> errors;
-
-  Captures() {
-    if (!dir) {
-      errors.push_back(dir.error().message);
-      return;
-    }
-    auto paths = unwind_fixtures::fixture_paths();
-    for (auto* fn : {&unwind_fixtures::capture_c, &unwind_fixtures::capture_cpp,
-                     &unwind_fixtures::capture_python}) {
-      auto some = fn(paths, dir->path());
-      if (!some) {
-        errors.push_back(some.error().message);
-        continue;
-      }
-      for (Capture& c : *some)
-        by_name.emplace(c.name, std::move(c));
-    }
-  }
-};
-
-const Captures& captures() {
-  static const Captures instance;
-  return instance;
-}
-
-const Capture* find_capture(const std::string& name) {
-  auto it = captures().by_name.find(name);
-  return it == captures().by_name.end() ? nullptr : &it->second;
-}
-
-std::string capture_errors() {
-  std::string out;
-  for (const std::string& e : captures().errors)
-    out += e + "; ";
-  return out;
-}
-
-#define ASSERT_CAPTURE(var, name)          \
-  const Capture* var = find_capture(name); \
-  ASSERT_NE(var, nullptr) << "capture " << (name) << " is missing: " << capture_errors()
+using unwind_fixtures::capture_errors;
+using unwind_fixtures::find_capture;
 
 Result<std::string> run_tool(const std::vector<std::string>& argv,
                              const std::string& cwd_note = "") {

@@ -26,56 +26,8 @@ using unwind_fixtures::TempDir;
 
 constexpr size_t kMaxFrames = 256;
 
-// Every capture is taken once per test binary run (each one is a process
-// start), then shared by the tests. A fixture that fails makes only the
-// tests that need its captures fail.
-struct Captures {
-  Result<TempDir> dir = TempDir::create();
-  std::map<std::string, Capture> by_name;
-  std::vector<std::string> errors;
-
-  Captures() {
-    if (!dir) {
-      errors.push_back(dir.error().message);
-      return;
-    }
-    auto paths = unwind_fixtures::fixture_paths();
-    auto add = [this](Result<std::vector<Capture>> some) {
-      if (!some) {
-        errors.push_back(some.error().message);
-        return;
-      }
-      for (Capture& c : *some)
-        by_name.emplace(c.name, std::move(c));
-    };
-    add(unwind_fixtures::capture_c(paths, dir->path()));
-    add(unwind_fixtures::capture_cpp(paths, dir->path()));
-    add(unwind_fixtures::capture_python(paths, dir->path()));
-    add(unwind_fixtures::capture({paths.c_debug_frame, "cdf"}, dir->path(),
-                                 {"cdf-main", "cdf-thread"}));
-  }
-};
-
-const Captures& captures() {
-  static const Captures instance;
-  return instance;
-}
-
-const Capture* find_capture(const std::string& name) {
-  auto it = captures().by_name.find(name);
-  return it == captures().by_name.end() ? nullptr : &it->second;
-}
-
-std::string capture_errors() {
-  std::string out;
-  for (const std::string& e : captures().errors)
-    out += e + "; ";
-  return out;
-}
-
-#define ASSERT_CAPTURE(var, name)          \
-  const Capture* var = find_capture(name); \
-  ASSERT_NE(var, nullptr) << "capture " << (name) << " is missing: " << capture_errors()
+using unwind_fixtures::capture_errors;
+using unwind_fixtures::find_capture;
 
 Unwinder make_unwinder() {
   auto unwinder = Unwinder::create();
