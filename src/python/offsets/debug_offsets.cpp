@@ -9,26 +9,10 @@
 #include <set>
 
 #include "util/embedded.h"
+#include "util/text.h"
 
 namespace krait::python {
 namespace {
-
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t' || s.front() == '\r'))
-    s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r'))
-    s.remove_suffix(1);
-  return s;
-}
-
-bool is_valid_name(std::string_view name) {
-  if (name.empty())
-    return false;
-  return std::all_of(name.begin(), name.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-           c == '.' || c == '(' || c == ')';
-  });
-}
 
 // "3.13.txt" -> {3, 13}.
 std::optional<std::pair<int, int>> minor_from_file_name(std::string_view name) {
@@ -104,12 +88,12 @@ Result<DebugOffsetsLayout> parse_debug_offsets_layout(std::string_view text, int
     std::string_view path = trim(line.substr(0, eq));
     if (eq != std::string_view::npos) {
       std::string_view canonical = trim(line.substr(eq + 1));
-      if (!is_valid_name(canonical))
+      if (!is_field_name(canonical))
         return make_error("_Py_DebugOffsets layout {}.{} line {}: bad canonical name '{}'", major,
                           minor, line_no, canonical);
       slot.canonical = std::string(canonical);
     }
-    if (!is_valid_name(path))
+    if (!is_field_name(path))
       return make_error("_Py_DebugOffsets layout {}.{} line {}: bad slot name '{}'", major, minor,
                         line_no, path);
     if (!seen.insert(std::string(path)).second)
