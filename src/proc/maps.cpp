@@ -13,6 +13,7 @@
 
 #include <fmt/format.h>
 
+#include "util/text.h"
 #include "util/unique_fd.h"
 
 namespace krait::proc {
@@ -118,9 +119,7 @@ Result<std::vector<MapEntry>> parse_maps(std::string_view text) {
   std::vector<MapEntry> entries;
   size_t line_number = 0;
   while (!text.empty()) {
-    size_t newline = text.find('\n');
-    std::string_view line = text.substr(0, newline);
-    text.remove_prefix(newline == std::string_view::npos ? text.size() : newline + 1);
+    std::string_view line = take_line(text);
     ++line_number;
     if (line.empty())
       continue;

@@ -6,6 +6,7 @@
 #include <unordered_map>
 
 #include "util/files.h"
+#include "util/text.h"
 
 namespace krait::symbolize {
 namespace {
@@ -59,9 +60,7 @@ Result<KernelSymbols> KernelSymbols::parse(std::string_view text) {
   std::vector<Candidate> candidates;
   size_t line_number = 0;
   while (!text.empty()) {
-    size_t newline = text.find('\n');
-    std::string_view line = text.substr(0, newline);
-    text.remove_prefix(newline == std::string_view::npos ? text.size() : newline + 1);
+    std::string_view line = take_line(text);
     ++line_number;
     if (line.empty())
       continue;

@@ -1,5 +1,5 @@
-// Small helpers for the line-based text formats krait reads (offset tables,
-// _Py_DebugOffsets descriptions).
+// Small helpers for the line-based text krait reads (offset tables,
+// _Py_DebugOffsets descriptions, /proc files).
 #pragma once
 
 #include <algorithm>
@@ -14,6 +14,14 @@ inline std::string_view trim(std::string_view s) {
   while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r'))
     s.remove_suffix(1);
   return s;
+}
+
+// The first line of `text` (without its '\n'), removed from `text`.
+inline std::string_view take_line(std::string_view& text) {
+  const size_t newline = text.find('\n');
+  std::string_view line = text.substr(0, newline);
+  text.remove_prefix(newline == std::string_view::npos ? text.size() : newline + 1);
+  return line;
 }
 
 // A field name of those formats: letters, digits, '_', '.', '(' and ')'.
