@@ -47,7 +47,9 @@ TEST_P(PerInterpreter, ChainStackAndLinesAreExact) {
   const auto mine = samples_of_pid(r->samples, pid);
   const auto& expected = w->truth.threads.at(0).stack;
   ASSERT_EQ(expected.size(), 24u) << "module, main, worker, 20 x recurse, hot";
-  ASSERT_GE(total(mine), 150) << "expected ~297 samples of a busy process in 3 s at 99 Hz\n"
+  // ~297 on an idle machine; 100 still judge the 95% bar to a sample or two
+  // when other work shares the two CPUs.
+  ASSERT_GE(total(mine), 100) << "expected ~297 samples of a busy process in 3 s at 99 Hz\n"
                               << r->stderr_text;
   const int64_t exact = count_exact(mine, expected);
   EXPECT_GE(exact, kExactFraction * total(mine)) << describe_mismatches(mine, expected);
