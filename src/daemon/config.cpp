@@ -321,13 +321,18 @@ const std::vector<Option>& options() {
         "sampling.rate_hz", "--rate", "HZ", "Samples per second per CPU", 1, 10000,
         [](auto& c) -> auto& { return c.sampling_rate_hz; }));
     o.push_back(choice<StackMode>(
-        "sampling.stack_mode", "--stack-mode",
+        "sampling.stack_mode", "--stacks,--stack-mode",
         "python: Python frames only; mixed: Python, native and kernel frames",
         {{"python", StackMode::kPython}, {"mixed", StackMode::kMixed}},
         [](auto& c) -> auto& { return c.stack_mode; }));
     o.push_back(toggle(
         "sampling.kernel", "--no-kernel", false, "Leave kernel frames out of mixed stacks",
         [](auto& c) -> auto& { return c.kernel_stacks; }));
+    o.push_back(toggle(
+        "sampling.all_processes", "--all-processes", true,
+        "Also profile processes that are not Python, with native and kernel stacks (the process "
+        "selection applies to them too)",
+        [](auto& c) -> auto& { return c.all_processes; }));
     o.push_back(list(
         "processes.names", "--process-name", "NAME",
         "Profile processes with this name (comm or executable; repeatable)",
@@ -650,6 +655,10 @@ Result<DaemonConfig> resolve_config(const DaemonFlags& flags) {
 }
 
 Result<void> validate(const DaemonConfig& config) {
+  if (config.all_processes && config.stack_mode != StackMode::kMixed)
+    return make_error(
+        "sampling.all_processes needs sampling.stack_mode = \"mixed\": a process that is not "
+        "Python has only native and kernel frames");
   KRAIT_TRY(check_regexes(config.processes.cmdline_regex, "processes.cmdline_regex"));
   KRAIT_TRY(
       check_regexes(config.processes.exclude_cmdline_regex, "processes.exclude_cmdline_regex"));

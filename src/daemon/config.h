@@ -6,8 +6,11 @@
 // Keys (TOML section.key = flag, default):
 //   log_level                     --log-level            "info"  (trace debug info warn error off)
 //   sampling.rate_hz              --rate                 99      (1..10000)
-//   sampling.stack_mode           --stack-mode           "mixed" (python | mixed)
-//   sampling.kernel               --no-kernel            true    (kernel frames in mixed stacks)
+//   sampling.stack_mode           --stacks               "mixed" (python | mixed; also
+//   --stack-mode) sampling.kernel               --no-kernel            true    (kernel frames in
+//   mixed stacks) sampling.all_processes        --all-processes        false   (also processes that
+//   are not
+//                                                                 Python; mixed stacks only)
 //   processes.names               --process-name NAME    []      (comm or executable base name)
 //   processes.cmdline_regex       --cmdline-regex RE     []      (searched in the command line)
 //   processes.cgroups             --cgroup PATH          []      (cgroup path prefix)
@@ -107,6 +110,7 @@ struct DaemonConfig {
   uint32_t sampling_rate_hz = 99;
   StackMode stack_mode = StackMode::kMixed;
   bool kernel_stacks = true;
+  bool all_processes = false;
   ProcessSelection processes;
   std::string app_name_regex;
   std::string app_name_template;

@@ -175,17 +175,32 @@ struct Naming {
 
   void describe(TrackedProcess& p) {
     const std::string version = p.attachment.version ? p.attachment.version->str() : "";
-    auto d = describer->describe(p.pid, version);
-    profile::Labels series_labels;
     p.extra_labels.clear();
+    p.series = series_of(p.pid, version, &p.extra_labels);
+  }
+
+  // --all-processes: a process that is not Python, named by the same rules;
+  // null when the selection does not want it.
+  SeriesRef other(pid_t pid) {
+    if (!wanted(pid))
+      return nullptr;
+    return series_of(pid, "", nullptr);
+  }
+
+ private:
+  // The application's series; the labels that vary per sample (the
+  // container's pid) go to `sample_labels` when given.
+  SeriesRef series_of(pid_t pid, const std::string& version, profile::Labels* sample_labels) {
+    auto d = describer->describe(pid, version);
+    profile::Labels series_labels;
     std::string application = "unknown";
     if (d) {
       application = d->application;
       for (auto& [k, v] : d->labels) {
         if (!is_sample_label(k))
           series_labels.emplace_back(k, v);
-        else if (k == "container_pid")
-          p.extra_labels.emplace_back(k, v);
+        else if (k == "container_pid" && sample_labels != nullptr)
+          sample_labels->emplace_back(k, v);
       }
     }
     auto key = std::make_pair(application, series_labels);
@@ -195,7 +210,7 @@ struct Naming {
                .emplace(key, std::make_shared<const record::Series>(
                                  record::Series{application, series_labels}))
                .first;
-    p.series = it->second;
+    return it->second;
   }
 };
 
@@ -231,6 +246,8 @@ Result<int> run_daemon(DaemonRunOptions o) {
   copts.sampler.frequency_hz = config.sampling_rate_hz;
   copts.sampler.native = config.stack_mode == StackMode::kMixed;
   copts.sampler.kernel_stacks = config.kernel_stacks;
+  copts.sampler.all_processes = config.all_processes;
+  copts.other_series = [&naming](pid_t pid, const std::string&) { return naming.other(pid); };
   copts.tracker.wanted = [&naming](pid_t pid) { return naming.wanted(pid); };
   copts.tracker.describe = [&naming](TrackedProcess& p) { naming.describe(p); };
   auto collector = Collector::create(std::move(copts));
@@ -343,7 +360,8 @@ Result<int> run_daemon(DaemonRunOptions o) {
         }
         if (reloaded->sampling_rate_hz != config.sampling_rate_hz ||
             reloaded->stack_mode != config.stack_mode ||
-            reloaded->kernel_stacks != config.kernel_stacks)
+            reloaded->kernel_stacks != config.kernel_stacks ||
+            reloaded->all_processes != config.all_processes)
           spdlog::warn("sampling rate and stack mode changes need a restart of krait");
         auto new_outputs = Outputs::create(*reloaded);
         auto new_naming = Naming::create(*reloaded);

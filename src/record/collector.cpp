@@ -46,6 +46,7 @@ Result<std::unique_ptr<Collector>> Collector::create(CollectorOptions options) {
   PipelineOptions popts;
   popts.max_depth = c->options_.max_depth;
   popts.native = cfg.native;
+  popts.other_series = c->options_.other_series;
   c->pipeline_ = std::make_unique<Pipeline>(*c->tracker_, *c->queue_, popts, &c->modules_);
   auto reader = events::RingReader::create(c->sampler_->events_fd(), *c->pipeline_);
   if (!reader)

@@ -28,6 +28,7 @@ struct CollectorOptions {
   TrackerOptions tracker;
   uint32_t max_depth = KRAIT_PY_DEPTH_DEFAULT;
   size_t queue_bytes = 256u << 20;  // samples waiting for the stack builder
+  OtherSeriesFn other_series;       // see PipelineOptions
 };
 
 class Collector {

@@ -198,8 +198,17 @@ void Pipeline::on_sample(const events::SampleView& view) {
   if (s.py_status == KRAIT_PY_NOT_PYTHON) {  // --all-processes
     ++stats_.native_samples;
     OtherProcess& other = others_[pid];
-    if (other.name.empty())
+    if (other.name.empty()) {
       other.name = process_comm(pid);
+      if (options_.other_series) {
+        other.series = options_.other_series(pid, other.name);
+        other.wanted = other.series != nullptr;
+      }
+    }
+    if (!other.wanted) {
+      ++stats_.unwanted_native_samples;
+      return;
+    }
     SampleJob job;
     job.process_key = (uint64_t{1} << 63) | static_cast<uint32_t>(pid);
     job.ktime_ns = s.hdr.ktime_ns;

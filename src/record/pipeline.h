@@ -12,7 +12,10 @@
 // (ProcessStats) or here (PipelineStats).
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -35,6 +38,7 @@ struct PipelineStats {
   uint64_t unknown_events = 0;
   uint64_t code_captures = 0;
   uint64_t native_samples = 0;  // --all-processes: samples of processes that are not Python
+  uint64_t unwanted_native_samples = 0;  // of those, from processes other_series refused
   // krait_sample.cost_ns of walked samples when cost measurement is on
   // (capped at kMaxCostSamples; the first ones are kept).
   std::vector<uint32_t> sampler_cost_ns;
@@ -42,9 +46,14 @@ struct PipelineStats {
 
 inline constexpr size_t kMaxCostSamples = 1'000'000;
 
+// --all-processes: the series of a process that is not Python, from its pid
+// and name, or null when its samples are not wanted.
+using OtherSeriesFn = std::function<SeriesRef(pid_t pid, const std::string& name)>;
+
 struct PipelineOptions {
   uint32_t max_depth = KRAIT_PY_DEPTH_DEFAULT;
-  bool native = false;  // mixed stacks: jobs carry the native material
+  bool native = false;         // mixed stacks: jobs carry the native material
+  OtherSeriesFn other_series;  // unset: every such process in the default series
 };
 
 // Synthetic frame names, also used by tests and the summary.
@@ -71,6 +80,7 @@ class Pipeline final : public events::EventHandler {
  private:
   struct OtherProcess {  // --all-processes: a process that is not Python
     std::string name;
+    bool wanted = true;
     SeriesRef series;
     std::shared_ptr<const unwind::ProcessModules> modules;
     uint64_t modules_loaded_ns = 0;

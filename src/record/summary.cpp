@@ -31,7 +31,7 @@ RunSummary build_summary(const RunFacts& run, const ProcessTracker& tracker,
                          const PipelineStats& pipeline, const BuilderStats& builder) {
   RunSummary s;
   s.run = run;
-  s.native_samples = pipeline.native_samples;
+  s.native_samples = pipeline.native_samples - pipeline.unwanted_native_samples;
   s.python_samples = pipeline.samples - pipeline.stale_samples - pipeline.native_samples;
   if (!pipeline.sampler_cost_ns.empty())
     s.sampler_cost = quantiles(pipeline.sampler_cost_ns);

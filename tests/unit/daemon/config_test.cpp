@@ -56,6 +56,7 @@ DaemonConfig everything_set() {
   c.sampling_rate_hz = 250;
   c.stack_mode = StackMode::kPython;
   c.kernel_stacks = false;
+  c.all_processes = true;  // valid only with mixed stacks: validation is tested apart
   c.processes = {{"celery"},   {"gunicorn .*"}, {"/system.slice/x.service"},
                  {"4c5e7e4a"}, {"pip"},         {"--no-profile"}};
   c.app_name_regex = R"(--app=(\S+))";
@@ -96,6 +97,7 @@ log_level = "debug"
 rate_hz = 250
 stack_mode = "python"
 kernel = false
+all_processes = true
 [processes]
 names = ["celery"]
 cmdline_regex = ["gunicorn .*"]
@@ -193,6 +195,21 @@ url = "http://pyroscope:4040"
   EXPECT_EQ(c.queue_max_bytes, 16u << 20);
 }
 
+// The stack options are spelled as `krait record` spells them.
+TEST(DaemonConfigTest, StackFlagsAreTheRecordCommands) {
+  EXPECT_EQ(must(resolve({"--output-dir", "/x", "--stacks", "python"})).stack_mode,
+            StackMode::kPython);
+  EXPECT_EQ(must(resolve({"--output-dir", "/x", "--stack-mode", "python"})).stack_mode,
+            StackMode::kPython);
+  const DaemonConfig all = must(resolve({"--output-dir", "/x", "--all-processes", "--no-kernel"}));
+  EXPECT_TRUE(all.all_processes);
+  EXPECT_EQ(all.stack_mode, StackMode::kMixed);
+  EXPECT_FALSE(all.kernel_stacks);
+  EXPECT_NE(error_of(resolve({"--output-dir", "/x", "--all-processes", "--stacks", "python"}))
+                .find("sampling.all_processes"),
+            std::string::npos);
+}
+
 TEST(DaemonConfigTest, RepeatedListFlagsCollectEveryValue) {
   const DaemonConfig c = must(resolve({"--output-dir", "/tmp/x", "--process-name", "a",
                                        "--process-name", "b", "--cmdline-regex", "x y"}));
@@ -274,6 +291,11 @@ TEST(DaemonConfigTest, ValidationCatchesWhatNoSingleKeyCan) {
       {[](DaemonConfig& c) { c.app_name_regex = "[a-"; }, "application.name_regex"},
       {[](DaemonConfig& c) { c.app_name_template = "{app}-{nope}"; }, "unknown placeholder {nope}"},
       {[](DaemonConfig& c) { c.app_name_template = "{app"; }, "application.name_template"},
+      {[](DaemonConfig& c) {
+         c.all_processes = true;
+         c.stack_mode = StackMode::kPython;
+       },
+       "sampling.all_processes needs sampling.stack_mode = \"mixed\""},
   };
   for (const Case& c : cases) {
     DaemonConfig config;
