@@ -300,7 +300,9 @@ Result<int> run_daemon(DaemonRunOptions o) {
   KRAIT_TRY(
       record::arm_timer_at(interval_timer->get(), static_cast<uint64_t>(to_mono(boundary_unix))));
   KRAIT_TRY(c.start());
-  spdlog::info("profiling every Python process at {} Hz ({}), {} s intervals{}{}",
+  spdlog::info("profiling every {}process{} at {} Hz ({}), {} s intervals{}{}",
+               config.all_processes ? "" : "Python ",
+               config.processes == ProcessSelection{} ? "" : " the selection matches",
                config.sampling_rate_hz, c.sampler().source_name(), config.upload_interval_s,
                config.pyroscope.url.empty() ? "" : ", to " + config.pyroscope.url,
                config.directory.path.empty() ? "" : ", into " + config.directory.path);
