@@ -369,8 +369,7 @@ TEST(DebugOffsets, LayoutsMatchTheCPythonHeaders) {
       find_debug_offsets_layout(3, 13),
       debug_offsets_header(testing::pyenv_root() + "/versions/3.13.0/include/python3.13"));
   for (const auto& layout : builtin_debug_offsets_layouts())
-    cases.emplace_back(&layout,
-                       debug_offsets_header(pyheaders_dir(minor_name(layout))));
+    cases.emplace_back(&layout, debug_offsets_header(pyheaders_dir(minor_name(layout))));
   for (const auto& [layout, header] : cases) {
     ASSERT_NE(layout, nullptr);
     auto text = testing::read_text_file(header);

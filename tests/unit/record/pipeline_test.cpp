@@ -35,14 +35,16 @@ struct FakeCode {
 // The reader half (Pipeline) and the builder half (StackBuilder) on one
 // thread: flush() hands every queued job to the builder.
 struct Harness {
-    Harness(ProcessTracker& tracker, profile::Profile& profile, uint32_t max_depth)
+  Harness(ProcessTracker& tracker, profile::Profile& profile, uint32_t max_depth)
       : out(profile),
         queue(64u << 20),
         builder(std::move(StackBuilder::create({}).value())),
         pipeline(tracker, queue, PipelineOptions{max_depth, false}) {}
   void flush() {
-    while (auto job = queue.try_pop()) builder->add(*job);
-    for (auto& p : builder->take_profiles(0)) out.merge(p.profile);
+    while (auto job = queue.try_pop())
+      builder->add(*job);
+    for (auto& p : builder->take_profiles(0))
+      out.merge(p.profile);
   }
   profile::Profile& out;
   JobQueue queue;
