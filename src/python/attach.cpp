@@ -289,6 +289,7 @@ Attachment attach_process(pid_t pid, ImageCache& images, const AttachOptions& op
     return out;
   }
   out.status = AttachStatus::kRefused;
+  out.validation_failed = true;
   out.reason = fmt::format("Python {}: ", version.str());
   for (size_t i = 0; i < failures.size(); ++i)
     out.reason += (i ? "; " : "") + failures[i];

@@ -45,6 +45,9 @@ struct Attachment {
   std::string image_path;
   bool shared_library = false;
   bool stripped = false;
+  // kRefused because the live process did not match a layout (rather than
+  // because there is none): possibly read in the middle of a change.
+  bool validation_failed = false;
   // kAttached only.
   std::string offsets_source;
   std::optional<PythonLayout> layout;

@@ -277,6 +277,11 @@ void Pipeline::prune_caches() {
   synthetic_.clear();
 }
 
+void Pipeline::rename_others() {
+  for (auto& [pid, other] : others_)
+    other.name.clear();
+}
+
 void Pipeline::on_exec(const krait_exec_event& event) {
   ++stats_.exec_events;
   others_.erase(static_cast<int>(event.hdr.pid));

@@ -76,6 +76,9 @@ class Pipeline final : public events::EventHandler {
   // the daemon calls it per interval so processes that came and went leave
   // nothing behind.
   void prune_caches();
+  // Asks other_series again for every process that is not Python, at its
+  // next sample (configuration reload).
+  void rename_others();
 
  private:
   struct OtherProcess {  // --all-processes: a process that is not Python

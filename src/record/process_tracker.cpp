@@ -28,6 +28,10 @@ krait_proc_info ignore_until(uint64_t when_ns) {
 
 // Interpreter start-up takes milliseconds; a program that links libpython
 // but never starts it should not be polled forever at that pace.
+// Attempts (at the process's next samples) before a layout that fails
+// validation refuses the process.
+constexpr int kValidationAttempts = 8;
+
 uint64_t not_yet_backoff_ns(int retries) {
   // The first tries follow the sampler (the next sample of the process asks
   // again): a process that lives 200 ms cannot wait for a back-off.
@@ -90,6 +94,14 @@ python::AttachStatus ProcessTracker::classify(pid_t pid, uint64_t now_ns) {
   }
 
   python::Attachment a = python::attach_process(pid, images_, options_.attach);
+  // Validation reads a process that keeps running: a thread list or a frame
+  // read in the middle of its change (start-up, a call) fails once and
+  // passes the next time. A layout is refused when it fails every time.
+  const int failed_validations = existing ? existing->failed_validations : 0;
+  const bool validate_again = a.status == python::AttachStatus::kRefused && a.validation_failed &&
+                              failed_validations + 1 < kValidationAttempts;
+  if (validate_again)
+    a.status = python::AttachStatus::kNotYet;
   switch (a.status) {
     case python::AttachStatus::kGone:
       retire(pid);
@@ -101,6 +113,7 @@ python::AttachStatus ProcessTracker::classify(pid_t pid, uint64_t now_ns) {
     case python::AttachStatus::kNotYet: {
       TrackedProcess& p = existing ? *existing : fresh_entry(pid);
       p.retries = retries + 1;
+      p.failed_validations = failed_validations + (validate_again ? 1 : 0);
       p.reason = a.reason;
       p.attachment = std::move(a);
       (void)sink_.set_process(pid, ignore_until(now_ns + not_yet_backoff_ns(retries)));
@@ -156,6 +169,14 @@ void ProcessTracker::set_hooks(std::function<bool(pid_t)> wanted,
                                std::function<void(TrackedProcess&)> describe) {
   options_.wanted = std::move(wanted);
   options_.describe = std::move(describe);
+}
+
+void ProcessTracker::describe_again() {
+  if (!options_.describe)
+    return;
+  for (auto& [key, p] : processes_)
+    if (p.state == ProcessState::kPython)
+      options_.describe(p);
 }
 
 TrackedProcess& ProcessTracker::adopt(TrackedProcess process) {

@@ -56,7 +56,8 @@ struct TrackedProcess {
   std::string reason;  // kRefused / kNotYet: why
   python::Attachment attachment;
   ProcessStats stats;
-  int retries = 0;  // kNotYet attempts so far
+  int retries = 0;             // kNotYet attempts so far
+  int failed_validations = 0;  // attempts whose layouts all failed validation
   // Daemon: the profile series this process feeds and labels of its own
   // (container pid...) that go on every sample; null/empty for a recording.
   SeriesRef series;
@@ -119,6 +120,9 @@ class ProcessTracker {
   size_t prune_exited();
   // Replaces the daemon hooks (configuration reload).
   void set_hooks(std::function<bool(pid_t)> wanted, std::function<void(TrackedProcess&)> describe);
+  // Runs the describe hook again on every process being profiled, so a
+  // reloaded configuration names and labels them too.
+  void describe_again();
 
  private:
   TrackedProcess& fresh_entry(pid_t pid);
