@@ -1,5 +1,6 @@
 #include "daemon/daemon.h"
 
+#include <malloc.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
@@ -279,6 +280,11 @@ Result<int> run_daemon(DaemonRunOptions o) {
     }
     if (!profiles.empty())
       interval_start_mono = profiles.front().end_ktime_ns;
+    // The interval's profiles and the state of processes that exited are
+    // freed by now; glibc keeps freed memory in its arenas unless asked,
+    // and a service's RSS should come back down after a burst of processes.
+    profiles.clear();
+    ::malloc_trim(0);
   });
 
   c.scan();
@@ -380,6 +386,11 @@ Result<int> run_daemon(DaemonRunOptions o) {
         old->flush(std::chrono::steady_clock::now() + std::chrono::seconds(2));
         naming.filter = new_naming->filter;
         naming.describer = new_naming->describer;
+        // Running processes take the new names and labels from their next
+        // sample on (the selection applies to processes found from now on).
+        c.tracker().describe_again();
+        c.pipeline().rename_others();
+        c.pipeline().prune_caches();
         // A new interval length applies from the next boundary on.
         config = std::move(*reloaded);
         spdlog::set_level(spdlog::level::from_str(config.log_level));

@@ -787,18 +787,24 @@ void IngestServer::serve(std::shared_ptr<Connection> connection) {
       request.close = true;
     }
 
+    // The mode in force when the request arrived answers it: a test that
+    // saw N requests arrive and then heals the server must see N failures.
     size_t index;
+    Mode mode;
+    Reply failure;
     {
       std::lock_guard guard(mutex_);
       requests_.push_back({request.method, request.target, request.headers, 0});
       index = requests_.size() - 1;
+      mode = mode_;
+      failure = failure_;
     }
     changed_.notify_all();
 
     std::optional<Reply> reply = early;
     if (!reply) {
       std::unique_lock lock(mutex_);
-      if (mode_ == Mode::kHang) {
+      if (mode == Mode::kHang) {
         ++hanging_;
         changed_.notify_all();
         changed_.wait(lock, [&] { return mode_ != Mode::kHang || stopping_; });
@@ -807,8 +813,8 @@ void IngestServer::serve(std::shared_ptr<Connection> connection) {
         finish();
         return;  // closing without an answer
       }
-      if (mode_ == Mode::kStatus)
-        reply = failure_;
+      if (mode == Mode::kStatus)
+        reply = failure;
     }
     if (!reply)
       reply = handle(request, index);
