@@ -10,6 +10,8 @@
 #include <cstring>
 #include <mutex>
 #include <set>
+#include <thread>
+#include <vector>
 
 #include "bpf/features.h"
 #include "daemon/app_name.h"
@@ -180,6 +182,27 @@ struct Naming {
     p.series = series_of(p.pid, version, &p.extra_labels);
   }
 
+  // After a reload: the processes already attached take the new names and
+  // labels from now on, and those the new selection leaves out feed no
+  // series (their samples are not delivered).
+  void redescribe(record::ProcessTracker& tracker) {
+    std::vector<pid_t> attached;
+    for (const auto& [key, p] : tracker.processes())
+      if (p.state == record::ProcessState::kPython)
+        attached.push_back(p.pid);
+    for (pid_t pid : attached) {
+      TrackedProcess* p = tracker.find(pid);
+      if (!p)
+        continue;
+      if (wanted(pid)) {
+        describe(*p);
+      } else {
+        p->series = nullptr;
+        p->extra_labels.clear();
+      }
+    }
+  }
+
   // --all-processes: a process that is not Python, named by the same rules;
   // null when the selection does not want it.
   SeriesRef other(pid_t pid) {
@@ -215,6 +238,10 @@ struct Naming {
   }
 };
 
+// How long uploads may take after SIGTERM (or after a reload replaced
+// them) before what is left is given up.
+constexpr std::chrono::seconds kFlushTime{5};
+
 // The wall-clock boundary after `unix_ns`, on multiples of the interval.
 int64_t next_boundary(int64_t unix_ns, uint32_t interval_s) {
   const int64_t step = static_cast<int64_t>(interval_s) * 1'000'000'000;
@@ -236,7 +263,9 @@ Result<int> run_daemon(DaemonRunOptions o) {
   if (!outputs_result)
     return outputs_result.error();
   std::shared_ptr<Outputs> outputs = std::move(*outputs_result);
-  std::mutex outputs_mutex;  // guards the pointer itself (swapped on reload)
+  std::mutex outputs_mutex;  // guards the pointer (swapped on reload) and delivery
+  // Outputs replaced by a reload, delivering what they still hold.
+  std::vector<std::jthread> retiring;
 
   auto naming_result = Naming::create(config);
   if (!naming_result)
@@ -264,14 +293,13 @@ Result<int> run_daemon(DaemonRunOptions o) {
   auto to_unix = [&](int64_t mono) { return mono - mono_at_start + unix_at_start; };
   auto to_mono = [&](int64_t unix) { return unix - unix_at_start + mono_at_start; };
 
-  // Runs on the builder thread at every interval end.
+  // Runs on the builder thread at every interval end. The outputs lock is
+  // held throughout, so once a reload has swapped the outputs no profile can
+  // still go into the old ones (their queue is closed by then).
   int64_t interval_start_mono = mono_at_start;
   c.builder().set_interval_sink([&](std::vector<record::SeriesProfile> profiles) {
-    std::shared_ptr<Outputs> out;
-    {
-      std::lock_guard lock(outputs_mutex);
-      out = outputs;
-    }
+    std::lock_guard lock(outputs_mutex);
+    const std::shared_ptr<Outputs>& out = outputs;
     for (auto& sp : profiles) {
       if (!sp.series)
         continue;
@@ -383,9 +411,12 @@ Result<int> run_daemon(DaemonRunOptions o) {
           std::lock_guard lock(outputs_mutex);
           old = std::exchange(outputs, std::move(*new_outputs));
         }
-        old->flush(std::chrono::steady_clock::now() + std::chrono::seconds(2));
-        naming.filter = new_naming->filter;
-        naming.describer = new_naming->describer;
+        // The old uploads finish on a thread of their own: flushing here
+        // would stop the run loop, and the ring buffer would overflow.
+        retiring.emplace_back(
+            [old = std::move(old)] { old->flush(std::chrono::steady_clock::now() + kFlushTime); });
+        naming = std::move(*new_naming);
+        naming.redescribe(c.tracker());
         // Running processes take the new names and labels from their next
         // sample on (the selection applies to processes found from now on).
         c.tracker().describe_again();
@@ -409,7 +440,8 @@ Result<int> run_daemon(DaemonRunOptions o) {
     std::lock_guard lock(outputs_mutex);
     out = outputs;
   }
-  out->flush(std::chrono::steady_clock::now() + std::chrono::seconds(5));
+  out->flush(std::chrono::steady_clock::now() + kFlushTime);
+  retiring.clear();  // joins: outputs replaced by a late reload get the same time
   spdlog::info("stopped; {}", out->health());
   return 0;
 }
