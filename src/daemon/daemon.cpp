@@ -417,9 +417,8 @@ Result<int> run_daemon(DaemonRunOptions o) {
             [old = std::move(old)] { old->flush(std::chrono::steady_clock::now() + kFlushTime); });
         naming = std::move(*new_naming);
         naming.redescribe(c.tracker());
-        // Running processes take the new names and labels from their next
-        // sample on (the selection applies to processes found from now on).
-        c.tracker().describe_again();
+        // Processes that are not Python are named again at their next
+        // sample; cached labels go with the old names.
         c.pipeline().rename_others();
         c.pipeline().prune_caches();
         // A new interval length applies from the next boundary on.

@@ -171,14 +171,6 @@ void ProcessTracker::set_hooks(std::function<bool(pid_t)> wanted,
   options_.describe = std::move(describe);
 }
 
-void ProcessTracker::describe_again() {
-  if (!options_.describe)
-    return;
-  for (auto& [key, p] : processes_)
-    if (p.state == ProcessState::kPython)
-      options_.describe(p);
-}
-
 TrackedProcess& ProcessTracker::adopt(TrackedProcess process) {
   TrackedProcess& p = fresh_entry(process.pid);
   p = std::move(process);

@@ -120,9 +120,6 @@ class ProcessTracker {
   size_t prune_exited();
   // Replaces the daemon hooks (configuration reload).
   void set_hooks(std::function<bool(pid_t)> wanted, std::function<void(TrackedProcess&)> describe);
-  // Runs the describe hook again on every process being profiled, so a
-  // reloaded configuration names and labels them too.
-  void describe_again();
 
  private:
   TrackedProcess& fresh_entry(pid_t pid);
