@@ -40,6 +40,8 @@ std::string find_go() {
   return "";
 }
 
+}  // namespace
+
 Result<std::string> go_pprof_raw(const std::string& profile, const TempDir& dir) {
   const std::string go = find_go();
   if (go.empty())
@@ -115,8 +117,6 @@ std::vector<ProfileSample> decode_samples(const perftools::profiles::Profile& p)
   }
   return out;
 }
-
-}  // namespace
 
 void require_root() {
   if (::geteuid() != 0)

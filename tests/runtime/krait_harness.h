@@ -97,6 +97,14 @@ Result<CommandResult> run_krait(const std::vector<std::string>& args,
                                 std::chrono::seconds timeout = std::chrono::seconds(60),
                                 const std::vector<std::string>& prefix = {});
 
+// Every sample of a decoded pprof, in the form above.
+std::vector<ProfileSample> decode_samples(const perftools::profiles::Profile& p);
+
+// `go tool pprof -raw FILE`, the independent reader every profile must
+// satisfy: its output, or an error with go's stderr when it rejects the file
+// (or go is missing). `scratch` holds go's home and caches.
+Result<std::string> go_pprof_raw(const std::string& profile, const TempDir& scratch);
+
 // Samples of one process / thread.
 std::vector<ProfileSample> samples_of_pid(const std::vector<ProfileSample>& all, int64_t pid);
 int64_t total(const std::vector<ProfileSample>& samples);
