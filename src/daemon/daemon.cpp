@@ -6,6 +6,7 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <mutex>
@@ -264,8 +265,14 @@ Result<int> run_daemon(DaemonRunOptions o) {
     return outputs_result.error();
   std::shared_ptr<Outputs> outputs = std::move(*outputs_result);
   std::mutex outputs_mutex;  // guards the pointer (swapped on reload) and delivery
-  // Outputs replaced by a reload, delivering what they still hold.
-  std::vector<std::jthread> retiring;
+  // Outputs replaced by a reload, delivering what they still hold. A
+  // finished thread keeps its stack until joined: those are joined at the
+  // next reload, so frequent reloads do not pile them up.
+  struct Retiring {
+    std::shared_ptr<std::atomic<bool>> done = std::make_shared<std::atomic<bool>>(false);
+    std::jthread thread;
+  };
+  std::vector<Retiring> retiring;
 
   auto naming_result = Naming::create(config);
   if (!naming_result)
@@ -413,8 +420,12 @@ Result<int> run_daemon(DaemonRunOptions o) {
         }
         // The old uploads finish on a thread of their own: flushing here
         // would stop the run loop, and the ring buffer would overflow.
-        retiring.emplace_back(
-            [old = std::move(old)] { old->flush(std::chrono::steady_clock::now() + kFlushTime); });
+        std::erase_if(retiring, [](const Retiring& r) { return r.done->load(); });
+        Retiring& r = retiring.emplace_back();
+        r.thread = std::jthread([old = std::move(old), done = r.done] {
+          old->flush(std::chrono::steady_clock::now() + kFlushTime);
+          *done = true;
+        });
         naming = std::move(*new_naming);
         naming.redescribe(c.tracker());
         // Processes that are not Python are named again at their next
