@@ -2,11 +2,14 @@
 
 #include <spdlog/spdlog.h>
 
+#include <charconv>
 #include <filesystem>
 #include <set>
 
 #include "python/code_reader.h"
 #include "python/offsets/debug_offsets.h"
+#include "util/files.h"
+#include "util/text.h"
 
 namespace krait::python {
 namespace {
@@ -18,14 +21,34 @@ constexpr int kMaxFramesChecked = 64;
 // wrong once. A wrong layout fails every time.
 constexpr int kValidationAttempts = 3;
 
+// The ids of the process's threads as the host sees them and, for a process
+// in a PID namespace (a container), as its own namespace does: that is what
+// PyThreadState.native_thread_id holds there (the last field of NSpid).
 std::set<uint64_t> task_ids(pid_t pid) {
   std::set<uint64_t> ids;
   std::error_code ec;
-  for (const auto& e :
-       std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
-    try {
-      ids.insert(std::stoull(e.path().filename().string()));
-    } catch (...) {
+  const std::string task_dir = "/proc/" + std::to_string(pid) + "/task";
+  for (const auto& e : std::filesystem::directory_iterator(task_dir, ec)) {
+    const std::string tid = e.path().filename().string();
+    uint64_t host = 0;
+    if (std::from_chars(tid.data(), tid.data() + tid.size(), host).ec != std::errc())
+      continue;
+    ids.insert(host);
+    auto status = read_file(task_dir + "/" + tid + "/status");
+    if (!status)
+      continue;
+    std::string_view text = *status;
+    while (!text.empty()) {
+      std::string_view line = take_line(text);
+      if (!line.starts_with("NSpid:"))
+        continue;
+      const size_t last = line.find_last_of(" \t");
+      uint64_t inner = 0;
+      std::string_view field = line.substr(last + 1);
+      if (last != std::string_view::npos &&
+          std::from_chars(field.data(), field.data() + field.size(), inner).ec == std::errc())
+        ids.insert(inner);
+      break;
     }
   }
   return ids;
