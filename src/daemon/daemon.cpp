@@ -6,6 +6,7 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -303,18 +304,18 @@ Result<int> run_daemon(DaemonRunOptions o) {
   // Runs on the builder thread at every interval end. The outputs lock is
   // held throughout, so once a reload has swapped the outputs no profile can
   // still go into the old ones (their queue is closed by then).
-  int64_t interval_start_mono = mono_at_start;
   c.builder().set_interval_sink([&](std::vector<record::SeriesProfile> profiles) {
     std::lock_guard lock(outputs_mutex);
     const std::shared_ptr<Outputs>& out = outputs;
     for (auto& sp : profiles) {
       if (!sp.series)
         continue;
-      out->deliver(*sp.series, std::move(sp.profile), to_unix(interval_start_mono),
-                   to_unix(sp.end_ktime_ns));
+      // The builder's own start: it moves on at every interval end, also of
+      // an interval without samples, so a profile after an idle interval
+      // does not reach back over it. Its first interval starts at 0.
+      out->deliver(*sp.series, std::move(sp.profile),
+                   to_unix(std::max(sp.start_ktime_ns, mono_at_start)), to_unix(sp.end_ktime_ns));
     }
-    if (!profiles.empty())
-      interval_start_mono = profiles.front().end_ktime_ns;
     // The interval's profiles and the state of processes that exited are
     // freed by now; glibc keeps freed memory in its arenas unless asked,
     // and a service's RSS should come back down after a burst of processes.
