@@ -1567,12 +1567,14 @@ TEST(Daemon, ContainerProcessIsProfiledAndLabelled) {
   for (const Delivered* p : profiles)
     for (const ProfileSample& s : p->samples)
       for (size_t i = 0; i < s.full_stack.size(); ++i)
-        if (s.mappings[i].starts_with(root + "/") && s.full_stack[i].function.starts_with("Py"))
+        if (s.mappings[i].starts_with(root + "/") && s.full_stack[i].function.starts_with("Py")) {
           native_named += s.count;
+          break;
+        }
   EXPECT_GT(native_named, 0) << "no native frame of " << root << "/python3.11 was named";
   std::cout << fmt::format(
-      "[ stats    ] container {}: host pid {}, {} of {} samples carry the truth, {} with named "
-      "interpreter frames\n",
+      "[ stats    ] container {}: host pid {}, {} of {} samples carry the truth, {} a named "
+      "interpreter frame\n",
       (*scope)->id().substr(0, 12), *host_pid, matching, all, native_named);
 }
 
