@@ -5,8 +5,8 @@
 //   labels, stacks that carry the workloads' own truth, pprof that
 //   `go tool pprof -raw` accepts, intervals that tile time;
 // - failures: refused connections, 500, 429 with Retry-After, a hanging
-//   server, a memory cap on the queue, a full disk under the directory
-//   output, SIGTERM (with the server up and down), SIGHUP with a new config;
+//   server, a memory cap on the queue, a full and then read-only output
+//   directory, SIGTERM (with the server up and down), SIGHUP with a new config;
 // - 300 short-lived processes, and the daemon's memory after them;
 // - a process in its own PID and mount namespaces and a docker-style cgroup;
 // - the Debian package: contents, the unpacked binary, the unit.
