@@ -28,6 +28,9 @@ std::string unversioned(const std::string& name) {
 // follows in the section the FDE of a named function (a symbol spanning
 // exactly that FDE) yet lies below it in memory. A static function that
 // follows an exported one lies above it and is not mistaken for its part.
+// Both must lie in .text, where the linker merges .text.unlikely: the
+// linker's own FDE for .plt follows crt1's for _start, and a PLT stub is
+// no part of _start.
 const elf::Symbol* split_from(const unwind::ModuleFile& file, const elf::ElfFile& symbols,
                               uint64_t vaddr) {
   unwind::FdeRef part = file.find_fde(vaddr);
@@ -35,6 +38,12 @@ const elf::Symbol* split_from(const unwind::ModuleFile& file, const elf::ElfFile
     return nullptr;
   const unwind::FdeEntry* parent = part.table->emitted_before(*part.fde);
   if (parent == nullptr || parent->start <= part.fde->end)
+    return nullptr;
+  const std::optional<elf::Section> text = file.elf().find_section(".text");
+  auto in_text = [&](uint64_t start, uint64_t end) {
+    return text && start >= text->addr && end <= text->addr + text->size;
+  };
+  if (!in_text(part.fde->start, part.fde->end) || !in_text(parent->start, parent->end))
     return nullptr;
   const elf::Symbol* symbol = symbols.function_at(parent->start);
   if (symbol == nullptr || symbol->value != parent->start ||

@@ -371,6 +371,31 @@ TEST(SymbolizeTest, StrippedColdPartsAreNamedAfterTheFunctionTheyWereSplitFrom) 
   }
 }
 
+// The linker writes the FDE of .plt right after crt1's FDE for _start, and
+// .plt lies below _start: a PLT stub is not "_start.cold".
+TEST(SymbolizeTest, PltStubsAreNotTakenForColdParts) {
+  auto paths = unwind_fixtures::fixture_paths();
+  auto start = nm_symbol(paths.c, "_start");
+  ASSERT_TRUE(start);
+  auto dir = TempDir::create();
+  ASSERT_TRUE(dir.ok()) << dir.error().message;
+  const std::string kept = dir->path() + "/kept";
+  ASSERT_TRUE(
+      run_tool({"/usr/bin/objcopy", "--strip-all", "--keep-symbol=_start", paths.c, kept}).ok());
+  auto file = unwind::ModuleFile::open(kept, unwind::ModuleFileOptions{.debug_roots = {}});
+  ASSERT_TRUE(file.ok()) << file.error().message;
+  auto plt = (*file)->elf().find_section(".plt");
+  ASSERT_TRUE(plt && plt->size > 0) << paths.c << " has no .plt";
+  auto stub = (*file)->find_fde(plt->addr);
+  ASSERT_TRUE(stub) << "no FDE covers .plt";
+  const unwind::FdeEntry* before = stub.table->emitted_before(*stub.fde);
+  ASSERT_TRUE(before && before->start == start->first)
+      << "the FDE before .plt's is not _start's: the case this test is about does not arise";
+  NativeSymbolizer symbolizer;
+  NativeFrames frames = symbolizer.symbolize(**file, plt->addr + 16);
+  EXPECT_EQ(frames.back().function, "") << describe(frames);
+}
+
 // The leaf of the C capture, as (fixture executable, file address).
 std::optional<OracleAddress> c_leaf() {
   const Capture* capture = find_capture("c-main");
