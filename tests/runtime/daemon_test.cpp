@@ -4,6 +4,7 @@
 // - delivery over both protocols: one profile per application per interval,
 //   labels, stacks that carry the workloads' own truth, pprof that
 //   `go tool pprof -raw` accepts, intervals that tile time;
+// - --all-processes: a C program beside a Python one;
 // - failures: refused connections, 500, 429 with Retry-After, a hanging
 //   server, a memory cap on the queue, a full and then read-only output
 //   directory, SIGTERM (with the server up and down), SIGHUP with a new config;
@@ -625,6 +626,82 @@ TEST(Daemon, PushDeliversOneProfilePerApplicationPerInterval) {
 
 TEST(Daemon, IngestDeliversOneProfilePerApplicationPerInterval) {
   check_delivery(exporter::PyroscopeProtocol::kIngest);
+}
+
+// --all-processes (mixed stacks): a program that is not Python is its own
+// application, with the native and kernel frames it runs, beside the Python
+// ones. Oracle: the C program's own function names (tests/fixtures/cext/
+// busy_loop.c), the workload's truth, and the pid of each.
+TEST(Daemon, AllProcessesProfilesAProgramThatIsNotPython) {
+  require_root();
+  const auto interpreters = load_manifest();
+  const TestInterpreters py = test_interpreters(interpreters);
+  REQUIRE_INTERPRETERS(py);
+  auto server = IngestServer::start();
+  ASSERT_TRUE(server.ok()) << server.error().message;
+  StagedWorkloads staged;
+  const std::string exe = staged.path("krait_busy_loop");
+  fs::copy_file(KRAIT_BUSY_LOOP, exe);
+  fs::permissions(exe, fs::perms::owner_all);
+  SpawnOptions options;
+  options.argv = {exe};
+  auto busy = ChildProcess::spawn(options);
+  ASSERT_TRUE(busy.ok()) << busy.error().message;
+  auto ready = busy->read_line(30s);
+  ASSERT_TRUE(ready.ok() && *ready == "ready") << busy->stderr_text();
+  auto chain = staged.start(*py.debian, "chain.py");
+  ASSERT_TRUE(chain.ok()) << chain.error().message;
+
+  auto daemon = Daemon::start(
+      daemon_args(**server, staged.selector(), {"--all-processes", "--stacks", "mixed"}));
+  ASSERT_TRUE(daemon.ok()) << daemon.error().message;
+  ASSERT_TRUE(wait_for(
+      **server,
+      [](const auto& p) {
+        return count_application(p, "krait_busy_loop") >= 2 &&
+               count_application(p, "chain.py") >= 2;
+      },
+      30s))
+      << "profiles received: " << (*server)->profiles().size() << "\n"
+      << daemon->log();
+  auto status = daemon->stop(SIGTERM);
+  ASSERT_TRUE(status.ok()) << status.error().message;
+  EXPECT_TRUE(status->success()) << status->describe() << "\n" << daemon->log();
+
+  auto received = decode_received((*server)->profiles());
+  ASSERT_TRUE(received.ok()) << received.error().message;
+  std::set<std::string> applications;
+  for (const auto& d : *received)
+    applications.insert(d.application);
+  EXPECT_EQ(applications, (std::set<std::string>{"chain.py", "krait_busy_loop"}))
+      << "the selection matches these two programs only";
+
+  const auto native = of_application(*received, "krait_busy_loop");
+  expect_tiling(native, "krait_busy_loop");
+  int64_t all = 0, named = 0;
+  for (const Delivered* p : native)
+    for (const ProfileSample& s : p->samples) {
+      EXPECT_EQ(s.pid(), busy->pid()) << "a sample of another process";
+      EXPECT_TRUE(s.stack.empty()) << "Python frames in a C program";
+      all += s.count;
+      bool in_main = false, in_part = false;
+      for (const Frame& f : s.full_stack) {
+        in_main |= f.function == "main";
+        in_part |= in_main && (f.function == "krait_busy_spin" || f.function == "krait_busy_read");
+      }
+      named += in_part ? s.count : 0;
+    }
+  EXPECT_GE(all, 50) << "samples of the C program";
+  EXPECT_GE(static_cast<double>(named), 0.9 * static_cast<double>(all))
+      << named << " of " << all << " samples show main calling krait_busy_spin or krait_busy_read";
+  const auto [matching, python] = truth_share(of_application(*received, "chain.py"), chain->truth);
+  EXPECT_GE(python, 50) << "samples of chain.py";
+  EXPECT_GE(static_cast<double>(matching), 0.9 * static_cast<double>(python))
+      << matching << " of " << python << " samples carry the truth of chain.py";
+  std::cout << fmt::format(
+      "[ stats    ] krait_busy_loop: {} profiles, {} of {} samples in main's callees; chain.py "
+      "{} of {} match the truth\n",
+      native.size(), named, all, matching, python);
 }
 
 // ---------------------------------------------------------------------------
