@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstring>
 #include <mutex>
+#include <unordered_map>
 
 #include "util/unique_fd.h"
 
@@ -125,6 +126,9 @@ struct ElfFile::State {
   std::once_flag functions_once;
   std::vector<const Symbol*> functions;  // sorted by address, one per address
 
+  std::once_flag got_once;
+  std::unordered_map<uint64_t, std::string> got_slots;  // GOT address -> the symbol it binds
+
   const SectionInfo* section(std::string_view name) const {
     for (const SectionInfo& info : sections)
       if (info.section.name == name)
@@ -139,6 +143,7 @@ struct ElfFile::State {
   void read_symbols(const SectionInfo& info, std::vector<Symbol>& out);
   void index_symbols();
   void index_functions();
+  void index_got_slots();
 };
 
 Result<void> ElfFile::State::read_headers() {
@@ -204,7 +209,8 @@ Result<void> ElfFile::State::read_headers() {
                                                       .addr = shdr.sh_addr,
                                                       .offset = shdr.sh_offset,
                                                       .size = shdr.sh_size,
-                                                      .type = shdr.sh_type},
+                                                      .type = shdr.sh_type,
+                                                      .entsize = shdr.sh_entsize},
                                    .index = elf_ndxscn(scn),
                                    .link = shdr.sh_link});
     if (shdr.sh_type == SHT_SYMTAB && shdr.sh_size > 0)
@@ -416,6 +422,41 @@ void ElfFile::State::index_functions() {
       functions.end());
 }
 
+void ElfFile::State::index_got_slots() {
+  std::lock_guard lock(elf_mutex);
+  Elf* e = elf.get();
+  for (const SectionInfo& info : sections) {
+    if (info.section.type != SHT_RELA)
+      continue;
+    const SectionInfo* symbols = nullptr;
+    for (const SectionInfo& candidate : sections)
+      if (candidate.index == info.link && candidate.section.type == SHT_DYNSYM)
+        symbols = &candidate;
+    if (symbols == nullptr)
+      continue;
+    Elf_Data* relocations = elf_getdata(elf_getscn(e, info.index), nullptr);
+    Elf_Data* symbol_data = elf_getdata(elf_getscn(e, symbols->index), nullptr);
+    size_t entry_size = gelf_fsize(e, ELF_T_RELA, 1, EV_CURRENT);
+    if (relocations == nullptr || relocations->d_buf == nullptr || symbol_data == nullptr ||
+        symbol_data->d_buf == nullptr || entry_size == 0)
+      continue;
+    for (size_t i = 0; i < relocations->d_size / entry_size; ++i) {
+      GElf_Rela rela;
+      if (gelf_getrela(relocations, static_cast<int>(i), &rela) == nullptr)
+        break;
+      const uint32_t type = GELF_R_TYPE(rela.r_info);
+      if (type != R_X86_64_JUMP_SLOT && type != R_X86_64_GLOB_DAT)
+        continue;
+      GElf_Sym sym;
+      if (gelf_getsym(symbol_data, static_cast<int>(GELF_R_SYM(rela.r_info)), &sym) == nullptr)
+        continue;
+      const char* name = elf_strptr(e, symbols->link, sym.st_name);
+      if (name != nullptr && *name != '\0')
+        got_slots.emplace(rela.r_offset, name);
+    }
+  }
+}
+
 ElfFile::ElfFile(std::unique_ptr<State> state) : state_(std::move(state)) {}
 ElfFile::ElfFile(ElfFile&&) noexcept = default;
 ElfFile& ElfFile::operator=(ElfFile&&) noexcept = default;
@@ -563,6 +604,43 @@ const Symbol* ElfFile::function_at(uint64_t vaddr) const {
       return sym;
   }
   return nullptr;
+}
+
+std::optional<std::string> ElfFile::plt_target(uint64_t vaddr) const {
+  State& s = *state_;
+  const Section* plt = nullptr;
+  for (const SectionInfo& info : s.sections)
+    if ((info.section.name == ".plt" || info.section.name == ".plt.sec" ||
+         info.section.name == ".plt.got") &&
+        vaddr >= info.section.addr && vaddr - info.section.addr < info.section.size)
+      plt = &info.section;
+  if (plt == nullptr)
+    return std::nullopt;
+  // Stubs are 16 bytes (8 in .plt.got without IBT); sh_entsize says which.
+  const uint64_t stub_size = plt->entsize == 8 || plt->entsize == 16 ? plt->entsize : 16;
+  const uint64_t stub = plt->addr + (vaddr - plt->addr) / stub_size * stub_size;
+  auto code = read_vaddr(stub, stub_size);
+  if (!code)
+    return std::nullopt;
+  // `jmp *disp32(%rip)` (ff 25) first in the stub, or after an endbr64 and
+  // a bnd prefix (.plt.sec with IBT). PLT0 pushes first, and a lazy .plt
+  // stub of an IBT build pushes its index: neither is taken for a stub.
+  const std::vector<uint8_t>& b = *code;
+  size_t at = 0;
+  if (b[0] == 0xf3 && b[1] == 0x0f && b[2] == 0x1e && b[3] == 0xfa)
+    at = 4;
+  if (b[at] == 0xf2)
+    ++at;
+  if (at + 6 > b.size() || b[at] != 0xff || b[at + 1] != 0x25)
+    return std::nullopt;
+  int32_t disp = 0;
+  std::memcpy(&disp, b.data() + at + 2, sizeof disp);
+  const uint64_t slot = stub + at + 6 + static_cast<uint64_t>(static_cast<int64_t>(disp));
+  std::call_once(s.got_once, [&s] { s.index_got_slots(); });
+  auto it = s.got_slots.find(slot);
+  if (it == s.got_slots.end())
+    return std::nullopt;
+  return it->second;
 }
 
 }  // namespace krait::elf

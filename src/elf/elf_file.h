@@ -55,6 +55,7 @@ struct Section {
   uint64_t offset = 0;
   uint64_t size = 0;
   uint32_t type = 0;  // SHT_*
+  uint64_t entsize = 0;
 };
 
 struct LoadSegment {
@@ -124,6 +125,15 @@ class ElfFile {
   // Where symbols share an address, a global one is preferred, then the
   // larger. The pointer stays valid while this ElfFile lives.
   const Symbol* function_at(uint64_t vaddr) const;
+
+  // The function that the PLT stub at `vaddr` jumps to ("read"), when
+  // `vaddr` lies in a stub of .plt, .plt.sec or .plt.got: stubs have no
+  // symbols, yet a sample in one says which library call is on its way.
+  // Found from the stub's `jmp *slot(%rip)` and the dynamic relocation
+  // (JUMP_SLOT or GLOB_DAT) that fills that GOT slot; nullopt for PLT0, a
+  // lazy-binding stub that does not jump through its slot, or an address
+  // outside the PLT.
+  std::optional<std::string> plt_target(uint64_t vaddr) const;
 
  private:
   struct State;

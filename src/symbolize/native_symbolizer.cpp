@@ -139,9 +139,15 @@ NativeFrames NativeSymbolizer::resolve(FileState& state, const unwind::ModuleFil
   if (symbol == nullptr && !file.elf().has_symtab())
     symbol = file.elf().function_at(vaddr);  // .dynsym
   std::string symbol_name = symbol != nullptr ? unversioned(symbol->name) : std::string();
-  if (symbol == nullptr)
+  if (symbol == nullptr) {
+    if (auto target = file.elf().plt_target(vaddr)) {
+      // As perf and gdb name a stub: the call it makes, "read@plt".
+      NativeFrame stub{.function = demangle(*target) + "@plt", .system_name = *target + "@plt"};
+      return NativeFrames{std::move(stub)};
+    }
     if (const elf::Symbol* parent = split_from(file, file.elf(), vaddr))
       symbol_name = unversioned(parent->name) + ".cold";
+  }
 
   NativeFrames out;
   if (state.dwarf) {

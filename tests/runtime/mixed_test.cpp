@@ -22,6 +22,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <string>
@@ -153,7 +154,7 @@ struct Symbol {
 };
 
 // `nm --defined-only -S [-D] file`: the symbol table (or the dynamic one),
-// names without their version suffix.
+// names without their version suffix, and the PLT stubs objdump names.
 Result<std::vector<Symbol>> nm_symbols(const std::string& file, bool dynamic) {
   auto nm = tool("nm", "binutils");
   if (!nm)
@@ -181,6 +182,18 @@ Result<std::vector<Symbol>> nm_symbols(const std::string& file, bool dynamic) {
   }
   if (symbols.empty())
     return make_error("nm found no function symbols in {}", file);
+  // PLT stubs have no symbols; objdump names them after their target
+  // ("<read@plt>:"), as krait does.
+  auto objdump = tool("objdump", "binutils");
+  if (!objdump)
+    return objdump.error();
+  auto dump = capture({*objdump, "-d", "-j", ".plt", "-j", ".plt.sec", "-j", ".plt.got", file});
+  if (!dump)
+    return dump.error();
+  static const std::regex stub(R"(^([0-9a-f]+) <(.+@plt)>:$)");
+  for (const auto& line : lines_of(*dump))
+    if (std::smatch m; std::regex_match(line, m, stub))
+      symbols.push_back({.name = m[2], .value = std::stoull(m[1], nullptr, 16), .size = 16});
   return symbols;
 }
 

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <string>
@@ -334,6 +335,49 @@ TEST(ElfFileTest, FunctionAtFindsTheFixtureFunction) {
   EXPECT_EQ(elf.function_at(global->value), nullptr) << "data is not in a function";
   EXPECT_EQ(elf.function_at(0), nullptr);
   EXPECT_EQ(elf.function_at(UINT64_MAX), nullptr);
+}
+
+// Every PLT stub objdump names ("<read@plt>") is named the same, at its
+// first and last byte; what objdump does not name so (PLT0, an IBT build's
+// lazy stubs) is not named at all. Lazy .plt (PIE), .plt.got (the library)
+// and IBT's .plt.sec.
+TEST(ElfFileTest, PltStubsAreNamedAsObjdumpNamesThem) {
+  REQUIRE_FIXTURES();
+  for (const std::string& path : {fixtures().pie, fixtures().lib, fixtures().ibt}) {
+    SCOPED_TRACE(path);
+    ASSERT_OPENS(elf, path);
+    test::CommandResult dump = test::run_command(
+        {fixtures().objdump, "-d", "-j", ".plt", "-j", ".plt.sec", "-j", ".plt.got", path});
+    ASSERT_EQ(dump.exit_code, 0) << "objdump -d failed on " << path;
+    // "0000000000001030 <getenv@plt>:"
+    static const std::regex label(R"(^([0-9a-f]+) <(.+)>:$)");
+    std::vector<std::pair<uint64_t, std::string>> labels;
+    std::istringstream lines(dump.out);
+    for (std::string line; std::getline(lines, line);)
+      if (std::smatch m; std::regex_match(line, m, label))
+        labels.emplace_back(std::stoull(m[1], nullptr, 16), m[2]);
+    int named = 0;
+    for (const auto& [address, name] : labels) {
+      SCOPED_TRACE(name);
+      const bool stub = name.size() > 4 && name.ends_with("@plt");
+      const std::optional<std::string> want =
+          stub ? std::optional(name.substr(0, name.size() - 4)) : std::nullopt;
+      EXPECT_EQ(elf.plt_target(address), want);
+      // Stubs of .plt.got are 8 bytes without IBT; 16 elsewhere.
+      auto section = elf.find_section(".plt.got");
+      const bool small = section && address >= section->addr &&
+                         address < section->addr + section->size && section->entsize == 8;
+      EXPECT_EQ(elf.plt_target(address + (small ? 7 : 15)), want);
+      named += stub ? 1 : 0;
+    }
+    EXPECT_GE(named, 1) << "objdump names no stub";
+  }
+  ASSERT_OPENS(ibt, fixtures().ibt);
+  EXPECT_TRUE(ibt.find_section(".plt.sec")) << "the IBT fixture has no .plt.sec";
+  ASSERT_OPENS(pie, fixtures().pie);
+  auto main_fn = pie.find_symbol("main");
+  ASSERT_TRUE(main_fn);
+  EXPECT_EQ(pie.plt_target(main_fn->value), std::nullopt) << "main is no PLT stub";
 }
 
 TEST(ElfFileTest, SharedLibraryMatchesReadelf) {

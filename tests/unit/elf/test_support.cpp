@@ -61,11 +61,13 @@ const Fixtures& fixtures() {
       .pie = KRAIT_FIXTURE_PIE,
       .lib = KRAIT_FIXTURE_LIB,
       .static_exe = KRAIT_FIXTURE_STATIC,
+      .ibt = KRAIT_FIXTURE_IBT,
       .stripped = KRAIT_FIXTURE_STRIPPED,
       .debuglinked = KRAIT_FIXTURE_DEBUGLINKED,
       .debug_file = KRAIT_FIXTURE_DEBUG_FILE,
       .readelf = KRAIT_READELF,
       .nm = KRAIT_NM,
+      .objdump = KRAIT_OBJDUMP,
   };
   return f;
 }
@@ -73,8 +75,8 @@ const Fixtures& fixtures() {
 std::string missing_fixtures() {
   const Fixtures& f = fixtures();
   std::string missing;
-  for (const std::string& path :
-       {f.pie, f.lib, f.static_exe, f.stripped, f.debuglinked, f.debug_file, f.readelf, f.nm}) {
+  for (const std::string& path : {f.pie, f.lib, f.static_exe, f.ibt, f.stripped, f.debuglinked,
+                                  f.debug_file, f.readelf, f.nm, f.objdump}) {
     if (::access(path.c_str(), R_OK) != 0)
       missing += " " + path;
   }

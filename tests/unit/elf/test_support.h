@@ -24,11 +24,13 @@ struct Fixtures {
   std::string pie;          // PIE executable, linked with `lib`, --export-dynamic
   std::string lib;          // shared library (SONAME libkrait_elf_fixture.so.1)
   std::string static_exe;   // static non-PIE executable
+  std::string ibt;          // PIE with IBT stubs (.plt.sec): -fcf-protection -z ibtplt
   std::string stripped;     // `pie` after strip --strip-all
   std::string debuglinked;  // `pie` after objcopy --strip-debug --add-gnu-debuglink
   std::string debug_file;   // objcopy --only-keep-debug of `pie`
   std::string readelf;
   std::string nm;
+  std::string objdump;
 };
 const Fixtures& fixtures();
 

@@ -372,8 +372,9 @@ TEST(SymbolizeTest, StrippedColdPartsAreNamedAfterTheFunctionTheyWereSplitFrom) 
 }
 
 // The linker writes the FDE of .plt right after crt1's FDE for _start, and
-// .plt lies below _start: a PLT stub is not "_start.cold".
-TEST(SymbolizeTest, PltStubsAreNotTakenForColdParts) {
+// .plt lies below _start: a PLT stub is not "_start.cold" but the call it
+// makes, "getenv@plt" (ElfFileTest checks the stub names against objdump).
+TEST(SymbolizeTest, PltStubsAreNamedAfterTheirTargetNotAsColdParts) {
   auto paths = unwind_fixtures::fixture_paths();
   auto start = nm_symbol(paths.c, "_start");
   ASSERT_TRUE(start);
@@ -393,7 +394,10 @@ TEST(SymbolizeTest, PltStubsAreNotTakenForColdParts) {
       << "the FDE before .plt's is not _start's: the case this test is about does not arise";
   NativeSymbolizer symbolizer;
   NativeFrames frames = symbolizer.symbolize(**file, plt->addr + 16);
-  EXPECT_EQ(frames.back().function, "") << describe(frames);
+  auto target = (*file)->elf().plt_target(plt->addr + 16);
+  ASSERT_TRUE(target) << "the first stub of .plt has no target";
+  EXPECT_EQ(frames.back().function, *target + "@plt") << describe(frames);
+  EXPECT_EQ(frames.size(), 1u) << describe(frames);
 }
 
 // The leaf of the C capture, as (fixture executable, file address).
