@@ -162,9 +162,11 @@ def start_selfcheck(threads, end_info=None):
     """Observes `threads` (truth entries) from a helper thread, if enabled.
 
     `end_info` is called at the end for workload-specific facts to report.
+    Returns the helper thread (None when disabled), for a workload that ends
+    on its own to outlive it.
     """
     if not selfcheck_enabled():
-        return
+        return None
 
     count = selfcheck_count()
 
@@ -186,6 +188,7 @@ def start_selfcheck(threads, end_info=None):
     helper = threading.Thread(target=guarded, args=(observe,), name="selfcheck")
     helper.daemon = True
     helper.start()
+    return helper
 
 
 class Lane(object):

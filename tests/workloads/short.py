@@ -9,7 +9,7 @@ then runs for about --ms milliseconds of CPU time (checked every lap of a few
 hundred microseconds; CPU time, so a loaded machine gives the same number of
 samples, only later) and the process exits 0. For tests of processes that come and
 go while the profiler runs. KRAIT_WORKLOAD_SELFCHECK=1 adds the observation
-lines described in chain.py; give it --ms of a second or more so they fit.
+lines described in chain.py, and the loop runs until the last of them too.
 """
 
 from __future__ import print_function
@@ -161,9 +161,11 @@ def start_selfcheck(threads, end_info=None):
     """Observes `threads` (truth entries) from a helper thread, if enabled.
 
     `end_info` is called at the end for workload-specific facts to report.
+    Returns the helper thread (None when disabled), for a workload that ends
+    on its own to outlive it.
     """
     if not selfcheck_enabled():
-        return
+        return None
 
     count = selfcheck_count()
 
@@ -185,6 +187,7 @@ def start_selfcheck(threads, end_info=None):
     helper = threading.Thread(target=guarded, args=(observe,), name="selfcheck")
     helper.daemon = True
     helper.start()
+    return helper
 
 
 class Lane(object):
@@ -218,6 +221,10 @@ class CpuLane(Lane):
     def __init__(self, cpu_budget):
         Lane.__init__(self)
         self.cpu_deadline = cpu_seconds() + cpu_budget
+        # A selfcheck observer: on a loaded machine its observations can
+        # take longer than the budget, and the loop must still be running
+        # when it takes the last one.
+        self.observer = None
 
     def lap(self):
         Lane.lap(self)
@@ -225,7 +232,7 @@ class CpuLane(Lane):
         # thread, and observers waiting for the GIL then see it far more
         # often than the CPU does: check every 8th lap (~8 ms) only.
         if self.laps % 8 == 0 and cpu_seconds() >= self.cpu_deadline:
-            self.running = False
+            self.running = self.observer is not None and self.observer.is_alive()
 
 
 def hot(lane, announce):
@@ -254,7 +261,7 @@ def main():
     def announce(frame):
         threads = [thread_truth(frame, HOT_MARKER)]
         emit_truth("short", threads, {"ms": args.ms})
-        start_selfcheck(threads)
+        lane.observer = start_selfcheck(threads)
 
     burn(lane, announce)
     return 0
