@@ -333,10 +333,10 @@ Result<std::unique_ptr<PyroscopeSender>> PyroscopeSender::create(PyroscopeOption
   curl->endpoint = options.protocol == PyroscopeProtocol::kPush
                        ? options.url + std::string(kPushPath)
                        : options.url + "/ingest";
-  return std::unique_ptr<PyroscopeSender>(new PyroscopeSender(std::move(options), std::move(curl)));
+  return std::make_unique<PyroscopeSender>(Key{}, std::move(options), std::move(curl));
 }
 
-PyroscopeSender::PyroscopeSender(PyroscopeOptions options, std::unique_ptr<Curl> curl)
+PyroscopeSender::PyroscopeSender(Key, PyroscopeOptions options, std::unique_ptr<Curl> curl)
     : options_(std::move(options)), curl_(std::move(curl)) {}
 
 PyroscopeSender::~PyroscopeSender() = default;

@@ -69,9 +69,16 @@ struct PyroscopeOptions {
 };
 
 class PyroscopeSender final : public Sender {
+  struct Curl;
+  // Lets create() use std::make_unique while no one else can construct one.
+  struct Key {
+    explicit Key() = default;
+  };
+
  public:
   // Checks the options (URL scheme, auth combination, readable ca_file).
   static Result<std::unique_ptr<PyroscopeSender>> create(PyroscopeOptions options);
+  PyroscopeSender(Key, PyroscopeOptions options, std::unique_ptr<Curl> curl);
   ~PyroscopeSender() override;
 
   // One request; `timeout` caps options.timeout for this call.
@@ -80,8 +87,6 @@ class PyroscopeSender final : public Sender {
   const PyroscopeOptions& options() const { return options_; }
 
  private:
-  struct Curl;
-  explicit PyroscopeSender(PyroscopeOptions options, std::unique_ptr<Curl> curl);
   PyroscopeOptions options_;
   std::unique_ptr<Curl> curl_;
 };

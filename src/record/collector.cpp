@@ -10,7 +10,7 @@
 namespace krait::record {
 
 Result<std::unique_ptr<Collector>> Collector::create(CollectorOptions options) {
-  std::unique_ptr<Collector> c(new Collector(std::move(options)));
+  auto c = std::make_unique<Collector>(Key{}, std::move(options));
   bpf::SamplerConfig& cfg = c->options_.sampler;
   {
     // Room for a quarter of a second of samples on every CPU, 25 drain

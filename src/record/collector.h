@@ -32,8 +32,14 @@ struct CollectorOptions {
 };
 
 class Collector {
+  // Lets create() use std::make_unique while no one else can construct one.
+  struct Key {
+    explicit Key() = default;
+  };
+
  public:
   static Result<std::unique_ptr<Collector>> create(CollectorOptions options);
+  Collector(Key, CollectorOptions options) : options_(std::move(options)) {}
   ~Collector();
 
   ProcessTracker& tracker() { return *tracker_; }
@@ -64,8 +70,6 @@ class Collector {
   RunFacts facts(double seconds) const;
 
  private:
-  explicit Collector(CollectorOptions options) : options_(std::move(options)) {}
-
   class SamplerSink final : public ProcessMapSink {
    public:
     explicit SamplerSink(bpf::Sampler& sampler) : sampler_(sampler) {}

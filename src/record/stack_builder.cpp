@@ -29,7 +29,7 @@ Result<std::unique_ptr<StackBuilder>> StackBuilder::create(BuilderOptions option
   auto unwinder = unwind::Unwinder::create();
   if (!unwinder)
     return unwinder.error();
-  std::unique_ptr<StackBuilder> b(new StackBuilder(options, std::move(*unwinder)));
+  auto b = std::make_unique<StackBuilder>(Key{}, options, std::move(*unwinder));
   if (options.native && options.kernel) {
     auto kernel = symbolize::KernelSymbols::load();
     if (kernel) {
@@ -43,7 +43,7 @@ Result<std::unique_ptr<StackBuilder>> StackBuilder::create(BuilderOptions option
   return b;
 }
 
-StackBuilder::StackBuilder(BuilderOptions options, unwind::Unwinder unwinder)
+StackBuilder::StackBuilder(Key, BuilderOptions options, unwind::Unwinder unwinder)
     : options_(options), unwinder_(std::move(unwinder)) {}
 
 StackBuilder::SeriesState& StackBuilder::state_for(const SeriesRef& series) {

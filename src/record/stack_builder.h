@@ -60,8 +60,14 @@ struct SeriesProfile {
 using IntervalSink = std::function<void(std::vector<SeriesProfile>)>;
 
 class StackBuilder {
+  // Lets create() use std::make_unique while no one else can construct one.
+  struct Key {
+    explicit Key() = default;
+  };
+
  public:
   static Result<std::unique_ptr<StackBuilder>> create(BuilderOptions options);
+  StackBuilder(Key, BuilderOptions options, unwind::Unwinder unwinder);
   // Adds a sample, or ends an interval (job.interval_end): the profiles of
   // every series go to the sink, and new ones start.
   void add(const SampleJob& job);
@@ -71,8 +77,6 @@ class StackBuilder {
   const BuilderStats& stats() const { return stats_; }
 
  private:
-  explicit StackBuilder(BuilderOptions options, unwind::Unwinder unwinder);
-
   struct NativeEntry {
     std::vector<profile::FrameId> frames;  // innermost (inlined) first
     bool eval = false;                     // the interpreter's eval loop

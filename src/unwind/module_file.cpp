@@ -129,7 +129,7 @@ std::optional<std::string> find_debug_file(const elf::ElfFile& elf, const DebugL
   return std::nullopt;
 }
 
-ModuleFile::ModuleFile(elf::ElfFile elf, UniqueFd fd, std::string identity)
+ModuleFile::ModuleFile(Key, elf::ElfFile elf, UniqueFd fd, std::string identity)
     : serial_(next_serial.fetch_add(1, std::memory_order_relaxed)),
       elf_(std::move(elf)),
       fd_(std::move(fd)),
@@ -145,7 +145,7 @@ Result<std::shared_ptr<const ModuleFile>> ModuleFile::create(elf::ElfFile elf, U
                       elf.path());
   std::string identity = file_identity(fd.get(), elf);
   // make_shared cannot reach the private constructor.
-  std::shared_ptr<ModuleFile> file(new ModuleFile(std::move(elf), std::move(fd), identity));
+  auto file = std::make_shared<ModuleFile>(Key{}, std::move(elf), std::move(fd), identity);
   if (auto debug_path = find_debug_file(file->elf_, dirs, options)) {
     auto debug_elf = elf::ElfFile::open(*debug_path);
     UniqueFd debug_fd(::open(debug_path->c_str(), O_RDONLY | O_CLOEXEC));

@@ -68,6 +68,11 @@ struct FdeRef {
 };
 
 class ModuleFile {
+  // Lets the factories use std::make_shared while no one else can construct one.
+  struct Key {
+    explicit Key() = default;
+  };
+
  public:
   // Builds a ModuleFile from an opened ElfFile and a descriptor `fd` of the
   // same file (fstat identifies it). Looks for the debug file (see above).
@@ -83,6 +88,7 @@ class ModuleFile {
                                                               std::string name,
                                                               const ModuleFileOptions& options);
 
+  ModuleFile(Key, elf::ElfFile elf, UniqueFd fd, std::string identity);
   ModuleFile(const ModuleFile&) = delete;
   ModuleFile& operator=(const ModuleFile&) = delete;
   ~ModuleFile();
@@ -129,7 +135,6 @@ class ModuleFile {
     std::optional<CfiTable> debug_frame;
   };
 
-  ModuleFile(elf::ElfFile elf, UniqueFd fd, std::string identity);
   void index_tables() const;
 
   uint64_t serial_;
