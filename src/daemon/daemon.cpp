@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 #include <vector>
@@ -170,12 +171,18 @@ struct Naming {
     return n;
   }
 
-  bool wanted(pid_t pid) const {
+  // Whether the selection takes `pid`; nullopt when the process is gone or
+  // unreadable.
+  std::optional<bool> selects(pid_t pid) const {
     auto identity = read_process_identity(pid);
     if (!identity)
-      return true;  // gone or unreadable: the attach decides
+      return std::nullopt;
     auto container = proc::read_container_info(pid);
     return filter->matches(*identity, container ? *container : proc::ContainerInfo{});
+  }
+
+  bool wanted(pid_t pid) const {
+    return selects(pid).value_or(true);  // gone or unreadable: the attach decides
   }
 
   void describe(TrackedProcess& p) {
@@ -206,9 +213,11 @@ struct Naming {
   }
 
   // --all-processes: a process that is not Python, named by the same rules;
-  // null when the selection does not want it.
+  // null when the selection does not want it. One gone before it could be
+  // read cannot be shown to match a criterion: only a selection of every
+  // process takes it (as "unknown").
   SeriesRef other(pid_t pid) {
-    if (!wanted(pid))
+    if (!selects(pid).value_or(filter->selects_all()))
       return nullptr;
     return series_of(pid, "", nullptr);
   }
