@@ -304,6 +304,13 @@ std::vector<std::string> daemon_args(const IngestServer& server, const std::stri
   return args;
 }
 
+// SIGTERM, after which the daemon must exit 0 (its log says why not).
+void expect_clean_stop(Daemon& daemon) {
+  auto status = daemon.stop(SIGTERM);
+  ASSERT_TRUE(status.ok()) << status.error().message;
+  EXPECT_TRUE(status->success()) << status->describe() << "\n" << daemon.log();
+}
+
 // ---------------------------------------------------------------------------
 // What the server received, decoded.
 
@@ -355,6 +362,13 @@ Result<std::vector<Delivered>> decode_received(const std::vector<ReceivedProfile
     }
     out.push_back(std::move(d));
   }
+  return out;
+}
+
+std::set<std::string> applications_of(const std::vector<Delivered>& all) {
+  std::set<std::string> out;
+  for (const auto& d : all)
+    out.insert(d.application);
   return out;
 }
 
@@ -572,9 +586,7 @@ void check_delivery(exporter::PyroscopeProtocol protocol) {
 
   auto received = decode_received((*server)->profiles());
   ASSERT_TRUE(received.ok()) << received.error().message;
-  std::set<std::string> applications;
-  for (const auto& d : *received)
-    applications.insert(d.application);
+  const std::set<std::string> applications = applications_of(*received);
   EXPECT_EQ(applications, (std::set<std::string>{"chain.py", "threads.py"}));
 
   const std::string host = this_host_name();
@@ -664,15 +676,11 @@ TEST(Daemon, AllProcessesProfilesAProgramThatIsNotPython) {
       30s))
       << "profiles received: " << (*server)->profiles().size() << "\n"
       << daemon->log();
-  auto status = daemon->stop(SIGTERM);
-  ASSERT_TRUE(status.ok()) << status.error().message;
-  EXPECT_TRUE(status->success()) << status->describe() << "\n" << daemon->log();
+  ASSERT_NO_FATAL_FAILURE(expect_clean_stop(*daemon));
 
   auto received = decode_received((*server)->profiles());
   ASSERT_TRUE(received.ok()) << received.error().message;
-  std::set<std::string> applications;
-  for (const auto& d : *received)
-    applications.insert(d.application);
+  const std::set<std::string> applications = applications_of(*received);
   EXPECT_EQ(applications, (std::set<std::string>{"chain.py", "krait_busy_loop"}))
       << "the selection matches these two programs only";
 
@@ -792,9 +800,7 @@ TEST(Daemon, RefusedConnectionsDeliverLaterWithoutDuplicates) {
   // The backlog and two more intervals arrive.
   ASSERT_TRUE(r.wait_for_delivery_of_cut(2)) << daemon->log();
   const double backlog_seconds = seconds_since(back);
-  auto status = daemon->stop(SIGTERM);
-  ASSERT_TRUE(status.ok()) << status.error().message;
-  EXPECT_TRUE(status->success()) << status->describe() << "\n" << daemon->log();
+  ASSERT_NO_FATAL_FAILURE(expect_clean_stop(*daemon));
   EXPECT_NE(daemon->log().find("connection refused"), std::string::npos) << daemon->log();
 
   auto received = decode_received(r.server->profiles());
@@ -849,9 +855,7 @@ TEST(Daemon, QueueMemoryCapKeepsTheNewestProfiles) {
       },
       60s))
       << daemon->log();
-  auto status = daemon->stop(SIGTERM);
-  ASSERT_TRUE(status.ok()) << status.error().message;
-  EXPECT_TRUE(status->success()) << status->describe() << "\n" << daemon->log();
+  ASSERT_NO_FATAL_FAILURE(expect_clean_stop(*daemon));
 
   auto received = decode_received(r.server->profiles());
   ASSERT_TRUE(received.ok()) << received.error().message;
@@ -900,9 +904,7 @@ TEST(Daemon, ServerErrorsAreRetried) {
   ASSERT_TRUE(r.server->wait_for_requests(3, 30s)) << daemon->log();
   ASSERT_TRUE(r.server->accept_normally().ok());
   ASSERT_TRUE(r.wait_for_delivery_of_cut(1)) << daemon->log();
-  auto status = daemon->stop(SIGTERM);
-  ASSERT_TRUE(status.ok()) << status.error().message;
-  EXPECT_TRUE(status->success()) << status->describe() << "\n" << daemon->log();
+  ASSERT_NO_FATAL_FAILURE(expect_clean_stop(*daemon));
 
   const auto requests = r.server->requests();
   std::string statuses;
@@ -936,9 +938,7 @@ TEST(Daemon, RetryAfterIsHonoured) {
   const double gap = seconds_since(first);
   ASSERT_TRUE(r.server->accept_normally().ok());
   ASSERT_TRUE(r.wait_for_delivery_of_cut(1)) << daemon->log();
-  auto status = daemon->stop(SIGTERM);
-  ASSERT_TRUE(status.ok()) << status.error().message;
-  EXPECT_TRUE(status->success()) << status->describe() << "\n" << daemon->log();
+  ASSERT_NO_FATAL_FAILURE(expect_clean_stop(*daemon));
 
   // The first request was answered 429; the next came no sooner than the
   // server asked (less the time the test took to notice the first).
@@ -972,9 +972,7 @@ TEST(Daemon, HangingServerTimesOutAndSamplingGoesOn) {
   ASSERT_TRUE(r.server->accept_normally().ok());
   ASSERT_TRUE(r.wait_for_delivery_of_cut(1)) << daemon->log();
   const double cpu_used = cpu_seconds(r.chain->truth.pid).value() - cpu_at_start;
-  auto status = daemon->stop(SIGTERM);
-  ASSERT_TRUE(status.ok()) << status.error().message;
-  EXPECT_TRUE(status->success()) << status->describe() << "\n" << daemon->log();
+  ASSERT_NO_FATAL_FAILURE(expect_clean_stop(*daemon));
   EXPECT_NE(daemon->log().find("timed out"), std::string::npos) << daemon->log();
 
   auto received = decode_received(r.server->profiles());
@@ -1043,9 +1041,7 @@ TEST(Daemon, FullOrReadOnlyDirectoryIsLoggedAndUploadsGoOn) {
       << daemon->log();
   EXPECT_NE(daemon->log().find("Read-only file system"), std::string::npos) << daemon->log();
   EXPECT_EQ(cut_intervals(inside).size(), files_before) << "a file written read-only";
-  auto status = daemon->stop(SIGTERM);
-  ASSERT_TRUE(status.ok()) << status.error().message;
-  EXPECT_TRUE(status->success()) << status->describe() << "\n" << daemon->log();
+  ASSERT_NO_FATAL_FAILURE(expect_clean_stop(*daemon));
 
   auto received = decode_received(r.server->profiles());
   ASSERT_TRUE(received.ok()) << received.error().message;
@@ -1179,9 +1175,7 @@ TEST(Daemon, SighupAddsAnOutputAndLabelsNewProcesses) {
   ASSERT_TRUE(wait_for(
       *r.server, [](const auto& p) { return count_application(p, "threads.py") >= 2; }, 20s))
       << daemon->log();
-  auto status = daemon->stop(SIGTERM);
-  ASSERT_TRUE(status.ok()) << status.error().message;
-  EXPECT_TRUE(status->success()) << status->describe() << "\n" << daemon->log();
+  ASSERT_NO_FATAL_FAILURE(expect_clean_stop(*daemon));
   EXPECT_NE(daemon->log().find("configuration reloaded"), std::string::npos) << daemon->log();
 
   const auto profiles = r.server->profiles();
@@ -1239,9 +1233,7 @@ TEST(Daemon, SighupRelabelsRunningProcesses) {
   // is its witness).
   ASSERT_TRUE(r.wait_for_cut(2, 20s)) << daemon->log();
   ASSERT_TRUE(r.wait_for_delivery_of_cut(0, 20s)) << daemon->log();
-  auto status = daemon->stop(SIGTERM);
-  ASSERT_TRUE(status.ok()) << status.error().message;
-  EXPECT_TRUE(status->success()) << status->describe() << "\n" << daemon->log();
+  ASSERT_NO_FATAL_FAILURE(expect_clean_stop(*daemon));
 
   const auto cut = cut_intervals(r.dir);
   ASSERT_FALSE(cut.empty());
@@ -1362,9 +1354,7 @@ TEST(Daemon, ChurnOfShortProcessesIsProfiledAndLeavesNoMemoryBehind) {
   // from the daemon's tables by then.
   ASSERT_TRUE(wait_for_more_intervals(**server, "chain.py", 2)) << daemon->log();
   const int64_t after_kib = rss_kib(daemon->pid()).value();
-  auto status = daemon->stop(SIGTERM);
-  ASSERT_TRUE(status.ok()) << status.error().message;
-  EXPECT_TRUE(status->success()) << status->describe() << "\n" << daemon->log();
+  ASSERT_NO_FATAL_FAILURE(expect_clean_stop(*daemon));
 
   auto received = decode_received((*server)->profiles());
   ASSERT_TRUE(received.ok()) << received.error().message;
@@ -1611,15 +1601,11 @@ TEST(Daemon, ContainerProcessIsProfiledAndLabelled) {
   ASSERT_TRUE(wait_for(
       **server, [](const auto& p) { return count_application(p, "chain.py") >= 3; }, 30s))
       << daemon->log();
-  auto status = daemon->stop(SIGTERM);
-  ASSERT_TRUE(status.ok()) << status.error().message;
-  EXPECT_TRUE(status->success()) << status->describe() << "\n" << daemon->log();
+  ASSERT_NO_FATAL_FAILURE(expect_clean_stop(*daemon));
 
   auto received = decode_received((*server)->profiles());
   ASSERT_TRUE(received.ok()) << received.error().message;
-  std::set<std::string> applications;
-  for (const auto& d : *received)
-    applications.insert(d.application);
+  const std::set<std::string> applications = applications_of(*received);
   EXPECT_EQ(applications, std::set<std::string>{"chain.py"})
       << "the container id selects one process";
   const auto profiles = of_application(*received, "chain.py");
