@@ -275,6 +275,8 @@ void Pipeline::prune_caches() {
   frames_.clear();
   labels_.clear();
   synthetic_.clear();
+  if (module_cache_)
+    module_cache_->evict_unused();
 }
 
 void Pipeline::rename_others() {

@@ -72,9 +72,9 @@ class Pipeline final : public events::EventHandler {
   void on_code_capture(const krait_code_event& event) override;
 
   const PipelineStats& stats() const { return stats_; }
-  // Drops the caches of named frames and labels (they are rebuilt on use):
-  // the daemon calls it per interval so processes that came and went leave
-  // nothing behind.
+  // Drops the caches of named frames and labels (they are rebuilt on use)
+  // and the module files no live process maps: the daemon calls it per
+  // interval so processes that came and went leave nothing behind.
   void prune_caches();
   // Asks other_series again for every process that is not Python, at its
   // next sample (configuration reload).

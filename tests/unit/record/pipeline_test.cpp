@@ -6,10 +6,14 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cstring>
 
 #include "python/layout.h"
 #include "python/offsets/offset_table.h"
+#include "unwind/module_cache.h"
+#include "unwind/process_modules.h"
 
 namespace krait::record {
 namespace {
@@ -349,6 +353,28 @@ TEST_F(PipelineTest, StaleAndRefusedSamplesStayOutOfTheProfile) {
   EXPECT_EQ(profile.total_count(), 0u);
   EXPECT_EQ(pipeline.stats().stale_samples, 1u);
   EXPECT_EQ(p.stats.by_status[KRAIT_PY_PROC_REFUSED], 1u);
+}
+
+// The daemon's per-interval prune also closes the module files (parsed CFI,
+// symbols) that no live process's modules hold any more, so binaries that
+// came and went leave nothing behind; files still mapped stay open.
+TEST_F(PipelineTest, PruneClosesModuleFilesNoProcessHolds) {
+  ProcessTracker tracker(sink_, {});
+  JobQueue queue(1u << 20);
+  unwind::ModuleCache cache;
+  Pipeline pipeline(tracker, queue, PipelineOptions{256, true}, &cache);
+  auto vdso = cache.vdso();
+  const size_t kept = vdso ? 1 : 0;  // the cache keeps this kernel's vDSO
+  {
+    auto modules = unwind::ProcessModules::load(static_cast<int>(::getpid()), cache);
+    ASSERT_TRUE(modules.ok()) << modules.error().message;
+    const size_t loaded = cache.size();
+    ASSERT_GT(loaded, kept + 1) << "this test's own executable and libc";
+    pipeline.prune_caches();
+    EXPECT_EQ(cache.size(), loaded) << "a live process's files were closed";
+  }
+  pipeline.prune_caches();
+  EXPECT_EQ(cache.size(), kept);
 }
 
 TEST_F(PipelineTest, ExitKeepsTheProcessForTheSummaryButFreesItsCaches) {
