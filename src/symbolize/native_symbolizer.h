@@ -13,6 +13,8 @@
 //   ("_PyEval_EvalFrameDefault.cold", demangled C++ as "f() [clone .cold]").
 //   In a stripped file, a cold part without its own symbol is named after
 //   the function whose FDE precedes it (see split_from in the .cpp).
+// - A PLT stub, which no symbol covers, is named after the call it makes
+//   ("read@plt", elf::ElfFile::plt_target).
 // An address nothing names gives one frame with an empty function name.
 // Debug files that dwz split (.gnu_debugaltlink, as Debian's -dbgsym
 // packages are) are read as far as libdw follows the link on its own.
