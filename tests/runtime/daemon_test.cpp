@@ -245,6 +245,24 @@ class StagedWorkloads {
   TempDir dir_;
 };
 
+// What the delivery, --all-processes and churn tests start from: the
+// manifest's two test interpreters, an ingest server, staged workloads.
+struct LiveRun {
+  std::vector<Interpreter> interpreters = load_manifest();
+  TestInterpreters py = test_interpreters(interpreters);  // points into `interpreters`
+  std::unique_ptr<IngestServer> server;
+  StagedWorkloads staged;
+};
+
+// Fails the test, fatally, without root, the interpreters or a server.
+void start_live_run(LiveRun& run) {
+  ASSERT_NO_FATAL_FAILURE(require_root());
+  REQUIRE_INTERPRETERS(run.py);
+  auto server = IngestServer::start();
+  ASSERT_TRUE(server.ok()) << server.error().message;
+  run.server = std::move(*server);
+}
+
 // ---------------------------------------------------------------------------
 // The daemon.
 
@@ -545,21 +563,16 @@ std::string describe_intervals(const std::set<std::pair<int64_t, int64_t>>& inte
 // 1. Delivery.
 
 void check_delivery(exporter::PyroscopeProtocol protocol) {
-  require_root();
-  const auto interpreters = load_manifest();
-  const TestInterpreters py = test_interpreters(interpreters);
-  REQUIRE_INTERPRETERS(py);
+  LiveRun run;
+  ASSERT_NO_FATAL_FAILURE(start_live_run(run));
   const bool push = protocol == exporter::PyroscopeProtocol::kPush;
-  auto server = IngestServer::start();
-  ASSERT_TRUE(server.ok()) << server.error().message;
-  StagedWorkloads staged;
-  auto chain = staged.start(*py.debian, "chain.py");
+  auto chain = run.staged.start(*run.py.debian, "chain.py");
   ASSERT_TRUE(chain.ok()) << chain.error().message;
-  auto threads = staged.start(*py.pyenv, "threads.py");
+  auto threads = run.staged.start(*run.py.pyenv, "threads.py");
   ASSERT_TRUE(threads.ok()) << threads.error().message;
 
-  auto daemon = Daemon::start(
-      daemon_args(**server, staged.selector(), {"--pyroscope-protocol", push ? "push" : "ingest"}));
+  auto daemon = Daemon::start(daemon_args(*run.server, run.staged.selector(),
+                                          {"--pyroscope-protocol", push ? "push" : "ingest"}));
   ASSERT_TRUE(daemon.ok()) << daemon.error().message;
   const std::map<std::string, const RunningWorkload*> workloads = {{"chain.py", &*chain},
                                                                    {"threads.py", &*threads}};
@@ -569,12 +582,12 @@ void check_delivery(exporter::PyroscopeProtocol protocol) {
 
   // A partial first interval, then at least three whole ones each.
   ASSERT_TRUE(wait_for(
-      **server,
+      *run.server,
       [](const auto& p) {
         return count_application(p, "chain.py") >= 4 && count_application(p, "threads.py") >= 4;
       },
       30s))
-      << "profiles received: " << (*server)->profiles().size() << "\n"
+      << "profiles received: " << run.server->profiles().size() << "\n"
       << daemon->log();
   std::map<std::string, double> cpu_used;
   for (const auto& [app, w] : workloads)
@@ -584,7 +597,7 @@ void check_delivery(exporter::PyroscopeProtocol protocol) {
   ASSERT_TRUE(status.ok()) << status.error().message;
   EXPECT_TRUE(status->success()) << status->describe() << "\n" << daemon->log();
 
-  auto received = decode_received((*server)->profiles());
+  auto received = decode_received(run.server->profiles());
   ASSERT_TRUE(received.ok()) << received.error().message;
   const std::set<std::string> applications = applications_of(*received);
   EXPECT_EQ(applications, (std::set<std::string>{"chain.py", "threads.py"}));
@@ -645,14 +658,9 @@ TEST(Daemon, IngestDeliversOneProfilePerApplicationPerInterval) {
 // ones. Oracle: the C program's own function names (tests/fixtures/cext/
 // busy_loop.c), the workload's truth, and the pid of each.
 TEST(Daemon, AllProcessesProfilesAProgramThatIsNotPython) {
-  require_root();
-  const auto interpreters = load_manifest();
-  const TestInterpreters py = test_interpreters(interpreters);
-  REQUIRE_INTERPRETERS(py);
-  auto server = IngestServer::start();
-  ASSERT_TRUE(server.ok()) << server.error().message;
-  StagedWorkloads staged;
-  const std::string exe = staged.path("krait_busy_loop");
+  LiveRun run;
+  ASSERT_NO_FATAL_FAILURE(start_live_run(run));
+  const std::string exe = run.staged.path("krait_busy_loop");
   fs::copy_file(KRAIT_BUSY_LOOP, exe);
   fs::permissions(exe, fs::perms::owner_all);
   SpawnOptions options;
@@ -661,24 +669,24 @@ TEST(Daemon, AllProcessesProfilesAProgramThatIsNotPython) {
   ASSERT_TRUE(busy.ok()) << busy.error().message;
   auto ready = busy->read_line(30s);
   ASSERT_TRUE(ready.ok() && *ready == "ready") << busy->stderr_text();
-  auto chain = staged.start(*py.debian, "chain.py");
+  auto chain = run.staged.start(*run.py.debian, "chain.py");
   ASSERT_TRUE(chain.ok()) << chain.error().message;
 
   auto daemon = Daemon::start(
-      daemon_args(**server, staged.selector(), {"--all-processes", "--stacks", "mixed"}));
+      daemon_args(*run.server, run.staged.selector(), {"--all-processes", "--stacks", "mixed"}));
   ASSERT_TRUE(daemon.ok()) << daemon.error().message;
   ASSERT_TRUE(wait_for(
-      **server,
+      *run.server,
       [](const auto& p) {
         return count_application(p, "krait_busy_loop") >= 2 &&
                count_application(p, "chain.py") >= 2;
       },
       30s))
-      << "profiles received: " << (*server)->profiles().size() << "\n"
+      << "profiles received: " << run.server->profiles().size() << "\n"
       << daemon->log();
   ASSERT_NO_FATAL_FAILURE(expect_clean_stop(*daemon));
 
-  auto received = decode_received((*server)->profiles());
+  auto received = decode_received(run.server->profiles());
   ASSERT_TRUE(received.ok()) << received.error().message;
   const std::set<std::string> applications = applications_of(*received);
   EXPECT_EQ(applications, (std::set<std::string>{"chain.py", "krait_busy_loop"}))
@@ -1316,17 +1324,12 @@ bool wait_for_more_intervals(const IngestServer& server, const std::string& appl
 }
 
 TEST(Daemon, ChurnOfShortProcessesIsProfiledAndLeavesNoMemoryBehind) {
-  require_root();
-  const auto interpreters = load_manifest();
-  const TestInterpreters py = test_interpreters(interpreters);
-  REQUIRE_INTERPRETERS(py);
-  auto server = IngestServer::start();
-  ASSERT_TRUE(server.ok()) << server.error().message;
-  StagedWorkloads staged;
+  LiveRun run;
+  ASSERT_NO_FATAL_FAILURE(start_live_run(run));
   // A steady process, niced so the short ones get the CPUs: its profiles
   // mark interval ends (when the daemon forgets exited processes) while
   // nothing else runs.
-  auto steady = staged.start(*py.pyenv, "chain.py");
+  auto steady = run.staged.start(*run.py.pyenv, "chain.py");
   ASSERT_TRUE(steady.ok()) << steady.error().message;
   ASSERT_EQ(::setpriority(PRIO_PROCESS, static_cast<id_t>(steady->truth.pid), 19), 0);
   // Python stacks: what stays behind a process is the question here. Mixed
@@ -1334,29 +1337,30 @@ TEST(Daemon, ChurnOfShortProcessesIsProfiledAndLeavesNoMemoryBehind) {
   // libc, read lazily as new native frames are sampled), which keep growing
   // for thousands of processes, bounded by the libraries' size and not by
   // the number of processes (docs/daemon.md, "Cost").
-  auto daemon = Daemon::start(daemon_args(**server, staged.selector(), {"--stacks", "python"}));
+  auto daemon =
+      Daemon::start(daemon_args(*run.server, run.staged.selector(), {"--stacks", "python"}));
   ASSERT_TRUE(daemon.ok()) << daemon.error().message;
-  const std::vector<const Interpreter*> pythons = {py.debian, py.pyenv};
+  const std::vector<const Interpreter*> pythons = {run.py.debian, run.py.pyenv};
 
   // Warm-up: caches of both interpreters' files, the allocator's arenas.
-  auto warmup = run_short_processes(staged, pythons, 30, 2, *daemon);
+  auto warmup = run_short_processes(run.staged, pythons, 30, 2, *daemon);
   ASSERT_TRUE(warmup.ok()) << warmup.error().message;
-  ASSERT_TRUE(wait_for_more_intervals(**server, "chain.py", 2)) << daemon->log();
+  ASSERT_TRUE(wait_for_more_intervals(*run.server, "chain.py", 2)) << daemon->log();
   const int64_t baseline_kib = rss_kib(daemon->pid()).value();
 
   const auto churn_started = SteadyClock::now();
   const int64_t churn_started_ns = unix_now_ns();
-  auto churn = run_short_processes(staged, pythons, 300, 2, *daemon);
+  auto churn = run_short_processes(run.staged, pythons, 300, 2, *daemon);
   ASSERT_TRUE(churn.ok()) << churn.error().message;
   const double churn_seconds = seconds_since(churn_started);
   const int64_t peak_kib = rss_kib(daemon->pid()).value();
   // Two interval ends after the last exit: the exited processes are gone
   // from the daemon's tables by then.
-  ASSERT_TRUE(wait_for_more_intervals(**server, "chain.py", 2)) << daemon->log();
+  ASSERT_TRUE(wait_for_more_intervals(*run.server, "chain.py", 2)) << daemon->log();
   const int64_t after_kib = rss_kib(daemon->pid()).value();
   ASSERT_NO_FATAL_FAILURE(expect_clean_stop(*daemon));
 
-  auto received = decode_received((*server)->profiles());
+  auto received = decode_received(run.server->profiles());
   ASSERT_TRUE(received.ok()) << received.error().message;
   const auto profiles = of_application(*received, "short.py");
   // While short processes ran (the warm-up, the churn), short.py has a
