@@ -450,6 +450,10 @@ void ElfFile::State::index_got_slots() {
       GElf_Sym sym;
       if (gelf_getsym(symbol_data, static_cast<int>(GELF_R_SYM(rela.r_info)), &sym) == nullptr)
         continue;
+      // GLOB_DAT also binds data (stdout, PyExc_*), which no stub jumps
+      // through; keeping only functions keeps the index small.
+      if (GELF_ST_TYPE(sym.st_info) == STT_OBJECT || GELF_ST_TYPE(sym.st_info) == STT_TLS)
+        continue;
       const char* name = elf_strptr(e, symbols->link, sym.st_name);
       if (name != nullptr && *name != '\0')
         got_slots.emplace(rela.r_offset, name);
