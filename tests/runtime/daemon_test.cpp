@@ -663,12 +663,8 @@ TEST(Daemon, AllProcessesProfilesAProgramThatIsNotPython) {
   const std::string exe = run.staged.path("krait_busy_loop");
   fs::copy_file(KRAIT_BUSY_LOOP, exe);
   fs::permissions(exe, fs::perms::owner_all);
-  SpawnOptions options;
-  options.argv = {exe};
-  auto busy = ChildProcess::spawn(options);
+  auto busy = start_ready_program({exe});
   ASSERT_TRUE(busy.ok()) << busy.error().message;
-  auto ready = busy->read_line(30s);
-  ASSERT_TRUE(ready.ok() && *ready == "ready") << busy->stderr_text();
   auto chain = run.staged.start(*run.py.debian, "chain.py");
   ASSERT_TRUE(chain.ok()) << chain.error().message;
 

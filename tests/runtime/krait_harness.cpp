@@ -118,6 +118,19 @@ std::vector<ProfileSample> decode_samples(const perftools::profiles::Profile& p)
   return out;
 }
 
+Result<ChildProcess> start_ready_program(const std::vector<std::string>& argv) {
+  SpawnOptions options;
+  options.argv = argv;
+  auto child = ChildProcess::spawn(options);
+  if (!child)
+    return child.error();
+  auto ready = child->read_line(std::chrono::seconds(30));
+  if (!ready || *ready != "ready")
+    return make_error("{} did not say ready: {}", argv.at(0),
+                      ready ? *ready + " " + child->stderr_text() : ready.error().message);
+  return std::move(*child);
+}
+
 void require_root() {
   if (::geteuid() != 0)
     FAIL() << "runtime tests load BPF programs: run them as root (sudo scripts/test)";

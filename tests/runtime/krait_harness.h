@@ -24,6 +24,10 @@ namespace krait::test {
 // Fails the current test unless the process can load BPF programs.
 void require_root();
 
+// Starts `argv` (a test program such as krait_busy_loop) and waits for its
+// "ready" line; the error carries its stderr.
+Result<ChildProcess> start_ready_program(const std::vector<std::string>& argv);
+
 // A fresh directory under $TMPDIR, removed with its files on destruction.
 class TempDir {
  public:

@@ -854,12 +854,8 @@ TEST(Mixed, NativeUnwindingReachesTheThreadRoot) {
 
 TEST(Mixed, AllProcessesRecordsANonPythonProcess) {
   require_root();
-  SpawnOptions options;
-  options.argv = {KRAIT_BUSY_LOOP};
-  auto busy = ChildProcess::spawn(options);
+  auto busy = start_ready_program({KRAIT_BUSY_LOOP});
   ASSERT_TRUE(busy.ok()) << busy.error().message;
-  auto ready = busy->read_line(30s);
-  ASSERT_TRUE(ready.ok() && *ready == "ready") << busy->stderr_text();
   const int64_t pid = busy->pid();
   const std::string exe = real_path(KRAIT_BUSY_LOOP);
 
