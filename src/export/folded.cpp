@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "export/atomic_file.h"
+#include "util/utf8.h"
 
 namespace krait::exporter {
 namespace {
@@ -15,6 +16,10 @@ namespace {
 using profile::FrameKind;
 
 void append_escaped(std::string& out, std::string_view name) {
+  // Flame graph tools read the file as UTF-8 text, one stack per line.
+  const std::string valid = is_valid_utf8(name) ? std::string() : valid_utf8(name);
+  if (!valid.empty())
+    name = valid;
   for (char c : name) {
     const auto u = static_cast<unsigned char>(c);
     if (c == ';')

@@ -15,6 +15,7 @@
 
 #include "export/atomic_file.h"
 #include "util/files.h"
+#include "util/utf8.h"
 
 namespace krait::exporter {
 namespace {
@@ -28,10 +29,12 @@ constexpr size_t kZlibChunk = 64 * 1024;
 class StringTable {
  public:
   explicit StringTable(pb::Profile* out) : out_(out) { index(""); }
+  // Strings from profiled processes may be any bytes; a protobuf string
+  // must be UTF-8 or readers reject the whole profile.
   int64_t index(const std::string& s) {
     auto [it, inserted] = ids_.try_emplace(s, static_cast<int64_t>(out_->string_table_size()));
     if (inserted)
-      out_->add_string_table(s);
+      out_->add_string_table(is_valid_utf8(s) ? s : valid_utf8(s));
     return it->second;
   }
 

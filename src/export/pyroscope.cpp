@@ -11,6 +11,7 @@
 #include <mutex>
 
 #include "export/push.pb.h"
+#include "util/utf8.h"
 
 namespace krait::exporter {
 namespace {
@@ -75,50 +76,6 @@ std::string prometheus_label_name(std::string_view name) {
     out += '_';
   for (char c : name)
     out += is_label_name_char(c) ? c : '_';
-  return out;
-}
-
-// Replaces each byte that does not start or continue a well-formed UTF-8
-// sequence with '?': Pyroscope rejects label values that are not UTF-8, and
-// command lines are arbitrary bytes.
-std::string valid_utf8(std::string_view in) {
-  std::string out;
-  out.reserve(in.size());
-  size_t i = 0;
-  while (i < in.size()) {
-    const auto b0 = static_cast<uint8_t>(in[i]);
-    size_t len = 0;
-    uint32_t min = 0;
-    if (b0 < 0x80) {
-      out += static_cast<char>(b0);
-      ++i;
-      continue;
-    } else if ((b0 & 0xe0) == 0xc0) {
-      len = 2;
-      min = 0x80;
-    } else if ((b0 & 0xf0) == 0xe0) {
-      len = 3;
-      min = 0x800;
-    } else if ((b0 & 0xf8) == 0xf0) {
-      len = 4;
-      min = 0x10000;
-    }
-    bool ok = len != 0 && i + len <= in.size();
-    uint32_t cp = len == 0 ? 0 : (b0 & (0x7f >> len));
-    for (size_t k = 1; ok && k < len; ++k) {
-      const auto b = static_cast<uint8_t>(in[i + k]);
-      ok = (b & 0xc0) == 0x80;
-      cp = (cp << 6) | (b & 0x3f);
-    }
-    ok = ok && cp >= min && cp <= 0x10ffff && !(cp >= 0xd800 && cp <= 0xdfff);
-    if (!ok) {
-      out += '?';
-      ++i;
-      continue;
-    }
-    out.append(in.substr(i, len));
-    i += len;
-  }
   return out;
 }
 

@@ -4,9 +4,15 @@
 
 #include <cmath>
 
+#include "util/utf8.h"
+
 namespace krait {
 
-std::string json_escape(std::string_view s) {
+std::string json_escape(std::string_view text) {
+  // JSON is UTF-8: a process name or path with other bytes must not make
+  // the whole document unreadable.
+  const std::string valid = is_valid_utf8(text) ? std::string() : valid_utf8(text);
+  const std::string_view s = valid.empty() ? text : std::string_view(valid);
   std::string out;
   out.reserve(s.size() + 2);
   out += '"';
