@@ -121,7 +121,8 @@ static __always_inline __u32 krait_find_tstate(struct krait_scratch* s,
    * is a new walk worth its cost. */
   if (cached && cached->generation == proc->generation && cached->tstate == 0 &&
       cached->list_head == first_head)
-    return KRAIT_PY_NO_THREAD_STATE;
+    return cached->status == KRAIT_PY_THREAD_WALK_LIMIT ? KRAIT_PY_THREAD_WALK_LIMIT
+                                                        : KRAIT_PY_NO_THREAD_STATE;
 
   krait_count(KRAIT_CNT_THREAD_WALKS);
   struct krait_thread_walk w = {.s = s,
@@ -133,14 +134,19 @@ static __always_inline __u32 krait_find_tstate(struct krait_scratch* s,
   bpf_loop(walk_limit, krait_thread_step, &w, 0);
   if (w.done == 2)
     return KRAIT_PY_READ_FAULT_STATE;
-  if (!w.found && w.done == 0)
-    return KRAIT_PY_THREAD_WALK_LIMIT;
 
-  struct krait_thread_entry entry = {
-      .tstate = w.found, .list_head = first_head, .generation = proc->generation};
+  /* A list longer than the limit (a cyclic one too) is remembered like a
+   * list without this thread: walked again only once its head changes. */
+  const __u32 status = w.found ? KRAIT_PY_OK
+                       : w.done == 0 ? KRAIT_PY_THREAD_WALK_LIMIT
+                                     : KRAIT_PY_NO_THREAD_STATE;
+  struct krait_thread_entry entry = {.tstate = w.found,
+                                     .list_head = first_head,
+                                     .generation = proc->generation,
+                                     .status = status};
   bpf_map_update_elem(&threads, &tid, &entry, BPF_ANY);
   if (!w.found)
-    return KRAIT_PY_NO_THREAD_STATE;
+    return status;
   /* The step left the found thread's block in s->tstate. */
   *tstate = w.found;
   return KRAIT_PY_OK;
@@ -183,12 +189,33 @@ static __always_inline __u16 krait_gil_state(struct krait_scratch* s,
  * would make it verify every iteration separately. */
 struct krait_frame_walk {
   struct krait_scratch* s;
-  const struct krait_proc_info* proc;
+  struct krait_proc_info* proc; /* its capture budget is spent here */
   __u64 frame; /* next frame to visit, 0 at the end of the chain */
   __u32 n;     /* frames emitted */
   __u32 status;
   __u32 pid;
 };
+
+/* One capture of the process's budget (KRAIT_CAPTURE_BURST in abi.h). CPUs
+ * update the bucket without a lock: a lost update only shifts a few
+ * captures between two moments. */
+static __always_inline int krait_take_capture_token(struct krait_proc_info* proc) {
+  __u64 now = bpf_ktime_get_ns();
+  __u64 refill = (now - proc->capture_refilled_ns) >> KRAIT_CAPTURE_REFILL_SHIFT;
+  __u32 tokens = proc->capture_tokens;
+  if (tokens > KRAIT_CAPTURE_BURST)
+    tokens = KRAIT_CAPTURE_BURST;
+  if (refill > 0) {
+    tokens = refill >= KRAIT_CAPTURE_BURST - tokens ? KRAIT_CAPTURE_BURST : tokens + (__u32)refill;
+    proc->capture_refilled_ns = now;
+  }
+  if (tokens == 0) {
+    krait_count(KRAIT_CNT_CODE_CAPTURES_THROTTLED);
+    return 0;
+  }
+  proc->capture_tokens = tokens - 1;
+  return 1;
+}
 
 /* Sends the names of a code object the first time (pid, code, token) is seen
  * (the table is shared by all CPUs and direct-mapped: a collision only means
@@ -201,6 +228,8 @@ static __always_inline void krait_capture_code(const struct krait_frame_walk* w,
   if (!seen_slot)
     return;
   if (seen_slot->code == code && seen_slot->token == token && seen_slot->pid == w->pid)
+    return;
+  if (!krait_take_capture_token(w->proc))
     return;
 
   struct krait_code_event* e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -313,7 +342,7 @@ static long krait_frame_step(__u32 index, void* arg) {
  * frames (shim frames included). Fills s->sample.frames, py_nframes,
  * py_status and py_flags. */
 static __always_inline void krait_walk_frames(struct krait_scratch* s,
-                                              const struct krait_proc_info* proc, __u32 pid,
+                                              struct krait_proc_info* proc, __u32 pid,
                                               __u32 max_depth) {
   const struct krait_py_layout* l = &proc->layout;
   __u64 frame = KRAIT_LOAD(__u64, s->tstate, KRAIT_TSTATE_READ_CAP, l->tstate_frame);

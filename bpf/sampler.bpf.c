@@ -19,6 +19,9 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/* vmlinux.h has no errno values. */
+#define KRAIT_EEXIST 17
+
 /* Set by user space before load (rodata: the verifier prunes on them). */
 const volatile __u32 cfg_max_depth = KRAIT_PY_DEPTH_DEFAULT;
 const volatile __u32 cfg_thread_walk_limit = KRAIT_THREAD_WALK_DEFAULT;
@@ -40,12 +43,23 @@ const volatile __u32 cfg_wakeup_bytes = 1 << 20;
 /* --pid mode: processes absent from `procs` are not reported. */
 const volatile __u8 cfg_listed_only = 0;
 
+/* LRU: entries of processes that exited without an exit event seen (a
+ * full ring buffer, or a pid reported just before it exited) cannot fill
+ * it; an evicted live process is reported again at its next sample. */
 struct {
-  __uint(type, BPF_MAP_TYPE_HASH);
-  __uint(max_entries, 32768);
+  __uint(type, BPF_MAP_TYPE_LRU_HASH);
+  __uint(max_entries, 65536);
   __type(key, __u32);
   __type(value, struct krait_proc_info);
 } procs SEC(".maps");
+
+/* --pid mode: the pids to profile (user space fills it before start). */
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, 1024);
+  __type(key, __u32);
+  __type(value, __u8);
+} listed SEC(".maps");
 
 struct {
   __uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -107,41 +121,80 @@ static __always_inline void krait_fill_header(struct krait_event_header* h, __u3
   h->ktime_ns = bpf_ktime_get_ns();
 }
 
-static __always_inline void krait_emit_small(__u32 type, __u64 pid_tgid) {
-  struct krait_exec_event* e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+/* The incarnation of the current process (see krait_proc_identity). */
+static __always_inline void krait_current_identity(struct task_struct* task,
+                                                   struct krait_proc_identity* id) {
+  struct task_struct* leader = BPF_CORE_READ(task, group_leader);
+  id->start_ns = BPF_CORE_READ(leader, start_boottime);
+  id->exec_id = BPF_CORE_READ(leader, self_exec_id);
+}
+
+static __always_inline int krait_same_identity(const struct krait_proc_identity* a,
+                                               const struct krait_proc_identity* b) {
+  return a->start_ns == b->start_ns && a->exec_id == b->exec_id;
+}
+
+static __always_inline void krait_emit_proc(__u32 type, __u64 pid_tgid,
+                                            const struct krait_proc_identity* id) {
+  struct krait_proc_event* e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
   if (!e) {
     krait_count(KRAIT_CNT_EVENTS_LOST);
     return;
   }
   krait_fill_header(&e->hdr, type, pid_tgid);
+  e->identity = *id;
   bpf_get_current_comm(e->comm, sizeof(e->comm));
   bpf_ringbuf_submit(e, 0);
 }
 
+/* Makes `pid`'s entry a fresh, unclassified one for incarnation `id`, to be
+ * reported again after the recheck time. */
+static __always_inline int krait_put_pending(__u32 pid, const struct krait_proc_identity* id,
+                                             __u64 now, __u64 flags) {
+  struct krait_proc_info pending = {.mode = KRAIT_PROC_IGNORE,
+                                    .recheck_after_ns = now + cfg_unknown_recheck_ns,
+                                    .identity = *id};
+  return (int)bpf_map_update_elem(&procs, &pid, &pending, flags);
+}
+
 /* The process's info when user space attached or refused it; 0 otherwise,
  * after reporting a pid user space has not classified (rate-limited). */
-static __always_inline struct krait_proc_info* krait_classify(__u32 pid, __u64 pid_tgid) {
+static __always_inline struct krait_proc_info* krait_classify(__u32 pid, __u64 pid_tgid,
+                                                              struct task_struct* task) {
   struct krait_proc_info* proc = bpf_map_lookup_elem(&procs, &pid);
+  struct krait_proc_identity id;
   __u64 now;
 
-  if (proc && proc->mode != KRAIT_PROC_IGNORE)
+  krait_current_identity(task, &id);
+  if (proc && krait_same_identity(&proc->identity, &id) && proc->mode != KRAIT_PROC_IGNORE)
     return proc;
   now = bpf_ktime_get_ns();
   if (!proc) {
-    /* --pid mode: only pids user space entered are of interest. */
-    if (cfg_listed_only)
+    /* --pid mode: only the listed pids are of interest. */
+    if (cfg_listed_only && !bpf_map_lookup_elem(&listed, &pid))
       return 0;
-    struct krait_proc_info pending = {.mode = KRAIT_PROC_IGNORE,
-                                      .recheck_after_ns = now + cfg_unknown_recheck_ns};
-    /* NOEXIST: user space may have attached it meanwhile. */
-    if (bpf_map_update_elem(&procs, &pid, &pending, BPF_NOEXIST) == 0)
-      krait_emit_small(KRAIT_EVENT_PROC_UNKNOWN, pid_tgid);
+    /* NOEXIST: another CPU may have created it meanwhile. */
+    int err = krait_put_pending(pid, &id, now, BPF_NOEXIST);
+    if (err == 0)
+      krait_emit_proc(KRAIT_EVENT_PROC_UNKNOWN, pid_tgid, &id);
+    else if (err != -KRAIT_EEXIST)
+      krait_count(KRAIT_CNT_PROCS_UPDATE_FAILED);
+    return 0;
+  }
+  if (!krait_same_identity(&proc->identity, &id)) {
+    /* Another incarnation's entry: its exit was missed, or user space wrote
+     * it after the process had gone. */
+    krait_count(KRAIT_CNT_STALE_PROCS);
+    if (krait_put_pending(pid, &id, now, BPF_ANY) == 0)
+      krait_emit_proc(KRAIT_EVENT_PROC_UNKNOWN, pid_tgid, &id);
+    else
+      krait_count(KRAIT_CNT_PROCS_UPDATE_FAILED);
     return 0;
   }
   if (now >= proc->recheck_after_ns) {
     /* Two CPUs may both pass: a duplicate report is harmless. */
     proc->recheck_after_ns = now + cfg_unknown_recheck_ns;
-    krait_emit_small(KRAIT_EVENT_PROC_UNKNOWN, pid_tgid);
+    krait_emit_proc(KRAIT_EVENT_PROC_UNKNOWN, pid_tgid, &id);
   }
   return 0;
 }
@@ -157,7 +210,8 @@ int krait_sample(struct bpf_perf_event_data* ctx) {
   if (pid == 0 || pid == cfg_self_pid)
     return 0;
 
-  struct krait_proc_info* proc = krait_classify(pid, pid_tgid);
+  struct task_struct* task = bpf_get_current_task_btf();
+  struct krait_proc_info* proc = krait_classify(pid, pid_tgid, task);
   if (!proc && !cfg_all_processes)
     return 0;
 
@@ -167,7 +221,6 @@ int krait_sample(struct bpf_perf_event_data* ctx) {
     krait_count(KRAIT_CNT_SCRATCH_MISSING);
     return 0;
   }
-  struct task_struct* task = bpf_get_current_task_btf();
   struct krait_sample* sample = &s->sample;
   krait_fill_header(&sample->hdr, KRAIT_EVENT_SAMPLE, pid_tgid);
   sample->proc_generation = proc ? proc->generation : 0;
@@ -227,13 +280,18 @@ SEC("tp_btf/sched_process_exec")
 int krait_exec(__u64* ctx) {
   __u64 pid_tgid = bpf_get_current_pid_tgid();
   __u32 pid = pid_tgid >> 32;
-  struct krait_proc_info* proc = bpf_map_lookup_elem(&procs, &pid);
+  struct task_struct* task = bpf_get_current_task_btf();
+  struct krait_proc_identity id;
 
-  if (cfg_listed_only && !proc)
+  if (cfg_listed_only && !bpf_map_lookup_elem(&listed, &pid))
     return 0;
-  /* The old image's layout is meaningless for the new one. */
-  bpf_map_delete_elem(&procs, &pid);
-  krait_emit_small(KRAIT_EVENT_EXEC, pid_tgid);
+  /* The old image's layout is meaningless for the new one: a pending entry
+   * of the new incarnation takes its place, so a user-space write meant for
+   * the old image is recognised as stale, whenever it lands. */
+  krait_current_identity(task, &id);
+  if (krait_put_pending(pid, &id, bpf_ktime_get_ns(), BPF_ANY))
+    krait_count(KRAIT_CNT_PROCS_UPDATE_FAILED);
+  krait_emit_proc(KRAIT_EVENT_EXEC, pid_tgid, &id);
   return 0;
 }
 
@@ -243,13 +301,15 @@ int krait_exit(__u64* ctx) {
   __u32 pid = pid_tgid >> 32;
   __u32 tid = (__u32)pid_tgid;
   struct task_struct* task = bpf_get_current_task_btf();
+  struct krait_proc_identity id;
 
   bpf_map_delete_elem(&threads, &tid);
   /* do_exit() drops signal->live before this tracepoint: 0 means this was
    * the process's last thread. */
   if (BPF_CORE_READ(task, signal, live.counter) != 0)
     return 0;
+  krait_current_identity(task, &id);
   if (bpf_map_delete_elem(&procs, &pid) == 0)
-    krait_emit_small(KRAIT_EVENT_EXIT, pid_tgid);
+    krait_emit_proc(KRAIT_EVENT_EXIT, pid_tgid, &id);
   return 0;
 }

@@ -42,9 +42,9 @@
 
 /* krait_event_header.type */
 #define KRAIT_EVENT_SAMPLE 1
-#define KRAIT_EVENT_EXEC 2         /* a process replaced its image */
-#define KRAIT_EVENT_EXIT 3         /* the last thread of a process exited */
-#define KRAIT_EVENT_PROC_UNKNOWN 4 /* a process was sampled that user space has not classified */
+#define KRAIT_EVENT_EXEC 2         /* a process replaced its image (krait_proc_event) */
+#define KRAIT_EVENT_EXIT 3         /* the last thread of a process exited (krait_proc_event) */
+#define KRAIT_EVENT_PROC_UNKNOWN 4 /* a process user space has not classified (krait_proc_event) */
 #define KRAIT_EVENT_CODE 5         /* a code object seen for the first time (krait_code_event) */
 
 struct krait_event_header {
@@ -139,8 +139,20 @@ struct krait_sample {
   (sizeof(struct krait_sample) - sizeof(struct krait_py_frame) * (KRAIT_PY_FRAMES_CAP - (n)) + \
    (k) * sizeof(__u64) + (m))
 
-struct krait_exec_event {
+/* Which incarnation of a pid a record or a `procs` entry is about: the
+ * process's start time and how many times it has exec'd. A pid can be
+ * reused and a process can exec a new image; these two cannot repeat for
+ * one pid. Both are the thread group leader's (start_boottime and
+ * self_exec_id of its task_struct). */
+struct krait_proc_identity {
+  __u64 start_ns; /* boot-based: /proc/PID/stat's start time, in ns */
+  __u64 exec_id;
+};
+
+/* KRAIT_EVENT_EXEC, KRAIT_EVENT_EXIT and KRAIT_EVENT_PROC_UNKNOWN. */
+struct krait_proc_event {
   struct krait_event_header hdr;
+  struct krait_proc_identity identity; /* exec: the new image's */
   char comm[KRAIT_COMM_LEN];
 };
 
@@ -240,6 +252,21 @@ struct krait_py_layout {
   __u32 _pad1;
 };
 
+/* Capture events (krait_code_event) a process may cause: a bucket of
+ * KRAIT_CAPTURE_BURST, refilled by one every 2^KRAIT_CAPTURE_REFILL_SHIFT ns
+ * (about a thousand a second). A process that creates code objects without
+ * end cannot flood the shared ring buffer; its captures past the budget are
+ * counted (KRAIT_CNT_CODE_CAPTURES_THROTTLED) and retried at later samples. */
+#define KRAIT_CAPTURE_BURST 512
+#define KRAIT_CAPTURE_REFILL_SHIFT 20
+
+/* Entries are created by the sampler only, when it first samples a pid
+ * (KRAIT_PROC_IGNORE, reported to user space) or when a process execs.
+ * User space updates existing entries only, with the identity the sampler
+ * reported, and the sampler treats an entry whose identity is not the
+ * sampled process's as stale: it replaces it and reports the pid again.
+ * So no order of exec, exit and user-space writes leaves one incarnation's
+ * layout on another. */
 struct krait_proc_info {
   __u32 mode;
   __u32 generation;       /* changes on every attach, so stale thread cache entries miss */
@@ -247,16 +274,25 @@ struct krait_proc_info {
   __u64 interp_head_addr; /* address of the pointer to the first PyInterpreterState */
   __u64 code_type_addr;   /* &PyCode_Type in the process */
   __u64 gil_current_addr; /* gil_mode KRAIT_GIL_CURRENT_PTR: the current thread state pointer */
+  struct krait_proc_identity identity;
+  /* The capture budget, kept by the sampler (user space writes a full
+   * bucket: KRAIT_CAPTURE_BURST tokens, time 0). */
+  __u64 capture_refilled_ns;
+  __u32 capture_tokens;
+  __u32 _pad0;
   struct krait_py_layout layout;
 };
 
 /* ---- per-thread cache: the `threads` map (tid -> krait_thread_entry) ---- */
 
 struct krait_thread_entry {
-  __u64 tstate;     /* 0: the thread had no thread state when last looked up */
+  __u64 tstate;     /* 0: the last lookup found none (see status) */
   __u64 list_head;  /* first interpreter's thread list head when tstate was 0 */
   __u32 generation; /* krait_proc_info.generation of the lookup */
-  __u32 _pad0;
+  /* tstate 0: why (KRAIT_PY_NO_THREAD_STATE, or KRAIT_PY_THREAD_WALK_LIMIT
+   * for a list longer than the limit, cyclic ones included), kept until
+   * the list head changes so such a list is not walked at every sample. */
+  __u32 status;
 };
 
 /* ---- counters: the `counters` per-CPU array, one __u64 per index ------- */
@@ -270,7 +306,10 @@ struct krait_thread_entry {
 #define KRAIT_CNT_CODE_CAPTURES 6      /* krait_code_event records sent */
 #define KRAIT_CNT_CODE_CAPTURES_LOST 7 /* ... lost: ring buffer full */
 #define KRAIT_CNT_GIL_SKIPPED 8        /* --gil-only: samples of threads not holding the GIL */
-#define KRAIT_CNT_COUNT 9
+#define KRAIT_CNT_CODE_CAPTURES_THROTTLED 9 /* captures over a process's budget (retried later) */
+#define KRAIT_CNT_STALE_PROCS 10            /* `procs` entries of another incarnation, replaced */
+#define KRAIT_CNT_PROCS_UPDATE_FAILED 11    /* a `procs` entry could not be created or replaced */
+#define KRAIT_CNT_COUNT 12
 
 /* ---- code object identity ---------------------------------------------- */
 

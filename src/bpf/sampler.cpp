@@ -146,19 +146,25 @@ Result<std::unique_ptr<Sampler>> Sampler::open_and_load(const SamplerConfig& con
   // The profiler reports its own cost; the kernel's timing adds a few tens
   // of nanoseconds per run. Older kernels without BPF_ENABLE_STATS just
   // report nothing.
-  sampler->stats_fd_ = bpf_enable_stats(BPF_STATS_RUN_TIME);
+  sampler->stats_fd_.reset(bpf_enable_stats(BPF_STATS_RUN_TIME));
   return sampler;
 }
 
 Sampler::~Sampler() {
-  if (stats_fd_ >= 0)
-    ::close(stats_fd_);
   perf_links_.clear();
   tracepoint_links_.clear();
   sampler_bpf__destroy(skel_);
 }
 
 Result<void> Sampler::start() {
+  if (tracepoint_links_.empty())
+    KRAIT_TRY(attach_tracepoints());
+  return attach_perf_events();
+}
+
+Result<void> Sampler::attach_tracepoints() {
+  if (!tracepoint_links_.empty())
+    return {};
   struct {
     bpf_program* prog;
     const char* name;
@@ -170,7 +176,7 @@ Result<void> Sampler::start() {
       return make_error("cannot attach the {} tracepoint: {}", tp.name, errno_text(errno));
     tracepoint_links_.emplace_back(link);
   }
-  return attach_perf_events();
+  return {};
 }
 
 Result<void> Sampler::attach_perf_events() {
@@ -226,13 +232,18 @@ void Sampler::stop() {
 }
 
 Result<void> Sampler::set_process(uint32_t pid, const krait_proc_info& info) {
-  if (bpf_map__update_elem(skel_->maps.procs, &pid, sizeof pid, &info, sizeof info, BPF_ANY))
+  // BPF_EXIST: the sampler creates entries; one that is gone belongs to a
+  // process that is gone, and must not come back.
+  if (bpf_map__update_elem(skel_->maps.procs, &pid, sizeof pid, &info, sizeof info, BPF_EXIST))
     return make_error("updating the process map for pid {}: {}", pid, errno_text(errno));
   return {};
 }
 
-void Sampler::remove_process(uint32_t pid) {
-  bpf_map__delete_elem(skel_->maps.procs, &pid, sizeof pid, 0);
+Result<void> Sampler::add_listed(uint32_t pid) {
+  const uint8_t yes = 1;
+  if (bpf_map__update_elem(skel_->maps.listed, &pid, sizeof pid, &yes, sizeof yes, BPF_ANY))
+    return make_error("listing pid {} for the sampler: {}", pid, errno_text(errno));
+  return {};
 }
 
 Counters Sampler::counters() const {

@@ -1,10 +1,11 @@
 // The loaded BPF sampler: skeleton, perf events on every CPU, tracepoints.
 //
 // Ownership: a Sampler owns the BPF object, every link and perf event fd;
-// destroying it detaches everything. Lifecycle: open_and_load() -> attach
-// tracepoints and perf events with start() -> stop() (idempotent) ->
-// destroy. Map updates (set_process/remove_process) are safe from any one
-// thread at a time; the kernel side reads the maps concurrently.
+// destroying it detaches everything. Lifecycle: open_and_load() ->
+// attach_tracepoints() (exec/exit are seen from then on) -> start() (perf
+// events: sampling) -> stop() (idempotent) -> destroy. Map updates
+// (set_process, add_listed) are safe from any one thread at a time; the
+// kernel side reads the maps concurrently.
 #pragma once
 
 #include <array>
@@ -15,6 +16,7 @@
 
 #include "krait/abi.h"
 #include "util/result.h"
+#include "util/unique_fd.h"
 
 struct sampler_bpf;
 struct bpf_link;
@@ -49,14 +51,20 @@ class Sampler {
   Sampler(const Sampler&) = delete;
   Sampler& operator=(const Sampler&) = delete;
 
-  // Attaches exec/exit tracepoints and one perf event per online CPU.
+  // Attaches the exec/exit tracepoints (before a scan, so that no exec
+  // after it goes unseen).
+  Result<void> attach_tracepoints();
+  // Attaches one perf event per online CPU (and the tracepoints if not yet).
   Result<void> start();
   // Detaches the perf events (no new samples); tracepoints stay until
   // destruction so exits during the final drain are still seen.
   void stop();
 
+  // Updates the entry the sampler created for pid; an Error when it has
+  // none (the process exited, or it was never sampled).
   Result<void> set_process(uint32_t pid, const krait_proc_info& info);
-  void remove_process(uint32_t pid);
+  // --pid mode: profile this pid (before start()).
+  Result<void> add_listed(uint32_t pid);
 
   Counters counters() const;  // summed over CPUs
   int events_fd() const;
@@ -84,7 +92,7 @@ class Sampler {
   SamplerConfig config_;
   EventSource source_ = EventSource::kAuto;
   uint32_t cpus_ = 0;
-  int stats_fd_ = -1;
+  UniqueFd stats_fd_;
   std::vector<Link> tracepoint_links_;
   std::vector<Link> perf_links_;
 };
