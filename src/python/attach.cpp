@@ -16,20 +16,36 @@ namespace {
 
 constexpr int kMaxInterpreters = KRAIT_MAX_INTERPRETERS;
 constexpr int kMaxThreads = 4096;
+// Frames are checked for this many threads; the thread list itself is
+// checked whole (up to kMaxThreads).
+constexpr int kMaxThreadsWithFrames = 64;
 constexpr int kMaxFramesChecked = 64;
 // Threads run while we look: a frame popped between two reads can look
 // wrong once. A wrong layout fails every time.
 constexpr int kValidationAttempts = 3;
+// Remote reads one validate_layout() call may make, all attempts together:
+// whatever the process's lists look like, validation costs at most this.
+constexpr int kMaxValidationReads = 40'000;
+// /proc/PID/task entries read for the set of thread ids.
+constexpr size_t kMaxTaskIds = 16'384;
 
 // The ids of the process's threads as the host sees them and, for a process
 // in a PID namespace (a container), as its own namespace does: that is what
 // PyThreadState.native_thread_id holds there (the last field of NSpid).
-std::set<uint64_t> task_ids(pid_t pid) {
+// `complete` is false when the process has more threads than were read.
+std::set<uint64_t> task_ids(pid_t pid, bool& complete) {
   std::set<uint64_t> ids;
+  complete = true;
   std::error_code ec;
   const std::string task_dir = "/proc/" + std::to_string(pid) + "/task";
-  for (const auto& e : std::filesystem::directory_iterator(task_dir, ec)) {
-    const std::string tid = e.path().filename().string();
+  size_t seen = 0;
+  for (auto it = std::filesystem::directory_iterator(task_dir, ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    if (++seen > kMaxTaskIds) {
+      complete = false;
+      break;
+    }
+    const std::string tid = it->path().filename().string();
     uint64_t host = 0;
     if (std::from_chars(tid.data(), tid.data() + tid.size(), host).ec != std::errc())
       continue;
@@ -58,34 +74,57 @@ Validation refuse(std::string reason) {
   return {AttachStatus::kRefused, std::move(reason)};
 }
 
+// Remote reads with a budget: a validation that would need more reads than
+// any real process does (cycles, absurd list lengths) ends with a refusal.
+class BudgetedReader {
+ public:
+  BudgetedReader(const proc::RemoteMemory& memory, int budget) : memory_(memory), left_(budget) {}
+  template <typename T>
+  Result<T> value(uint64_t address) {
+    if (left_ <= 0)
+      return make_error("validation read budget ({} reads) used up", kMaxValidationReads);
+    --left_;
+    return memory_.read_value<T>(address);
+  }
+  bool exhausted() const { return left_ <= 0; }
+  const proc::RemoteMemory& memory() const { return memory_; }
+
+ private:
+  const proc::RemoteMemory& memory_;
+  int left_;
+};
+
 // Follows one thread's frames the way the sampler does.
-Validation check_frames(const proc::RemoteMemory& mem, const PythonLayout& layout, uint64_t tstate,
+Validation check_frames(BudgetedReader& mem, const PythonLayout& layout, uint64_t tstate,
                         uint64_t code_type) {
   const krait_py_layout& b = layout.bpf;
-  auto frame = mem.read_value<uint64_t>(tstate + b.tstate_frame);
+  auto frame = mem.value<uint64_t>(tstate + b.tstate_frame);
   if (!frame)
     return refuse(frame.error().context("thread state").message);
   uint64_t f = *frame;
   if (f && b.cframe_frame != KRAIT_OFFSET_NONE) {
-    auto cur = mem.read_value<uint64_t>(f + b.cframe_frame);
+    auto cur = mem.value<uint64_t>(f + b.cframe_frame);
     if (!cur)
       return refuse(cur.error().context("_PyCFrame").message);
     f = *cur;
   }
+  std::set<uint64_t> visited;
   for (int depth = 0; f != 0 && depth < kMaxFramesChecked; ++depth) {
-    auto back = mem.read_value<uint64_t>(f + b.frame_back);
-    auto code = mem.read_value<uint64_t>(f + b.frame_code);
+    if (!visited.insert(f).second)
+      return refuse(fmt::format("the frame chain is cyclic (frame {:#x} again)", f));
+    auto back = mem.value<uint64_t>(f + b.frame_back);
+    auto code = mem.value<uint64_t>(f + b.frame_code);
     if (!back || !code)
       return refuse(fmt::format("frame at {:#x} is unreadable", f));
     uint64_t code_addr = *code & ~static_cast<uint64_t>(b.code_tag_mask);
     if (b.frame_owner_shim != KRAIT_OWNER_NONE) {
-      auto owner = mem.read_value<uint8_t>(f + b.frame_owner);
+      auto owner = mem.value<uint8_t>(f + b.frame_owner);
       if (owner && *owner == b.frame_owner_shim) {
         f = *back;
         continue;
       }
     }
-    auto type = mem.read_value<uint64_t>(code_addr + b.code_type);
+    auto type = mem.value<uint64_t>(code_addr + b.code_type);
     if (!type || *type != code_type) {
       if (b.skip_non_code) {
         f = *back;
@@ -93,14 +132,14 @@ Validation check_frames(const proc::RemoteMemory& mem, const PythonLayout& layou
       }
       return refuse(fmt::format("frame at {:#x} does not point to a code object", f));
     }
-    auto name = mem.read_value<uint64_t>(code_addr + b.code_name);
-    auto file = mem.read_value<uint64_t>(code_addr + b.code_filename);
+    auto name = mem.value<uint64_t>(code_addr + b.code_name);
+    auto file = mem.value<uint64_t>(code_addr + b.code_filename);
     if (!name || !file)
       return refuse("a code object is unreadable");
-    auto n = read_py_string(mem, layout.strings, *name);
+    auto n = read_py_string(mem.memory(), layout.strings, *name);
     if (!n)
       return refuse(n.error().context("a function name does not decode").message);
-    auto fn = read_py_string(mem, layout.strings, *file);
+    auto fn = read_py_string(mem.memory(), layout.strings, *file);
     if (!fn)
       return refuse(fn.error().context("a file name does not decode").message);
     f = *back;
@@ -108,48 +147,61 @@ Validation check_frames(const proc::RemoteMemory& mem, const PythonLayout& layou
   return {};
 }
 
-Validation validate_once(const proc::RemoteMemory& mem, pid_t pid, const PythonLayout& layout,
+Validation validate_once(BudgetedReader& mem, pid_t pid, const PythonLayout& layout,
                          uint64_t interp_head_addr, uint64_t code_type) {
   const krait_py_layout& b = layout.bpf;
-  auto interp = mem.read_value<uint64_t>(interp_head_addr);
+  auto interp = mem.value<uint64_t>(interp_head_addr);
   if (!interp)
     return refuse(interp.error().context("interpreter list").message);
   if (*interp == 0)
     return {AttachStatus::kNotYet, "the interpreter is not initialised yet"};
 
-  const auto tids = task_ids(pid);
+  bool all_tids = true;
+  const auto tids = task_ids(pid, all_tids);
   int threads = 0;
   uint64_t ip = *interp;
-  for (int i = 0; ip != 0 && i < kMaxInterpreters; ++i) {
-    auto head = mem.read_value<uint64_t>(ip + b.interp_tstate_head);
+  std::set<uint64_t> interpreters;
+  for (int i = 0; ip != 0; ++i) {
+    if (i >= kMaxInterpreters)
+      return refuse(fmt::format("more than {} interpreters", kMaxInterpreters));
+    if (!interpreters.insert(ip).second)
+      return refuse("the interpreter list is cyclic");
+    auto head = mem.value<uint64_t>(ip + b.interp_tstate_head);
     if (!head)
       return refuse(head.error().context("thread list").message);
     uint64_t t = *head;
-    for (int n = 0; t != 0 && n < kMaxThreads; ++n, ++threads) {
+    std::set<uint64_t> visited;
+    for (; t != 0; ++threads) {
+      if (visited.size() >= static_cast<size_t>(kMaxThreads))
+        return refuse(fmt::format("a thread list longer than {} threads", kMaxThreads));
+      if (!visited.insert(t).second)
+        return refuse(fmt::format("the thread list is cyclic (thread state {:#x} again)", t));
       if (layout.tstate_interp != KRAIT_OFFSET_NONE) {
-        auto back = mem.read_value<uint64_t>(t + layout.tstate_interp);
+        auto back = mem.value<uint64_t>(t + layout.tstate_interp);
         if (!back || *back != ip)
           return refuse("a thread state does not point back to its interpreter");
       }
       if (layout.tstate_native_thread_id != KRAIT_OFFSET_NONE) {
-        auto native = mem.read_value<uint64_t>(t + layout.tstate_native_thread_id);
+        auto native = mem.value<uint64_t>(t + layout.tstate_native_thread_id);
         if (!native)
           return refuse("a thread id is unreadable");
-        if (*native != 0 && !tids.contains(*native))
+        if (*native != 0 && all_tids && !tids.contains(*native))
           return refuse(fmt::format("thread id {} is not a thread of the process", *native));
       }
-      auto ident = mem.read_value<uint64_t>(t + b.tstate_thread_id);
+      auto ident = mem.value<uint64_t>(t + b.tstate_thread_id);
       if (!ident)
         return refuse("a thread identifier is unreadable");
-      auto frames = check_frames(mem, layout, t, code_type);
-      if (frames.status != AttachStatus::kAttached)
-        return frames;
-      auto next = mem.read_value<uint64_t>(t + b.tstate_next);
+      if (threads < kMaxThreadsWithFrames) {
+        auto frames = check_frames(mem, layout, t, code_type);
+        if (frames.status != AttachStatus::kAttached)
+          return frames;
+      }
+      auto next = mem.value<uint64_t>(t + b.tstate_next);
       if (!next)
         return refuse("a thread list link is unreadable");
       t = *next;
     }
-    auto next = mem.read_value<uint64_t>(ip + b.interp_next);
+    auto next = mem.value<uint64_t>(ip + b.interp_next);
     if (!next)
       return refuse("the interpreter list is unreadable");
     ip = *next;
@@ -168,9 +220,10 @@ struct Candidate {
 
 Validation validate_layout(const proc::RemoteMemory& memory, pid_t pid, const PythonLayout& layout,
                            uint64_t interp_head_addr, uint64_t code_type_addr) {
+  BudgetedReader reader(memory, kMaxValidationReads);
   Validation last;
-  for (int attempt = 0; attempt < kValidationAttempts; ++attempt) {
-    last = validate_once(memory, pid, layout, interp_head_addr, code_type_addr);
+  for (int attempt = 0; attempt < kValidationAttempts && !reader.exhausted(); ++attempt) {
+    last = validate_once(reader, pid, layout, interp_head_addr, code_type_addr);
     if (last.status != AttachStatus::kRefused)
       return last;
   }

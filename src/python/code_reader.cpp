@@ -17,6 +17,10 @@ T load(const std::vector<uint8_t>& block, uint32_t off) {
 }
 
 void append_utf8(std::string& out, uint32_t cp) {
+  // Lone surrogates are legal in a Python str but not in UTF-8 (protobuf
+  // strings, JSON): they and values past U+10FFFF become U+FFFD.
+  if ((cp >= 0xd800 && cp <= 0xdfff) || cp >= 0x110000)
+    cp = 0xfffd;
   if (cp < 0x80) {
     out += static_cast<char>(cp);
   } else if (cp < 0x800) {
@@ -86,7 +90,8 @@ Result<std::string> read_py_string(const proc::RemoteMemory& memory, const Strin
   if (ascii && kind != 1)
     return make_error("str at {:#x} claims ASCII with kind {}", address, kind);
 
-  const size_t chars = std::min<size_t>(static_cast<size_t>(*length), kMaxStringChars);
+  const bool cut = static_cast<uint64_t>(*length) > kMaxStringChars;
+  const size_t chars = cut ? kMaxStringChars : static_cast<size_t>(*length);
   const uint64_t data = address + (ascii ? layout.ascii_size : layout.compact_size);
   auto raw = memory.read_bytes(data, chars * kind);
   if (!raw)
@@ -100,18 +105,33 @@ Result<std::string> read_py_string(const proc::RemoteMemory& memory, const Strin
       return make_error("str at {:#x} is not valid ASCII", address);
     append_utf8(out, cp);
   }
+  if (cut)
+    out += "...";
   return out;
 }
 
 namespace {
 
+// Whether `size` bytes at `offset` lie inside a buffer of `total` bytes.
+bool fits(size_t total, size_t offset, size_t size) {
+  return offset <= total && size <= total - offset;
+}
+
 // A string object's raw bytes as the sampler copied them: decode what is
 // there, cutting (and marking) a string the copy did not hold whole.
-Result<std::string> decode_captured(const StringLayout& layout, std::span<const uint8_t> raw) {
+// `complete` says whether it was whole.
+Result<std::string> decode_captured(const StringLayout& layout, std::span<const uint8_t> raw,
+                                    bool& complete) {
   // Served at a made-up address: only the bytes matter, not where they were.
   constexpr uint64_t kAt = 0x1000;
+  complete = true;
   std::vector<uint8_t> bytes(raw.begin(), raw.end());
-  if (!layout.py2_bytes && bytes.size() > layout.unicode_state + 4u) {
+  if (!layout.py2_bytes) {
+    // The layout may come from the process itself (_Py_DebugOffsets): every
+    // offset is checked against the copy before it is used.
+    if (!fits(bytes.size(), layout.unicode_length, sizeof(int64_t)) ||
+        !fits(bytes.size(), layout.unicode_state, sizeof(uint32_t)))
+      return make_error("no string captured");
     int64_t length = 0;
     uint32_t state = 0;
     std::memcpy(&length, bytes.data() + layout.unicode_length, sizeof length);
@@ -119,11 +139,12 @@ Result<std::string> decode_captured(const StringLayout& layout, std::span<const 
     const bool ascii = (state >> layout.ascii_bit) & 1;
     const uint32_t kind = (state >> layout.kind_bit) & ((1u << layout.kind_bits) - 1);
     const size_t header = ascii ? layout.ascii_size : layout.compact_size;
-    if (length <= 0 || kind == 0 || bytes.size() <= header)
+    if (length <= 0 || (kind != 1 && kind != 2 && kind != 4) || bytes.size() <= header)
       return make_error("no string captured");
     const size_t room = (bytes.size() - header) / kind;
-    if (static_cast<size_t>(length) > room) {
+    if (static_cast<uint64_t>(length) > room) {
       // Decode what the copy holds and mark the cut.
+      complete = false;
       const int64_t shorter = static_cast<int64_t>(room);
       std::memcpy(bytes.data() + layout.unicode_length, &shorter, sizeof shorter);
       proc::FakeMemory mem;
@@ -133,18 +154,27 @@ Result<std::string> decode_captured(const StringLayout& layout, std::span<const 
         return s.error();
       return *s + "...";
     }
+  } else if (fits(bytes.size(), layout.var_size, sizeof(int64_t))) {
+    int64_t size = 0;
+    std::memcpy(&size, bytes.data() + layout.var_size, sizeof size);
+    complete = size >= 0 && fits(bytes.size(), layout.bytes_data, static_cast<uint64_t>(size));
   }
   proc::FakeMemory mem;
   mem.add(kAt, std::move(bytes));
-  return read_py_string(mem, layout, kAt);
+  auto s = read_py_string(mem, layout, kAt);
+  if (s && s->ends_with("..."))
+    complete = false;  // longer than kMaxStringChars
+  return s;
 }
 
 // The lines a captured line table object gives: all of them when the copy
 // holds the whole table, else those of the entries it holds whole.
+// `upto` is set to the byte offset below which they answer every offset.
 std::vector<LineRange> lines_from_capture(const PythonLayout& python, std::span<const uint8_t> raw,
-                                          int32_t firstlineno) {
+                                          int32_t firstlineno, uint32_t& upto) {
   const StringLayout& s = python.strings;
-  if (raw.size() <= s.bytes_data)
+  upto = 0;
+  if (raw.size() <= s.bytes_data || !fits(raw.size(), s.var_size, sizeof(int64_t)))
     return {};
   int64_t size = 0;
   std::memcpy(&size, raw.data() + s.var_size, sizeof size);
@@ -178,25 +208,33 @@ std::vector<LineRange> lines_from_capture(const PythonLayout& python, std::span<
     }
   }
   auto lines = decode_line_table(format, table, firstlineno, code_size);
-  return lines ? std::move(*lines) : std::vector<LineRange>{};
+  if (!lines)
+    return {};
+  // A cut table answers up to where its last whole entry ends; past that
+  // a later entry may differ.
+  upto = !cut ? UINT32_MAX : lines->empty() ? 0 : lines->back().end;
+  return std::move(*lines);
 }
 
 }  // namespace
 
-Result<CodeInfo> code_info_from_capture(const PythonLayout& python, const krait_code_event& event) {
+Result<CapturedCode> code_info_from_capture(const PythonLayout& python,
+                                            const krait_code_event& event) {
   const StringLayout& layout = python.strings;
-  auto name = decode_captured(layout, event.name);
+  bool name_complete = false, file_complete = false;
+  auto name = decode_captured(layout, event.name, name_complete);
   if (!name)
     return name.error().context("captured function name");
-  auto file = decode_captured(layout, event.file);
+  auto file = decode_captured(layout, event.file, file_complete);
   if (!file)
     return file.error().context("captured file name");
-  CodeInfo info;
-  info.name = std::move(*name);
-  info.filename = std::move(*file);
-  info.firstlineno = static_cast<int32_t>(event.firstlineno);
-  info.lines = lines_from_capture(python, event.linetable, info.firstlineno);
-  return info;
+  CapturedCode out;
+  out.info.name = std::move(*name);
+  out.info.filename = std::move(*file);
+  out.info.firstlineno = static_cast<int32_t>(event.firstlineno);
+  out.names_complete = name_complete && file_complete;
+  out.info.lines = lines_from_capture(python, event.linetable, out.info.firstlineno, out.lines_upto);
+  return out;
 }
 
 int32_t CodeInfo::line_at(const PythonLayout& layout, uint32_t instr) const {

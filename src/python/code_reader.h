@@ -2,9 +2,11 @@
 // symbolization in user space. Pure functions over a RemoteMemory, so unit
 // tests run them on fixtures.
 //
-// Limits: strings are cut at kMaxStringChars characters, line tables larger
-// than kMaxLineTableBytes (line_table.h) are refused; a garbage address gives an Error, never
-// a crash or an unbounded read.
+// Limits: strings are cut at kMaxStringChars characters (and end in "..."),
+// line tables larger than kMaxLineTableBytes (line_table.h) are refused; a
+// garbage address or layout gives an Error, never a crash or an unbounded
+// read. Strings come out as valid UTF-8 whatever the process stored
+// (surrogates and invalid code points become U+FFFD).
 #pragma once
 
 #include <cstdint>
@@ -19,7 +21,9 @@
 
 namespace krait::python {
 
-inline constexpr size_t kMaxStringChars = 4096;
+// Qualified names and file names are shorter in practice; the cap bounds
+// what one code object costs to read and to keep in every frame naming it.
+inline constexpr size_t kMaxStringChars = 1024;
 
 // A str object (bytes on 2.7) decoded to UTF-8.
 Result<std::string> read_py_string(const proc::RemoteMemory& memory, const StringLayout& layout,
@@ -41,13 +45,20 @@ struct CodeInfo {
   int32_t line_at(const PythonLayout& layout, uint32_t instr) const;
 };
 
-// The names the sampler captured when it first saw a code object
-// (krait_code_event), for when the object is gone before it can be read:
-// name, file, first line, and the lines of the part of the line table the
-// capture holds (the whole table for most functions; offsets past a cut
-// table have no line). A string longer than the capture is cut and ends in
-// "...".
-Result<CodeInfo> code_info_from_capture(const PythonLayout& layout, const krait_code_event& event);
+// What the sampler captured when it first saw a code object
+// (krait_code_event): name, file, first line, and the lines of the part of
+// the line table the capture holds (the whole table for most functions).
+// Enough to name most frames at once, and all there is once the object is
+// gone. A string longer than the capture is cut and ends in "...".
+struct CapturedCode {
+  CodeInfo info;
+  bool names_complete = false;  // neither the name nor the file was cut
+  // info.lines answer every byte offset below this: UINT32_MAX when the
+  // capture held the whole table, the end of the last whole entry otherwise.
+  uint32_t lines_upto = 0;
+};
+Result<CapturedCode> code_info_from_capture(const PythonLayout& layout,
+                                            const krait_code_event& event);
 
 // Reads the code object at `address` and checks it is the one a sample saw:
 // its type must be code_type and its fields must hash to `token` (see

@@ -155,33 +155,53 @@ Result<std::optional<InterpreterImage>> analyze_image(std::shared_ptr<const elf:
   return std::optional<InterpreterImage>{std::move(img)};
 }
 
-const ImageCache::Entry& ImageCache::analyze(pid_t pid, const proc::MapEntry& map) {
+std::shared_ptr<const ImageCache::Entry> ImageCache::analyze(pid_t pid, const proc::MapEntry& map) {
   Key key{map.dev_major, map.dev_minor, map.inode};
-  auto it = images_.find(key);
-  if (it != images_.end())
-    return it->second;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = images_.find(key);
+    if (it != images_.end()) {
+      it->second->last_used = ++clock_;
+      return it->second;
+    }
+  }
 
-  Entry entry;
+  auto entry = std::make_shared<Entry>();
   auto elf = proc::open_mapped_elf(pid, map);
   if (!elf && looks_like_python_file(basename(map.path))) {
     // Named like an interpreter but unreadable (permissions, a deleted file
     // without map_files access): say so rather than skip the process.
-    entry.error = elf.error().context("cannot open " + map.path).message;
+    entry->error = elf.error().context("cannot open " + map.path).message;
   }
   if (elf) {
     for (const auto& lib : elf->needed())
       if (lib.starts_with("libpython"))
-        entry.needs_libpython = true;
+        entry->needs_libpython = true;
     auto shared = std::make_shared<const elf::ElfFile>(std::move(*elf));
     auto image = analyze_image(std::move(shared), map.path);
     if (image)
-      entry.image = std::move(*image);
+      entry->image = std::move(*image);
     else
-      entry.error = image.error().message;
+      entry->error = image.error().message;
   }
   // Files that cannot be opened or parsed are remembered as not Python: a
   // later exec of a replaced file has a new inode.
-  return images_.emplace(key, std::move(entry)).first->second;
+  std::lock_guard lock(mutex_);
+  auto [it, inserted] = images_.emplace(key, entry);
+  it->second->last_used = ++clock_;
+  if (inserted && images_.size() > kMaxImages) {
+    auto oldest = images_.begin();
+    for (auto i = images_.begin(); i != images_.end(); ++i)
+      if (i->second->last_used < oldest->second->last_used)
+        oldest = i;
+    images_.erase(oldest);
+  }
+  return it->second;
+}
+
+size_t ImageCache::size() const {
+  std::lock_guard lock(mutex_);
+  return images_.size();
 }
 
 FindResult ImageCache::find(pid_t pid) {
@@ -214,7 +234,15 @@ FindResult ImageCache::find(pid_t pid) {
       continue;
     if (!seen.insert(Key{m.dev_major, m.dev_minor, m.inode}).second)
       continue;
-    const Entry& e = analyze(pid, m);
+    if (seen.size() > kMaxCandidates) {
+      if (result.status != FindStatus::kUnusable) {
+        result.status = FindStatus::kUnusable;
+        result.reason = fmt::format("maps more than {} files named like python", kMaxCandidates);
+      }
+      break;
+    }
+    std::shared_ptr<const Entry> held = analyze(pid, m);
+    const Entry& e = *held;
     if (m.path == exe_path)
       needs_libpython = e.needs_libpython;
     if (!e.image) {

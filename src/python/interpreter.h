@@ -4,13 +4,18 @@
 //
 // ImageCache remembers the analysis per file (device + inode), so a
 // thousand processes of one interpreter parse its ELF once; files that are
-// not Python are remembered as such. Not thread-safe: one owner.
+// not Python are remembered as such. Bounded (least recently used first):
+// a process can map as many files named like python as it likes.
+// Thread-safe: workers attaching different processes share one; no lock is
+// held while a file is read (two workers may analyse one new file at once,
+// and the first result is kept).
 #pragma once
 
 #include <sys/types.h>
 
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -61,10 +66,15 @@ struct FindResult {
 
 class ImageCache {
  public:
+  static constexpr size_t kMaxImages = 1024;
+  // Candidate files looked at per process (the executable and those named
+  // like python): a process mapping thousands of them is not Python-like.
+  static constexpr size_t kMaxCandidates = 16;
+
   // Finds the interpreter of process `pid` from its memory maps. kNotYet
   // when the executable needs a libpython the loader has not mapped yet.
   FindResult find(pid_t pid);
-  size_t size() const { return images_.size(); }
+  size_t size() const;
 
  private:
   using Key = std::tuple<uint32_t, uint32_t, uint64_t>;  // dev major, minor, inode
@@ -72,9 +82,12 @@ class ImageCache {
     std::optional<InterpreterImage> image;  // nullopt: not Python
     std::string error;                      // Python, but unusable
     bool needs_libpython = false;
+    uint64_t last_used = 0;
   };
-  const Entry& analyze(pid_t pid, const proc::MapEntry& map);
-  std::map<Key, Entry> images_;
+  std::shared_ptr<const Entry> analyze(pid_t pid, const proc::MapEntry& map);
+  mutable std::mutex mutex_;
+  std::map<Key, std::shared_ptr<Entry>> images_;
+  uint64_t clock_ = 0;
 };
 
 }  // namespace krait::python

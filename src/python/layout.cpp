@@ -45,6 +45,35 @@ Result<uint16_t> read_size(std::string_view what, uint32_t cap,
   return static_cast<uint16_t>(size);
 }
 
+// Offsets may come from the process itself (_Py_DebugOffsets): those that
+// user space applies to buffers of its own, and bit positions it shifts by,
+// must be plausible, whatever validation against live memory says later.
+Result<void> check_plausible(const PythonLayout& out, const OffsetTable& table) {
+  // No object header krait reads is anywhere near this large.
+  constexpr uint16_t kMaxHeader = 512;
+  const StringLayout& s = out.strings;
+  const std::pair<const char*, uint16_t> headers[] = {
+      {"PyVarObject.ob_size", s.var_size},          {"bytes data", s.bytes_data},
+      {"PyASCIIObject.length", s.unicode_length},   {"PyASCIIObject.state", s.unicode_state},
+      {"sizeof(PyASCIIObject)", s.ascii_size},      {"sizeof(PyCompactUnicodeObject)", s.compact_size},
+      {"PyTupleObject.ob_item", out.tuple_items},
+  };
+  for (const auto& [name, value] : headers)
+    if (value > kMaxHeader)
+      return make_error("the offsets for Python {} ({}) are implausible: {} = {}",
+                        out.version.str(), table.source, name, value);
+  if (s.kind_bit >= 32 || s.compact_bit >= 32 || s.ascii_bit >= 32 || s.kind_bits == 0 ||
+      s.kind_bits > 8 || s.kind_bit + s.kind_bits > 32)
+    return make_error("the offsets for Python {} ({}) are implausible: PyASCIIObject.state bits",
+                      out.version.str(), table.source);
+  const MethodClassLayout& m = out.method_class;
+  if (m.enabled && (m.entry_size > 64 || m.entry_key > m.entry_size - 8 ||
+                    m.entry_value > m.entry_size - 8 || m.entry_size < 16))
+    return make_error("the offsets for Python {} ({}) are implausible: sizeof(PyDictKeyEntry) {}",
+                      out.version.str(), table.source, m.entry_size);
+  return {};
+}
+
 }  // namespace
 
 Result<PythonLayout> build_layout(const OffsetTable& table, PyVersion v) {
@@ -197,6 +226,7 @@ Result<PythonLayout> build_layout(const OffsetTable& table, PyVersion v) {
 
   if (!f.missing().empty())
     return make_error("the offsets for Python {} ({}) lack {}", v.str(), table.source, f.missing());
+  KRAIT_TRY(check_plausible(out, table));
 
   auto tsize = read_size("PyThreadState", KRAIT_TSTATE_READ_CAP,
                          {b.tstate_next, b.tstate_thread_id, b.tstate_frame, b.tstate_interp});

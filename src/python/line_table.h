@@ -63,9 +63,10 @@ std::string_view format_name(LineTableFormat format);
 std::optional<LineTableFormat> line_table_format(int major, int minor);
 
 inline constexpr int32_t kNoLine = -1;
-// Far above any real table (a code object with a million instructions has a
-// table of a few MiB); a larger input is a misread, not a code object.
-inline constexpr size_t kMaxLineTableBytes = size_t{64} << 20;
+// Above any real table (the body of a module of 100,000 lines has one of a
+// few hundred KiB): a larger one is a misread or a hostile object, and
+// decoding it costs about six times its size in memory.
+inline constexpr size_t kMaxLineTableBytes = size_t{4} << 20;
 
 // Byte offsets into the bytecode, [start, end); line kNoLine (-1) = no line.
 struct LineRange {
