@@ -1,10 +1,13 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <charconv>
 #include <filesystem>
+#include <map>
 
 #include "bpf/features.h"
 #include "cli/commands.h"
+#include "inspect/inspector.h"
 #include "python/attach.h"
 #include "python/offsets/debug_offsets.h"
 #include "python/offsets/offset_table.h"
@@ -44,23 +47,53 @@ std::string comm(pid_t pid) {
   return s;
 }
 
+// Every process is looked at on the Inspector's workers: one that does
+// not answer is reported as stalled instead of holding `krait info` up.
 std::vector<ProcessReport> python_processes(const std::vector<pid_t>& only) {
   std::vector<pid_t> pids = only;
   if (pids.empty()) {
     std::error_code ec;
-    for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
-      auto name = e.path().filename().string();
-      if (!name.empty() && name.find_first_not_of("0123456789") == std::string::npos)
-        pids.push_back(static_cast<pid_t>(std::stol(name)));
+    for (auto it = std::filesystem::directory_iterator("/proc", ec);
+         !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+      const std::string name = it->path().filename().string();
+      pid_t pid = 0;
+      auto [ptr, err] = std::from_chars(name.data(), name.data() + name.size(), pid);
+      if (err == std::errc() && ptr == name.data() + name.size() && pid > 0)
+        pids.push_back(pid);
     }
     std::sort(pids.begin(), pids.end());
   }
-  python::ImageCache images;
+  auto inspector = inspect::Inspector::create({});
+  if (!inspector)
+    return {};
+  auto images = std::make_shared<python::ImageCache>();
+  std::map<pid_t, python::Attachment> found;
+  for (pid_t pid : pids) {
+    if (pid == ::getpid())
+      continue;
+    (*inspector)->post(static_cast<uint64_t>(pid), "attach",
+                       [pid, images, &found](inspect::TaskContext&) -> inspect::Completion {
+                         auto a = std::make_shared<python::Attachment>(
+                             python::attach_process(pid, *images, {}));
+                         return [pid, a, &found] { found[pid] = std::move(*a); };
+                       });
+  }
+  (*inspector)->drain(std::chrono::steady_clock::now() + std::chrono::seconds(30));
+  std::map<uint64_t, std::string> stalled;
+  for (const auto& notice : (*inspector)->take_notices())
+    stalled[notice.key] = notice.reason;
   std::vector<ProcessReport> out;
   for (pid_t pid : pids) {
     if (pid == ::getpid())
       continue;
-    auto a = python::attach_process(pid, images, {});
+    python::Attachment a;
+    if (auto it = found.find(pid); it != found.end()) {
+      a = std::move(it->second);
+    } else {
+      a.status = python::AttachStatus::kRefused;
+      auto s = stalled.find(static_cast<uint64_t>(pid));
+      a.reason = s != stalled.end() ? s->second : "not read within 30 s";
+    }
     if (a.status == python::AttachStatus::kNotPython && only.empty())
       continue;
     if (a.status == python::AttachStatus::kGone && only.empty())

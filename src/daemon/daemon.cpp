@@ -26,6 +26,7 @@
 #include "proc/container.h"
 #include "record/collector.h"
 #include "record/loop_support.h"
+#include "util/clock.h"
 
 namespace krait::daemon {
 namespace {
@@ -33,12 +34,6 @@ namespace {
 using record::Collector;
 using record::SeriesRef;
 using record::TrackedProcess;
-
-int64_t unix_now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 // Labels that differ per process go on each sample inside the pprof; the
 // rest name the series (a Pyroscope series per application, host and
@@ -150,83 +145,91 @@ class Outputs {
   std::string last_directory_error_;
 };
 
-// How processes are chosen and named; rebuilt on SIGHUP.
+// The series of every application, shared by all its processes. Interned
+// from Inspector workers (the naming hooks run there), hence the lock.
+class SeriesTable {
+ public:
+  SeriesRef intern(const std::string& application, const profile::Labels& labels) {
+    std::lock_guard lock(mutex_);
+    auto key = std::make_pair(application, labels);
+    auto it = series_.find(key);
+    if (it == series_.end())
+      it = series_
+               .emplace(key, std::make_shared<const record::Series>(
+                                 record::Series{application, labels}))
+               .first;
+    return it->second;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::map<std::pair<std::string, profile::Labels>, SeriesRef> series_;
+};
+
+// How processes are chosen and named; rebuilt on SIGHUP. The hooks it
+// hands out run on Inspector workers and hold what they use, so a reload
+// never pulls anything from under a read in flight.
 struct Naming {
-  std::shared_ptr<ProcessFilter> filter;
-  std::shared_ptr<ProcessDescriber> describer;
-  // Series are shared by every process of an application: interned here
-  // (run loop thread only).
-  std::map<std::pair<std::string, profile::Labels>, SeriesRef> series;
+  std::shared_ptr<const ProcessFilter> filter;
+  std::shared_ptr<const ProcessDescriber> describer;
+  std::shared_ptr<SeriesTable> series = std::make_shared<SeriesTable>();
 
   static Result<Naming> create(const DaemonConfig& config) {
     Naming n;
     auto filter = ProcessFilter::create(config.processes);
     if (!filter)
       return filter.error();
-    n.filter = std::make_shared<ProcessFilter>(std::move(*filter));
+    n.filter = std::make_shared<const ProcessFilter>(std::move(*filter));
     auto describer = ProcessDescriber::create(config, effective_hostname(config));
     if (!describer)
       return describer.error();
-    n.describer = std::make_shared<ProcessDescriber>(std::move(*describer));
+    n.describer = std::make_shared<const ProcessDescriber>(std::move(*describer));
     return n;
   }
 
   // Whether the selection takes `pid`; nullopt when the process is gone or
   // unreadable.
-  std::optional<bool> selects(pid_t pid) const {
+  static std::optional<bool> selects(const ProcessFilter& filter, pid_t pid) {
     auto identity = read_process_identity(pid);
     if (!identity)
       return std::nullopt;
     auto container = proc::read_container_info(pid);
-    return filter->matches(*identity, container ? *container : proc::ContainerInfo{});
+    return filter.matches(*identity, container ? *container : proc::ContainerInfo{});
   }
 
-  bool wanted(pid_t pid) const {
-    return selects(pid).value_or(true);  // gone or unreadable: the attach decides
+  std::function<bool(pid_t)> wanted_hook() const {
+    return [filter = filter](pid_t pid) {
+      return selects(*filter, pid).value_or(true);  // gone or unreadable: the attach decides
+    };
   }
 
-  void describe(TrackedProcess& p) {
-    const std::string version = p.attachment.version ? p.attachment.version->str() : "";
-    p.extra_labels.clear();
-    p.series = series_of(p.pid, version, &p.extra_labels);
-  }
-
-  // After a reload: the processes already attached take the new names and
-  // labels from now on, and those the new selection leaves out feed no
-  // series (their samples are not delivered).
-  void redescribe(record::ProcessTracker& tracker) {
-    std::vector<pid_t> attached;
-    for (const auto& [key, p] : tracker.processes())
-      if (p.state == record::ProcessState::kPython)
-        attached.push_back(p.pid);
-    for (pid_t pid : attached) {
-      TrackedProcess* p = tracker.find(pid);
-      if (!p)
-        continue;
-      if (wanted(pid)) {
-        describe(*p);
-      } else {
-        p->series = nullptr;
-        p->extra_labels.clear();
-      }
-    }
+  std::function<record::ProcessNaming(pid_t, const std::string&)> describe_hook() const {
+    return [describer = describer, series = series](pid_t pid, const std::string& version) {
+      record::ProcessNaming naming;
+      naming.series = series_of(*describer, *series, pid, version, &naming.sample_labels);
+      return naming;
+    };
   }
 
   // --all-processes: a process that is not Python, named by the same rules;
   // null when the selection does not want it. One gone before it could be
   // read cannot be shown to match a criterion: only a selection of every
   // process takes it (as "unknown").
-  SeriesRef other(pid_t pid) {
-    if (!selects(pid).value_or(filter->selects_all()))
-      return nullptr;
-    return series_of(pid, "", nullptr);
+  record::OtherSeriesFn other_hook() const {
+    return [filter = filter, describer = describer, series = series](pid_t pid,
+                                                                      const std::string&) {
+      if (!selects(*filter, pid).value_or(filter->selects_all()))
+        return SeriesRef{};
+      return series_of(*describer, *series, pid, "", nullptr);
+    };
   }
 
  private:
   // The application's series; the labels that vary per sample (the
   // container's pid) go to `sample_labels` when given.
-  SeriesRef series_of(pid_t pid, const std::string& version, profile::Labels* sample_labels) {
-    auto d = describer->describe(pid, version);
+  static SeriesRef series_of(const ProcessDescriber& describer, SeriesTable& table, pid_t pid,
+                             const std::string& version, profile::Labels* sample_labels) {
+    auto d = describer.describe(pid, version);
     profile::Labels series_labels;
     std::string application = "unknown";
     if (d) {
@@ -238,14 +241,7 @@ struct Naming {
           sample_labels->emplace_back(k, v);
       }
     }
-    auto key = std::make_pair(application, series_labels);
-    auto it = series.find(key);
-    if (it == series.end())
-      it = series
-               .emplace(key, std::make_shared<const record::Series>(
-                                 record::Series{application, series_labels}))
-               .first;
-    return it->second;
+    return table.intern(application, series_labels);
   }
 };
 
@@ -294,9 +290,9 @@ Result<int> run_daemon(DaemonRunOptions o) {
   copts.sampler.native = config.stack_mode == StackMode::kMixed;
   copts.sampler.kernel_stacks = config.kernel_stacks;
   copts.sampler.all_processes = config.all_processes;
-  copts.other_series = [&naming](pid_t pid, const std::string&) { return naming.other(pid); };
-  copts.tracker.wanted = [&naming](pid_t pid) { return naming.wanted(pid); };
-  copts.tracker.describe = [&naming](TrackedProcess& p) { naming.describe(p); };
+  copts.other_series = naming.other_hook();
+  copts.tracker.wanted = naming.wanted_hook();
+  copts.tracker.describe = naming.describe_hook();
   auto collector = Collector::create(std::move(copts));
   if (!collector)
     return collector.error();
@@ -306,7 +302,7 @@ Result<int> run_daemon(DaemonRunOptions o) {
   // decides which interval a sample falls in. One fixed mapping between
   // them keeps consecutive intervals exactly adjacent.
   const int64_t unix_at_start = unix_now_ns();
-  const int64_t mono_at_start = static_cast<int64_t>(record::monotonic_ns());
+  const int64_t mono_at_start = static_cast<int64_t>(monotonic_ns());
   auto to_unix = [&](int64_t mono) { return mono - mono_at_start + unix_at_start; };
   auto to_mono = [&](int64_t unix) { return unix - unix_at_start + mono_at_start; };
 
@@ -332,7 +328,7 @@ Result<int> run_daemon(DaemonRunOptions o) {
     ::malloc_trim(0);
   });
 
-  c.scan();
+  KRAIT_TRY(c.scan());
   auto epfd = record::epoll_fd();
   if (!epfd)
     return epfd.error();
@@ -342,7 +338,7 @@ Result<int> run_daemon(DaemonRunOptions o) {
     return interval_timer.error();
   if (!health_timer)
     return health_timer.error();
-  KRAIT_TRY(record::epoll_add(epfd->get(), c.ring_fd()));
+  KRAIT_TRY(c.add_to(epfd->get()));
   KRAIT_TRY(record::epoll_add(epfd->get(), sigfd->get()));
   KRAIT_TRY(record::epoll_add(epfd->get(), interval_timer->get()));
   KRAIT_TRY(record::epoll_add(epfd->get(), health_timer->get()));
@@ -437,9 +433,10 @@ Result<int> run_daemon(DaemonRunOptions o) {
           *done = true;
         });
         naming = std::move(*new_naming);
-        naming.redescribe(c.tracker());
+        c.tracker().set_hooks(naming.wanted_hook(), naming.describe_hook());
         // Processes that are not Python are named again at their next
         // sample; cached labels go with the old names.
+        c.pipeline().set_other_series(naming.other_hook());
         c.pipeline().rename_others();
         c.pipeline().prune_caches();
         // A new interval length applies from the next boundary on.
@@ -453,7 +450,7 @@ Result<int> run_daemon(DaemonRunOptions o) {
   // The last interval ends now: deliver it, then give the uploads a few
   // seconds.
   KRAIT_TRY(c.stop());
-  c.end_interval(record::monotonic_ns());
+  c.end_interval(monotonic_ns());
   c.finish();
   std::shared_ptr<Outputs> out;
   {

@@ -5,7 +5,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <charconv>
 #include <filesystem>
+
+#include "record/loop_support.h"
+#include "util/clock.h"
 
 namespace krait::record {
 
@@ -32,7 +36,14 @@ Result<std::unique_ptr<Collector>> Collector::create(CollectorOptions options) {
     return sampler.error();
   c->sampler_ = std::move(*sampler);
   c->sink_ = std::make_unique<SamplerSink>(*c->sampler_);
-  c->tracker_ = std::make_unique<ProcessTracker>(*c->sink_, c->options_.tracker);
+  auto inspector = inspect::Inspector::create(c->options_.inspector);
+  if (!inspector)
+    return inspector.error();
+  c->inspector_ = std::move(*inspector);
+  TrackerOptions topts = c->options_.tracker;
+  topts.native = cfg.native;
+  topts.modules = c->modules_;
+  c->tracker_ = std::make_unique<ProcessTracker>(*c->sink_, *c->inspector_, std::move(topts));
 
   BuilderOptions bopts;
   bopts.native = cfg.native;
@@ -47,7 +58,8 @@ Result<std::unique_ptr<Collector>> Collector::create(CollectorOptions options) {
   popts.max_depth = c->options_.max_depth;
   popts.native = cfg.native;
   popts.other_series = c->options_.other_series;
-  c->pipeline_ = std::make_unique<Pipeline>(*c->tracker_, *c->queue_, popts, &c->modules_);
+  c->pipeline_ = std::make_unique<Pipeline>(*c->tracker_, *c->inspector_, *c->queue_, popts,
+                                            c->modules_);
   auto reader = events::RingReader::create(c->sampler_->events_fd(), *c->pipeline_);
   if (!reader)
     return reader.error();
@@ -61,22 +73,59 @@ Collector::~Collector() {
     builder_thread_->finish();
 }
 
-void Collector::scan(const std::vector<pid_t>& pids) {
+Result<void> Collector::scan(const std::vector<pid_t>& pids) {
+  // Exec and exit are seen from here on: a process that execs after the
+  // scan looked at it is attached again.
+  KRAIT_TRY(sampler_->attach_tracepoints());
   if (!pids.empty()) {
-    for (pid_t pid : pids)
-      (void)tracker_->classify(pid, monotonic_ns());
-    return;
+    for (pid_t pid : pids) {
+      KRAIT_TRY(sampler_->add_listed(static_cast<uint32_t>(pid)));
+      tracker_->prepare(pid);
+    }
+    return {};
   }
   std::error_code ec;
   const pid_t self = ::getpid();
-  for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
-    const std::string name = e.path().filename().string();
-    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos)
+  for (auto it = std::filesystem::directory_iterator("/proc", ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    pid_t pid = 0;
+    auto [ptr, err] = std::from_chars(name.data(), name.data() + name.size(), pid);
+    if (err != std::errc() || ptr != name.data() + name.size() || pid <= 0)
       continue;
-    const pid_t pid = static_cast<pid_t>(std::stol(name));
     if (pid != self)
-      (void)tracker_->classify(pid, monotonic_ns());
+      tracker_->prepare(pid);
   }
+  return {};
+}
+
+void Collector::await_scan(const std::vector<pid_t>& pids,
+                           std::chrono::steady_clock::time_point deadline) {
+  auto answered = [&] {
+    return std::all_of(pids.begin(), pids.end(),
+                       [&](pid_t pid) { return tracker_->scan_result(pid).has_value(); });
+  };
+  while (!answered() && std::chrono::steady_clock::now() < deadline) {
+    inspector_->drain(std::min(deadline, std::chrono::steady_clock::now() +
+                                             std::chrono::milliseconds(kDrainPeriodMs)));
+    run_inspections();
+  }
+}
+
+Result<void> Collector::add_to(int epfd) {
+  KRAIT_TRY(epoll_add(epfd, reader_->epoll_fd()));
+  return epoll_add(epfd, inspector_->wake_fd());
+}
+
+void Collector::run_inspections() {
+  inspector_->run_completions();
+  for (const inspect::Notice& notice : inspector_->take_notices()) {
+    if (tracker_->find_key(notice.key))
+      tracker_->on_notice(notice);
+    else
+      pipeline_->on_notice(notice);
+  }
+  pipeline_->tick(monotonic_ns());
 }
 
 Result<int> Collector::wait(int epfd, std::span<epoll_event> events) {
@@ -87,6 +136,7 @@ Result<int> Collector::wait(int epfd, std::span<epoll_event> events) {
     n = 0;
   }
   KRAIT_TRY(consume());
+  run_inspections();
   return n;
 }
 
@@ -106,6 +156,10 @@ Result<void> Collector::stop() {
     if (*r == 0)
       break;
   }
+  // Reads the last samples wait for; a stalled one is not waited for long.
+  inspector_->drain(std::chrono::steady_clock::now() + std::chrono::seconds(2));
+  run_inspections();
+  pipeline_->release_all();
   return {};
 }
 
@@ -113,7 +167,7 @@ void Collector::finish() {
   builder_thread_->finish();
 }
 
-RunFacts Collector::facts(double seconds) const {
+RunFacts Collector::facts(double seconds) {
   RunFacts f;
   f.seconds = seconds;
   f.frequency_hz = options_.sampler.frequency_hz;
@@ -123,6 +177,7 @@ RunFacts Collector::facts(double seconds) const {
   f.malformed_records = reader_->malformed();
   f.bpf_runs = sampler_->run_stats();
   f.native_stacks = options_.sampler.native;
+  f.inspector = inspector_->stats();
   return f;
 }
 

@@ -8,12 +8,14 @@
 
 #include <sys/epoll.h>
 
+#include <chrono>
 #include <memory>
 #include <span>
 #include <vector>
 
 #include "bpf/sampler.h"
 #include "events/ring_reader.h"
+#include "inspect/inspector.h"
 #include "record/job_queue.h"
 #include "record/pipeline.h"
 #include "record/process_tracker.h"
@@ -26,6 +28,7 @@ namespace krait::record {
 struct CollectorOptions {
   bpf::SamplerConfig sampler;  // ring buffer size is derived here
   TrackerOptions tracker;
+  inspect::InspectorOptions inspector;
   uint32_t max_depth = KRAIT_PY_DEPTH_DEFAULT;
   size_t queue_bytes = 256u << 20;  // samples waiting for the stack builder
   OtherSeriesFn other_series;       // see PipelineOptions
@@ -46,28 +49,37 @@ class Collector {
   Pipeline& pipeline() { return *pipeline_; }
   StackBuilder& builder() { return *builder_; }
   bpf::Sampler& sampler() { return *sampler_; }
+  inspect::Inspector& inspector() { return *inspector_; }
 
-  // Classifies every process running now (or just `pids`), before start().
-  void scan(const std::vector<pid_t>& pids = {});
+  // Attaches to every process running now (or just `pids`, which become
+  // the only ones sampled), ahead of their first samples. Before start().
+  Result<void> scan(const std::vector<pid_t>& pids = {});
+  // Runs the loop's work (completions) until every scanned pid of `pids`
+  // has a first answer, or `deadline`.
+  void await_scan(const std::vector<pid_t>& pids, std::chrono::steady_clock::time_point deadline);
   Result<void> start() { return sampler_->start(); }
-  int ring_fd() const { return reader_->epoll_fd(); }
+  // Adds what the run loop must wait on (the ring buffer, the Inspector's
+  // completions) to `epfd`; wait() handles their events.
+  Result<void> add_to(int epfd);
   // Samples do not wake the reader: a run loop waits at most this long
   // before it drains the ring (consume()) anyway.
   static constexpr int kDrainPeriodMs = 10;
   // Dispatches the records waiting in the ring buffer.
   Result<uint64_t> consume() { return reader_->consume(); }
-  // One turn of a run loop: waits on `epfd` at most kDrainPeriodMs (the
-  // ring must be added to it), drains the ring, and returns how many of
-  // `events` are ready (the ring's own readiness included).
+  // One turn of a run loop: waits on `epfd` at most kDrainPeriodMs, drains
+  // the ring, runs the Inspector's completions and sends on parked samples,
+  // and returns how many of `events` are ready (the collector's own
+  // included).
   Result<int> wait(int epfd, std::span<epoll_event> events);
   // Ends the current interval at `ktime_ns` (in order with the samples).
   void end_interval(uint64_t ktime_ns);
-  // Stops sampling and drains the ring buffer into the builder's queue.
+  // Stops sampling, drains the ring buffer, gives reads in flight a moment,
+  // and sends every sample on to the builder.
   Result<void> stop();
   // Lets the builder finish the queue and joins it (take profiles after).
   void finish();
 
-  RunFacts facts(double seconds) const;
+  RunFacts facts(double seconds);
 
  private:
   class SamplerSink final : public ProcessMapSink {
@@ -76,16 +88,19 @@ class Collector {
     Result<void> set_process(uint32_t pid, const krait_proc_info& info) override {
       return sampler_.set_process(pid, info);
     }
-    void remove_process(uint32_t pid) override { sampler_.remove_process(pid); }
 
    private:
     bpf::Sampler& sampler_;
   };
+  // The Inspector's completions and notices, then parked samples.
+  void run_inspections();
+
   CollectorOptions options_;
   std::unique_ptr<bpf::Sampler> sampler_;
   std::unique_ptr<SamplerSink> sink_;
+  std::unique_ptr<inspect::Inspector> inspector_;
   std::unique_ptr<ProcessTracker> tracker_;
-  unwind::ModuleCache modules_;
+  std::shared_ptr<unwind::ModuleCache> modules_ = std::make_shared<unwind::ModuleCache>();
   std::unique_ptr<StackBuilder> builder_;
   std::unique_ptr<JobQueue> queue_;
   std::unique_ptr<BuilderThread> builder_thread_;

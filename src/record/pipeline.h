@@ -2,14 +2,22 @@
 // profile.
 //
 // Each sample is attributed to its process incarnation (the generation the
-// BPF side walked with) and its Python frames are named right away, through
-// per-process caches (code object address + token -> name, file, line
-// table): code objects die, so this cannot wait. The rest (native
-// unwinding, symbolization, merging, aggregation) is a SampleJob for the
-// StackBuilder on its own thread, behind a bounded queue, so the reader
-// never stalls. Nothing is dropped silently: samples that lose frames carry
-// a synthetic frame naming the reason and are counted per process
-// (ProcessStats) or here (PipelineStats).
+// BPF side walked with) and its Python frames are named from the process's
+// code names: what the sampler captured when it first saw each code object
+// (a capture record reaches the ring before the first sample that needs
+// it), completed by reads of the live object where the capture is not
+// enough (a cut name, a line past the captured part of the line table, a
+// method's class before 3.11). Those reads run on the Inspector: a sample
+// that waits for one is parked (bounded per process and in all) and sent
+// on when the read completes, or after kParkTimeout with what is known.
+// The rest (native unwinding, symbolization, merging, aggregation) is a
+// SampleJob for the StackBuilder on its own thread, behind a bounded queue,
+// so the reader never stalls. Nothing is dropped silently: samples that
+// lose frames carry a synthetic frame naming the reason and are counted per
+// process (ProcessStats) or here (PipelineStats).
+//
+// Threading: one thread, the run loop's (ring buffer reader), which also
+// runs the Inspector's completions.
 #pragma once
 
 #include <sys/types.h>
@@ -17,15 +25,18 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "events/ring_reader.h"
+#include "inspect/inspector.h"
 #include "record/job_queue.h"
 #include "record/process_tracker.h"
 #include "record/sample_job.h"
 #include "unwind/module_cache.h"
+#include "util/lru_cache.h"
 
 namespace krait::record {
 
@@ -39,15 +50,20 @@ struct PipelineStats {
   uint64_t code_captures = 0;
   uint64_t native_samples = 0;  // --all-processes: samples of processes that are not Python
   uint64_t unwanted_native_samples = 0;  // of those, from processes other_series refused
+  uint64_t parked = 0;                   // samples held for a read, in all
+  uint64_t parked_timeouts = 0;          // released after kParkTimeout with what was known
+  uint64_t park_full = 0;  // could not be held (caps): named with what was known
   // krait_sample.cost_ns of walked samples when cost measurement is on
   // (capped at kMaxCostSamples; the first ones are kept).
   std::vector<uint32_t> sampler_cost_ns;
+  CacheStats frame_cache;
 };
 
 inline constexpr size_t kMaxCostSamples = 1'000'000;
 
 // --all-processes: the series of a process that is not Python, from its pid
-// and name, or null when its samples are not wanted.
+// and name, or null when its samples are not wanted. Runs on an Inspector
+// worker (it may read /proc).
 using OtherSeriesFn = std::function<SeriesRef(pid_t pid, const std::string& name)>;
 
 struct PipelineOptions {
@@ -59,19 +75,33 @@ struct PipelineOptions {
 // Synthetic frame names, also used by tests and the summary.
 std::string_view py_status_description(uint32_t status);
 
+// How long a sample may wait for a read before it goes on with what is known.
+inline constexpr uint64_t kParkTimeoutNs = 2'000'000'000;
+inline constexpr size_t kMaxParkedPerProcess = 4096;
+inline constexpr size_t kMaxParkedBytesPerProcess = size_t{32} << 20;
+inline constexpr size_t kMaxParkedBytes = size_t{128} << 20;
+
 class Pipeline final : public events::EventHandler {
  public:
   // `modules` is needed in native mode only.
-  Pipeline(ProcessTracker& tracker, JobQueue& queue, PipelineOptions options,
-           unwind::ModuleCache* modules = nullptr);
+  Pipeline(ProcessTracker& tracker, inspect::Inspector& inspector, JobQueue& queue,
+           PipelineOptions options, std::shared_ptr<unwind::ModuleCache> modules = nullptr);
 
   void on_sample(const events::SampleView& sample) override;
-  void on_exec(const krait_exec_event& event) override;
-  void on_exit(const krait_event_header& event) override;
-  void on_unknown_process(const krait_event_header& event) override;
+  void on_exec(const krait_proc_event& event) override;
+  void on_exit(const krait_proc_event& event) override;
+  void on_unknown_process(const krait_proc_event& event) override;
   void on_code_capture(const krait_code_event& event) override;
 
-  const PipelineStats& stats() const { return stats_; }
+  // Sends on parked samples whose wait is over; the run loop calls it at
+  // every turn (after the Inspector's completions).
+  void tick(uint64_t now_ns);
+  // Sends on every parked sample with what is known (stopping).
+  void release_all();
+  // The Inspector stopped work of a process that is not Python.
+  void on_notice(const inspect::Notice& notice);
+
+  const PipelineStats& stats();
   // Drops the caches of named frames and labels (they are rebuilt on use)
   // and the module files no live process maps: the daemon calls it per
   // interval so processes that came and went leave nothing behind.
@@ -79,26 +109,49 @@ class Pipeline final : public events::EventHandler {
   // Asks other_series again for every process that is not Python, at its
   // next sample (configuration reload).
   void rename_others();
+  void set_other_series(OtherSeriesFn other_series) {
+    options_.other_series = std::move(other_series);
+  }
 
  private:
-  struct OtherProcess {  // --all-processes: a process that is not Python
+  // --all-processes: a process that is not Python.
+  struct OtherProcess {
+    uint64_t key = 0;
     std::string name;
+    bool named = false;  // other_series answered (or there is none)
+    bool naming = false;
     bool wanted = true;
     SeriesRef series;
-    std::shared_ptr<const unwind::ProcessModules> modules;
+    std::shared_ptr<ModulesSlot> modules;
     uint64_t modules_loaded_ns = 0;
+    bool modules_loading = false;
+    std::deque<ParkedSample> parked;
+    size_t parked_bytes = 0;
   };
-
-  FrameRef python_frame(TrackedProcess& p, const krait_py_frame& frame);
+  FrameRef python_frame(TrackedProcess& p, const krait_py_frame& frame, bool best_effort,
+                        bool& waiting);
+  FrameRef named_frame(TrackedProcess& p, const CodeEntry& entry, const krait_py_frame& frame,
+                       bool final_name);
   FrameRef synthetic_frame(const std::string& name);
+  void request_read(TrackedProcess& p, const CodeKey& key, CodeEntry& entry);
+  void apply_read(uint64_t process_key, CodeKey key,
+                  std::shared_ptr<const python::CodeInfo> info, std::string method_class,
+                  bool read_ok);
   LabelsRef labels_for(uint64_t key, int pid, const std::string& process_name,
                        const std::string* python_version, uint32_t tid, const char* comm,
                        uint16_t py_flags, const profile::Labels* extra = nullptr);
-  std::shared_ptr<const unwind::ProcessModules> modules_for(
-      int pid, std::shared_ptr<const unwind::ProcessModules>& cached, uint64_t& loaded_ns,
-      uint64_t ip);
+  void request_modules(uint64_t key, pid_t pid, std::shared_ptr<ModulesSlot> slot,
+                       bool& loading);
   void add_native(const events::SampleView& view, SampleJob& job,
-                  std::shared_ptr<const unwind::ProcessModules>& cached, uint64_t& loaded_ns);
+                  const std::shared_ptr<ModulesSlot>& slot, uint64_t& loaded_ns, uint64_t key,
+                  pid_t pid, bool& loading);
+  // Names the frames of a Python sample; false when it must wait.
+  bool name_frames(TrackedProcess& p, SampleJob& job, std::span<const krait_py_frame> frames,
+                   bool best_effort);
+  void park(TrackedProcess& p, SampleJob job, std::span<const krait_py_frame> frames);
+  void release_parked(TrackedProcess& p, uint64_t now_ns, bool all);
+  void release_other(OtherProcess& other);
+  void on_other_sample(const events::SampleView& view);
   void submit(SampleJob job);
 
   struct FrameKey {
@@ -115,16 +168,18 @@ class Pipeline final : public events::EventHandler {
   };
 
   ProcessTracker& tracker_;
+  inspect::Inspector& inspector_;
   JobQueue& queue_;
   PipelineOptions options_;
-  unwind::ModuleCache* module_cache_;
+  std::shared_ptr<unwind::ModuleCache> module_cache_;
   PipelineStats stats_;
-  std::unordered_map<FrameKey, FrameRef, FrameKeyHash> frames_;
+  LruCache<FrameKey, FrameRef, FrameKeyHash> frames_;
   std::unordered_map<std::string, FrameRef> synthetic_;
-  std::unordered_map<std::string, LabelsRef> labels_;
+  LruCache<std::string, LabelsRef> labels_;
   std::unordered_map<int, OtherProcess> others_;
+  size_t parked_bytes_ = 0;           // all processes
+  std::set<uint64_t> parked_keys_;    // processes with parked samples
+  std::set<uint64_t> dirty_;          // ... and new names since the last tick
 };
-
-uint64_t monotonic_ns();
 
 }  // namespace krait::record

@@ -1,10 +1,13 @@
 #include "record/process_tracker.h"
 
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 
 #include "util/files.h"
+#include "util/text.h"
 
 namespace krait::record {
 namespace {
@@ -19,18 +22,15 @@ std::string process_name(pid_t pid) {
   return name;
 }
 
-krait_proc_info ignore_until(uint64_t when_ns) {
-  krait_proc_info info{};
-  info.mode = KRAIT_PROC_IGNORE;
-  info.recheck_after_ns = when_ns;
-  return info;
-}
-
 // Interpreter start-up takes milliseconds; a program that links libpython
 // but never starts it should not be polled forever at that pace.
 // Attempts (at the process's next samples) before a layout that fails
 // validation refuses the process.
 constexpr int kValidationAttempts = 8;
+// A scan result that no sample claimed within this time belongs to a
+// process that is idle or gone: it is dropped (a later sample attaches it
+// afresh).
+constexpr uint64_t kUnsampledTtlNs = 30'000'000'000ull;
 
 uint64_t not_yet_backoff_ns(int retries) {
   // The first tries follow the sampler (the next sample of the process asks
@@ -41,10 +41,62 @@ uint64_t not_yet_backoff_ns(int retries) {
   return std::min<uint64_t>(base << std::min(retries - 100, 8), 2'000'000'000ull);
 }
 
+uint64_t clock_tick_ns() {
+  static const uint64_t ns = [] {
+    const long hz = ::sysconf(_SC_CLK_TCK);
+    return hz > 0 ? 1'000'000'000ull / static_cast<uint64_t>(hz) : 10'000'000ull;
+  }();
+  return ns;
+}
+
 }  // namespace
 
-ProcessTracker::ProcessTracker(ProcessMapSink& sink, TrackerOptions options)
-    : sink_(sink), options_(std::move(options)) {}
+uint64_t read_start_ticks(pid_t pid) {
+  auto stat = read_file("/proc/" + std::to_string(pid) + "/stat");
+  if (!stat)
+    return 0;
+  // "pid (comm) state ..." where comm may hold anything, ')' included.
+  std::string_view text = *stat;
+  const size_t close = text.rfind(')');
+  if (close == std::string_view::npos)
+    return 0;
+  text.remove_prefix(close + 1);
+  // Field 22 is the 20th after the comm.
+  for (int field = 3; field <= 22; ++field) {
+    while (!text.empty() && text.front() == ' ')
+      text.remove_prefix(1);
+    const size_t end = std::min(text.find(' '), text.size());
+    if (field == 22) {
+      uint64_t ticks = 0;
+      auto [ptr, ec] = std::from_chars(text.data(), text.data() + end, ticks);
+      return ec == std::errc() && ptr == text.data() + end ? ticks : 0;
+    }
+    text.remove_prefix(end);
+  }
+  return 0;
+}
+
+uint64_t start_ticks_of(const krait_proc_identity& identity) {
+  return identity.start_ns / clock_tick_ns();
+}
+
+// What an attach task found, for its completion.
+struct ProcessTracker::Outcome {
+  uint64_t start_ticks = 0;
+  bool wanted = true;
+  python::Attachment attachment;
+  std::string name;
+  std::optional<ProcessNaming> naming;
+  std::shared_ptr<const unwind::ProcessModules> modules;
+};
+
+ProcessTracker::ProcessTracker(ProcessMapSink& sink, inspect::Inspector& inspector,
+                               TrackerOptions options)
+    : sink_(sink),
+      inspector_(inspector),
+      options_(std::move(options)),
+      images_(std::make_shared<python::ImageCache>()),
+      attach_options_(std::make_shared<const python::AttachOptions>(options_.attach)) {}
 
 TrackedProcess* ProcessTracker::find(pid_t pid) {
   auto it = current_.find(pid);
@@ -53,10 +105,19 @@ TrackedProcess* ProcessTracker::find(pid_t pid) {
   return &processes_.at(it->second);
 }
 
+TrackedProcess* ProcessTracker::find_key(uint64_t key) {
+  auto it = processes_.find(key);
+  if (it == processes_.end() || it->second.state == ProcessState::kExited)
+    return nullptr;
+  auto cur = current_.find(it->second.pid);
+  return cur != current_.end() && cur->second == key ? &it->second : nullptr;
+}
+
 TrackedProcess& ProcessTracker::fresh_entry(pid_t pid) {
   retire(pid);
-  uint64_t key = next_key_++;
+  const uint64_t key = next_key_++;
   TrackedProcess& p = processes_[key];
+  p.key = key;
   p.pid = pid;
   current_[pid] = key;
   return p;
@@ -66,90 +127,299 @@ void ProcessTracker::retire(pid_t pid) {
   auto it = current_.find(pid);
   if (it == current_.end())
     return;
-  TrackedProcess& p = processes_.at(it->second);
-  if (p.state == ProcessState::kNotYet) {
-    processes_.erase(it->second);
-  } else {
-    p.state = ProcessState::kExited;
-    p.codes.clear();
-    p.captured.clear();
-    p.method_classes.clear();
-    p.memory.reset();
-    p.modules.reset();
-  }
+  const uint64_t key = it->second;
   current_.erase(it);
+  inspector_.forget(key);
+  TrackedProcess& p = processes_.at(key);
+  if (p.generation == 0) {
+    // Never attached nor refused: nothing to report about it.
+    processes_.erase(key);
+    return;
+  }
+  p.state = ProcessState::kExited;
+  p.codes.reset();
+  p.parked.clear();
+  p.parked_bytes = 0;
+  p.memory.reset();
+  p.modules.reset();
 }
 
-python::AttachStatus ProcessTracker::classify(pid_t pid, uint64_t now_ns) {
-  TrackedProcess* existing = find(pid);
-  if (existing && existing->state == ProcessState::kPython)
-    return python::AttachStatus::kAttached;
-  if (existing && existing->state == ProcessState::kRefused)
-    return python::AttachStatus::kRefused;
-  const int retries = existing ? existing->retries : 0;
-  if (options_.wanted && !options_.wanted(pid)) {
-    retire(pid);
-    (void)sink_.set_process(pid, ignore_until(now_ns + options_.not_python_recheck_ns));
-    return python::AttachStatus::kNotPython;
-  }
+void ProcessTracker::prepare(pid_t pid) {
+  if (find(pid))
+    return;
+  TrackedProcess& p = fresh_entry(pid);
+  p.prepared = true;
+  post_attach(p);
+}
 
-  python::Attachment a = python::attach_process(pid, images_, options_.attach);
+std::optional<python::AttachStatus> ProcessTracker::scan_result(pid_t pid) const {
+  auto it = scan_results_.find(pid);
+  if (it == scan_results_.end())
+    return std::nullopt;
+  return it->second;
+}
+
+void ProcessTracker::on_unknown(pid_t pid, const krait_proc_identity& identity, uint64_t now_ns) {
+  TrackedProcess* p = find(pid);
+  if (p && !p->identity && p->start_ticks != 0 && p->start_ticks == start_ticks_of(identity))
+    p->identity = identity;  // the first sample of a scanned process
+  if (p && p->identity && p->identity->start_ns == identity.start_ns &&
+      p->identity->exec_id == identity.exec_id) {
+    if (p->result_unapplied || p->state == ProcessState::kPython ||
+        p->state == ProcessState::kRefused) {
+      // A prepared result, or an entry the map lost (LRU eviction): write it.
+      finish(*p);
+      return;
+    }
+    if (p->attach_in_flight)
+      return;
+    post_attach(*p);
+    return;
+  }
+  if (p && !p->identity && p->attach_in_flight && p->start_ticks == 0) {
+    // A scan attach still in flight: it will be matched when it completes.
+    p->identity = identity;
+    return;
+  }
+  TrackedProcess& fresh = fresh_entry(pid);
+  fresh.identity = identity;
+  (void)now_ns;
+  post_attach(fresh);
+}
+
+void ProcessTracker::on_exec(pid_t pid, const krait_proc_identity& identity, uint64_t now_ns) {
+  retire(pid);
+  on_unknown(pid, identity, now_ns);
+}
+
+void ProcessTracker::on_exit(pid_t pid) {
+  retire(pid);
+}
+
+bool ProcessTracker::settled(pid_t pid) const {
+  auto it = current_.find(pid);
+  if (it == current_.end())
+    return true;
+  const TrackedProcess& p = processes_.at(it->second);
+  return !p.attach_in_flight;
+}
+
+void ProcessTracker::post_attach(TrackedProcess& p) {
+  const pid_t pid = p.pid;
+  auto images = images_;
+  auto attach = attach_options_;
+  auto wanted = options_.wanted;
+  auto describe = options_.describe;
+  auto modules = options_.native ? options_.modules : nullptr;
+  auto attach_process = options_.attach_process;
+  if (!attach_process)
+    attach_process = python::attach_process;
+  const uint64_t key = p.key;
+  const bool posted = inspector_.post(
+      key, "attach", [=, this](inspect::TaskContext&) -> inspect::Completion {
+        auto outcome = std::make_shared<Outcome>();
+        outcome->start_ticks = read_start_ticks(pid);
+        if (outcome->start_ticks == 0) {
+          outcome->attachment.status = python::AttachStatus::kGone;
+          outcome->attachment.reason = "the process exited";
+        } else if (wanted && !wanted(pid)) {
+          outcome->wanted = false;
+        } else {
+          outcome->attachment = attach_process(pid, *images, *attach);
+          if (outcome->attachment.status == python::AttachStatus::kAttached) {
+            outcome->name = process_name(pid);
+            if (describe)
+              outcome->naming = describe(pid, outcome->attachment.version->str());
+            if (modules) {
+              auto loaded = unwind::ProcessModules::load(pid, *modules);
+              if (loaded)
+                outcome->modules =
+                    std::make_shared<const unwind::ProcessModules>(std::move(*loaded));
+            }
+          } else if (outcome->attachment.status == python::AttachStatus::kRefused) {
+            outcome->name = process_name(pid);
+          }
+        }
+        return [this, key, outcome] { apply(key, outcome); };
+      });
+  p.attach_in_flight = posted;
+  if (!posted) {
+    p.state = ProcessState::kNotYet;
+    if (p.reason.empty())
+      p.reason = inspector_.refused(key) ? "its inspection stalled" : "its inspection is throttled";
+  }
+}
+
+void ProcessTracker::write(TrackedProcess& p, const krait_proc_info& info) {
+  if (!p.identity)
+    return;
+  krait_proc_info with_identity = info;
+  with_identity.identity = *p.identity;
+  if (auto r = sink_.set_process(static_cast<uint32_t>(p.pid), with_identity); !r)
+    spdlog::debug("pid {}: {}", p.pid, r.error().message);
+}
+
+void ProcessTracker::ignore_for(TrackedProcess& p, uint64_t delay_ns, uint64_t now_ns) {
+  krait_proc_info info{};
+  info.mode = KRAIT_PROC_IGNORE;
+  info.recheck_after_ns = now_ns + delay_ns;
+  write(p, info);
+}
+
+// Writes what was decided about `p` into the sampler's map, once the
+// process's identity is known (a scan result waits for its first sample).
+void ProcessTracker::finish(TrackedProcess& p) {
+  if (!p.identity) {
+    p.result_unapplied = true;
+    return;
+  }
+  p.result_unapplied = false;
+  krait_proc_info info{};
+  switch (p.state) {
+    case ProcessState::kPython:
+      info = p.attachment.info;
+      break;
+    case ProcessState::kRefused:
+      info.mode = KRAIT_PROC_REFUSED;
+      break;
+    default:
+      return;
+  }
+  info.generation = p.generation;
+  write(p, info);
+}
+
+void ProcessTracker::apply(uint64_t key, std::shared_ptr<Outcome> outcome) {
+  TrackedProcess* found = find_key(key);
+  if (!found)
+    return;  // exited or replaced meanwhile
+  TrackedProcess& p = *found;
+  p.attach_in_flight = false;
+  const uint64_t now = monotonic_ns();
+  if (p.identity && outcome->start_ticks != 0 &&
+      outcome->start_ticks != start_ticks_of(*p.identity)) {
+    // The attach read another process than the one reported: the reported
+    // one is gone and its pid taken. The one there now reports itself.
+    retire(p.pid);
+    return;
+  }
+  p.start_ticks = outcome->start_ticks;
+  const pid_t pid = p.pid;
+  python::Attachment& a = outcome->attachment;
+  if (p.prepared && !scan_results_.contains(pid))
+    scan_results_[pid] = outcome->wanted ? a.status : python::AttachStatus::kNotPython;
+  if (!outcome->wanted) {
+    ignore_for(p, options_.not_python_recheck_ns, now);
+    retire(pid);
+    return;
+  }
   // Validation reads a process that keeps running: a thread list or a frame
   // read in the middle of its change (start-up, a call) fails once and
   // passes the next time. A layout is refused when it fails every time.
-  const int failed_validations = existing ? existing->failed_validations : 0;
   const bool validate_again = a.status == python::AttachStatus::kRefused && a.validation_failed &&
-                              failed_validations + 1 < kValidationAttempts;
+                              p.failed_validations + 1 < kValidationAttempts;
   if (validate_again)
     a.status = python::AttachStatus::kNotYet;
   switch (a.status) {
     case python::AttachStatus::kGone:
       retire(pid);
-      return a.status;
+      return;
     case python::AttachStatus::kNotPython:
+      ignore_for(p, options_.not_python_recheck_ns, now);
       retire(pid);
-      (void)sink_.set_process(pid, ignore_until(now_ns + options_.not_python_recheck_ns));
-      return a.status;
-    case python::AttachStatus::kNotYet: {
-      TrackedProcess& p = existing ? *existing : fresh_entry(pid);
-      p.retries = retries + 1;
-      p.failed_validations = failed_validations + (validate_again ? 1 : 0);
+      return;
+    case python::AttachStatus::kNotYet:
+      p.state = ProcessState::kNotYet;
+      p.failed_validations += validate_again ? 1 : 0;
       p.reason = a.reason;
       p.attachment = std::move(a);
-      (void)sink_.set_process(pid, ignore_until(now_ns + not_yet_backoff_ns(retries)));
+      // The next sample after the back-off reports the process again.
+      ignore_for(p, not_yet_backoff_ns(p.retries), now);
+      ++p.retries;
       spdlog::debug("pid {}: Python not ready yet ({}), retry #{}", pid, p.reason, p.retries);
-      return python::AttachStatus::kNotYet;
-    }
+      return;
     case python::AttachStatus::kRefused:
     case python::AttachStatus::kAttached:
       break;
   }
 
-  TrackedProcess& p = fresh_entry(pid);
-  p.name = process_name(pid);
+  p.name = outcome->name.empty() ? process_name(pid) : outcome->name;
   p.generation = next_generation_++;
   p.attachment = std::move(a);
-  krait_proc_info info{};
-  const python::Attachment& at = p.attachment;
-  if (at.status == python::AttachStatus::kAttached) {
+  if (p.attachment.status == python::AttachStatus::kAttached) {
     p.state = ProcessState::kPython;
-    info = at.info;
-    p.memory = std::make_unique<proc::ProcessMemory>(pid);
+    p.reason.clear();
+    if (!p.memory)
+      p.memory = std::make_shared<proc::ProcessMemory>(pid);
+    if (!p.codes)
+      p.codes = std::make_unique<LruCache<CodeKey, CodeEntry, CodeKeyHash>>(
+          kMaxCodesPerProcess, kMaxCodeBytesPerProcess);
+    if (options_.native) {
+      p.modules = std::make_shared<ModulesSlot>();
+      p.modules->set(outcome->modules);
+      p.modules_loaded_ns = now;
+    }
     ++attached_;
-    if (options_.describe)
-      options_.describe(p);
-    spdlog::debug("pid {} ({}): Python {} from {}, offsets: {}", pid, p.name, at.version->str(),
-                  at.image_path, at.offsets_source);
+    if (outcome->naming) {
+      p.series = outcome->naming->series;
+      p.extra_labels = outcome->naming->sample_labels;
+    }
+    spdlog::debug("pid {} ({}): Python {} from {}, offsets: {}", pid, p.name,
+                  p.attachment.version->str(), p.attachment.image_path,
+                  p.attachment.offsets_source);
   } else {
     p.state = ProcessState::kRefused;
-    p.reason = at.reason;
-    info.mode = KRAIT_PROC_REFUSED;
+    p.reason = p.attachment.reason;
     spdlog::warn("pid {} ({}) is not profiled: {}", pid, p.name, p.reason);
   }
-  info.generation = p.generation;
-  if (auto r = sink_.set_process(pid, info); !r)
-    spdlog::warn("{}", r.error().message);
-  return p.attachment.status;
+  finish(p);
+}
+
+void ProcessTracker::on_notice(const inspect::Notice& notice) {
+  TrackedProcess* found = find_key(notice.key);
+  if (!found)
+    return;
+  TrackedProcess& p = *found;
+  if (p.name.empty())
+    p.name = process_name(p.pid);  // comm is read without touching the process's memory
+  if (notice.kind == inspect::Notice::Kind::kThrottled) {
+    ++p.throttled;
+    p.throttle_reason = notice.reason;
+    spdlog::warn("pid {} ({}): {}", p.pid, p.name, notice.reason);
+    if (p.attach_in_flight) {
+      // The attach was dropped with the rest of its work: ask again later.
+      p.attach_in_flight = false;
+      p.state = ProcessState::kNotYet;
+      p.reason = notice.reason;
+      ignore_for(p, 5'000'000'000ull, monotonic_ns());
+    }
+    return;
+  }
+  // Stalled: the process is refused for good; its samples are counted, not
+  // walked, and nothing of it is read again.
+  spdlog::warn("pid {} ({}): {}", p.pid, p.name, notice.reason);
+  p.attach_in_flight = false;
+  if (p.generation == 0)
+    p.generation = next_generation_++;
+  p.state = ProcessState::kRefused;
+  p.reason = notice.reason;
+  p.parked.clear();
+  p.parked_bytes = 0;
+  finish(p);
+}
+
+void ProcessTracker::prune_unsampled(uint64_t now_ns) {
+  std::vector<pid_t> stale;
+  for (const auto& [pid, key] : current_) {
+    const TrackedProcess& p = processes_.at(key);
+    if (p.identity || p.attach_in_flight || p.generation != 0)
+      continue;
+    (void)now_ns;
+    if (read_start_ticks(pid) != p.start_ticks)
+      stale.push_back(pid);
+  }
+  for (pid_t pid : stale)
+    retire(pid);
 }
 
 size_t ProcessTracker::prune_exited() {
@@ -166,27 +436,52 @@ size_t ProcessTracker::prune_exited() {
 }
 
 void ProcessTracker::set_hooks(std::function<bool(pid_t)> wanted,
-                               std::function<void(TrackedProcess&)> describe) {
+                               std::function<ProcessNaming(pid_t, const std::string&)> describe) {
   options_.wanted = std::move(wanted);
   options_.describe = std::move(describe);
+  // Every attached process is named again: those the new selection leaves
+  // out feed no series from now on.
+  for (auto& [key, p] : processes_) {
+    if (p.state != ProcessState::kPython || !find_key(key))
+      continue;
+    const pid_t pid = p.pid;
+    const std::string version = p.attachment.version ? p.attachment.version->str() : "";
+    auto want = options_.wanted;
+    auto desc = options_.describe;
+    const uint64_t process_key = key;
+    inspector_.post(key, "describe", [=, this](inspect::TaskContext&) -> inspect::Completion {
+      // Gone or unreadable: the attach decides (the process is kept).
+      const bool keep = !want || want(pid);
+      std::optional<ProcessNaming> naming;
+      if (keep && desc)
+        naming = desc(pid, version);
+      return [this, process_key, keep, naming] {
+        TrackedProcess* p = find_key(process_key);
+        if (!p)
+          return;
+        if (!keep) {
+          p->series = nullptr;
+          p->extra_labels.clear();
+        } else if (naming) {
+          p->series = naming->series;
+          p->extra_labels = naming->sample_labels;
+        }
+      };
+    });
+  }
 }
 
 TrackedProcess& ProcessTracker::adopt(TrackedProcess process) {
   TrackedProcess& p = fresh_entry(process.pid);
+  const uint64_t key = p.key;
   p = std::move(process);
+  p.key = key;
+  if (!p.codes)
+    p.codes = std::make_unique<LruCache<CodeKey, CodeEntry, CodeKeyHash>>(kMaxCodesPerProcess,
+                                                                         kMaxCodeBytesPerProcess);
   if (p.state == ProcessState::kPython)
     ++attached_;
   return p;
-}
-
-void ProcessTracker::on_exec(pid_t pid, uint64_t now_ns) {
-  // The sampler already dropped the old image's entry.
-  retire(pid);
-  (void)classify(pid, now_ns);
-}
-
-void ProcessTracker::on_exit(pid_t pid) {
-  retire(pid);
 }
 
 }  // namespace krait::record

@@ -1,19 +1,36 @@
 // ProcessTracker: which processes are Python, how each is attached, and the
 // per-process state symbolization needs.
 //
-// It reacts to the sampler's events (exec, exit, "unknown pid sampled") and
-// to the initial scan; every decision ends in the BPF `procs` map (through
-// ProcessMapSink) so the sampler walks exactly the processes that passed
-// validation. Processes that were Python stay listed after they exit, for
-// the summary, but their caches are freed.
+// It reacts to the sampler's events (a pid sampled that user space has not
+// classified, exec, exit) and to the initial scan. Attaching reads the
+// process (its maps, its files, its memory), so it runs as a task on the
+// Inspector, never on the thread that drains the ring buffer; the result
+// comes back as a completion on that thread and ends in the BPF `procs` map
+// (through ProcessMapSink), so the sampler walks exactly the processes that
+// passed validation.
 //
-// Threading: owned and used by the pipeline thread only.
+// Identity: every `procs` entry is created by the sampler, for the
+// incarnation (krait_proc_identity) it sampled; the tracker only updates
+// entries, with the identity the sampler reported. A result for an
+// incarnation that is gone (it exec'd or exited, its pid was reused) is
+// dropped, and the sampler itself replaces any entry whose identity is not
+// the sampled process's. The initial scan attaches ahead of the first
+// sample; the result waits until that sample reports the process, and is
+// used when the start time matches.
+//
+// Processes that were Python stay listed after they exit, for the summary,
+// but their caches are freed.
+//
+// Threading: owned and used by one thread, the run loop's (the ring buffer
+// reader); hooks marked "worker" run on Inspector workers.
 #pragma once
 
 #include <sys/types.h>
 
 #include <array>
+#include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -21,12 +38,16 @@
 #include <string>
 #include <unordered_map>
 
+#include "inspect/inspector.h"
 #include "krait/abi.h"
 #include "proc/memory.h"
 #include "python/attach.h"
 #include "python/code_reader.h"
 #include "record/sample_job.h"
+#include "unwind/module_cache.h"
 #include "unwind/process_modules.h"
+#include "util/clock.h"
+#include "util/lru_cache.h"
 
 namespace krait::record {
 
@@ -34,106 +55,200 @@ namespace krait::record {
 class ProcessMapSink {
  public:
   virtual ~ProcessMapSink() = default;
+  // Updates the entry the sampler created for pid (info.identity must be
+  // the one it reported). An Error when there is none (the process exited).
   virtual Result<void> set_process(uint32_t pid, const krait_proc_info& info) = 0;
-  virtual void remove_process(uint32_t pid) = 0;
 };
 
-enum class ProcessState : uint8_t { kNotYet, kPython, kRefused, kExited };
+enum class ProcessState : uint8_t {
+  kPending,  // an attach is in flight, or prepared and waiting for the first sample
+  kNotYet,   // Python not ready yet (or not readable now): tried again later
+  kPython,
+  kRefused,
+  kExited,
+};
 
 struct ProcessStats {
   uint64_t samples = 0;  // every sample record of the process
   std::array<uint64_t, KRAIT_PY_STATUS_COUNT> by_status{};
   uint64_t truncated = 0;
-  uint64_t unsymbolized_frames = 0;  // code objects gone or unreadable
-  uint64_t frames_from_capture = 0;  // code object gone, named from the sampler's capture (no line)
+  uint64_t unsymbolized_frames = 0;  // no name at all: gone before it could be read
+  // The code object could not be read when its frame needed it, and the
+  // frame was named from what the sampler captured at first sight (a cut
+  // name, or no line past the captured part of the line table).
+  uint64_t frames_from_capture = 0;
+  // Named from what was known when the frame's read had not finished in
+  // time (the process's work throttled, stalled or very late).
+  uint64_t frames_named_early = 0;
+  uint64_t samples_parked = 0;  // held until their names were read
+};
+
+// What the pipeline knows of one code object (address + token).
+struct CodeEntry {
+  std::shared_ptr<const python::CodeInfo> info;  // null: nothing known yet
+  uint32_t lines_upto = UINT32_MAX;  // info->lines answer offsets below this
+  bool names_complete = true;
+  bool method_pending = false;  // before 3.11: its class is being looked up
+  bool reading = false;         // a read is in flight
+  bool settled = false;         // no better answer will come
+  bool from_capture = false;    // settled on the capture: the object could not be read
+  uint64_t frame = 0;           // a frame that ran it (for the method class)
+};
+
+struct CodeKey {
+  uint64_t address;
+  uint32_t token;
+  bool operator==(const CodeKey&) const = default;
+};
+struct CodeKeyHash {
+  size_t operator()(const CodeKey& k) const { return k.address * 31 + k.token; }
+};
+
+// A sample held until the names of its frames are read.
+struct ParkedSample {
+  SampleJob job;  // complete but for job.python
+  std::vector<krait_py_frame> frames;
+  uint64_t parked_ns = 0;
+};
+
+// Daemon: where a process's samples go, decided on a worker (it reads
+// /proc) by the naming hook.
+struct ProcessNaming {
+  SeriesRef series;               // null: its samples are not delivered
+  profile::Labels sample_labels;  // labels of its own on every sample (container pid)
 };
 
 struct TrackedProcess {
+  uint64_t key = 0;  // unique per incarnation; the Inspector's key
   pid_t pid = 0;
+  std::optional<krait_proc_identity> identity;  // as the sampler reported it
+  uint64_t start_ticks = 0;  // /proc/PID/stat start time when attached (0: unknown)
   uint32_t generation = 0;
-  ProcessState state = ProcessState::kNotYet;
+  ProcessState state = ProcessState::kPending;
   std::string name;    // /proc/PID/comm at attach
   std::string reason;  // kRefused / kNotYet: why
   python::Attachment attachment;
   ProcessStats stats;
   int retries = 0;             // kNotYet attempts so far
   int failed_validations = 0;  // attempts whose layouts all failed validation
+  bool attach_in_flight = false;
+  bool prepared = false;  // attached by the initial scan
+  // A prepared (scan) result is applied when the first sample reports the
+  // process; until then it waits here.
+  bool result_unapplied = false;
+  // The Inspector throttled this process's work (times, and the last reason).
+  uint64_t throttled = 0;
+  std::string throttle_reason;
+
   // Daemon: the profile series this process feeds and labels of its own
   // (container pid...) that go on every sample; null/empty for a recording.
   SeriesRef series;
   profile::Labels extra_labels;
 
-  // Symbolization caches, keyed by what the sample carries; freed at exit.
-  struct CodeKey {
-    uint64_t address;
-    uint32_t token;
-    bool operator==(const CodeKey&) const = default;
-  };
-  struct CodeKeyHash {
-    size_t operator()(const CodeKey& k) const { return k.address * 31 + k.token; }
-  };
-  std::unordered_map<CodeKey, std::optional<python::CodeInfo>, CodeKeyHash> codes;
-  // Names the sampler captured at first sight, used when the live read fails.
-  std::unordered_map<CodeKey, python::CodeInfo, CodeKeyHash> captured;
-  // Before 3.11: the class defining a method, found when it was captured.
-  std::unordered_map<CodeKey, std::string, CodeKeyHash> method_classes;
-  std::unique_ptr<proc::RemoteMemory> memory;
-  // Mixed stacks: the process's executable mappings, reloaded when a sample
-  // runs code outside them (dlopen).
-  std::shared_ptr<const unwind::ProcessModules> modules;
+  // Symbolization, owned by the pipeline; freed at exit.
+  std::unique_ptr<LruCache<CodeKey, CodeEntry, CodeKeyHash>> codes;
+  std::deque<ParkedSample> parked;
+  size_t parked_bytes = 0;
+  // Reads of the process: a live process's memory, or a fixture (tests).
+  std::shared_ptr<const proc::RemoteMemory> memory;
+  // Mixed stacks: the process's executable mappings.
+  std::shared_ptr<ModulesSlot> modules;
   uint64_t modules_loaded_ns = 0;
+  bool modules_loading = false;
 };
+
+// Per-process code-name cache bounds.
+inline constexpr size_t kMaxCodesPerProcess = 200'000;
+inline constexpr size_t kMaxCodeBytesPerProcess = size_t{32} << 20;
 
 struct TrackerOptions {
   python::AttachOptions attach;
-  bool listed_only = false;
+  // How a process is attached (runs on a worker); python::attach_process
+  // unless a test replaces it.
+  std::function<python::Attachment(pid_t, python::ImageCache&, const python::AttachOptions&)>
+      attach_process;
   uint64_t not_python_recheck_ns = 10'000'000'000ull;
-  // Daemon hooks, both optional. `wanted`: whether a process may be
-  // profiled at all (process selection), asked before attaching.
-  // `describe`: fills series and extra_labels of a process just attached.
+  bool native = false;  // load the process's modules when attaching
+  std::shared_ptr<unwind::ModuleCache> modules;  // native mode
+  // Daemon hooks, both optional, both run on Inspector workers (they read
+  // /proc): whether a process may be profiled at all (process selection),
+  // and where an attached one's samples go.
   std::function<bool(pid_t)> wanted;
-  std::function<void(TrackedProcess&)> describe;
+  std::function<ProcessNaming(pid_t, const std::string& python_version)> describe;
 };
 
 class ProcessTracker {
  public:
-  ProcessTracker(ProcessMapSink& sink, TrackerOptions options);
+  ProcessTracker(ProcessMapSink& sink, inspect::Inspector& inspector, TrackerOptions options);
 
-  // Looks at a process now (scan, unknown-pid report, exec) and records the
-  // outcome in the sink. `now_ns` is CLOCK_MONOTONIC (bpf_ktime_get_ns).
-  python::AttachStatus classify(pid_t pid, uint64_t now_ns);
-  void on_exec(pid_t pid, uint64_t now_ns);
+  // The initial scan: attaches `pid` ahead of its first sample.
+  void prepare(pid_t pid);
+  // The sampler reported a process it has no entry for (or a stale one).
+  void on_unknown(pid_t pid, const krait_proc_identity& identity, uint64_t now_ns);
+  void on_exec(pid_t pid, const krait_proc_identity& identity, uint64_t now_ns);
   void on_exit(pid_t pid);
+  // The Inspector stopped a process's work (throttled or stalled).
+  void on_notice(const inspect::Notice& notice);
+  // Forgets scan results of processes that exited before their first
+  // sample (the sampler reports no exit for a pid it never saw).
+  void prune_unsampled(uint64_t now_ns);
 
-  // The current incarnation of pid, if Python (attached or refused).
+  // The current incarnation of pid, if tracked.
   TrackedProcess* find(pid_t pid);
+  // The incarnation with this key, if still current.
+  TrackedProcess* find_key(uint64_t key);
   // Registers a process decided elsewhere (tests, tools): it replaces any
   // current entry for its pid. Not written to the sink.
   TrackedProcess& adopt(TrackedProcess process);
 
-  // Every Python process seen, in order of first sight.
+  // Every process seen that is or was Python, and those in flight, in
+  // order of first sight.
   const std::map<uint64_t, TrackedProcess>& processes() const { return processes_; }
 
   uint64_t attached() const { return attached_; }
+  // What the first attach of a scanned (prepare()d) pid found; nullopt
+  // while it is in flight or for pids never scanned.
+  std::optional<python::AttachStatus> scan_result(pid_t pid) const;
+  // Whether an attach is in flight or prepared results wait for samples
+  // (`krait record -p` waits for the named processes).
+  bool settled(pid_t pid) const;
   // Forgets processes that exited (kept until now for a summary); the
   // daemon calls it once per interval so churn does not accumulate.
   size_t prune_exited();
-  // Replaces the daemon hooks (configuration reload).
-  void set_hooks(std::function<bool(pid_t)> wanted, std::function<void(TrackedProcess&)> describe);
+  // Replaces the daemon hooks (configuration reload) and names every
+  // attached process again with them.
+  void set_hooks(std::function<bool(pid_t)> wanted,
+                 std::function<ProcessNaming(pid_t, const std::string&)> describe);
+  // A key for work that is not a tracked Python process (--all-processes).
+  uint64_t new_key() { return next_key_++; }
 
  private:
+  struct Outcome;
   TrackedProcess& fresh_entry(pid_t pid);
   void retire(pid_t pid);
+  void post_attach(TrackedProcess& p);
+  void apply(uint64_t key, std::shared_ptr<Outcome> outcome);
+  void write(TrackedProcess& p, const krait_proc_info& info);
+  void ignore_for(TrackedProcess& p, uint64_t delay_ns, uint64_t now_ns);
+  void finish(TrackedProcess& p);
 
   ProcessMapSink& sink_;
+  inspect::Inspector& inspector_;
   TrackerOptions options_;
-  python::ImageCache images_;
+  std::shared_ptr<python::ImageCache> images_;
+  std::shared_ptr<const python::AttachOptions> attach_options_;
   // Keyed by a sequence number so a reused pid gets a new entry.
   std::map<uint64_t, TrackedProcess> processes_;
   std::unordered_map<pid_t, uint64_t> current_;  // pid -> key in processes_
   uint64_t next_key_ = 1;
   uint32_t next_generation_ = 1;
   uint64_t attached_ = 0;
+  std::unordered_map<pid_t, python::AttachStatus> scan_results_;
 };
+
+// /proc/PID/stat's start time (field 22, clock ticks since boot); 0 when
+// the process is gone. Ticks of a sampler identity: start_ns / 10 ms.
+uint64_t read_start_ticks(pid_t pid);
+uint64_t start_ticks_of(const krait_proc_identity& identity);
 
 }  // namespace krait::record

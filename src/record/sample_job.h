@@ -7,6 +7,7 @@
 // job only holds references.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -29,6 +30,21 @@ struct Series {
   profile::Labels labels;  // besides service_name, sorted
 };
 using SeriesRef = std::shared_ptr<const Series>;
+
+// The newest executable mappings of a process: replaced by reloads (on the
+// reader thread, as Inspector completions), read by the stack builder when
+// it unwinds, so a sample queued before a reload still gets the mappings
+// the reload found.
+class ModulesSlot {
+ public:
+  std::shared_ptr<const unwind::ProcessModules> get() const { return modules_.load(); }
+  void set(std::shared_ptr<const unwind::ProcessModules> modules) {
+    modules_.store(std::move(modules));
+  }
+
+ private:
+  std::atomic<std::shared_ptr<const unwind::ProcessModules>> modules_;
+};
 
 struct PythonFrameRef {
   FrameRef frame;
@@ -57,7 +73,7 @@ struct SampleJob {
   uint16_t native_flags = 0;
   std::vector<uint8_t> user_stack;   // from regs.sp (less the red zone, see native_flags) up
   std::vector<uint64_t> kernel_ips;  // leaf first
-  std::shared_ptr<const unwind::ProcessModules> modules;
+  std::shared_ptr<ModulesSlot> modules;
 
   size_t bytes() const { return sizeof(*this) + user_stack.size() + kernel_ips.size() * 8; }
 };

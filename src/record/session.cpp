@@ -23,17 +23,12 @@
 #include "record/process_tracker.h"
 #include "record/stack_builder.h"
 #include "record/summary.h"
+#include "util/clock.h"
 #include "util/files.h"
 #include "util/unique_fd.h"
 
 namespace krait::record {
 namespace {
-
-int64_t unix_now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 std::string comm_of(pid_t pid) {
   auto comm = read_file("/proc/" + std::to_string(pid) + "/comm");
@@ -91,7 +86,6 @@ Result<int> run_record(const RecordOptions& o) {
     return tables.error();
   copts.tracker.attach.user_tables = std::move(*tables);
   copts.tracker.attach.builtin_tables = o.builtin_offsets;
-  copts.tracker.listed_only = !o.pids.empty();
   copts.max_depth = o.max_depth;
   bpf::SamplerConfig& cfg = copts.sampler;
   cfg.frequency_hz = o.frequency_hz;
@@ -116,24 +110,27 @@ Result<int> run_record(const RecordOptions& o) {
     return collector.error();
   Collector& c = **collector;
 
-  // Attach to what runs already; later processes arrive through exec
-  // events and the sampler's unknown-pid reports.
+  // Attach to what runs already (on the Inspector's workers: a process
+  // that does not answer cannot hold the recording up); later processes
+  // arrive through exec events and the sampler's unknown-pid reports.
+  KRAIT_TRY(c.scan(o.pids));
   if (!o.pids.empty()) {
+    // The named processes must be Python: their first answers are awaited
+    // (a bounded time: one that does not come means "not yet", not "no").
+    c.await_scan(o.pids, std::chrono::steady_clock::now() + std::chrono::seconds(10));
     for (pid_t pid : o.pids) {
-      auto status = c.tracker().classify(pid, monotonic_ns());
+      auto status = c.tracker().scan_result(pid);
       if (status == python::AttachStatus::kNotPython)
         return make_error("pid {} ({}) is not a Python process", pid, comm_of(pid));
       if (status == python::AttachStatus::kGone)
         return make_error("process {} exited before it could be profiled", pid);
     }
-  } else {
-    c.scan();
   }
 
   auto epfd = epoll_fd();
   if (!epfd)
     return epfd.error();
-  KRAIT_TRY(epoll_add(epfd->get(), c.ring_fd()));
+  KRAIT_TRY(c.add_to(epfd->get()));
   KRAIT_TRY(epoll_add(epfd->get(), sigfd->get()));
   UniqueFd timer;
   if (o.duration_s) {
@@ -156,7 +153,7 @@ Result<int> run_record(const RecordOptions& o) {
 
   bool running = true;
   while (running) {
-    epoll_event events[4];
+    epoll_event events[8];
     auto ready = c.wait(epfd->get(), events);
     if (!ready)
       return ready.error();

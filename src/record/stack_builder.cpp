@@ -9,6 +9,15 @@ namespace krait::record {
 namespace {
 
 constexpr size_t kMaxNativeCache = 1'000'000;
+// Distinct frames an interval's profiles may hold, in bytes of names: the
+// processes decide how many distinct frames there are (code objects and
+// names without end), so past this every new frame is one reason frame.
+constexpr size_t kMaxFrameBytes = size_t{256} << 20;
+constexpr std::string_view kFrameTableFull = "[krait: too many distinct frames in this interval]";
+
+size_t frame_bytes(const profile::Frame& f) {
+  return sizeof(profile::Frame) + f.function.size() + f.system_name.size() + f.file.size() + 32;
+}
 
 // The interpreter's eval loop, whose C frames the Python frames replace.
 // GCC splits rarely taken paths into "<name>.cold" parts of the same call.
@@ -64,6 +73,7 @@ std::vector<SeriesProfile> StackBuilder::take_profiles(int64_t end_ktime_ns) {
   }
   // New profiles mean new ids: every cache of ids goes with the old ones.
   series_.clear();
+  frame_bytes_ = 0;
   interval_start_ns_ = end_ktime_ns;
   return out;
 }
@@ -72,8 +82,22 @@ profile::FrameId StackBuilder::frame_id(SeriesState& st, const FrameRef& frame) 
   auto it = st.frames.find(frame.get());
   if (it != st.frames.end())
     return it->second.second;
-  profile::FrameId id = st.profile.intern_frame(*frame);
+  if (frame_bytes_ > kMaxFrameBytes)
+    return synthetic(st, std::string(kFrameTableFull));
+  profile::FrameId id = intern(st, *frame);
   st.frames.emplace(frame.get(), std::make_pair(frame, id));
+  return id;
+}
+
+profile::FrameId StackBuilder::intern(SeriesState& st, const profile::Frame& frame) {
+  if (frame_bytes_ > kMaxFrameBytes) {
+    ++stats_.reasons[std::string(kFrameTableFull.substr(1, kFrameTableFull.size() - 2))];
+    return synthetic(st, std::string(kFrameTableFull));
+  }
+  const size_t before = st.profile.frames().size();
+  profile::FrameId id = st.profile.intern_frame(frame);
+  if (st.profile.frames().size() != before)
+    frame_bytes_ += frame_bytes(frame);
   return id;
 }
 
@@ -122,7 +146,7 @@ const StackBuilder::NativeEntry& StackBuilder::native_entry(SeriesState& st,
     f.kind = profile::FrameKind::kNative;
     f.function = fmt::format("[unknown {:#x}]", pc);
     f.address = pc;
-    entry.frames.push_back(st.profile.intern_frame(f));
+    entry.frames.push_back(intern(st, f));
     return st.native.emplace(key, std::move(entry)).first->second;
   }
   std::string mapping_key = fmt::format("{}/{:x}", module->path, module->start);
@@ -150,7 +174,7 @@ const StackBuilder::NativeEntry& StackBuilder::native_entry(SeriesState& st,
     f.line = nf.line;
     f.address = pc;
     f.mapping = mapping;
-    entry.frames.push_back(st.profile.intern_frame(f));
+    entry.frames.push_back(intern(st, f));
   }
   entry.eval = !frames->empty() && is_eval_function(frames->back().function);
   return st.native.emplace(key, std::move(entry)).first->second;
@@ -178,12 +202,13 @@ profile::FrameId StackBuilder::kernel_frame(SeriesState& st, uint64_t ip) {
     st.mappings["[kernel.kallsyms]"] = st.profile.intern_mapping(map);
   }
   f.mapping = st.mappings["[kernel.kallsyms]"];
-  profile::FrameId id = st.profile.intern_frame(f);
+  profile::FrameId id = intern(st, f);
   st.kernel.emplace(ip, id);
   return id;
 }
 
 void StackBuilder::merge_native(SeriesState& st, const SampleJob& job,
+                                const unwind::ProcessModules& modules,
                                 std::vector<profile::FrameId>& out) {
   unwind::StackSnapshot snap;
   const krait_user_regs& r = job.regs;
@@ -192,7 +217,7 @@ void StackBuilder::merge_native(SeriesState& st, const SampleJob& job,
   snap.stack_start =
       (job.native_flags & KRAIT_NATIVE_RED_ZONE) ? r.sp - KRAIT_RED_ZONE_BYTES : r.sp;
   snap.stack = job.user_stack;
-  unwinder_.unwind(snap, *job.modules, options_.max_native_frames, unwound_);
+  unwinder_.unwind(snap, modules, options_.max_native_frames, unwound_);
   UnwindStats& us = stats_.unwinding[job.process_key];
   ++us.unwinds;
   const bool complete = unwound_.stop == unwind::UnwindStop::kRoot;
@@ -211,7 +236,7 @@ void StackBuilder::merge_native(SeriesState& st, const SampleJob& job,
   };
   size_t extra_eval = 0;
   for (size_t i = 0; i < unwound_.pcs.size(); ++i) {
-    const NativeEntry& e = native_entry(st, *job.modules, unwound_.lookup_pc(i));
+    const NativeEntry& e = native_entry(st, modules, unwound_.lookup_pc(i));
     if (e.eval && next < job.python.size()) {
       for (size_t end = next_group_end(); next < end; ++next)
         out.push_back(frame_id(st, job.python[next].frame));
@@ -251,8 +276,10 @@ void StackBuilder::add(const SampleJob& job) {
   if (job.native) {
     for (uint64_t ip : job.kernel_ips)
       stack_.push_back(kernel_frame(st, ip));
-    if ((job.native_flags & KRAIT_NATIVE_CAPTURED) && job.modules) {
-      merge_native(st, job, stack_);
+    std::shared_ptr<const unwind::ProcessModules> modules =
+        job.modules ? job.modules->get() : nullptr;
+    if ((job.native_flags & KRAIT_NATIVE_CAPTURED) && modules) {
+      merge_native(st, job, *modules, stack_);
     } else {
       for (const auto& p : job.python)
         stack_.push_back(frame_id(st, p.frame));

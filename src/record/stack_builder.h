@@ -107,11 +107,13 @@ class StackBuilder {
   SeriesState& state_for(const SeriesRef& series);
   profile::FrameId frame_id(SeriesState& st, const FrameRef& frame);
   profile::FrameId synthetic(SeriesState& st, const std::string& name);
+  profile::FrameId intern(SeriesState& st, const profile::Frame& frame);
   profile::LabelSetId labels_id(SeriesState& st, const LabelsRef& labels);
   const NativeEntry& native_entry(SeriesState& st, const unwind::ProcessModules& modules,
                                   uint64_t pc);
   profile::FrameId kernel_frame(SeriesState& st, uint64_t ip);
-  void merge_native(SeriesState& st, const SampleJob& job, std::vector<profile::FrameId>& out);
+  void merge_native(SeriesState& st, const SampleJob& job, const unwind::ProcessModules& modules,
+                    std::vector<profile::FrameId>& out);
   void reason(SeriesState& st, std::vector<profile::FrameId>& out, const std::string& text);
 
   BuilderOptions options_;
@@ -124,6 +126,7 @@ class StackBuilder {
   std::vector<profile::FrameId> stack_;
   std::map<const Series*, std::unique_ptr<SeriesState>> series_;
   int64_t interval_start_ns_ = 0;
+  size_t frame_bytes_ = 0;  // names of the frames interned since the interval began
   IntervalSink sink_;
 };
 

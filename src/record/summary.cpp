@@ -45,14 +45,17 @@ RunSummary build_summary(const RunFacts& run, const ProcessTracker& tracker,
       ps.python_version = a.version->str();
     ps.image = a.image_path;
     ps.offsets = a.offsets_source;
-    ps.profiled = a.status == python::AttachStatus::kAttached;
+    if (p.generation == 0)
+      continue;  // never decided
+    // A process refused after it was attached (its reading stalled) keeps why.
+    ps.profiled = a.status == python::AttachStatus::kAttached && p.reason.empty();
     ps.exited = p.state == ProcessState::kExited;
     ps.reason = ps.profiled ? "" : p.reason;
+    ps.throttled = p.throttled;
+    ps.throttle_reason = p.throttle_reason;
     ps.stats = p.stats;
     if (auto u = builder.unwinding.find(p.generation); u != builder.unwinding.end())
       ps.unwinding = u->second;
-    if (!ps.profiled && a.status != python::AttachStatus::kRefused)
-      continue;  // never decided
     if (ps.profiled) {
       for (uint32_t st = 1; st < KRAIT_PY_STATUS_COUNT; ++st) {
         const bool native_thread = st == KRAIT_PY_NO_THREAD_STATE || st == KRAIT_PY_NO_INTERPRETER;
@@ -64,8 +67,11 @@ RunSummary build_summary(const RunFacts& run, const ProcessTracker& tracker,
         s.losses["truncated at the depth limit"] += p.stats.truncated;
       if (p.stats.frames_from_capture)
         s.losses
-            ["code objects freed before they were read, named from the sampler's capture "
-             "(line unknown)"] += p.stats.frames_from_capture;
+            ["frames named from the sampler's capture: code object gone before it could be "
+             "read (name cut or line unknown)"] += p.stats.frames_from_capture;
+      if (p.stats.frames_named_early)
+        s.losses["frames named before their code object's read completed (name cut or line "
+                 "unknown)"] += p.stats.frames_named_early;
       if (p.stats.unsymbolized_frames)
         s.losses["frames whose code object was freed before it was read"] +=
             p.stats.unsymbolized_frames;
@@ -85,12 +91,19 @@ RunSummary build_summary(const RunFacts& run, const ProcessTracker& tracker,
   if (run.counters[KRAIT_CNT_CODE_CAPTURES_LOST])
     s.losses["code object names not captured: ring buffer full"] +=
         run.counters[KRAIT_CNT_CODE_CAPTURES_LOST];
+  if (run.counters[KRAIT_CNT_CODE_CAPTURES_THROTTLED])
+    s.losses["code object captures over a process's budget (retried at later samples)"] +=
+        run.counters[KRAIT_CNT_CODE_CAPTURES_THROTTLED];
+  if (pipeline.parked_timeouts)
+    s.losses["samples sent on before their code objects were read (waited too long)"] +=
+        pipeline.parked_timeouts;
   if (pipeline.queue_full)
     s.losses["dropped: the stack builder fell behind (queue full)"] += pipeline.queue_full;
   for (const auto& [reason, n] : builder.reasons)
     s.losses[reason] += n;
   if (run.malformed_records)
     s.losses["malformed ring buffer records"] += run.malformed_records;
+  s.frame_cache = pipeline.frame_cache;
 
   rusage ru{};
   if (getrusage(RUSAGE_SELF, &ru) == 0) {
@@ -122,9 +135,20 @@ std::vector<std::string> summary_text(const RunSummary& s) {
             static_cast<double>(run.bpf_runs.runs),
         s.krait_cpu_seconds, s.krait_max_rss_kb / 1024));
 
+  const inspect::InspectorStats& in = run.inspector;
+  out.push_back(fmt::format(
+      "  reading processes: {} tasks, {:.1f} ms CPU, {:.1f} MiB read, {} dropped (budget), {} "
+      "stalled",
+      in.tasks_run, static_cast<double>(in.cpu_ns) / 1e6,
+      static_cast<double>(in.bytes) / (1 << 20), in.tasks_dropped, in.stalls));
+
   bool header = false;
   std::vector<std::string> refused;
+  std::vector<std::string> throttled;
   for (const auto& p : s.processes) {
+    if (p.throttled)
+      throttled.push_back(fmt::format("  pid {} ({}): {} ({} times)", p.pid, p.name,
+                                      p.throttle_reason, p.throttled));
     if (!p.profiled) {
       refused.push_back(
           fmt::format("  pid {} ({}): {} [{} samples]", p.pid, p.name, p.reason, p.stats.samples));
@@ -155,6 +179,11 @@ std::vector<std::string> summary_text(const RunSummary& s) {
     out.push_back("  Python processes not profiled:");
     for (auto& r : refused)
       out.push_back(std::move(r));
+  }
+  if (!throttled.empty()) {
+    out.push_back("  Python processes whose reading was throttled:");
+    for (auto& t : throttled)
+      out.push_back(std::move(t));
   }
   return out;
 }
@@ -192,10 +221,14 @@ std::string summary_json(const RunSummary& s) {
     w.key("exited").value(p.exited);
     w.key("offsets").value(p.offsets);
     w.key("reason").value(p.reason);
+    w.key("throttled").value(static_cast<int64_t>(p.throttled));
+    w.key("throttle_reason").value(p.throttle_reason);
     w.key("samples").value(static_cast<int64_t>(p.stats.samples));
     w.key("truncated").value(static_cast<int64_t>(p.stats.truncated));
     w.key("unsymbolized_frames").value(static_cast<int64_t>(p.stats.unsymbolized_frames));
     w.key("code_from_capture").value(static_cast<int64_t>(p.stats.frames_from_capture));
+    w.key("frames_named_early").value(static_cast<int64_t>(p.stats.frames_named_early));
+    w.key("samples_parked").value(static_cast<int64_t>(p.stats.samples_parked));
     w.key("native_unwinds").value(static_cast<int64_t>(p.unwinding.unwinds));
     w.key("native_unwinds_to_root").value(static_cast<int64_t>(p.unwinding.reached_root));
     w.key("native_unwind_stops").begin_object();
@@ -210,6 +243,19 @@ std::string summary_json(const RunSummary& s) {
     w.end_object();
   }
   w.end_array();
+  const inspect::InspectorStats& in = s.run.inspector;
+  w.key("inspector").begin_object();
+  w.key("tasks").value(static_cast<int64_t>(in.tasks_run));
+  w.key("dropped").value(static_cast<int64_t>(in.tasks_dropped));
+  w.key("cpu_ns").value(static_cast<int64_t>(in.cpu_ns));
+  w.key("bytes").value(static_cast<int64_t>(in.bytes));
+  w.key("stalls").value(static_cast<int64_t>(in.stalls));
+  w.end_object();
+  w.key("frame_cache").begin_object();
+  w.key("hits").value(static_cast<int64_t>(s.frame_cache.hits));
+  w.key("misses").value(static_cast<int64_t>(s.frame_cache.misses));
+  w.key("evictions").value(static_cast<int64_t>(s.frame_cache.evictions));
+  w.end_object();
   w.key("losses").begin_object();
   for (const auto& [reason, n] : s.losses)
     w.key(reason).value(static_cast<int64_t>(n));

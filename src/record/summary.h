@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "bpf/sampler.h"
+#include "inspect/inspector.h"
 #include "record/pipeline.h"
 #include "record/process_tracker.h"
 #include "record/stack_builder.h"
@@ -27,6 +28,7 @@ struct RunFacts {
   // Mixed stacks: a thread without Python state is a native thread whose
   // native stack is its sample, not a loss.
   bool native_stacks = false;
+  inspect::InspectorStats inspector;  // reading profiled processes
 };
 
 struct ProcessSummary {
@@ -38,6 +40,9 @@ struct ProcessSummary {
   bool profiled = false;
   bool exited = false;
   std::string reason;  // not profiled: why
+  // Its inspection work ran out of budget this many times (the last reason).
+  uint64_t throttled = 0;
+  std::string throttle_reason;
   ProcessStats stats;
   UnwindStats unwinding;  // mixed stacks
 };
@@ -54,6 +59,7 @@ struct RunSummary {
   std::optional<CostQuantiles> sampler_cost;  // --measure-sampler-cost
   std::vector<ProcessSummary> processes;      // Python processes, in order of first sight
   std::map<std::string, uint64_t> losses;     // reason -> samples (or frames)
+  CacheStats frame_cache;                     // named Python frames
   double krait_cpu_seconds = 0;               // krait's own user + system time
   long krait_max_rss_kb = 0;
 };
