@@ -186,7 +186,7 @@ std::string default_application_name(const ProcessIdentity& process) {
 const std::vector<std::string>& builtin_label_names() {
   static const std::vector<std::string> kNames = {
       "service_name",      "pid",     "process_name", "python_version", "hostname", "container_id",
-      "container_runtime", "pod_uid", "systemd_unit", "container_pid"};
+      "container_runtime", "pod_uid", "systemd_unit", "container_pid", "container_owner_uid"};
   return kNames;
 }
 
@@ -207,6 +207,10 @@ profile::Labels process_labels(const ProcessIdentity& process, std::string_view 
     labels.emplace_back("container_runtime", container.runtime);
   if (!container.pod_uid.empty())
     labels.emplace_back("pod_uid", container.pod_uid);
+  // An id found in a user's delegated cgroup tree is that user's claim: it
+  // names a series of its own, never the container of that id elsewhere.
+  if (!container.delegated_to.empty())
+    labels.emplace_back("container_owner_uid", container.delegated_to);
   if (!container.systemd_unit.empty())
     labels.emplace_back("systemd_unit", container.systemd_unit);
   if (nspids.size() > 1)

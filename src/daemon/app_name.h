@@ -29,8 +29,9 @@
 //
 // Labels of a process (process_labels): pid, process_name (comm), hostname,
 // python_version (when known), container_id, container_runtime, pod_uid,
-// systemd_unit and container_pid (the pid inside the process's own PID
-// namespace, when that differs) when they apply. Static labels from the
+// systemd_unit, container_pid (the pid inside the process's own PID
+// namespace, when that differs) and container_owner_uid (a container found
+// in a user's delegated cgroup tree, see proc/container.h) when they apply. Static labels from the
 // configuration come after; they may not reuse these names (config.h checks).
 //
 // Threading: everything here is const after construction; thread-safe.

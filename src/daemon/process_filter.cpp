@@ -81,7 +81,8 @@ bool ProcessFilter::matches(const ProcessIdentity& process,
     if (prefix == "/" || path == prefix || path.starts_with(prefix + "/"))
       return true;
   }
-  const std::string id = lower(container.container_id);
+  // A user can name a cgroup of its own like any container (container.h).
+  const std::string id = container.delegated_to.empty() ? lower(container.container_id) : "";
   for (const auto& wanted : selection_.container_ids)
     if (!id.empty() && id.starts_with(lower(wanted)))
       return true;

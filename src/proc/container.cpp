@@ -97,6 +97,18 @@ std::string pod_uid_in(std::string_view part) {
   return is_uuid(out) ? out : "";
 }
 
+// "user@1000.service": systemd's per-user manager, whose tree is delegated
+// to that user. The uid, or "".
+std::string delegated_uid_in(std::string_view part) {
+  if (!part.starts_with("user@") || !part.ends_with(".service"))
+    return "";
+  const std::string_view uid = part.substr(5, part.size() - 5 - 8);
+  if (uid.empty() || uid.size() > 10 ||
+      !std::all_of(uid.begin(), uid.end(), [](char c) { return c >= '0' && c <= '9'; }))
+    return "";
+  return std::string(uid);
+}
+
 struct Line {
   std::string_view controllers;
   std::string_view path;
@@ -141,23 +153,30 @@ Result<ContainerInfo> parse_cgroup(std::string_view text) {
   for (const Line& line : lines) {
     const auto parts = split_path(line.path);
     std::string pod;
+    std::string delegated;
     std::optional<Found> found;
     std::string_view parent;
     for (std::string_view part : parts) {
+      if (delegated.empty())
+        delegated = delegated_uid_in(part);
       if (pod.empty())
         pod = pod_uid_in(part);
-      if (auto container = container_in(part, parent))
-        found = std::move(container);  // innermost wins
+      if (!found)
+        found = container_in(part, parent);  // outermost wins
       parent = part;
     }
     if (found) {
       info.runtime = std::move(found->runtime);
       info.container_id = std::move(found->id);
       info.pod_uid = std::move(pod);
+      info.delegated_to = std::move(delegated);
       return info;
     }
-    if (info.pod_uid.empty())
+    if (info.pod_uid.empty()) {
       info.pod_uid = std::move(pod);
+      if (!info.pod_uid.empty())
+        info.delegated_to = std::move(delegated);
+    }
   }
   for (const Line& line : lines) {
     const auto parts = split_path(line.path);

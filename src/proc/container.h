@@ -17,7 +17,16 @@
 // - LXC: "lxc.payload.<name>" (the id is the container name)
 // - systemd services: the innermost "<name>.service" outside any container
 // <id> is the 64-hex-digit container id. The v2 line ("0::") is read first,
-// then the v1 lines in file order; the first container found wins.
+// then the v1 lines in file order; the first container found wins, and in
+// one path the outermost: a process may create cgroups below its own (a
+// container with a delegated cgroup tree, systemd in a container) and name
+// them like another container, so only the part of the path its runtime
+// made is trusted. A container below a user's delegated tree
+// ("user@<uid>.service", rootless Podman) is reported with that uid in
+// `delegated_to`: any process of that user can name a cgroup there like a
+// container of someone else's, so its id only means something together
+// with the uid (the daemon labels it so, and the container_ids filter does
+// not take it).
 //
 // All functions are pure or read /proc once; thread-safe.
 #pragma once
@@ -36,6 +45,7 @@ struct ContainerInfo {
   std::string pod_uid;       // Kubernetes pod UID, dashed; "" outside Kubernetes
   std::string systemd_unit;  // e.g. "gunicorn.service"; "" in a container or none
   std::string cgroup_path;   // the v2 path, else the v1 name=systemd path, else the first
+  std::string delegated_to;  // uid whose delegated tree the container id was found in
 
   bool in_container() const { return !container_id.empty(); }
   bool operator==(const ContainerInfo&) const = default;

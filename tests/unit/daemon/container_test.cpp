@@ -96,6 +96,28 @@ TEST(ContainerTest, RecognisesRealWorldLayouts) {
   }
 }
 
+// A process can create cgroups below its own and name them like another
+// container: a container with a delegated cgroup tree, or any user in the
+// tree systemd delegates to it. The id its runtime made is the one kept.
+TEST(ContainerTest, CgroupsAProcessMadeItselfDoNotNameItsContainer) {
+  const std::string other = std::string(64, 'e');
+  ContainerInfo nested =
+      parse("0::/system.slice/docker-" + kId + ".scope/docker-" + other + ".scope\n");
+  EXPECT_EQ(nested.container_id, kId);
+  EXPECT_TRUE(nested.delegated_to.empty());
+  ContainerInfo k8s = parse("0::/kubepods.slice/kubepods-pod" + kPodUnderscored +
+                            ".slice/cri-containerd-" + kId + ".scope/kubepods-pod" +
+                            std::string("11111111_2222_3333_4444_555555555555") +
+                            ".slice/cri-containerd-" + other + ".scope\n");
+  EXPECT_EQ(k8s.container_id, kId);
+  EXPECT_EQ(k8s.pod_uid, kPod);
+  ContainerInfo user = parse("0::/user.slice/user-1000.slice/user@1000.service/app.slice/docker-" +
+                             kId + ".scope\n");
+  EXPECT_EQ(user.container_id, kId);
+  EXPECT_EQ(user.delegated_to, "1000");
+  EXPECT_TRUE(parse("0::/system.slice/docker-" + kId + ".scope\n").delegated_to.empty());
+}
+
 TEST(ContainerTest, ReportsTheUnifiedPathElseTheSystemdOne) {
   EXPECT_EQ(parse("1:name=systemd:/docker/" + kId + "\n0::/system.slice/x.service\n").cgroup_path,
             "/system.slice/x.service");
