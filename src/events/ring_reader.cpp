@@ -58,12 +58,14 @@ int RingReader::dispatch(const void* data, size_t size) {
       return 0;
     }
     case KRAIT_EVENT_EXEC:
-      if (size < sizeof(krait_exec_event))
+      if (size < sizeof(krait_proc_event))
         break;
-      handler_.on_exec(*static_cast<const krait_exec_event*>(data));
+      handler_.on_exec(*static_cast<const krait_proc_event*>(data));
       return 0;
     case KRAIT_EVENT_EXIT:
-      handler_.on_exit(*header);
+      if (size < sizeof(krait_proc_event))
+        break;
+      handler_.on_exit(*static_cast<const krait_proc_event*>(data));
       return 0;
     case KRAIT_EVENT_CODE:
       if (size < sizeof(krait_code_event))
@@ -71,7 +73,9 @@ int RingReader::dispatch(const void* data, size_t size) {
       handler_.on_code_capture(*static_cast<const krait_code_event*>(data));
       return 0;
     case KRAIT_EVENT_PROC_UNKNOWN:
-      handler_.on_unknown_process(*header);
+      if (size < sizeof(krait_proc_event))
+        break;
+      handler_.on_unknown_process(*static_cast<const krait_proc_event*>(data));
       return 0;
     default:
       break;

@@ -29,9 +29,9 @@ class EventHandler {
  public:
   virtual ~EventHandler() = default;
   virtual void on_sample(const SampleView& sample) = 0;
-  virtual void on_exec(const krait_exec_event& event) = 0;
-  virtual void on_exit(const krait_event_header& event) = 0;
-  virtual void on_unknown_process(const krait_event_header& event) = 0;
+  virtual void on_exec(const krait_proc_event& event) = 0;
+  virtual void on_exit(const krait_proc_event& event) = 0;
+  virtual void on_unknown_process(const krait_proc_event& event) = 0;
   virtual void on_code_capture(const krait_code_event& event) = 0;
 };
 
