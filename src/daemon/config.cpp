@@ -635,7 +635,9 @@ Result<DaemonConfig> parse_config_toml(std::string_view text, std::string_view s
 Result<DaemonConfig> resolve_config(const DaemonFlags& flags) {
   DaemonConfig config;
   if (!flags.config_file.empty()) {
-    auto text = read_file(flags.config_file);
+    // The operator's file: a cap far above any real configuration.
+    constexpr size_t kConfigFileMaxBytes = size_t{16} << 20;
+    auto text = read_file(flags.config_file, kConfigFileMaxBytes);
     if (!text)
       return text.error().context("reading the configuration");
     KRAIT_TRY(apply_toml(config, *text, flags.config_file));
