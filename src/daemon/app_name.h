@@ -19,9 +19,10 @@
 //   is empty (a zombie), the kernel's comm.
 //
 // A user rule overrides the default:
-// - a regex over the command line (arguments joined by single spaces):
-//   when it matches, the first capture group (the whole match if it has
-//   none) is the name; otherwise the default stands;
+// - a regex (RE2 syntax, cmdline_regex.h) searched in the command line
+//   (arguments joined by single spaces): when it matches, the first capture
+//   group (the whole match if it has none) is the name; otherwise the
+//   default stands;
 // - then a template, if set: "{app}" is the name so far, "{label}" any label
 //   of the process (see process_labels()): "{app}-{container_id}". A label the
 //   process does not have expands to "".
@@ -36,11 +37,12 @@
 // Threading: everything here is const after construction; thread-safe.
 #pragma once
 
-#include <regex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "daemon/cmdline_regex.h"
 #include "proc/container.h"
 #include "profile/profile.h"
 #include "util/result.h"
@@ -84,7 +86,8 @@ Result<std::vector<std::string>> template_placeholders(std::string_view name_tem
 class ApplicationNamer {
  public:
   // Both may be empty. Errors name the problem: a regex that does not
-  // compile, a template with an unbalanced brace or an empty "{}".
+  // compile (named as application.name_regex), a template with an
+  // unbalanced brace or an empty "{}".
   static Result<ApplicationNamer> create(std::string_view cmdline_regex,
                                          std::string_view name_template);
 
@@ -92,8 +95,7 @@ class ApplicationNamer {
 
  private:
   ApplicationNamer() = default;
-  bool has_regex_ = false;
-  std::regex regex_;
+  std::optional<CmdlineRegex> regex_;
   std::string template_;
 };
 
