@@ -102,7 +102,9 @@ Result<ProcessIdentity> read_process_identity(int pid, const std::string& proc_r
   ProcessIdentity identity;
   identity.pid = pid;
   const std::string dir = fmt::format("{}/{}", proc_root, pid);
-  auto cmdline = read_file(dir + "/cmdline");
+  // A process can make its cmdline as long as it likes; naming needs only
+  // the first arguments.
+  auto cmdline = read_file_prefix(dir + "/cmdline", kCmdlineMaxBytes);
   if (!cmdline)
     return cmdline.error();
   identity.argv = parse_cmdline(*cmdline);

@@ -63,8 +63,13 @@ struct ProcessIdentity {
 // argument; a process that rewrote its argv into one string keeps it whole).
 std::vector<std::string> parse_cmdline(std::string_view raw);
 
-// Reads cmdline, comm and exe of <proc_root>/PID. The exe link needs
-// ptrace-read access to the process; without it exe stays "" (not an error).
+// How much of /proc/PID/cmdline read_process_identity() reads: the rest of a
+// longer command line is dropped (the last argument kept may be cut short).
+inline constexpr size_t kCmdlineMaxBytes = size_t{256} << 10;  // 256 KiB
+
+// Reads cmdline (its first kCmdlineMaxBytes), comm and exe of
+// <proc_root>/PID. The exe link needs ptrace-read access to the process;
+// without it exe stays "" (not an error).
 Result<ProcessIdentity> read_process_identity(int pid, const std::string& proc_root = "/proc");
 
 // True for the base name of a Python interpreter executable (see above).

@@ -223,6 +223,25 @@ TEST(AppNameTest, ReadsTheLiveProcess) {
   EXPECT_EQ(self->comm, comm);
 }
 
+// A process can make /proc/PID/cmdline as long as it likes
+// (PR_SET_MM_ARG_START/END); only its start is read.
+TEST(AppNameTest, ReadsOnlyTheStartOfAHugeCmdline) {
+  TempDir root;
+  const std::string dir = root.file("79");
+  std::filesystem::create_directories(dir);
+  const std::string huge(10 << 20, 'z');
+  write_text_file(dir + "/cmdline", std::string("python3\0app.py\0", 15) + huge + '\0');
+  write_text_file(dir + "/comm", "python3\n");
+  auto identity = daemon::read_process_identity(79, root.path());
+  ASSERT_TRUE(identity.ok()) << identity.error().message;
+  ASSERT_EQ(identity->argv.size(), 3u);
+  EXPECT_EQ(identity->argv[0], "python3");
+  EXPECT_EQ(identity->argv[1], "app.py");
+  EXPECT_EQ(identity->argv[2], huge.substr(0, daemon::kCmdlineMaxBytes - 15));
+  EXPECT_EQ(identity->comm, "python3");
+  EXPECT_EQ(default_application_name(*identity), "app.py");
+}
+
 TEST(AppNameTest, DescribesAProcessFromAProcTree) {
   TempDir root;
   const std::string dir = root.file("77");
