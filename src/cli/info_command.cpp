@@ -10,6 +10,7 @@
 #include "python/offsets/offset_table.h"
 #include "util/files.h"
 #include "util/json_writer.h"
+#include "util/text.h"
 
 namespace krait::cli {
 namespace {
@@ -50,8 +51,8 @@ std::vector<ProcessReport> python_processes(const std::vector<pid_t>& only) {
     std::error_code ec;
     for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
       auto name = e.path().filename().string();
-      if (!name.empty() && name.find_first_not_of("0123456789") == std::string::npos)
-        pids.push_back(static_cast<pid_t>(std::stol(name)));
+      if (auto pid = parse_unsigned<uint32_t>(name); pid && *pid <= INT32_MAX)
+        pids.push_back(static_cast<pid_t>(*pid));
     }
     std::sort(pids.begin(), pids.end());
   }

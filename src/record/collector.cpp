@@ -4,8 +4,11 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
+
+#include "util/text.h"
 
 namespace krait::record {
 
@@ -73,9 +76,9 @@ void Collector::scan(const std::vector<pid_t>& pids) {
     const std::string name = e.path().filename().string();
     if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos)
       continue;
-    const pid_t pid = static_cast<pid_t>(std::stol(name));
-    if (pid != self)
-      (void)tracker_->classify(pid, monotonic_ns());
+    const auto pid = parse_unsigned<uint32_t>(name);
+    if (pid && *pid <= INT32_MAX && static_cast<pid_t>(*pid) != self)
+      (void)tracker_->classify(static_cast<pid_t>(*pid), monotonic_ns());
   }
 }
 
