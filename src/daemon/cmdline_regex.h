@@ -4,8 +4,8 @@
 // profiled process put in its command line (one argument may be 128 KiB).
 // RE2 has no backreferences and no lookaround; see docs/daemon.md.
 //
-// Patterns and text are taken byte by byte (RE2's Latin-1 mode), as
-// std::regex over std::string did before: '.' matches any byte but '\n',
+// Patterns and text are taken byte by byte (RE2's Latin-1 mode), as the
+// ECMAScript regexes of earlier builds did: '.' matches any byte but '\n',
 // so bytes that are not UTF-8 in a command line neither stop nor dodge a
 // match, and a UTF-8 literal in a pattern matches the same bytes in the text.
 //
