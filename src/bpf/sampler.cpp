@@ -13,6 +13,7 @@
 
 #include "sampler.skel.h"
 #include "util/files.h"
+#include "util/text.h"
 #include "util/unique_fd.h"
 
 namespace krait::bpf {
@@ -22,23 +23,29 @@ std::string errno_text(int err) {
   return std::strerror(err < 0 ? -err : err);
 }
 
-// "0-3,5,7-8" -> {0,1,2,3,5,7,8}
+// "0-3,5,7-8\n" -> {0,1,2,3,5,7,8}; parts that are not a number or a range
+// of numbers below kMaxCpus are skipped.
 std::vector<int> parse_cpu_list(std::string_view text) {
+  // Far above any kernel's NR_CPUS; bounds the loop below.
+  constexpr unsigned kMaxCpus = 1u << 16;
   std::vector<int> cpus;
+  while (!text.empty() && text.back() == '\n')
+    text.remove_suffix(1);
   size_t pos = 0;
   while (pos < text.size()) {
     size_t end = text.find(',', pos);
     if (end == std::string_view::npos)
       end = text.size();
-    std::string part(text.substr(pos, end - pos));
-    int lo = 0, hi = 0;
-    if (std::sscanf(part.c_str(), "%d-%d", &lo, &hi) == 2) {
-      for (int c = lo; c <= hi; ++c)
-        cpus.push_back(c);
-    } else if (std::sscanf(part.c_str(), "%d", &lo) == 1) {
-      cpus.push_back(lo);
-    }
+    const std::string_view part = trim(text.substr(pos, end - pos));
     pos = end + 1;
+    const size_t dash = part.find('-');
+    const auto lo = parse_unsigned<unsigned>(part.substr(0, dash));
+    const auto hi =
+        dash == std::string_view::npos ? lo : parse_unsigned<unsigned>(part.substr(dash + 1));
+    if (!lo || !hi || *hi >= kMaxCpus)
+      continue;
+    for (unsigned c = *lo; c <= *hi; ++c)
+      cpus.push_back(static_cast<int>(c));
   }
   return cpus;
 }

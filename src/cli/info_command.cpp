@@ -1,7 +1,6 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
-#include <charconv>
 #include <filesystem>
 #include <map>
 
@@ -13,6 +12,7 @@
 #include "python/offsets/offset_table.h"
 #include "util/files.h"
 #include "util/json_writer.h"
+#include "util/text.h"
 
 namespace krait::cli {
 namespace {
@@ -55,11 +55,9 @@ std::vector<ProcessReport> python_processes(const std::vector<pid_t>& only) {
     std::error_code ec;
     for (auto it = std::filesystem::directory_iterator("/proc", ec);
          !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
-      const std::string name = it->path().filename().string();
-      pid_t pid = 0;
-      auto [ptr, err] = std::from_chars(name.data(), name.data() + name.size(), pid);
-      if (err == std::errc() && ptr == name.data() + name.size() && pid > 0)
-        pids.push_back(pid);
+      const auto pid = parse_unsigned<uint32_t>(it->path().filename().string());
+      if (pid && *pid > 0 && *pid <= INT32_MAX)
+        pids.push_back(static_cast<pid_t>(*pid));
     }
     std::sort(pids.begin(), pids.end());
   }

@@ -102,7 +102,9 @@ Result<ProcessIdentity> read_process_identity(int pid, const std::string& proc_r
   ProcessIdentity identity;
   identity.pid = pid;
   const std::string dir = fmt::format("{}/{}", proc_root, pid);
-  auto cmdline = read_file(dir + "/cmdline");
+  // A process can make its cmdline as long as it likes; naming needs only
+  // the first arguments.
+  auto cmdline = read_file_prefix(dir + "/cmdline", kCmdlineMaxBytes);
   if (!cmdline)
     return cmdline.error();
   identity.argv = parse_cmdline(*cmdline);
@@ -125,10 +127,30 @@ Result<ProcessIdentity> read_process_identity(int pid, const std::string& proc_r
 
 bool is_python_interpreter(std::string_view name) {
   // python, python3, python3.12, python3.13t, python3.12d, python2.7-dbg,
-  // pythonw, pypy, pypy3, pypy3.10
-  static const std::regex kInterpreter(
-      R"(^(python|pythonw|pypy)([0-9]+(\.[0-9]+)*)?[dmut]*(-dbg)?$)");
-  return std::regex_match(name.begin(), name.end(), kInterpreter);
+  // pythonw, pypy, pypy3, pypy3.10: (python|pythonw|pypy), then an optional
+  // version of dot-separated numbers, ABI flags [dmut]*, an optional -dbg.
+  // One pass over the name, whatever its length.
+  constexpr std::string_view kPrefixes[] = {"pythonw", "python", "pypy"};
+  const auto* prefix = std::find_if(std::begin(kPrefixes), std::end(kPrefixes),
+                                    [&](std::string_view p) { return name.starts_with(p); });
+  if (prefix == std::end(kPrefixes))
+    return false;
+  name.remove_prefix(prefix->size());
+  const auto is_digit = [](char c) { return c >= '0' && c <= '9'; };
+  const auto skip_digits = [&] {
+    while (!name.empty() && is_digit(name.front()))
+      name.remove_prefix(1);
+  };
+  if (!name.empty() && is_digit(name.front())) {
+    skip_digits();
+    while (name.size() >= 2 && name[0] == '.' && is_digit(name[1])) {
+      name.remove_prefix(1);
+      skip_digits();
+    }
+  }
+  while (!name.empty() && std::string_view("dmut").find(name.front()) != std::string_view::npos)
+    name.remove_prefix(1);
+  return name.empty() || name == "-dbg";
 }
 
 std::string default_application_name(const ProcessIdentity& process) {
@@ -246,12 +268,10 @@ Result<ApplicationNamer> ApplicationNamer::create(std::string_view cmdline_regex
                                                   std::string_view name_template) {
   ApplicationNamer namer;
   if (!cmdline_regex.empty()) {
-    try {
-      namer.regex_ = std::regex(cmdline_regex.begin(), cmdline_regex.end());
-    } catch (const std::regex_error& e) {
-      return make_error("regex '{}' does not compile: {}", cmdline_regex, e.what());
-    }
-    namer.has_regex_ = true;
+    auto regex = CmdlineRegex::compile(cmdline_regex, "application.name_regex");
+    if (!regex)
+      return regex.error();
+    namer.regex_ = std::move(*regex);
   }
   KRAIT_TRY(template_placeholders(name_template));
   namer.template_ = std::string(name_template);
@@ -262,14 +282,10 @@ std::string ApplicationNamer::name(const ProcessIdentity& process,
                                    const profile::Labels& labels) const {
   const std::string fallback = default_application_name(process);
   std::string name = fallback;
-  if (has_regex_) {
+  if (regex_) {
     const std::string cmdline = join_cmdline(process.argv);
-    std::smatch match;
-    if (std::regex_search(cmdline, match, regex_)) {
-      const std::string picked = match.size() > 1 ? match[1].str() : match[0].str();
-      if (!picked.empty())
-        name = picked;
-    }
+    if (auto picked = regex_->search_first_group(cmdline); picked && !picked->empty())
+      name = std::string(*picked);
   }
   if (!template_.empty()) {
     std::string out;

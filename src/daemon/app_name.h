@@ -19,9 +19,10 @@
 //   is empty (a zombie), the kernel's comm.
 //
 // A user rule overrides the default:
-// - a regex over the command line (arguments joined by single spaces):
-//   when it matches, the first capture group (the whole match if it has
-//   none) is the name; otherwise the default stands;
+// - a regex (RE2 syntax, cmdline_regex.h) searched in the command line
+//   (arguments joined by single spaces): when it matches, the first capture
+//   group (the whole match if it has none) is the name; otherwise the
+//   default stands;
 // - then a template, if set: "{app}" is the name so far, "{label}" any label
 //   of the process (see process_labels()): "{app}-{container_id}". A label the
 //   process does not have expands to "".
@@ -37,11 +38,12 @@
 // Threading: everything here is const after construction; thread-safe.
 #pragma once
 
-#include <regex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "daemon/cmdline_regex.h"
 #include "proc/container.h"
 #include "profile/profile.h"
 #include "util/result.h"
@@ -62,8 +64,13 @@ struct ProcessIdentity {
 // argument; a process that rewrote its argv into one string keeps it whole).
 std::vector<std::string> parse_cmdline(std::string_view raw);
 
-// Reads cmdline, comm and exe of <proc_root>/PID. The exe link needs
-// ptrace-read access to the process; without it exe stays "" (not an error).
+// How much of /proc/PID/cmdline read_process_identity() reads: the rest of a
+// longer command line is dropped (the last argument kept may be cut short).
+inline constexpr size_t kCmdlineMaxBytes = size_t{256} << 10;  // 256 KiB
+
+// Reads cmdline (its first kCmdlineMaxBytes), comm and exe of
+// <proc_root>/PID. The exe link needs ptrace-read access to the process;
+// without it exe stays "" (not an error).
 Result<ProcessIdentity> read_process_identity(int pid, const std::string& proc_root = "/proc");
 
 // True for the base name of a Python interpreter executable (see above).
@@ -85,7 +92,8 @@ Result<std::vector<std::string>> template_placeholders(std::string_view name_tem
 class ApplicationNamer {
  public:
   // Both may be empty. Errors name the problem: a regex that does not
-  // compile, a template with an unbalanced brace or an empty "{}".
+  // compile (named as application.name_regex), a template with an
+  // unbalanced brace or an empty "{}".
   static Result<ApplicationNamer> create(std::string_view cmdline_regex,
                                          std::string_view name_template);
 
@@ -93,8 +101,7 @@ class ApplicationNamer {
 
  private:
   ApplicationNamer() = default;
-  bool has_regex_ = false;
-  std::regex regex_;
+  std::optional<CmdlineRegex> regex_;
   std::string template_;
 };
 

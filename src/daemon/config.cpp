@@ -12,10 +12,10 @@
 #include <cmath>
 #include <cstdlib>
 #include <functional>
-#include <regex>
 #include <variant>
 
 #include "daemon/app_name.h"
+#include "daemon/cmdline_regex.h"
 #include "util/files.h"
 
 namespace krait::daemon {
@@ -339,7 +339,7 @@ const std::vector<Option>& options() {
         [](auto& c) -> auto& { return c.processes.names; }));
     o.push_back(list(
         "processes.cmdline_regex", "--cmdline-regex", "REGEX",
-        "Profile processes whose command line matches (repeatable)",
+        "Profile processes whose command line matches this regex (RE2 syntax; repeatable)",
         [](auto& c) -> auto& { return c.processes.cmdline_regex; }));
     o.push_back(list(
         "processes.cgroups", "--cgroup", "PATH",
@@ -355,11 +355,11 @@ const std::vector<Option>& options() {
         [](auto& c) -> auto& { return c.processes.exclude_names; }));
     o.push_back(list(
         "processes.exclude_cmdline_regex", "--exclude-cmdline-regex", "REGEX",
-        "Never profile processes whose command line matches (repeatable)",
+        "Never profile processes whose command line matches this regex (RE2 syntax; repeatable)",
         [](auto& c) -> auto& { return c.processes.exclude_cmdline_regex; }));
     o.push_back(text(
         "application.name_regex", "--app-name-regex", "REGEX",
-        "Application name: first capture group of this regex over the command line",
+        "Application name: first capture group of this regex (RE2 syntax) over the command line",
         [](auto& c) -> auto& { return c.app_name_regex; }));
     o.push_back(text(
         "application.name_template", "--app-name-template", "TEMPLATE",
@@ -495,13 +495,8 @@ bool valid_label_name(std::string_view name) {
 }
 
 Result<void> check_regexes(const std::vector<std::string>& regexes, std::string_view key) {
-  for (const auto& r : regexes) {
-    try {
-      std::regex compiled(r);
-    } catch (const std::regex_error& e) {
-      return make_error("{}: regex '{}' does not compile: {}", key, r, e.what());
-    }
-  }
+  for (const auto& r : regexes)
+    KRAIT_TRY(CmdlineRegex::compile(r, key));
   return {};
 }
 
@@ -635,7 +630,9 @@ Result<DaemonConfig> parse_config_toml(std::string_view text, std::string_view s
 Result<DaemonConfig> resolve_config(const DaemonFlags& flags) {
   DaemonConfig config;
   if (!flags.config_file.empty()) {
-    auto text = read_file(flags.config_file);
+    // The operator's file: a cap far above any real configuration.
+    constexpr size_t kConfigFileMaxBytes = size_t{16} << 20;
+    auto text = read_file(flags.config_file, kConfigFileMaxBytes);
     if (!text)
       return text.error().context("reading the configuration");
     KRAIT_TRY(apply_toml(config, *text, flags.config_file));
@@ -683,7 +680,7 @@ Result<void> validate(const DaemonConfig& config) {
       return make_error("labels.{}: krait sets this label itself; choose another name", name);
   }
   if (auto namer = ApplicationNamer::create(config.app_name_regex, ""); !namer)
-    return make_error("application.name_regex: {}", namer.error().message);
+    return namer.error();  // names application.name_regex
   auto placeholders = template_placeholders(config.app_name_template);
   if (!placeholders)
     return make_error("application.name_template: {}", placeholders.error().message);

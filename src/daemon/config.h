@@ -12,7 +12,8 @@
 //   are not
 //                                                                 Python; mixed stacks only)
 //   processes.names               --process-name NAME    []      (comm or executable base name)
-//   processes.cmdline_regex       --cmdline-regex RE     []      (searched in the command line)
+//   processes.cmdline_regex       --cmdline-regex RE     []      (searched in the command line;
+//                                                                 RE2 syntax, cmdline_regex.h)
 //   processes.cgroups             --cgroup PATH          []      (cgroup path prefix)
 //   processes.container_ids       --container-id ID      []      (container id prefix, >= 4 hex)
 //   processes.exclude_names       --exclude-name NAME    []

@@ -6,15 +6,14 @@
 namespace krait::daemon {
 namespace {
 
-Result<std::vector<std::regex>> compile(const std::vector<std::string>& patterns,
-                                        std::string_view key) {
-  std::vector<std::regex> out;
+Result<std::vector<CmdlineRegex>> compile(const std::vector<std::string>& patterns,
+                                          std::string_view key) {
+  std::vector<CmdlineRegex> out;
   for (const auto& pattern : patterns) {
-    try {
-      out.emplace_back(pattern);
-    } catch (const std::regex_error& e) {
-      return make_error("{}: regex '{}' does not compile: {}", key, pattern, e.what());
-    }
+    auto regex = CmdlineRegex::compile(pattern, key);
+    if (!regex)
+      return regex.error();
+    out.push_back(std::move(*regex));
   }
   return out;
 }
@@ -40,9 +39,9 @@ bool name_matches(const std::vector<std::string>& names, const ProcessIdentity& 
   });
 }
 
-bool regex_matches(const std::vector<std::regex>& regexes, const std::string& cmdline) {
+bool regex_matches(const std::vector<CmdlineRegex>& regexes, const std::string& cmdline) {
   return std::any_of(regexes.begin(), regexes.end(),
-                     [&](const std::regex& r) { return std::regex_search(cmdline, r); });
+                     [&](const CmdlineRegex& r) { return r.search(cmdline); });
 }
 
 }  // namespace

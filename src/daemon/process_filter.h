@@ -8,7 +8,7 @@
 //   default application name (app_name.h), so "celery" selects
 //   `python -m celery worker` whose comm is "python3";
 // - cmdline_regex: found anywhere in the command line (arguments joined by
-//   single spaces; ECMAScript syntax);
+//   single spaces; RE2 syntax, cmdline_regex.h);
 // - cgroups: the process's cgroup path (container.h) is this path or below
 //   it ("/system.slice/app.service" selects that service);
 // - container_ids: the container id starts with this (case-insensitive).
@@ -18,11 +18,11 @@
 // Threading: immutable after create(); thread-safe.
 #pragma once
 
-#include <regex>
 #include <string>
 #include <vector>
 
 #include "daemon/app_name.h"
+#include "daemon/cmdline_regex.h"
 #include "daemon/config.h"
 #include "proc/container.h"
 #include "util/result.h"
@@ -41,8 +41,8 @@ class ProcessFilter {
  private:
   ProcessFilter() = default;
   ProcessSelection selection_;
-  std::vector<std::regex> include_regex_;
-  std::vector<std::regex> exclude_regex_;
+  std::vector<CmdlineRegex> include_regex_;
+  std::vector<CmdlineRegex> exclude_regex_;
   bool selects_all_ = true;
 };
 

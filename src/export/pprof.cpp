@@ -328,7 +328,9 @@ Result<pb::Profile> decode_pprof(std::string_view gzipped_bytes) {
 }
 
 Result<pb::Profile> read_pprof_file(const std::string& path) {
-  auto bytes = read_file(path);
+  // Profiles krait or the operator wrote; a day of a busy host stays far below.
+  constexpr size_t kPprofFileMaxBytes = size_t{1} << 30;
+  auto bytes = read_file(path, kPprofFileMaxBytes);
   if (!bytes)
     return bytes.error();
   return decode_pprof(*bytes).context(path);

@@ -7,10 +7,12 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <mutex>
 
 #include "export/push.pb.h"
+#include "util/text.h"
 #include "util/utf8.h"
 
 namespace krait::exporter {
@@ -229,17 +231,24 @@ std::string ingest_name(const Upload& upload) {
 
 std::optional<std::chrono::milliseconds> parse_retry_after(
     std::string_view value, std::chrono::system_clock::time_point now) {
+  // The server's word, bounded: anything longer is "a long time", and the
+  // upload queue caps it further.
+  constexpr std::chrono::seconds kLongest = std::chrono::hours(24 * 365 * 31);
   const std::string text = trim(value);
   if (text.empty())
     return std::nullopt;
   if (std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; })) {
-    if (text.size() > 9)  // more than 31 years: treat as "a long time"
-      return std::chrono::milliseconds(std::chrono::hours(24 * 365 * 31));
-    return std::chrono::seconds(std::stoll(text));
+    const auto seconds = parse_unsigned<uint64_t>(text);  // nullopt: more than 64 bits
+    if (!seconds || *seconds > static_cast<uint64_t>(kLongest.count()))
+      return kLongest;
+    return std::chrono::seconds(*seconds);
   }
   const time_t when = curl_getdate(text.c_str(), nullptr);
   if (when < 0)
     return std::nullopt;
+  // A date centuries away would overflow the clock's nanoseconds.
+  if (when - std::chrono::system_clock::to_time_t(now) > kLongest.count())
+    return kLongest;
   const auto delta = std::chrono::system_clock::from_time_t(when) - now;
   if (delta <= std::chrono::system_clock::duration::zero())
     return std::chrono::milliseconds(0);

@@ -1,11 +1,13 @@
 #include "python/interpreter.h"
 
 #include <algorithm>
-#include <cctype>
+#include <climits>
 #include <cstring>
 #include <map>
-#include <regex>
 #include <set>
+#include <string_view>
+
+#include "util/text.h"
 
 namespace krait::python {
 namespace {
@@ -19,25 +21,74 @@ bool looks_like_python_file(const std::string& name) {
   return name.find("python") != std::string::npos;
 }
 
-// "python3.9", "libpython3.6m.so.1.0" -> 3.9 / 3.6
-std::optional<std::pair<int, int>> minor_from_name(const std::string& name) {
-  static const std::regex re(R"(python([23])\.(\d+))");
-  std::smatch m;
-  if (!std::regex_search(name, m, re))
-    return std::nullopt;
-  return std::pair{std::stoi(m[1]), std::stoi(m[2])};
+bool is_digit(uint8_t c) {
+  return c >= '0' && c <= '9';
 }
+
+// The name of a mapped file is chosen by whoever created the file, and the
+// strings in its .rodata too: both are parsed by hand, in one pass, and a
+// number too large for an int is "no answer", never an exception.
+
+// "python3.9", "libpython3.6m.so.1.0", "python3.12d" -> 3.9 / 3.6 / 3.12:
+// the first "python" followed by "2." or "3." and a digit gives the major
+// version and all the digits that follow as the minor one.
+std::optional<std::pair<int, int>> minor_from_name(std::string_view name) {
+  constexpr std::string_view kPython = "python";
+  for (size_t at = name.find(kPython); at != std::string_view::npos;
+       at = name.find(kPython, at + 1)) {
+    const std::string_view rest = name.substr(at + kPython.size());
+    if (rest.size() < 3 || (rest[0] != '2' && rest[0] != '3') || rest[1] != '.' ||
+        !is_digit(rest[2]))
+      continue;
+    size_t end = 2;
+    while (end < rest.size() && is_digit(rest[end]))
+      ++end;
+    auto minor = parse_unsigned<unsigned>(rest.substr(2, end - 2));
+    if (!minor || *minor > INT_MAX)
+      return std::nullopt;  // python3.99999999999: the name tells nothing
+    return std::pair{rest[0] - '0', static_cast<int>(*minor)};
+  }
+  return std::nullopt;
+}
+
+// "M.m.p" and nothing else, with M 2 or 3, m one or two digits, p one to
+// three: the major and minor version.
+std::optional<std::pair<int, int>> parse_version_tail(std::string_view text) {
+  if (text.size() < 5 || (text[0] != '2' && text[0] != '3') || text[1] != '.')
+    return std::nullopt;
+  size_t minor_end = 2;
+  while (minor_end < text.size() && is_digit(text[minor_end]))
+    ++minor_end;
+  const size_t minor_digits = minor_end - 2;
+  if (minor_digits < 1 || minor_digits > 2 || minor_end == text.size() || text[minor_end] != '.')
+    return std::nullopt;
+  const std::string_view micro = text.substr(minor_end + 1);
+  if (micro.empty() || micro.size() > 3 || !parse_unsigned<unsigned>(micro))
+    return std::nullopt;
+  auto minor = parse_unsigned<unsigned>(text.substr(2, minor_digits));
+  if (!minor)
+    return std::nullopt;
+  return std::pair{text[0] - '0', static_cast<int>(*minor)};
+}
+
+// A real libpython's .rodata is a few MiB; a file's section header may
+// claim anything, and the section is read whole.
+constexpr uint64_t kMaxRodataBytes = uint64_t{64} << 20;
 
 // PY_VERSION ("3.9.18") is a string literal in .rodata, but the linker may
 // merge it into the tail of a longer string ("/build/Python-3.9.18"), so
 // versions are looked for at the end of every NUL-terminated string.
-std::map<std::string, int> version_strings(const elf::ElfFile& elf,
-                                           std::optional<std::pair<int, int>> mm) {
+Result<std::map<std::string, int>> version_strings(const elf::ElfFile& elf, const std::string& path,
+                                                   std::optional<std::pair<int, int>> mm) {
   std::map<std::string, int> found;  // version -> 2 when standalone, else 1
+  if (auto section = elf.find_section(".rodata"); section && section->size > kMaxRodataBytes)
+    return make_error(
+        "{} has a .rodata section of {} bytes, more than the {} bytes krait reads to find the "
+        "Python version; not a CPython build krait can use",
+        path, section->size, kMaxRodataBytes);
   auto rodata = elf.section_bytes(".rodata");
   if (!rodata)
     return found;
-  static const std::regex re(R"(([23])\.(\d{1,2})\.(\d{1,3})$)");
   const auto& bytes = *rodata;
   size_t i = 0;
   while (i < bytes.size()) {
@@ -48,14 +99,13 @@ std::map<std::string, int> version_strings(const elf::ElfFile& elf,
     size_t from = j - i > 9 ? j - 9 : i;
     while (from < j &&
            !(bytes[from] >= '2' && bytes[from] <= '3' && from + 1 < j && bytes[from + 1] == '.' &&
-             (from == i || !(std::isdigit(bytes[from - 1]) || bytes[from - 1] == '.'))))
+             (from == i || !(is_digit(bytes[from - 1]) || bytes[from - 1] == '.'))))
       ++from;
     if (from < j) {
-      std::string tail(reinterpret_cast<const char*>(bytes.data() + from), j - from);
-      std::smatch m;
-      if (std::regex_match(tail, m, re) &&
-          (!mm || (std::stoi(m[1]) == mm->first && std::stoi(m[2]) == mm->second))) {
-        int& score = found[tail];
+      const std::string_view tail(reinterpret_cast<const char*>(bytes.data() + from), j - from);
+      auto version = parse_version_tail(tail);
+      if (version && (!mm || *version == *mm)) {
+        int& score = found[std::string(tail)];
         score = std::max(score, from == i ? 2 : 1);
       }
     }
@@ -74,11 +124,13 @@ Result<PyVersion> image_version(const elf::ElfFile& elf, const std::string& path
     }
   }
   auto mm = minor_from_name(basename(path));
-  auto candidates = version_strings(elf, mm);
+  auto candidates = version_strings(elf, path, mm);
+  if (!candidates)
+    return candidates.error();
   // A standalone literal beats a string tail; one distinct answer is needed.
   std::vector<std::string> best;
   int best_score = 0;
-  for (const auto& [text, score] : candidates) {
+  for (const auto& [text, score] : *candidates) {
     if (score > best_score) {
       best = {text};
       best_score = score;
@@ -91,7 +143,7 @@ Result<PyVersion> image_version(const elf::ElfFile& elf, const std::string& path
       return *v;
   }
   return make_error("cannot tell which Python version {} is ({} candidate version strings)", path,
-                    candidates.size());
+                    candidates->size());
 }
 
 // Stripped 2.7/3.6 builds have no interp_head symbol, but the exported

@@ -4,12 +4,13 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
-#include <charconv>
 #include <filesystem>
 
 #include "record/loop_support.h"
 #include "util/clock.h"
+#include "util/text.h"
 
 namespace krait::record {
 
@@ -88,13 +89,9 @@ Result<void> Collector::scan(const std::vector<pid_t>& pids) {
   const pid_t self = ::getpid();
   for (auto it = std::filesystem::directory_iterator("/proc", ec);
        !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
-    const std::string name = it->path().filename().string();
-    pid_t pid = 0;
-    auto [ptr, err] = std::from_chars(name.data(), name.data() + name.size(), pid);
-    if (err != std::errc() || ptr != name.data() + name.size() || pid <= 0)
-      continue;
-    if (pid != self)
-      tracker_->prepare(pid);
+    const auto pid = parse_unsigned<uint32_t>(it->path().filename().string());
+    if (pid && *pid > 0 && *pid <= INT32_MAX && static_cast<pid_t>(*pid) != self)
+      tracker_->prepare(static_cast<pid_t>(*pid));
   }
   return {};
 }

@@ -40,8 +40,10 @@ std::string comm_of(pid_t pid) {
 
 Result<std::vector<python::OffsetTable>> load_user_tables(const std::vector<std::string>& files) {
   std::vector<python::OffsetTable> tables;
+  // The operator's --offsets files: tables of a few KiB each.
+  constexpr size_t kOffsetsFileMaxBytes = size_t{64} << 20;
   for (const auto& file : files) {
-    auto text = read_file(file);
+    auto text = read_file(file, kOffsetsFileMaxBytes);
     if (!text)
       return text.error().context("--offsets");
     auto table = python::parse_offset_table(*text);

@@ -32,7 +32,9 @@ int alias_rank(char type, std::string_view name) {
 }  // namespace
 
 Result<KernelSymbols> KernelSymbols::load(const std::string& path) {
-  auto text = read_file(path);
+  // /proc/kallsyms is some 10-20 MiB on kernels with many modules.
+  constexpr size_t kKallsymsMaxBytes = size_t{256} << 20;
+  auto text = read_file(path, kKallsymsMaxBytes);
   if (!text)
     return text.error();
   auto symbols = parse(*text);

@@ -1,9 +1,15 @@
 // Small helpers for the line-based text krait reads (offset tables,
-// _Py_DebugOffsets descriptions, /proc files).
+// _Py_DebugOffsets descriptions, /proc files). None of them throws or
+// allocates; all are linear in their input.
 #pragma once
 
 #include <algorithm>
+#include <charconv>
+#include <concepts>
+#include <cstdint>
+#include <optional>
 #include <string_view>
+#include <system_error>
 
 namespace krait {
 
@@ -31,6 +37,22 @@ inline bool is_field_name(std::string_view name) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
            c == '.' || c == '(' || c == ')';
   });
+}
+
+// All of `text` as an unsigned number in `base` (10 or 16): digits only, no
+// sign, "0x" prefix or spaces. nullopt when `text` is empty, holds any other
+// character, or its value does not fit T; safe on untrusted text of any
+// length (leading zeros included).
+template <std::unsigned_integral T = uint64_t>
+std::optional<T> parse_unsigned(std::string_view text, int base = 10) {
+  if (text.empty())
+    return std::nullopt;
+  T value{};
+  const char* end = text.data() + text.size();
+  const auto [ptr, ec] = std::from_chars(text.data(), end, value, base);
+  if (ec != std::errc() || ptr != end)
+    return std::nullopt;
+  return value;
 }
 
 }  // namespace krait

@@ -92,6 +92,64 @@ TEST(AppNameTest, ARegexRuleOverridesTheDefault) {
   EXPECT_EQ(whole->name(identity({"python", "q.py", "worker-12"}), {}), "worker-12");
 }
 
+// Any user controls argv; std::regex recursed once per character and
+// overflowed the stack on `python` followed by 50,000 digits.
+const std::string kLongInterpreter = "python" + std::string(50'000, '7');
+const std::string kLongArgument(128 * 1024, 'a');
+
+TEST(AppNameTest, DefaultNamingSurvivesHugeArguments) {
+  EXPECT_TRUE(daemon::is_python_interpreter(kLongInterpreter));
+  EXPECT_TRUE(daemon::is_python_interpreter("python3" + std::string(100'000, 'd') + "-dbg"));
+  std::string dotted = "python3";
+  while (dotted.size() < 128 * 1024)
+    dotted += ".1";
+  EXPECT_TRUE(daemon::is_python_interpreter(dotted));
+  EXPECT_FALSE(daemon::is_python_interpreter(dotted + "."));
+  EXPECT_FALSE(daemon::is_python_interpreter(kLongInterpreter + "x"));
+  EXPECT_FALSE(daemon::is_python_interpreter(kLongArgument));
+  EXPECT_EQ(default_application_name(identity({kLongInterpreter, "app.py"})), "app.py");
+  EXPECT_EQ(default_application_name(identity({kLongInterpreter})), kLongInterpreter);
+  EXPECT_EQ(default_application_name(identity({"python3", "-m", kLongArgument})), kLongArgument);
+  EXPECT_EQ(default_application_name(identity({"/usr/bin/" + kLongArgument, "x"})), kLongArgument);
+}
+
+TEST(AppNameTest, RegexRulesSurviveHugeArguments) {
+  auto versioned = ApplicationNamer::create("(python[0-9.]*)", "");
+  ASSERT_TRUE(versioned.ok()) << versioned.error().message;
+  EXPECT_EQ(versioned->name(identity({kLongInterpreter, "app.py"}), {}), kLongInterpreter);
+  EXPECT_EQ(versioned->name(identity({"/usr/bin/python3.12", "app.py"}), {}), "python3.12");
+  EXPECT_EQ(versioned->name(identity({"ruby", kLongArgument}), {}), "ruby");  // no match
+  auto everything = ApplicationNamer::create("(.*)", "");
+  ASSERT_TRUE(everything.ok()) << everything.error().message;
+  EXPECT_EQ(everything->name(identity({kLongInterpreter, "app.py"}), {}),
+            kLongInterpreter + " app.py");
+  EXPECT_EQ(everything->name(identity({"python", "app.py", kLongArgument}), {}),
+            "python app.py " + kLongArgument);
+  auto service = ApplicationNamer::create(R"(--service=(\S+))", "");
+  ASSERT_TRUE(service.ok()) << service.error().message;
+  EXPECT_EQ(service->name(identity({"python", "app.py", kLongArgument}), {}), "app.py");
+  EXPECT_EQ(service->name(identity({"python", "app.py", "--service=" + kLongArgument}), {}),
+            kLongArgument);
+}
+
+// Command lines are bytes; '.' matches any of them, as std::regex did.
+TEST(AppNameTest, RegexRulesMatchBytesThatAreNotUtf8) {
+  auto everything = ApplicationNamer::create("(.*)", "");
+  ASSERT_TRUE(everything.ok()) << everything.error().message;
+  EXPECT_EQ(everything->name(identity({"python", "app\xff\xfe.py"}), {}), "python app\xff\xfe.py");
+  auto literal = ApplicationNamer::create("--app=(caf\xc3\xa9-[a-z]+)", "");
+  ASSERT_TRUE(literal.ok()) << literal.error().message;
+  EXPECT_EQ(literal->name(identity({"python", "a.py", "--app=caf\xc3\xa9-bar"}), {}),
+            "caf\xc3\xa9-bar");
+}
+
+TEST(AppNameTest, AGroupThatTakesNoPartKeepsTheDefault) {
+  auto namer = ApplicationNamer::create(R"(--name=(\w+)|--anonymous)", "");
+  ASSERT_TRUE(namer.ok()) << namer.error().message;
+  EXPECT_EQ(namer->name(identity({"python", "app.py", "--name=billing"}), {}), "billing");
+  EXPECT_EQ(namer->name(identity({"python", "app.py", "--anonymous"}), {}), "app.py");
+}
+
 TEST(AppNameTest, ATemplateUsesTheNameAndLabels) {
   const profile::Labels labels = {{"container_id", "abc123"}, {"env", "prod"}};
   auto namer = ApplicationNamer::create("", "{app}-{env}");
@@ -110,6 +168,17 @@ TEST(AppNameTest, ATemplateUsesTheNameAndLabels) {
 
 TEST(AppNameTest, RefusesBrokenRules) {
   EXPECT_FALSE(ApplicationNamer::create("(unclosed", "").ok());
+  // RE2 syntax: no backreferences, no lookaround. The error is one line
+  // naming the key and the pattern.
+  for (const char* bad : {"(unclosed", R"((a)\1)", "app(?=\\.py)", "(?<!x)y", "a{2,1}"}) {
+    auto namer = ApplicationNamer::create(bad, "");
+    ASSERT_FALSE(namer.ok()) << bad;
+    const std::string& message = namer.error().message;
+    EXPECT_TRUE(message.starts_with("application.name_regex: regex '" + std::string(bad) +
+                                    "' does not compile: "))
+        << message;
+    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+  }
   for (const char* bad : {"{app", "app}", "{}", "{a-b}", "x{app}}"}) {
     auto namer = ApplicationNamer::create("", bad);
     ASSERT_FALSE(namer.ok()) << bad;
@@ -152,6 +221,25 @@ TEST(AppNameTest, ReadsTheLiveProcess) {
   char comm[17] = {};
   ASSERT_EQ(::prctl(PR_GET_NAME, comm), 0);
   EXPECT_EQ(self->comm, comm);
+}
+
+// A process can make /proc/PID/cmdline as long as it likes
+// (PR_SET_MM_ARG_START/END); only its start is read.
+TEST(AppNameTest, ReadsOnlyTheStartOfAHugeCmdline) {
+  TempDir root;
+  const std::string dir = root.file("79");
+  std::filesystem::create_directories(dir);
+  const std::string huge(10 << 20, 'z');
+  write_text_file(dir + "/cmdline", std::string("python3\0app.py\0", 15) + huge + '\0');
+  write_text_file(dir + "/comm", "python3\n");
+  auto identity = daemon::read_process_identity(79, root.path());
+  ASSERT_TRUE(identity.ok()) << identity.error().message;
+  ASSERT_EQ(identity->argv.size(), 3u);
+  EXPECT_EQ(identity->argv[0], "python3");
+  EXPECT_EQ(identity->argv[1], "app.py");
+  EXPECT_EQ(identity->argv[2], huge.substr(0, daemon::kCmdlineMaxBytes - 15));
+  EXPECT_EQ(identity->comm, "python3");
+  EXPECT_EQ(default_application_name(*identity), "app.py");
 }
 
 TEST(AppNameTest, DescribesAProcessFromAProcTree) {

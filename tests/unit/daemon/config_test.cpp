@@ -289,6 +289,11 @@ TEST(DaemonConfigTest, ValidationCatchesWhatNoSingleKeyCan) {
       {[](DaemonConfig& c) { c.processes.container_ids = {"xyz!"}; }, "processes.container_ids"},
       {[](DaemonConfig& c) { c.processes.cgroups = {"system.slice"}; }, "processes.cgroups"},
       {[](DaemonConfig& c) { c.app_name_regex = "[a-"; }, "application.name_regex"},
+      // RE2 syntax: no backreferences, no lookaround.
+      {[](DaemonConfig& c) { c.processes.exclude_cmdline_regex = {R"((a)\1)"}; },
+       R"(processes.exclude_cmdline_regex: regex '(a)\1' does not compile)"},
+      {[](DaemonConfig& c) { c.app_name_regex = "(?<=-)x"; },
+       "application.name_regex: regex '(?<=-)x' does not compile"},
       {[](DaemonConfig& c) { c.app_name_template = "{app}-{nope}"; }, "unknown placeholder {nope}"},
       {[](DaemonConfig& c) { c.app_name_template = "{app"; }, "application.name_template"},
       {[](DaemonConfig& c) {

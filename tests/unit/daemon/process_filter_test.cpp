@@ -88,11 +88,39 @@ TEST(ProcessFilterTest, ExclusionsWin) {
   EXPECT_TRUE(exclude_only.matches(kCelery, {}));
 }
 
+// Command lines are chosen by any user: std::regex recursed once per
+// character and overflowed the stack on these.
+TEST(ProcessFilterTest, RegexesSurviveHugeCommandLines) {
+  const ProcessIdentity digits{
+      13, {"python" + std::string(50'000, '7'), "app.py"}, "python", "/usr/bin/python3.11"};
+  const ProcessIdentity long_argument{
+      14, {"python", "app.py", std::string(128 * 1024, 'a')}, "python", "/usr/bin/python3.11"};
+  EXPECT_TRUE(make({.cmdline_regex = {R"(^python[0-9]+ app\.py$)"}}).matches(digits, {}));
+  EXPECT_FALSE(make({.cmdline_regex = {R"(^python[0-9]+ other\.py$)"}}).matches(digits, {}));
+  EXPECT_TRUE(make({.cmdline_regex = {"(a|b)+$"}}).matches(long_argument, {}));
+  EXPECT_FALSE(make({.cmdline_regex = {"(a|b)+c"}}).matches(long_argument, {}));
+  EXPECT_FALSE(make({.cmdline_regex = {"(a|b)+c"}}).matches(digits, {}));
+  // Exclusions run over every process, even with no include criterion.
+  const ProcessFilter exclude = make({.exclude_cmdline_regex = {R"(python7+\s)", "a{1000}$"}});
+  EXPECT_FALSE(exclude.matches(digits, {}));
+  EXPECT_FALSE(exclude.matches(long_argument, {}));
+  EXPECT_TRUE(exclude.matches(kCelery, {}));
+  const ProcessFilter keep = make({.exclude_cmdline_regex = {"(.*)x$", "^(7+)+$"}});
+  EXPECT_TRUE(keep.matches(digits, {}));
+  EXPECT_TRUE(keep.matches(long_argument, {}));
+}
+
 TEST(ProcessFilterTest, NamesTheKeyOfABrokenRegex) {
   auto filter = ProcessFilter::create({.exclude_cmdline_regex = {"[unclosed"}});
   ASSERT_FALSE(filter.ok());
   EXPECT_NE(filter.error().message.find("processes.exclude_cmdline_regex"), std::string::npos)
       << filter.error().message;
+  // RE2 has no lookaround and no backreferences.
+  auto lookahead = ProcessFilter::create({.cmdline_regex = {"gunicorn(?! master)"}});
+  ASSERT_FALSE(lookahead.ok());
+  EXPECT_TRUE(lookahead.error().message.starts_with(
+      "processes.cmdline_regex: regex 'gunicorn(?! master)' does not compile: "))
+      << lookahead.error().message;
 }
 
 }  // namespace

@@ -344,6 +344,26 @@ TEST(PyroscopeSenderTest, ParsesRetryAfterInBothForms) {
   EXPECT_FALSE(exporter::parse_retry_after("-5", now).has_value());
 }
 
+// Retry-After comes from the server: out-of-range and garbage values give
+// a bounded delay or none, never an exception or an overflow.
+TEST(PyroscopeSenderTest, BoundsRetryAfterFromTheServer) {
+  const auto now = std::chrono::system_clock::from_time_t(1'700'000'000);
+  const std::chrono::milliseconds longest = std::chrono::hours(24 * 365 * 31);
+  EXPECT_EQ(exporter::parse_retry_after("977616000", now), longest);  // 31 years exactly
+  for (const char* huge :
+       {"977616001", "999999999", "1000000000", "9223372036854775807", "9223372036854775808",
+        "18446744073709551616", "99999999999999999999999999999999999999"})
+    EXPECT_EQ(exporter::parse_retry_after(huge, now), longest) << huge;
+  EXPECT_EQ(exporter::parse_retry_after(std::string(100'000, '9'), now), longest);
+  EXPECT_EQ(exporter::parse_retry_after(std::string(100'000, '0') + "7", now),
+            std::chrono::milliseconds(7'000));
+  for (const char* garbage :
+       {"12abc", "1.5", "+5", "0x10", "1 2", "\x01\x02", "Tue, 99 Nov", "Retry-After: 5"})
+    EXPECT_FALSE(exporter::parse_retry_after(garbage, now).has_value()) << garbage;
+  // A date centuries away is "a long time", not an overflow of the clock.
+  EXPECT_EQ(exporter::parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now), longest);
+}
+
 TEST(PyroscopeSenderTest, MakesDistinctVersion4Uuids) {
   std::set<std::string> ids;
   for (int i = 0; i < 100; ++i) {
