@@ -15,7 +15,8 @@
 //                 64 MiB line table
 //   argv          pyenv 3.12.1 with argv[0] "python" + 50,000 digits and
 //                 128 KiB arguments
-//   maps          a Python process with 60,000 mappings of one file
+//   maps          a Python process with 60,000 mappings of its executable,
+//                 every other one executable
 //   sparse        a process mapping a sparse 64 GiB `libpython3.12.so.1.0`
 //                 whose ELF sections claim enormous sizes
 //   fifo          a Python process calling into copies of a library whose
@@ -113,8 +114,8 @@ constexpr int kFifoLibraries = 9;
 // RSS the test kills krait (the run fails), and a krait that does not get
 // ready or stop in time is hung.
 constexpr int64_t kRssKillMiB = 2048;
-constexpr auto kReadyDeadline = 90s;
-constexpr auto kStopDeadline = 60s;
+constexpr auto kReadyDeadline = 60s;
+constexpr auto kStopDeadline = 45s;
 constexpr auto kWatchPeriod = 100ms;
 constexpr int kPidAttempts = 50;
 
@@ -326,7 +327,7 @@ constexpr KindInfo kKinds[] = {
     {Kind::kCycles, "cycles", "fake 3.12.1: cyclic thread list and frame chains", true},
     {Kind::kFlood, "flood", "fake 3.12.1: 10,000 codes, astral names, 64 MiB table", true},
     {Kind::kHugeCommandLine, "argv", "argv[0] python+50,000 digits, 128 KiB arguments", true},
-    {Kind::kManyMaps, "maps", "60,000 mappings of one file", true},
+    {Kind::kManyMaps, "maps", "60,000 mappings of its executable", true},
     {Kind::kSparseLibpython, "sparse", "maps a sparse 64 GiB libpython3.12.so.1.0", false},
     {Kind::kFifoLibrary, "fifo", "calls libraries whose paths became FIFOs", true},
     {Kind::kClaimedBuildId, "buildid", "LD_PRELOAD of a library claiming libc's build-id", true},
@@ -407,6 +408,27 @@ Result<std::string> capture(const std::vector<std::string>& argv) {
   return out;
 }
 
+// Where a hung krait's threads are: the kernel's view, and the user-space
+// stacks when elfutils' eu-stack is there to read them.
+std::string describe_hung(pid_t pid) {
+  std::string out = describe_threads(pid);
+  if (auto eu_stack = tool("eu-stack", "elfutils")) {
+    auto stacks = capture({*eu_stack, "-p", std::to_string(pid), "-n", "0"});
+    if (!stacks)
+      return out + "\neu-stack: " + stacks.error().message;
+    // The innermost frames of each thread ("TID n:" heads its block).
+    std::istringstream lines(*stacks);
+    std::string line;
+    int frames = 0;
+    while (std::getline(lines, line)) {
+      frames = line.starts_with("TID ") ? 0 : frames + 1;
+      if (frames <= 12)
+        out += "\n  " + line;
+    }
+  }
+  return out;
+}
+
 // The path of the libc this process maps (the one every Python here loads).
 Result<std::string> libc_path() {
   auto maps = read_file("/proc/self/maps");
@@ -469,6 +491,10 @@ class Zoo {
   // workloads, the fakes, a directory nobody may write, the impostor.
   Result<void> prepare(const Interpreter& pyenv) {
     selected_ = selected_names();
+    for (const std::string& name : selected_)
+      if (std::none_of(std::begin(kKinds), std::end(kKinds),
+                       [&](const KindInfo& k) { return name == k.name; }))
+        return make_error("KRAIT_ZOO_ONLY names '{}', which is not a process of the zoo", name);
     std::error_code ec;
     fs::permissions(dir_.path(), kReadable, ec);
     if (ec)
@@ -828,14 +854,14 @@ bool run_krait(Zoo& zoo, Run& run, const SpawnOptions& options, int stop_signal)
   } else if (!krait->wait(1s).ok()) {
     run.abnormal.push_back(fmt::format(
         "{} did not start sampling within {} s (hung): {}{}", run.command, kReadyDeadline.count(),
-        ready ? *ready : ready.error().message, describe_threads(krait->pid())));
+        ready ? *ready : ready.error().message, describe_hung(krait->pid())));
   }
   if (krait->reaped()) {
     run.status = krait->wait(0ms).value();
     if (!run.status->success() || !run.sampled)
       run.abnormal.push_back(fmt::format(
-          "{} ended by itself, {}, {} it was stopped", run.command, run.status->describe(),
-          run.sampled ? "before" : "before it started sampling and"));
+          "{} ended by itself with {} {}", run.command, run.status->describe(),
+          run.sampled ? "during the run, before it was stopped" : "before it started sampling"));
   } else {
     // A krait that died just now is a zombie: the signal is a no-op and the
     // wait reports how it ended.
@@ -849,7 +875,7 @@ bool run_krait(Zoo& zoo, Run& run, const SpawnOptions& options, int stop_signal)
     } else {
       run.abnormal.push_back(fmt::format("{} did not exit within {} s of signal {} (hung); {}",
                                          run.command, kStopDeadline.count(), stop_signal,
-                                         describe_threads(krait->pid())));
+                                         describe_hung(krait->pid())));
       krait->kill();
     }
   }
@@ -1233,7 +1259,7 @@ void judge(Zoo& zoo, const Run& run) {
 
   // Every hostile process krait can take for Python is accounted for (when
   // krait lived to say so: otherwise the failure above is the news).
-  if (!run.survived_window || (run.mode == Mode::kRecord && !run.stats))
+  if (!run.survived_window || !run.status || (run.mode == Mode::kRecord && !run.stats))
     return;
   EXPECT_TRUE(unlisted.empty()) << fmt::format(
       "neither profiled nor refused with a reason ({}): {}",
