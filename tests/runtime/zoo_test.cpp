@@ -370,6 +370,8 @@ struct Member {
   std::optional<ChildProcess> child;
   pid_t pid = 0;
   FirstLine awaiting = FirstLine::kNone;  // not read yet
+  Clock::time_point spawned = Clock::now();
+  double seconds_to_steady = 0;
   std::optional<Truth> truth;
   double cpu_start = 0;  // normal, pid-reuse: from the run's start or the truth
   double cpu_end = 0;
@@ -484,7 +486,7 @@ constexpr fs::perms kReadable = fs::perms::owner_all | fs::perms::group_read |
                                 fs::perms::group_exec | fs::perms::others_read |
                                 fs::perms::others_exec;
 
-class Zoo {
+class ZooProcesses {
  public:
   // Everything the zoo needs on disk, readable by nobody: a copy of pyenv's
   // 3.12.1 tree (hard links when it can: /root is not open to nobody), the
@@ -651,6 +653,13 @@ class Zoo {
   }
 
   std::deque<Member>& members() { return members_; }
+
+  // Ends the pid-reuse pair of a run, so that the next run has its own.
+  void forget_pid_reuse() {
+    std::erase_if(members_, [](const Member& m) {
+      return m.kind == Kind::kPidReuseOld || m.kind == Kind::kPidReuseNew;
+    });
+  }
   Member* find(Kind kind) {
     for (auto& m : members_)
       if (m.kind == kind)
@@ -691,6 +700,7 @@ class Zoo {
       return {};
     const char* name = info(m.kind).name;
     auto line = m.child->read_line(90s);
+    m.seconds_to_steady = std::chrono::duration<double>(Clock::now() - m.spawned).count();
     if (!line)
       return make_error("{}: no first line: {}", name, line.error().message);
     if (first == FirstLine::kReady) {
@@ -782,7 +792,7 @@ class Zoo {
 
 enum class Mode { kRecord, kDaemon };
 
-struct Run {
+struct KraitRun {
   Mode mode;
   std::string command;           // "krait record", "krait daemon"
   bool sampled = false;          // krait got ready and the window began
@@ -803,7 +813,7 @@ struct Run {
 // records the CPU times the expected sample counts come from. Keeps reading
 // krait's stderr so that a chatty krait never blocks on a full pipe. Ends
 // early if krait does.
-void run_window(Zoo& zoo, ChildProcess& krait) {
+void run_window(ZooProcesses& zoo, ChildProcess& krait) {
   const auto end = Clock::now() + kWindow;
   Member* normal = zoo.find(Kind::kNormal);
   normal->cpu_start = cpu_or(normal->pid, 0);
@@ -839,7 +849,7 @@ void run_window(Zoo& zoo, ChildProcess& krait) {
 
 // Runs krait over the zoo: starts it, samples for the window, stops it with
 // `stop_signal` and says what went wrong with krait itself.
-bool run_krait(Zoo& zoo, Run& run, const SpawnOptions& options, int stop_signal) {
+bool run_krait(ZooProcesses& zoo, KraitRun& run, const SpawnOptions& options, int stop_signal) {
   auto krait = ChildProcess::spawn(options);
   if (!krait) {
     run.abnormal.push_back("cannot start krait: " + krait.error().message);
@@ -890,8 +900,8 @@ bool run_krait(Zoo& zoo, Run& run, const SpawnOptions& options, int stop_signal)
   return true;
 }
 
-Run run_record(Zoo& zoo) {
-  Run run{Mode::kRecord, "krait record"};
+KraitRun run_record(ZooProcesses& zoo) {
+  KraitRun run{Mode::kRecord, "krait record"};
   TempDir out;
   const std::string profile = out.file("profile.pb.gz");
   const std::string stats = out.file("stats.json");
@@ -930,8 +940,8 @@ Run run_record(Zoo& zoo) {
   return run;
 }
 
-Run run_daemon(Zoo& zoo) {
-  Run run{Mode::kDaemon, "krait daemon"};
+KraitRun run_daemon(ZooProcesses& zoo) {
+  KraitRun run{Mode::kDaemon, "krait daemon"};
   TempDir out;
   const std::string profiles = out.file("profiles");
   fs::create_directory(profiles);
@@ -1031,7 +1041,7 @@ struct Verdict {
   bool refused_without_reason = false;
 };
 
-Verdict what_krait_did(const Run& run, const Member& m, int64_t samples) {
+Verdict what_krait_did(const KraitRun& run, const Member& m, int64_t samples) {
   Verdict v;
   if (run.mode == Mode::kRecord) {
     if (!run.stats)
@@ -1104,7 +1114,7 @@ double percent(double part, double whole) {
 
 // Prints the table and checks everything that must hold, whatever the zoo
 // did to krait.
-void judge(Zoo& zoo, const Run& run) {
+void judge(ZooProcesses& zoo, const KraitRun& run) {
   const Member& normal = *zoo.find(Kind::kNormal);
   const auto mine = samples_of_pid(run.samples, normal.pid);
   const auto& truth = normal.truth->threads.at(0).stack;
@@ -1269,34 +1279,62 @@ void judge(Zoo& zoo, const Run& run) {
                                                  fmt::join(reasonless, ", "));
 }
 
-void run_zoo(Mode mode) {
-  ASSERT_NO_FATAL_FAILURE(require_root());
-  const Interpreter* pyenv = nullptr;
-  const auto interpreters = load_manifest();
-  for (const auto& i : interpreters)
-    if (i.origin == "pyenv" && i.version == "3.12.1")
-      pyenv = &i;
-  ASSERT_NE(pyenv, nullptr) << "the zoo needs pyenv's 3.12.1 in " << manifest_path()
-                            << " (scripts/provision-pythons)";
-  Zoo zoo;
-  auto prepared = zoo.prepare(*pyenv);
-  ASSERT_TRUE(prepared.ok()) << prepared.error().message;
-  const auto starting = Clock::now();
-  auto started = zoo.start();
-  ASSERT_TRUE(started.ok()) << started.error().message;
-  std::cout << fmt::format("[ zoo      ] {} processes in their steady state after {:.1f} s\n",
-                           zoo.members().size(),
-                           std::chrono::duration<double>(Clock::now() - starting).count());
-  const Run run = mode == Mode::kRecord ? run_record(zoo) : run_daemon(zoo);
-  judge(zoo, run);
+// One zoo for both runs: it takes a while to start on a busy host (the
+// flood's 330 MiB of names, 60,000 mmap calls), and nothing in it depends on
+// which krait looked at it before. Each run gets its own pid-reuse pair.
+class Zoo : public ::testing::Test {
+ protected:
+  static void TearDownTestSuite() { zoo_.reset(); }
+
+  void run_mode(Mode mode) {
+    ASSERT_NO_FATAL_FAILURE(require_root());
+    if (!zoo_ && setup_error_.empty())
+      setup_error_ = start_zoo();
+    ASSERT_TRUE(setup_error_.empty()) << setup_error_;
+    zoo_->forget_pid_reuse();
+    const KraitRun result = mode == Mode::kRecord ? run_record(*zoo_) : run_daemon(*zoo_);
+    judge(*zoo_, result);
+  }
+
+ private:
+  static std::string start_zoo() {
+    const Interpreter* pyenv = nullptr;
+    const auto interpreters = load_manifest();
+    for (const auto& i : interpreters)
+      if (i.origin == "pyenv" && i.version == "3.12.1")
+        pyenv = &i;
+    if (pyenv == nullptr)
+      return fmt::format("the zoo needs pyenv's 3.12.1 in {} (scripts/provision-pythons)",
+                         manifest_path());
+    auto zoo = std::make_unique<ZooProcesses>();
+    if (auto prepared = zoo->prepare(*pyenv); !prepared)
+      return prepared.error().message;
+    const auto starting = Clock::now();
+    if (auto started = zoo->start(); !started)
+      return started.error().message;
+    const Member* slowest = nullptr;
+    for (const Member& m : zoo->members())
+      if (!slowest || m.seconds_to_steady > slowest->seconds_to_steady)
+        slowest = &m;
+    std::cout << fmt::format(
+        "[ zoo      ] {} processes in their steady state after {:.1f} s (the slowest: {}, {:.1f} "
+        "s)\n",
+        zoo->members().size(), std::chrono::duration<double>(Clock::now() - starting).count(),
+        info(slowest->kind).name, slowest->seconds_to_steady);
+    zoo_ = std::move(zoo);
+    return "";
+  }
+
+  static inline std::unique_ptr<ZooProcesses> zoo_;
+  static inline std::string setup_error_;
+};
+
+TEST_F(Zoo, RecordSurvivesTheZooAndKeepsTheNormalProcess) {
+  run_mode(Mode::kRecord);
 }
 
-TEST(Zoo, RecordSurvivesTheZooAndKeepsTheNormalProcess) {
-  run_zoo(Mode::kRecord);
-}
-
-TEST(Zoo, DaemonSurvivesTheZooAndKeepsTheNormalProcess) {
-  run_zoo(Mode::kDaemon);
+TEST_F(Zoo, DaemonSurvivesTheZooAndKeepsTheNormalProcess) {
+  run_mode(Mode::kDaemon);
 }
 
 }  // namespace
