@@ -1,6 +1,7 @@
 #include "support/child_process.h"
 
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -81,6 +82,7 @@ Result<ChildProcess> ChildProcess::spawn(const SpawnOptions& options) {
   std::vector<std::string> env_strings = merged_environment(options.env);
   std::vector<char*> argv = pointers(argv_strings);
   std::vector<char*> envp = pointers(env_strings);
+  const std::string program = options.program.value_or(options.argv[0]);
 
   int out_pipe[2];
   int err_pipe[2];
@@ -100,13 +102,24 @@ Result<ChildProcess> ChildProcess::spawn(const SpawnOptions& options) {
   if (pid < 0)
     return make_error("fork: {}", strerror(errno));
   if (pid == 0) {
+    // First: a change of credentials clears the parent-death signal.
+    if (options.run_as) {
+      const Credentials c = *options.run_as;
+      if (setgroups(0, nullptr) != 0 || setresgid(c.gid, c.gid, c.gid) != 0 ||
+          setresuid(c.uid, c.uid, c.uid) != 0) {
+        int err = errno;
+        ssize_t ignored = write(exec_write.get(), &err, sizeof err);
+        (void)ignored;
+        _exit(127);
+      }
+    }
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     // The parent may have died before prctl took effect.
     if (getppid() != parent)
       _exit(127);
     dup2(out_write.get(), STDOUT_FILENO);
     dup2(err_write.get(), STDERR_FILENO);
-    execve(argv[0], argv.data(), envp.data());
+    execve(program.c_str(), argv.data(), envp.data());
     int err = errno;
     ssize_t ignored = write(exec_write.get(), &err, sizeof err);
     (void)ignored;
@@ -124,7 +137,10 @@ Result<ChildProcess> ChildProcess::spawn(const SpawnOptions& options) {
   if (n == static_cast<ssize_t>(sizeof exec_errno)) {
     int status = 0;
     waitpid(pid, &status, 0);
-    return make_error("cannot execute {}: {}", options.argv[0], strerror(exec_errno));
+    if (options.run_as)
+      return make_error("cannot execute {} as uid {} gid {}: {}", program, options.run_as->uid,
+                        options.run_as->gid, strerror(exec_errno));
+    return make_error("cannot execute {}: {}", program, strerror(exec_errno));
   }
 
   int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
