@@ -31,12 +31,12 @@ struct Credentials {
 struct SpawnOptions {
   // argv[0] is the program; a path (no PATH lookup).
   std::vector<std::string> argv;
-  // Set: the program to execute (a path), while argv[0] is only what it is
-  // told its name is.
-  std::optional<std::string> program;
   // Variables to set (a value) or remove (nullopt) on top of this process's
   // environment.
   std::map<std::string, std::optional<std::string>> env;
+  // Set: the program to execute (a path), while argv[0] is only what it is
+  // told its name is.
+  std::optional<std::string> program;
   // Set: the child switches to this user and group (and no supplementary
   // groups) before exec, which needs root. Unset: it keeps this process's.
   std::optional<Credentials> run_as;
