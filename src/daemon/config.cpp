@@ -318,6 +318,10 @@ const std::vector<Option>& options() {
          {"off", "off"}},
         [](auto& c) -> auto& { return c.log_level; }));
     o.push_back(count(
+        "health_interval_s", "--health-interval", "SECONDS",
+        "Seconds between health lines in the log (processes, samples, losses, uploads)", 1, 3600,
+        [](auto& c) -> auto& { return c.health_interval_s; }));
+    o.push_back(count(
         "sampling.rate_hz", "--rate", "HZ", "Samples per second per CPU", 1, 10000,
         [](auto& c) -> auto& { return c.sampling_rate_hz; }));
     o.push_back(choice<StackMode>(

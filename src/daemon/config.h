@@ -23,6 +23,7 @@
 //   labels.<name> = "value"       --label NAME=VALUE     {}      (static labels)
 //   hostname                      --hostname NAME        ""      (the hostname label; empty:
 //                                                                 this host's name)
+//   health_interval_s             --health-interval S    60      (1..3600)
 //   upload.interval_s             --upload-interval S    15      (1..3600)
 //   upload.queue_max_bytes        --queue-max-bytes N    "64MiB" (integer, or a string with
 //                                                                 KiB/MiB/GiB, K/M/G)
@@ -108,6 +109,7 @@ struct DirectoryConfig {
 
 struct DaemonConfig {
   std::string log_level = "info";
+  uint32_t health_interval_s = 60;
   uint32_t sampling_rate_hz = 99;
   StackMode stack_mode = StackMode::kMixed;
   bool kernel_stacks = true;

@@ -333,7 +333,7 @@ Result<int> run_daemon(DaemonRunOptions o) {
   if (!epfd)
     return epfd.error();
   auto interval_timer = record::timer_fd(3600);
-  auto health_timer = record::timer_fd(o.health_interval_s, /*repeat=*/true);
+  auto health_timer = record::timer_fd(config.health_interval_s, /*repeat=*/true);
   if (!interval_timer)
     return interval_timer.error();
   if (!health_timer)
@@ -387,9 +387,10 @@ Result<int> run_daemon(DaemonRunOptions o) {
         auto counters = c.sampler().counters();
         spdlog::info(
             "health: {} Python processes profiled, {} samples (+{}), {} lost (ring "
-            "full), {} dropped (builder behind); {}",
+            "full), {} dropped (builder behind); {}; {}",
             c.tracker().attached(), ps.samples, ps.samples - last_samples,
-            counters[KRAIT_CNT_RINGBUF_FULL], ps.queue_full, out->health());
+            counters[KRAIT_CNT_RINGBUF_FULL], ps.queue_full, c.inspection_health(),
+            out->health());
         last_samples = ps.samples;
       } else if (fd == sigfd->get()) {
         const int sig = record::read_signal(fd);

@@ -26,7 +26,6 @@ struct DaemonRunOptions {
   DaemonConfig config;
   const DaemonFlags* flags = nullptr;  // for SIGHUP: resolved again
   int ready_fd = -1;                   // written "ready\n" once sampling runs
-  double health_interval_s = 60;       // the periodic one-line health summary
 };
 
 Result<int> run_daemon(DaemonRunOptions options);

@@ -8,6 +8,8 @@
 #include <cstring>
 #include <filesystem>
 
+#include <fmt/format.h>
+
 #include "record/loop_support.h"
 #include "util/clock.h"
 #include "util/text.h"
@@ -117,12 +119,48 @@ Result<void> Collector::add_to(int epfd) {
 void Collector::run_inspections() {
   inspector_->run_completions();
   for (const inspect::Notice& notice : inspector_->take_notices()) {
-    if (tracker_->find_key(notice.key))
+    std::string who = "a process";
+    if (TrackedProcess* p = tracker_->find_key(notice.key)) {
       tracker_->on_notice(notice);
-    else
+      who = fmt::format("pid {} ({})", p->pid, p->name);
+    } else {
       pipeline_->on_notice(notice);
+    }
+    if (notice.kind == inspect::Notice::Kind::kThrottled)
+      ++throttle_notices_;
+    recent_notices_.push_back(fmt::format("{}: {}", who, notice.reason));
+    if (recent_notices_.size() > 3)
+      recent_notices_.pop_front();
   }
-  pipeline_->tick(monotonic_ns());
+  const uint64_t now = monotonic_ns();
+  pipeline_->tick(now);
+  // Scan results no sample claimed: processes that exited or stay idle.
+  if (now - last_prune_ns_ > 10'000'000'000ull) {
+    tracker_->prune_unsampled(now);
+    last_prune_ns_ = now;
+  }
+}
+
+std::string Collector::inspection_health() {
+  size_t refused = 0, throttled = 0;
+  for (const auto& [key, p] : tracker_->processes()) {
+    if (p.state == ProcessState::kRefused)
+      ++refused;
+    if (p.throttled && p.state != ProcessState::kExited)
+      ++throttled;
+  }
+  const inspect::InspectorStats s = inspector_->stats();
+  std::string out = fmt::format(
+      "{} Python processes refused, {} throttled ({} times), {} reads stalled, inspection {:.0f} "
+      "ms CPU",
+      refused, throttled, throttle_notices_, s.stalls, static_cast<double>(s.cpu_ns) / 1e6);
+  if (!recent_notices_.empty()) {
+    out += " (latest: ";
+    for (size_t i = 0; i < recent_notices_.size(); ++i)
+      out += (i ? "; " : "") + recent_notices_[i];
+    out += ")";
+  }
+  return out;
 }
 
 Result<int> Collector::wait(int epfd, std::span<epoll_event> events) {

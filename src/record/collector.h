@@ -9,6 +9,8 @@
 #include <sys/epoll.h>
 
 #include <chrono>
+#include <deque>
+#include <string>
 #include <memory>
 #include <span>
 #include <vector>
@@ -80,6 +82,9 @@ class Collector {
   void finish();
 
   RunFacts facts(double seconds);
+  // One part of the daemon's health line: processes refused, throttled or
+  // stalled, with the latest reasons.
+  std::string inspection_health();
 
  private:
   class SamplerSink final : public ProcessMapSink {
@@ -106,6 +111,10 @@ class Collector {
   std::unique_ptr<BuilderThread> builder_thread_;
   std::unique_ptr<Pipeline> pipeline_;
   std::unique_ptr<events::RingReader> reader_;
+  // The latest throttling and stall notices, for the health line.
+  std::deque<std::string> recent_notices_;
+  uint64_t throttle_notices_ = 0;
+  uint64_t last_prune_ns_ = 0;
 };
 
 }  // namespace krait::record
