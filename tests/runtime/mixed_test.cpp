@@ -728,6 +728,34 @@ TEST(Mixed, DebianZlibAndLibcryptoShowTheirOwnFunctions) {
   ASSERT_TRUE(r.ok()) << r.error().message;
   const auto mine = samples_of_pid(r->samples, truth.pid);
 
+  // Besides the library's own functions, a sample can truly be in the
+  // interpreter's code that the library call returns to or that sizes its
+  // buffers (zlib.compress's output is a bytes writer in Debian's static
+  // python3.11), and from there in libc's memory copy, whose variant and
+  // speed depend on the CPU (AVX-512 on one host, AVX2 on another): so the
+  // share of such samples does too. What must hold is that every native
+  // frame below the Python call is one of these.
+  const std::string exe = std::filesystem::canonical(interp.executable).string();
+  auto interpreter_copy = [&](const ProfileSample& s, size_t last_py, const std::string& library) {
+    bool in_interpreter = false;
+    for (size_t i = last_py + 1; i < s.full_stack.size(); ++i) {
+      const std::string& mapping = s.mappings[i];
+      if (mapping == kKernelMapping)
+        continue;
+      const std::string base = std::filesystem::path(mapping).filename().string();
+      if (mapping == exe || mapping == interp.executable || mapping == library) {
+        in_interpreter |= mapping != library;
+        continue;
+      }
+      // The leaf: a libc memory routine, reached through the interpreter.
+      return i + 1 == s.full_stack.size() || s.mappings[i + 1] == kKernelMapping
+                 ? in_interpreter && base.rfind("libc.so", 0) == 0 &&
+                       s.full_stack[i].function.find("mem") != std::string::npos
+                 : false;
+    }
+    return false;
+  };
+
   struct Part {
     const char* thread;
     std::string library;
@@ -750,6 +778,7 @@ TEST(Mixed, DebianZlibAndLibcryptoShowTheirOwnFunctions) {
         t = &th;
     ASSERT_NE(t, nullptr);
     Tally tally;
+    int64_t in_library = 0, in_copy = 0;
     for (const auto& s : samples_of_tid(mine, t->tid)) {
       if (s.stack != t->stack) {
         tally.add(s, false, "Python frames");
@@ -759,10 +788,19 @@ TEST(Mixed, DebianZlibAndLibcryptoShowTheirOwnFunctions) {
       bool found = false;
       for (size_t i = last_py + 1; i < s.full_stack.size(); ++i)
         found |= s.mappings[i] == part.library && part.wanted(s.full_stack[i].function);
+      if (found) {
+        ++in_library;
+      } else if (interpreter_copy(s, last_py, part.library)) {
+        found = true;
+        ++in_copy;
+      }
       tally.add(s, found && !has_mapping(s, kSyntheticMapping), "library function");
     }
     EXPECT_GE(tally.total(), 60) << r->stderr_text;
     EXPECT_GE(tally.fraction(), kInterleavedFraction) << tally.describe();
+    // Most of the time is the library's own work, on any CPU.
+    EXPECT_GE(in_library, 2 * in_copy) << in_library << " in the library, " << in_copy
+                                       << " in the interpreter's memory copies";
     auto checked = check_names_against_nm(r->pprof, truth.pid, part.library, true);
     ASSERT_TRUE(checked.ok()) << checked.error().message;
     EXPECT_GE(*checked, 1);
