@@ -737,6 +737,40 @@ TEST(CfiTableTest, DebugFrameMatchesReadelf) {
   EXPECT_GE(nonempty, 4u);
 }
 
+// A section of tiny entries, each FDE with a CIE of its own: indexing stops
+// at the cap on distinct CIEs instead of growing with the section (each
+// parsed CIE and indexed FDE costs more memory than its bytes).
+TEST(CfiTableTest, DistinctCiesAreCapped) {
+  auto elf = elf::ElfFile::open(unwind_fixtures::fixture_paths().lib);
+  ASSERT_TRUE(elf.ok());
+  auto bytes = elf->section_bytes(".eh_frame");
+  ASSERT_TRUE(bytes.ok());
+  // The section starts with a CIE, then the first FDE (lengths exclude
+  // their own 4 bytes).
+  uint32_t cie_length = 0;
+  std::memcpy(&cie_length, bytes->data(), 4);
+  const size_t cie_size = 4 + cie_length;
+  uint32_t fde_length = 0;
+  ASSERT_LT(cie_size + 8, bytes->size());
+  std::memcpy(&fde_length, bytes->data() + cie_size, 4);
+  const size_t fde_size = 4 + fde_length;
+  ASSERT_LE(cie_size + fde_size, bytes->size());
+  std::vector<uint8_t> pair(bytes->begin(),
+                            bytes->begin() + static_cast<long>(cie_size + fde_size));
+  const uint32_t cie_pointer = static_cast<uint32_t>(cie_size + 4);  // back from the FDE's id field
+  std::memcpy(pair.data() + cie_size + 4, &cie_pointer, 4);
+  const size_t pairs = 300'000;
+  std::vector<uint8_t> section;
+  section.reserve(pairs * pair.size() + 4);
+  for (size_t i = 0; i < pairs; ++i)
+    section.insert(section.end(), pair.begin(), pair.end());
+  section.insert(section.end(), 4, 0);
+  auto table = CfiTable::from_eh_frame(section, 0x10000);
+  ASSERT_TRUE(table.ok()) << table.error().message;
+  EXPECT_GT(table->size(), 1000u);
+  EXPECT_LE(table->size(), size_t{1} << 18) << "indexed past the cap on distinct CIEs";
+}
+
 // Random bytes and damaged real sections: no crash, no read outside the
 // input (run under AddressSanitizer in krait_unwind_garbage_asan_test).
 TEST(CfiTableTest, GarbageInput) {
