@@ -64,6 +64,8 @@ using NativeFrames = std::vector<NativeFrame>;
 struct NativeSymbolizerOptions {
   size_t max_files = 1024;                  // files with open DWARF and caches
   size_t max_addresses_per_file = 1 << 16;  // cached addresses per file
+  // Where a .gnu_debugaltlink file (dwz) may be found (see DwarfFile).
+  std::vector<std::string> debug_roots = {"/usr/lib/debug"};
 };
 
 struct NativeSymbolizerStats {
