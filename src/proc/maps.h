@@ -116,10 +116,10 @@ struct OpenedFile {
 //      root: openat2() from an O_PATH descriptor of /proc/PID/root with
 //      RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS and O_NOFOLLOW, so that no
 //      link leads outside its root or through /proc. Deleted files and
-//      paths with an escaped newline have no such path. Note: on overlayfs
-//      (containers) the device seen through the path is the overlay's, not
-//      the mapping's, so this route refuses such files; map_files serves
-//      them.
+//      paths with an escaped newline have no such path. Some kernels show
+//      the underlying layer's device and inode in /proc/PID/maps for a file
+//      on overlayfs (containers) while the path shows the overlay's: this
+//      route then refuses the file, and map_files serves it.
 // Either route first opens with O_PATH (which reaches no driver, FIFO or
 // FUSE server) and checks that descriptor with elf::check_file(): a
 // regular file of at most elf::kMaxFileBytes, not on FUSE; and that it has

@@ -1,15 +1,31 @@
 #include "unwind/module_cache.h"
 
 #include <sys/auxv.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <csignal>
 #include <vector>
 
 #include <fmt/format.h>
 
 namespace krait::unwind {
 namespace {
+
+// Whether the mapping `map` of `pid` is gone (the process exited, or
+// unmapped it): then a failed open says nothing about the file, and is not
+// remembered for it.
+bool mapping_gone(int pid, const proc::MapEntry& map) {
+  if (pid <= 0)
+    return false;
+  if (::kill(pid, 0) != 0 && errno == ESRCH)
+    return true;
+  struct stat st {};
+  std::string link = fmt::format("/proc/{}/map_files/{:x}-{:x}", pid, map.start, map.end);
+  return ::lstat(link.c_str(), &st) != 0 && errno == ENOENT;
+}
 
 std::string parent_dir(const std::string& path) {
   auto slash = path.rfind('/');
@@ -62,7 +78,8 @@ Result<std::shared_ptr<const ModuleFile>> ModuleCache::get(int pid, const proc::
   std::lock_guard lock(mutex_);
   if (!opened) {
     ++stats_.failures;
-    remember_failure_locked(key, opened.error().message);
+    if (!mapping_gone(pid, map))
+      remember_failure_locked(key, opened.error().message);
     return opened.error();
   }
   if (auto it = files_.find(key); it != files_.end()) {

@@ -19,7 +19,9 @@
 // Files that fail to open (not ELF, unreadable, refused) are remembered, so
 // a bad mapping costs one attempt, not one per process: at most
 // ModuleCacheLimits::max_failures of them, the oldest forgotten first, all
-// forgotten by evict_unused().
+// forgotten by evict_unused(). A failure because the mapping itself is gone
+// (the process exited or unmapped it) is not remembered: it says nothing
+// about the file, which other processes may still map.
 //
 // Bound: at most ModuleCacheLimits::max_files files. Past it, the least
 // recently used files that nothing outside the cache holds are evicted

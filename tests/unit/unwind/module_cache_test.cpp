@@ -445,6 +445,34 @@ TEST(ModuleCacheTest, ReplacedFileIsRefused) {
   EXPECT_TRUE(reported);
 }
 
+// A mapping that is gone by the time it is opened (the process exited or
+// unmapped it) fails, but the failure is not remembered for the file: the
+// next mapping of the same file opens.
+TEST(ModuleCacheTest, FailureOfAMappingThatIsGoneIsNotRemembered) {
+  auto dir = TempDir::create();
+  ASSERT_TRUE(dir.ok());
+  auto paths = unwind_fixtures::fixture_paths();
+  const std::string lib = std::filesystem::canonical(dir->path()).string() + "/libgone.so";
+  std::filesystem::copy_file(paths.lib, lib);
+  std::optional<proc::MapEntry> gone;
+  {
+    Mapping mapping(lib);
+    ASSERT_TRUE(mapping.ok());
+    gone = mapping.entry();
+  }
+  ASSERT_TRUE(gone.has_value());
+  ModuleCache cache;
+  auto failed = cache.get(::getpid(), *gone);
+  ASSERT_FALSE(failed.ok()) << "an unmapped range was opened";
+  Mapping again(lib);
+  ASSERT_TRUE(again.ok());
+  auto entry = again.entry();
+  ASSERT_TRUE(entry.has_value());
+  auto file = cache.get(::getpid(), *entry);
+  EXPECT_TRUE(file.ok()) << "the failure of the unmapped range was remembered: "
+                         << file.error().message;
+}
+
 // At most max_files files stay; the least recently used ones that nothing
 // else holds go first, and every eviction is counted.
 TEST(ModuleCacheTest, BoundEvictsLeastRecentlyUsedUnheldFiles) {
