@@ -5,9 +5,11 @@
 #include <gelf.h>
 #include <libelf.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <mutex>
@@ -29,6 +31,13 @@ constexpr size_t kMaxBuildIdBytes = 1024;
 // How far function_at() looks back past the nearest lower symbol, for the
 // rare case of a function nested inside a larger one that ends earlier.
 constexpr size_t kMaxNestedFunctions = 8;
+// DT_NEEDED entries and the length of one name: a loader takes names of at
+// most PATH_MAX, and no real file needs thousands of libraries. Entries
+// that all point at one long string would otherwise multiply it.
+constexpr size_t kMaxNeeded = 4096;
+constexpr size_t kMaxDynamicNameBytes = 4096;
+// Section names are short (".text", ".debug_info"); a longer one is garbage.
+constexpr size_t kMaxSectionNameBytes = 1024;
 
 std::string libelf_error() {
   const char* message = elf_errmsg(-1);
@@ -93,6 +102,40 @@ std::optional<std::string> build_id_in_notes(Elf_Data* data) {
   return std::nullopt;
 }
 
+// libelf allocates its per-section and per-segment structures from the
+// counts in the ELF header (or, for large counts, in section header 0)
+// before anything else is checked: refuse absurd counts first.
+Result<void> check_header_counts(int fd, const std::string& path) {
+  Elf64_Ehdr ehdr{};
+  if (::pread(fd, &ehdr, sizeof ehdr, 0) != static_cast<ssize_t>(sizeof ehdr) ||
+      std::memcmp(ehdr.e_ident, ELFMAG, SELFMAG) != 0 || ehdr.e_ident[EI_CLASS] != ELFCLASS64)
+    return {};  // libelf reports what is wrong with these
+  uint64_t sections = ehdr.e_shnum;
+  uint64_t segments = ehdr.e_phnum;
+  if ((sections == 0 && ehdr.e_shoff != 0) || segments == PN_XNUM) {
+    // Extended numbering: the real counts are in section header 0.
+    Elf64_Shdr first{};
+    if (::pread(fd, &first, sizeof first, static_cast<off_t>(ehdr.e_shoff)) ==
+        static_cast<ssize_t>(sizeof first)) {
+      if (sections == 0)
+        sections = first.sh_size;
+      if (segments == PN_XNUM)
+        segments = first.sh_info;
+    }
+  }
+  if (sections > kMaxSections)
+    return make_error(
+        "{} claims {} section headers, more than the {} krait reads; the file is corrupt or "
+        "hostile",
+        path, sections, kMaxSections);
+  if (segments > kMaxProgramHeaders)
+    return make_error(
+        "{} claims {} program headers, more than the {} krait reads; the file is corrupt or "
+        "hostile",
+        path, segments, kMaxProgramHeaders);
+  return {};
+}
+
 struct SectionInfo {
   Section section;
   size_t index = 0;  // for elf_getscn
@@ -101,10 +144,63 @@ struct SectionInfo {
 
 }  // namespace
 
+Result<FileId> file_id_of(int fd) {
+  struct statx stx {};
+  if (::statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC,
+              STATX_TYPE | STATX_MODE | STATX_INO | STATX_SIZE | STATX_MTIME, &stx) != 0)
+    return make_error("{}", std::strerror(errno));
+  return FileId{.dev_major = stx.stx_dev_major,
+                .dev_minor = stx.stx_dev_minor,
+                .inode = stx.stx_ino,
+                .size = stx.stx_size,
+                .mtime_ns = static_cast<int64_t>(stx.stx_mtime.tv_sec) * 1'000'000'000 +
+                            static_cast<int64_t>(stx.stx_mtime.tv_nsec)};
+}
+
+Result<CheckedFile> check_file(int fd, std::string_view name) {
+  // AT_STATX_DONT_SYNC: the attributes the kernel has, without asking a
+  // FUSE or network server (which could take forever to answer).
+  struct statx stx {};
+  if (::statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC,
+              STATX_TYPE | STATX_MODE | STATX_INO | STATX_SIZE | STATX_MTIME, &stx) != 0)
+    return make_error("cannot stat {}: {}", name, std::strerror(errno));
+  const mode_t mode = stx.stx_mode;
+  if (S_ISDIR(mode))
+    return make_error("{} is a directory, not an ELF file", name);
+  if (!S_ISREG(mode))
+    return make_error(
+        "{} is not a regular file (a FIFO, device, socket or link), so not an ELF file", name);
+  if (stx.stx_size == 0)
+    return make_error("{} is empty, not an ELF file", name);
+  if (stx.stx_size > kMaxFileBytes)
+    return make_error(
+        "{} is {} bytes, larger than the {} GiB krait reads from one file; refused (a binary this "
+        "large is sparse or hostile)",
+        name, stx.stx_size, kMaxFileBytes >> 30);
+  struct statfs fs {};
+  if (::fstatfs(fd, &fs) != 0)
+    return make_error("cannot stat the filesystem of {}: {}", name, std::strerror(errno));
+  const auto fs_magic = static_cast<int64_t>(fs.f_type);
+  if (fs_magic == kFuseSuperMagic)
+    return make_error(
+        "{} is on a FUSE filesystem, whose user-space server can stall any read forever; krait "
+        "does not read files there",
+        name);
+  return CheckedFile{
+      .id = FileId{.dev_major = stx.stx_dev_major,
+                   .dev_minor = stx.stx_dev_minor,
+                   .inode = stx.stx_ino,
+                   .size = stx.stx_size,
+                   .mtime_ns = static_cast<int64_t>(stx.stx_mtime.tv_sec) * 1'000'000'000 +
+                               static_cast<int64_t>(stx.stx_mtime.tv_nsec)},
+      .fs_magic = fs_magic};
+}
+
 struct ElfFile::State {
   std::string path;
   UniqueFd fd;
   ElfHandle elf;  // declared after fd: destroyed before the fd is closed
+  FileId file_id;
   uint64_t file_size = 0;
   bool is_dyn = false;
   std::vector<LoadSegment> loads;
@@ -118,6 +214,11 @@ struct ElfFile::State {
   // libelf keeps per-handle caches that it fills on demand, so every libelf
   // call after open() is serialised.
   std::mutex elf_mutex;
+  // Bytes read into memory or indexed so far (kMaxBytesPerFile), and which
+  // sections were read (libelf keeps a section's data once read, so each is
+  // charged once). Guarded by elf_mutex, except during open().
+  std::atomic<uint64_t> charged{0};
+  std::vector<bool> section_read;  // parallel to `sections`
 
   std::once_flag symbols_once;
   std::vector<Symbol> dynsym;  // each sorted by (name, bind preference, table order)
@@ -135,6 +236,36 @@ struct ElfFile::State {
         return &info;
     return nullptr;
   }
+  const SectionInfo* section_at(size_t index) const {
+    if (index >= 1 && index - 1 < sections.size() && sections[index - 1].index == index)
+      return &sections[index - 1];
+    for (const SectionInfo& info : sections)
+      if (info.index == index)
+        return &info;
+    return nullptr;
+  }
+  // Counts `bytes` against kMaxBytesPerFile; false (nothing counted) when
+  // they do not fit.
+  bool charge(uint64_t bytes) {
+    uint64_t used = charged.load(std::memory_order_relaxed);
+    do {
+      if (bytes > kMaxBytesPerFile || used > kMaxBytesPerFile - bytes)
+        return false;
+    } while (!charged.compare_exchange_weak(used, used + bytes, std::memory_order_relaxed));
+    return true;
+  }
+  // Why the contents of `info` may not be read into memory, or "" when they
+  // may (and are then charged): every section read goes through here,
+  // before libelf allocates.
+  std::string admit_section(const SectionInfo& info, uint64_t limit);
+  // The contents of `info` (raw bytes, or converted to the host's layout
+  // with `converted`), admitted by admit_section() first; nullptr when
+  // refused or unreadable. Call with elf_mutex held (or during open()).
+  Elf_Data* section_data(const SectionInfo& info, bool converted,
+                         uint64_t limit = kMaxSectionBytes);
+  // Loads the string table `index` so that elf_strptr() on it reads nothing
+  // more; false when it is refused.
+  bool strings_ready(size_t index);
   Result<void> read_headers();
   void read_build_id_and_dynamic(const std::vector<GElf_Phdr>& notes,
                                  const std::optional<GElf_Phdr>& dynamic);
@@ -200,11 +331,23 @@ Result<void> ElfFile::State::read_headers() {
   // (sstrip does it), so it only leaves the section list empty.
   size_t shstrndx = 0;
   bool have_names = elf_getshdrstrndx(e, &shstrndx) == 0;
+  if (have_names) {
+    // elf_strptr() reads the whole name table: check its size first.
+    GElf_Shdr names;
+    have_names = gelf_getshdr(elf_getscn(e, shstrndx), &names) != nullptr &&
+                 names.sh_type != SHT_NOBITS && names.sh_offset <= file_size &&
+                 names.sh_size <= file_size - names.sh_offset &&
+                 names.sh_size <= kMaxSectionBytes && charge(names.sh_size);
+  }
   for (Elf_Scn* scn = elf_nextscn(e, nullptr); scn != nullptr; scn = elf_nextscn(e, scn)) {
     GElf_Shdr shdr;
     if (gelf_getshdr(scn, &shdr) == nullptr)
       continue;
     const char* name = have_names ? elf_strptr(e, shstrndx, shdr.sh_name) : nullptr;
+    // Every header may name the same long string: each copy is charged.
+    if (name != nullptr && (::strnlen(name, kMaxSectionNameBytes) == kMaxSectionNameBytes ||
+                            !charge(std::strlen(name))))
+      name = nullptr;
     sections.push_back(SectionInfo{.section = Section{.name = name != nullptr ? name : "",
                                                       .addr = shdr.sh_addr,
                                                       .offset = shdr.sh_offset,
@@ -217,11 +360,15 @@ Result<void> ElfFile::State::read_headers() {
       has_symtab = true;
   }
 
+  section_read.assign(sections.size(), false);
+  for (size_t i = 0; have_names && i < sections.size(); ++i)
+    if (sections[i].index == shstrndx)
+      section_read[i] = true;  // charged above
+
   read_build_id_and_dynamic(notes, dynamic);
 
-  if (const SectionInfo* info = section(".gnu_debuglink");
-      info != nullptr && info->section.type != SHT_NOBITS) {
-    Elf_Data* data = elf_rawdata(elf_getscn(e, info->index), nullptr);
+  if (const SectionInfo* info = section(".gnu_debuglink")) {
+    Elf_Data* data = section_data(*info, false, kMaxNoteBytes);
     if (data != nullptr && data->d_buf != nullptr && data->d_size > 0) {
       const auto* begin = static_cast<const char*>(data->d_buf);
       const void* nul = std::memchr(begin, '\0', data->d_size);
@@ -238,6 +385,10 @@ void ElfFile::State::read_build_id_and_dynamic(const std::vector<GElf_Phdr>& not
   // Program headers survive every kind of stripping, so they come first.
   for (const GElf_Phdr& note : notes) {
     Elf_Type type = note.p_align == 8 ? ELF_T_NHDR8 : ELF_T_NHDR;
+    // libelf allocates p_filesz bytes for the chunk, and keeps them.
+    if (note.p_filesz > kMaxNoteBytes || note.p_offset > file_size ||
+        note.p_filesz > file_size - note.p_offset || !charge(note.p_filesz))
+      continue;
     if (auto id = build_id_in_notes(
             elf_getdata_rawchunk(e, static_cast<int64_t>(note.p_offset), note.p_filesz, type))) {
       build_id = std::move(*id);
@@ -248,7 +399,7 @@ void ElfFile::State::read_build_id_and_dynamic(const std::vector<GElf_Phdr>& not
     for (const SectionInfo& info : sections) {
       if (info.section.type != SHT_NOTE)
         continue;
-      if (auto id = build_id_in_notes(elf_getdata(elf_getscn(e, info.index), nullptr))) {
+      if (auto id = build_id_in_notes(section_data(info, true, kMaxNoteBytes))) {
         build_id = std::move(*id);
         break;
       }
@@ -265,10 +416,12 @@ bool ElfFile::State::read_dynamic_section() {
   for (const SectionInfo& info : sections) {
     if (info.section.type != SHT_DYNAMIC)
       continue;
-    Elf_Data* data = elf_getdata(elf_getscn(e, info.index), nullptr);
+    Elf_Data* data = section_data(info, true);
     size_t entry_size = gelf_fsize(e, ELF_T_DYN, 1, EV_CURRENT);
     if (data == nullptr || data->d_buf == nullptr || entry_size == 0)
       return false;
+    if (!strings_ready(info.link))
+      return true;
     size_t count = data->d_size / entry_size;
     for (size_t i = 0; i < count; ++i) {
       GElf_Dyn dyn;
@@ -276,8 +429,10 @@ bool ElfFile::State::read_dynamic_section() {
         break;
       if (dyn.d_tag != DT_NEEDED && dyn.d_tag != DT_SONAME)
         continue;
+      if (dyn.d_tag == DT_NEEDED && needed.size() >= kMaxNeeded)
+        continue;
       const char* name = elf_strptr(e, info.link, dyn.d_un.d_val);
-      if (name == nullptr)
+      if (name == nullptr || ::strnlen(name, kMaxDynamicNameBytes) == kMaxDynamicNameBytes)
         continue;
       if (dyn.d_tag == DT_NEEDED)
         needed.emplace_back(name);
@@ -293,6 +448,9 @@ void ElfFile::State::read_dynamic_segment(const GElf_Phdr& dynamic) {
   // Without section headers the string table is found through DT_STRTAB, a
   // virtual address that has to be translated to a file offset.
   Elf* e = elf.get();
+  if (dynamic.p_filesz > kMaxSectionBytes || dynamic.p_offset > file_size ||
+      dynamic.p_filesz > file_size - dynamic.p_offset || !charge(dynamic.p_filesz))
+    return;
   Elf_Data* data =
       elf_getdata_rawchunk(e, static_cast<int64_t>(dynamic.p_offset), dynamic.p_filesz, ELF_T_DYN);
   size_t entry_size = gelf_fsize(e, ELF_T_DYN, 1, EV_CURRENT);
@@ -311,7 +469,7 @@ void ElfFile::State::read_dynamic_segment(const GElf_Phdr& dynamic) {
       strtab_vaddr = dyn.d_un.d_ptr;
     else if (dyn.d_tag == DT_STRSZ)
       strtab_size = dyn.d_un.d_val;
-    else if (dyn.d_tag == DT_NEEDED)
+    else if (dyn.d_tag == DT_NEEDED && needed_offsets.size() < kMaxNeeded)
       needed_offsets.push_back(dyn.d_un.d_val);
     else if (dyn.d_tag == DT_SONAME)
       soname_offset = dyn.d_un.d_val;
@@ -326,7 +484,8 @@ void ElfFile::State::read_dynamic_segment(const GElf_Phdr& dynamic) {
       break;
     }
   }
-  if (!strtab_offset || *strtab_offset > file_size || strtab_size > file_size - *strtab_offset)
+  if (!strtab_offset || *strtab_offset > file_size || strtab_size > file_size - *strtab_offset ||
+      strtab_size > kMaxSectionBytes || !charge(strtab_size))
     return;
   Elf_Data* strings =
       elf_getdata_rawchunk(e, static_cast<int64_t>(*strtab_offset), strtab_size, ELF_T_BYTE);
@@ -336,7 +495,8 @@ void ElfFile::State::read_dynamic_segment(const GElf_Phdr& dynamic) {
   auto string_at = [&](uint64_t offset) -> std::optional<std::string> {
     if (offset >= strings->d_size)
       return std::nullopt;
-    const void* nul = std::memchr(base + offset, '\0', strings->d_size - offset);
+    const void* nul = std::memchr(
+        base + offset, '\0', std::min<uint64_t>(strings->d_size - offset, kMaxDynamicNameBytes));
     if (nul == nullptr)
       return std::nullopt;
     return std::string(base + offset, static_cast<const char*>(nul));
@@ -349,16 +509,70 @@ void ElfFile::State::read_dynamic_segment(const GElf_Phdr& dynamic) {
       soname = std::move(*name);
 }
 
+std::string ElfFile::State::admit_section(const SectionInfo& info, uint64_t limit) {
+  const Section& section = info.section;
+  if (section.type == SHT_NOBITS)
+    return fmt::format("section {} of {} has no contents in the file (SHT_NOBITS)", section.name,
+                       path);
+  if (section.offset > file_size || section.size > file_size - section.offset)
+    return fmt::format("section {} of {} extends past the end of the file; the file is truncated",
+                       section.name, path);
+  if (section.size > limit)
+    return fmt::format(
+        "section {} of {} is {} bytes, more than the {} KiB krait reads from one section; the "
+        "file is corrupt or hostile",
+        section.name, path, section.size, limit >> 10);
+  const auto at = static_cast<size_t>(&info - sections.data());
+  const bool ours = at < section_read.size();
+  if (ours && section_read[at])
+    return "";
+  if (!charge(section.size))
+    return fmt::format(
+        "reading section {} of {} ({} bytes) would take krait past the {} MiB it reads from one "
+        "file; the file is corrupt or hostile",
+        section.name, path, section.size, kMaxBytesPerFile >> 20);
+  if (ours)
+    section_read[at] = true;
+  return "";
+}
+
+Elf_Data* ElfFile::State::section_data(const SectionInfo& info, bool converted, uint64_t limit) {
+  if (!admit_section(info, limit).empty())
+    return nullptr;
+  Elf_Scn* scn = elf_getscn(elf.get(), info.index);
+  if (scn == nullptr)
+    return nullptr;
+  return converted ? elf_getdata(scn, nullptr) : elf_rawdata(scn, nullptr);
+}
+
+bool ElfFile::State::strings_ready(size_t index) {
+  // libelf's elf_strptr() refuses anything but SHT_STRTAB as well.
+  const SectionInfo* info = section_at(index);
+  if (info == nullptr || info->section.type != SHT_STRTAB)
+    return false;
+  Elf_Data* data = section_data(*info, false);
+  return data != nullptr && data->d_buf != nullptr;
+}
+
 void ElfFile::State::read_symbols(const SectionInfo& info, std::vector<Symbol>& out) {
   Elf* e = elf.get();
-  Elf_Data* data = elf_getdata(elf_getscn(e, info.index), nullptr);
+  Elf_Data* data = section_data(info, true);
   size_t entry_size = gelf_fsize(e, ELF_T_SYM, 1, EV_CURRENT);
   // d_buf is null for a section whose type was rewritten but whose data is
   // absent; gelf_getsym would dereference it.
   if (data == nullptr || data->d_buf == nullptr || entry_size == 0)
     return;
-  // d_size came from the file, so the count is bounded by the file's size.
+  if (!strings_ready(info.link))
+    return;
+  // The table's size was checked against kMaxSectionBytes, so the count is
+  // bounded; the index costs one Symbol per entry on top of it.
   size_t count = data->d_size / entry_size;
+  if (!charge(count * sizeof(Symbol)))
+    return;
+  // Entries that all name one long string would copy it once each: names
+  // may total twice their table (linkers share string tails), no more.
+  const uint64_t name_budget = 2 * section_at(info.link)->section.size + kMaxSymbolNameSlack;
+  uint64_t name_bytes = 0;
   out.reserve(count);
   for (size_t i = 1; i < count; ++i) {
     GElf_Sym sym;
@@ -370,11 +584,20 @@ void ElfFile::State::read_symbols(const SectionInfo& info, std::vector<Symbol>& 
     const char* name = elf_strptr(e, info.link, sym.st_name);
     if (name == nullptr || *name == '\0')
       continue;
+    // elf_strptr() found the terminating NUL inside the table.
+    name_bytes += std::strlen(name);
+    if (name_bytes > name_budget)
+      break;
     out.push_back(Symbol{.name = name,
                          .value = sym.st_value,
                          .size = sym.st_size,
                          .type = type,
                          .bind = static_cast<uint8_t>(GELF_ST_BIND(sym.st_info))});
+  }
+  if (!charge(name_bytes)) {
+    out.clear();
+    out.shrink_to_fit();
+    return;
   }
   std::stable_sort(out.begin(), out.end(), [](const Symbol& a, const Symbol& b) {
     if (a.name != b.name)
@@ -434,11 +657,11 @@ void ElfFile::State::index_got_slots() {
         symbols = &candidate;
     if (symbols == nullptr)
       continue;
-    Elf_Data* relocations = elf_getdata(elf_getscn(e, info.index), nullptr);
-    Elf_Data* symbol_data = elf_getdata(elf_getscn(e, symbols->index), nullptr);
+    Elf_Data* relocations = section_data(info, true);
+    Elf_Data* symbol_data = section_data(*symbols, true);
     size_t entry_size = gelf_fsize(e, ELF_T_RELA, 1, EV_CURRENT);
     if (relocations == nullptr || relocations->d_buf == nullptr || symbol_data == nullptr ||
-        symbol_data->d_buf == nullptr || entry_size == 0)
+        symbol_data->d_buf == nullptr || entry_size == 0 || !strings_ready(symbols->link))
       continue;
     for (size_t i = 0; i < relocations->d_size / entry_size; ++i) {
       GElf_Rela rela;
@@ -455,8 +678,13 @@ void ElfFile::State::index_got_slots() {
       if (GELF_ST_TYPE(sym.st_info) == STT_OBJECT || GELF_ST_TYPE(sym.st_info) == STT_TLS)
         continue;
       const char* name = elf_strptr(e, symbols->link, sym.st_name);
-      if (name != nullptr && *name != '\0')
-        got_slots.emplace(rela.r_offset, name);
+      if (name == nullptr || *name == '\0')
+        continue;
+      // Each slot copies its name: charged, so that many relocations of
+      // one long name cannot multiply it.
+      if (!charge(std::strlen(name) + sizeof(std::string) + 2 * sizeof(uint64_t)))
+        return;
+      got_slots.emplace(rela.r_offset, name);
     }
   }
 }
@@ -467,36 +695,45 @@ ElfFile& ElfFile::operator=(ElfFile&&) noexcept = default;
 ElfFile::~ElfFile() = default;
 
 Result<ElfFile> ElfFile::open(const std::string& path) {
+  // O_NONBLOCK so that opening a FIFO cannot block; from_fd() refuses it.
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
+  if (!fd.valid())
+    return make_error("cannot open {}: {}", path, std::strerror(errno));
+  return from_fd(std::move(fd), path);
+}
+
+Result<ElfFile> ElfFile::from_fd(UniqueFd fd, std::string name) {
   if (!libelf_ready())
     return make_error("libelf refused to initialise ({}); the installed libelf is incompatible",
                       libelf_error());
+  if (!fd.valid())
+    return make_error("no open descriptor for {}", name);
+  auto checked = check_file(fd.get(), name);
+  if (!checked)
+    return checked.error();
+  KRAIT_TRY(check_header_counts(fd.get(), name));
   auto state = std::make_unique<State>();
-  state->path = path;
-  // O_NONBLOCK so that opening a FIFO cannot block; fstat rejects it next.
-  state->fd = UniqueFd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
-  if (!state->fd.valid())
-    return make_error("cannot open {}: {}", path, std::strerror(errno));
-  struct stat st;
-  if (::fstat(state->fd.get(), &st) != 0)
-    return make_error("cannot stat {}: {}", path, std::strerror(errno));
-  if (S_ISDIR(st.st_mode))
-    return make_error("{} is a directory, not an ELF file", path);
-  if (!S_ISREG(st.st_mode))
-    return make_error("{} is not a regular file, so not an ELF file", path);
-  if (st.st_size <= 0)
-    return make_error("{} is empty, not an ELF file", path);
-  state->file_size = static_cast<uint64_t>(st.st_size);
+  state->path = std::move(name);
+  state->fd = std::move(fd);
+  state->file_id = checked->id;
+  state->file_size = checked->id.size;
   // ELF_C_READ (pread on demand) rather than ELF_C_READ_MMAP: a mapping of a
   // file that shrinks while we hold it would raise SIGBUS.
   state->elf.reset(elf_begin(state->fd.get(), ELF_C_READ, nullptr));
   if (!state->elf)
-    return make_error("{} is not a readable ELF file: {}", path, libelf_error());
+    return make_error("{} is not a readable ELF file: {}", state->path, libelf_error());
   KRAIT_TRY(state->read_headers());
   return ElfFile(std::move(state));
 }
 
 const std::string& ElfFile::path() const {
   return state_->path;
+}
+int ElfFile::fd() const {
+  return state_->fd.get();
+}
+const FileId& ElfFile::file_id() const {
+  return state_->file_id;
 }
 bool ElfFile::is_dyn() const {
   return state_->is_dyn;
@@ -581,19 +818,21 @@ Result<std::span<const uint8_t>> ElfFile::section_bytes(std::string_view name) c
   const SectionInfo* info = s.section(name);
   if (info == nullptr)
     return make_error("{} has no section {}", s.path, name);
-  const Section& section = info->section;
-  if (section.type == SHT_NOBITS)
-    return make_error("section {} of {} has no contents in the file (SHT_NOBITS)", name, s.path);
-  if (section.offset > s.file_size || section.size > s.file_size - section.offset)
-    return make_error("section {} of {} extends past the end of the file; the file is truncated",
-                      name, s.path);
-  if (section.size == 0)
+  if (info->section.size == 0 && info->section.type != SHT_NOBITS &&
+      info->section.offset <= s.file_size)
     return std::span<const uint8_t>();
   std::lock_guard lock(s.elf_mutex);
-  Elf_Data* data = elf_rawdata(elf_getscn(s.elf.get(), info->index), nullptr);
+  if (std::string refusal = s.admit_section(*info, kMaxSectionBytes); !refusal.empty())
+    return Error{std::move(refusal)};
+  Elf_Data* data = s.section_data(*info, false);
   if (data == nullptr || data->d_buf == nullptr)
     return make_error("cannot read section {} of {}: {}", name, s.path, libelf_error());
   return std::span<const uint8_t>(static_cast<const uint8_t*>(data->d_buf), data->d_size);
+}
+
+void ElfFile::index_now() const {
+  State& s = *state_;
+  std::call_once(s.functions_once, [&s] { s.index_functions(); });
 }
 
 const Symbol* ElfFile::function_at(uint64_t vaddr) const {

@@ -6,23 +6,36 @@
 // proc/maps.h), the GNU build-id, DT_NEEDED / DT_SONAME, .gnu_debuglink, raw
 // bytes at a file virtual address, and the function containing an address.
 //
-// Inputs are untrusted: any file a process maps, possibly truncated or
-// garbage. Every malformed input yields an Error (from open() or from the
-// accessor) or an empty answer; no input crashes, hangs or makes the object
-// allocate more than a small multiple of the file's size. FIFOs, devices and
-// directories are refused before anything is read.
+// Inputs are untrusted: any file a process maps, possibly truncated,
+// sparse or garbage. Every malformed input yields an Error (from open() or
+// from the accessor) or an empty answer; no input crashes, hangs or makes
+// the object allocate more than the limits below. FIFOs, devices,
+// directories, files on FUSE and files larger than kMaxFileBytes are refused
+// before anything is read.
+//
+// Limits (sizes come from the file, so each is checked before anything is
+// allocated): a file of at most kMaxFileBytes; at most kMaxSections section
+// headers and kMaxProgramHeaders program headers; no section (symbol and
+// string tables, relocations, .dynamic, .rodata, .eh_frame, ...) larger than
+// kMaxSectionBytes is read into memory; notes and .gnu_debuglink are read
+// only up to kMaxNoteBytes; the names copied into the symbol index total at
+// most twice their string table plus kMaxSymbolNameSlack; and all of one
+// file's reads and indexes together at most kMaxBytesPerFile. Whatever
+// exceeds a limit is an Error naming it (section_bytes) or is left out of
+// the answer (a symbol table too large is not indexed).
 //
 // Ownership: an ElfFile owns its file descriptor and libelf handle and keeps
 // the file open for its whole life (so data is read lazily, and a deleted
-// file opened through /proc/PID/map_files stays readable). Move-only; a
-// moved-from ElfFile may only be destroyed or assigned to.
+// file opened through /proc/PID/map_files stays readable). The file is read
+// through that one descriptor only (pread): nothing reopens it by path.
+// Move-only; a moved-from ElfFile may only be destroyed or assigned to.
 //
 // Threading: all const member functions may be called concurrently from any
 // number of threads on one ElfFile (the symbol and function indexes are built
 // once, under std::call_once; libelf is only touched under an internal
 // mutex). Headers, segments, sections, build-id, DT_NEEDED, DT_SONAME and
-// the debuglink are read eagerly by open(); the symbol indexes on the first
-// find_symbol() / function_at() call.
+// the debuglink are read eagerly by open() / from_fd(); the symbol indexes
+// on the first find_symbol() / function_at() call, or by index_now().
 //
 // Addresses are the file's own virtual addresses (st_value, p_vaddr,
 // sh_addr), never process addresses.
@@ -38,8 +51,54 @@
 #include <vector>
 
 #include "util/result.h"
+#include "util/unique_fd.h"
 
 namespace krait::elf {
+
+// Limits on what is read from one file (see the contract above).
+inline constexpr uint64_t kMaxFileBytes = uint64_t{4} << 30;  // the largest file opened
+inline constexpr uint64_t kMaxSectionBytes = uint64_t{64} << 20;
+inline constexpr uint64_t kMaxNoteBytes = uint64_t{1} << 20;
+inline constexpr uint64_t kMaxSymbolNameSlack = uint64_t{1} << 20;
+inline constexpr uint64_t kMaxBytesPerFile = uint64_t{512} << 20;
+inline constexpr size_t kMaxSections = size_t{1} << 16;
+inline constexpr size_t kMaxProgramHeaders = size_t{1} << 16;
+
+// statfs f_type of FUSE (fuseblk included): a file there is served by a
+// user-space process that can stall any read forever.
+inline constexpr int64_t kFuseSuperMagic = 0x65735546;
+// statfs f_type of btrfs, whose stat() reports a subvolume's device number
+// where /proc/PID/maps prints the filesystem's.
+inline constexpr int64_t kBtrfsSuperMagic = 0x9123683e;
+
+// What identifies the contents of an opened file: the device and inode that
+// name it, and the size and modification time that change when it is
+// rewritten in place. Taken from the open descriptor, never from a path.
+struct FileId {
+  uint32_t dev_major = 0, dev_minor = 0;
+  uint64_t inode = 0;
+  uint64_t size = 0;
+  int64_t mtime_ns = 0;
+
+  bool operator==(const FileId&) const = default;
+  auto operator<=>(const FileId&) const = default;
+};
+
+// What check_file() found about an open descriptor.
+struct CheckedFile {
+  FileId id;
+  int64_t fs_magic = 0;  // statfs f_type of its filesystem
+};
+
+// Checks that the open descriptor `fd` (O_PATH descriptors included) is a
+// file krait may read: a regular, non-empty file of at most kMaxFileBytes,
+// not on FUSE. Uses statx with AT_STATX_DONT_SYNC (no round trip to a
+// network or FUSE server for the attributes) and fstatfs. `name` is for
+// messages. Errors say what the file is and why it is refused.
+Result<CheckedFile> check_file(int fd, std::string_view name);
+
+// The FileId of an open descriptor as it is now (statx, AT_STATX_DONT_SYNC).
+Result<FileId> file_id_of(int fd);
 
 struct Symbol {
   std::string name;
@@ -68,7 +127,17 @@ class ElfFile {
   // Opens and validates `path`: a regular, non-empty ELF64 little-endian
   // x86_64 (EM_X86_64) file of type ET_EXEC or ET_DYN. Errors name the path
   // and what is wrong (not ELF, 32-bit, other machine, ET_REL/ET_CORE, ...).
+  // Opens with O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC and follows
+  // symbolic links: for tools, tests and the operator's own files (debug
+  // roots). Files of a profiled process are opened by proc::open_mapped_elf
+  // or another careful opener and handed to from_fd().
   static Result<ElfFile> open(const std::string& path);
+
+  // The same over a descriptor the caller opened (the ElfFile takes it and
+  // reads only through it, with pread). It is checked with check_file()
+  // before anything is read. `name` is what path() returns and what errors
+  // name: the path it was opened through, for messages only.
+  static Result<ElfFile> from_fd(UniqueFd fd, std::string name);
 
   ElfFile(ElfFile&&) noexcept;
   ElfFile& operator=(ElfFile&&) noexcept;
@@ -76,7 +145,13 @@ class ElfFile {
   ElfFile& operator=(const ElfFile&) = delete;
   ~ElfFile();
 
+  // The name given when opened (for messages; never reopened).
   const std::string& path() const;
+  // The descriptor the file is read through (read it with pread only; do not
+  // close it or move its offset).
+  int fd() const;
+  // The identity of the file, from its descriptor when it was opened.
+  const FileId& file_id() const;
   // ET_DYN: a PIE executable or a shared object (loaded at a bias).
   bool is_dyn() const;
 
@@ -116,8 +191,14 @@ class ElfFile {
 
   // The raw (on-disk, not decompressed) contents of the first section named
   // `name`. The span stays valid while this ElfFile lives. Error for a
-  // missing section, SHT_NOBITS, or contents outside the file.
+  // missing section, SHT_NOBITS, contents outside the file, a section larger
+  // than kMaxSectionBytes, or one that would take the file past
+  // kMaxBytesPerFile; nothing is allocated for a section refused.
   Result<std::span<const uint8_t>> section_bytes(std::string_view name) const;
+
+  // Builds the symbol and function indexes now, on the calling thread,
+  // instead of on the first find_symbol() / function_at() call.
+  void index_now() const;
 
   // The function symbol whose [value, value + size) contains `vaddr`, or
   // nullptr. Functions are the STT_FUNC / STT_GNU_IFUNC symbols with a

@@ -2,7 +2,9 @@
 
 #include <elf.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -108,28 +110,128 @@ uint64_t page_size() {
   return size;
 }
 
+// Turns the text of a memory map into entries as it arrives, in chunks
+// that may end inside a line.
+class MapsParser {
+ public:
+  Result<void> feed(std::string_view chunk) {
+    bytes_ += chunk.size();
+    if (bytes_ > kMaxMapsBytes)
+      return make_error(
+          "the memory map is larger than {} MiB (the process has more mappings than krait reads)",
+          kMaxMapsBytes >> 20);
+    while (!chunk.empty()) {
+      const size_t newline = chunk.find('\n');
+      const std::string_view piece = chunk.substr(0, newline);
+      if (partial_.size() + piece.size() > kMaxMapsLineBytes)
+        return make_error("line {} of the memory map is longer than {} bytes", line_number_ + 1,
+                          kMaxMapsLineBytes);
+      if (newline == std::string_view::npos) {
+        partial_.append(piece);
+        return {};
+      }
+      if (partial_.empty()) {
+        KRAIT_TRY(line(piece));
+      } else {
+        partial_.append(piece);
+        KRAIT_TRY(line(partial_));
+        partial_.clear();
+      }
+      chunk.remove_prefix(newline + 1);
+    }
+    return {};
+  }
+  // The entries, once the text has ended (a last line without '\n' counts).
+  Result<std::vector<MapEntry>> finish() {
+    if (!partial_.empty()) {
+      KRAIT_TRY(line(partial_));
+      partial_.clear();
+    }
+    return std::move(entries_);
+  }
+
+ private:
+  Result<void> line(std::string_view text) {
+    ++line_number_;
+    if (text.empty())
+      return {};
+    auto entry = parse_line(text);
+    if (!entry)
+      return make_error("line {} of the memory map does not parse: \"{}\"", line_number_,
+                        text.substr(0, 200));
+    entries_.push_back(std::move(*entry));
+    return {};
+  }
+
+  std::string partial_;
+  std::vector<MapEntry> entries_;
+  size_t line_number_ = 0;
+  uint64_t bytes_ = 0;
+};
+
+// How a file opened from a process is checked and reopened for reading:
+// `path_fd` is an O_PATH descriptor (no driver, FIFO or FUSE server has
+// seen an open yet). `mapping` is the entry it must be the file of, if any.
+Result<OpenedFile> finish_open(UniqueFd path_fd, std::string name, const MapEntry* mapping) {
+  auto checked = elf::check_file(path_fd.get(), name);
+  if (!checked)
+    return checked.error();
+  const elf::FileId& id = checked->id;
+  if (mapping != nullptr) {
+    // btrfs reports a subvolume's device to stat() where the memory map
+    // prints the filesystem's; there the inode has to do.
+    const bool same_device =
+        (id.dev_major == mapping->dev_major && id.dev_minor == mapping->dev_minor) ||
+        checked->fs_magic == elf::kBtrfsSuperMagic;
+    if (!same_device || id.inode != mapping->inode)
+      return make_error(
+          "{} is no longer the mapped file (device {:x}:{:x} inode {}, mapped {:x}:{:x} inode {}); "
+          "it was replaced or the mapping changed",
+          name, id.dev_major, id.dev_minor, id.inode, mapping->dev_major, mapping->dev_minor,
+          mapping->inode);
+  }
+  // Reopening the checked descriptor opens that very inode; no path is
+  // looked up again.
+  std::string self = fmt::format("/proc/self/fd/{}", path_fd.get());
+  UniqueFd fd(::open(self.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
+  if (!fd.valid())
+    return make_error("cannot open {} for reading: {}", name, std::strerror(errno));
+  auto now = elf::file_id_of(fd.get());
+  if (!now || now->dev_major != id.dev_major || now->dev_minor != id.dev_minor ||
+      now->inode != id.inode)
+    return make_error("{} changed while it was opened; retry", name);
+  return OpenedFile{.fd = std::move(fd), .id = id, .name = std::move(name)};
+}
+
+Result<OpenedFile> open_path_in_root(int root_fd, std::string_view path, std::string name,
+                                     const MapEntry* mapping) {
+  if (path.empty() || path.front() != '/')
+    return make_error("{} is not an absolute path", name);
+  open_how how{};
+  how.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC;
+  how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+  const std::string relative(path);
+  long fd = ::syscall(SYS_openat2, root_fd, relative.c_str(), &how, sizeof how);
+  if (fd < 0) {
+    if (errno == ENOSYS)
+      return make_error("cannot open {}: openat2() is not available (Linux 5.6 or later is needed)",
+                        name);
+    return make_error("cannot open {}: {}", name, std::strerror(errno));
+  }
+  return finish_open(UniqueFd(static_cast<int>(fd)), std::move(name), mapping);
+}
+
+}  // namespace
+
 bool same_file(const MapEntry& a, const MapEntry& b) {
   return a.dev_major == b.dev_major && a.dev_minor == b.dev_minor && a.inode == b.inode &&
          a.path == b.path;
 }
 
-}  // namespace
-
 Result<std::vector<MapEntry>> parse_maps(std::string_view text) {
-  std::vector<MapEntry> entries;
-  size_t line_number = 0;
-  while (!text.empty()) {
-    std::string_view line = take_line(text);
-    ++line_number;
-    if (line.empty())
-      continue;
-    auto entry = parse_line(line);
-    if (!entry)
-      return make_error("line {} of the memory map does not parse: \"{}\"", line_number,
-                        line.substr(0, 200));
-    entries.push_back(std::move(*entry));
-  }
-  return entries;
+  MapsParser parser;
+  KRAIT_TRY(parser.feed(text));
+  return parser.finish();
 }
 
 Result<std::vector<MapEntry>> read_maps(int pid) {
@@ -142,8 +244,8 @@ Result<std::vector<MapEntry>> read_maps(int pid) {
       return make_error("process {} does not exist", pid);
     return make_error("cannot open {}: {}", path, std::strerror(errno));
   }
-  std::string text;
-  char buffer[16384];
+  MapsParser parser;
+  char buffer[65536];
   for (;;) {
     ssize_t n = ::read(fd.get(), buffer, sizeof buffer);
     if (n < 0 && errno == EINTR)
@@ -156,9 +258,10 @@ Result<std::vector<MapEntry>> read_maps(int pid) {
     }
     if (n == 0)
       break;
-    text.append(buffer, static_cast<size_t>(n));
+    if (auto fed = parser.feed(std::string_view(buffer, static_cast<size_t>(n))); !fed)
+      return fed.error().context(path);
   }
-  return parse_maps(text).context(path);
+  return parser.finish().context(path);
 }
 
 std::vector<MapEntry> maps_of_file(std::span<const MapEntry> maps, const MapEntry& like) {
@@ -195,18 +298,12 @@ Result<uint64_t> load_bias(std::span<const MapEntry> file_maps, const elf::ElfFi
   struct Vote {
     uint64_t bias;
     int weight;
+    size_t order;  // of the first vote for this bias: ties go to the earliest
   };
   std::vector<Vote> votes;
   auto vote = [&votes, page](uint64_t bias, int weight) {
-    if (bias % page != 0)
-      return;
-    for (Vote& v : votes) {
-      if (v.bias == bias) {
-        v.weight += weight;
-        return;
-      }
-    }
-    votes.push_back(Vote{bias, weight});
+    if (bias % page == 0)
+      votes.push_back(Vote{bias, weight, votes.size()});
   };
   for (const MapEntry& entry : file_maps) {
     for (const elf::LoadSegment& segment : elf.load_segments()) {
@@ -220,11 +317,21 @@ Result<uint64_t> load_bias(std::span<const MapEntry> file_maps, const elf::ElfFi
       }
     }
   }
-  const Vote* best = nullptr;
-  for (const Vote& v : votes)
-    if (best == nullptr || v.weight > best->weight)
-      best = &v;
-  if (best == nullptr)
+  // Tallied by sorting, not by a search per vote: a process can map one
+  // file tens of thousands of times, each mapping with its own bias.
+  std::sort(votes.begin(), votes.end(), [](const Vote& a, const Vote& b) {
+    return a.bias != b.bias ? a.bias < b.bias : a.order < b.order;
+  });
+  std::optional<Vote> best;
+  for (size_t i = 0; i < votes.size();) {
+    Vote total{votes[i].bias, 0, votes[i].order};
+    for (; i < votes.size() && votes[i].bias == total.bias; ++i)
+      total.weight += votes[i].weight;
+    if (!best || total.weight > best->weight ||
+        (total.weight == best->weight && total.order < best->order))
+      best = total;
+  }
+  if (!best)
     return make_error(
         "the mappings of {} do not match the PT_LOAD segments of {}; the file on disk is not the "
         "one the process mapped",
@@ -255,28 +362,67 @@ std::string openable_path(int pid, const MapEntry& entry) {
   return fmt::format("/proc/{}/root{}", pid, entry.path);
 }
 
-Result<elf::ElfFile> open_mapped_elf(int pid, const MapEntry& entry) {
+Result<UniqueFd> open_root(int pid) {
+  if (pid < 0)
+    return make_error("invalid pid {}", pid);
+  std::string path = pid == 0 ? std::string("/") : fmt::format("/proc/{}/root", pid);
+  UniqueFd fd(::open(path.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid()) {
+    if (errno == ENOENT || errno == ESRCH)
+      return make_error("process {} does not exist", pid);
+    return make_error("cannot open {}: {}", path, std::strerror(errno));
+  }
+  return fd;
+}
+
+Result<OpenedFile> open_in_root(int root_fd, std::string_view path, std::string name) {
+  return open_path_in_root(root_fd, path, std::move(name), nullptr);
+}
+
+Result<OpenedFile> open_mapped_file(int pid, const MapEntry& entry) {
   if (!entry.is_file())
     return make_error("mapping {:x}-{:x} of process {} is not a file mapping", entry.start,
                       entry.end, pid);
-  std::string path = openable_path(pid, entry);
-  std::string map_files = fmt::format("/proc/{}/map_files/{:x}-{:x}", pid, entry.start, entry.end);
-  std::string by_path_problem;
-  if (path != map_files) {
-    struct stat st;
-    if (::stat(path.c_str(), &st) != 0)
-      by_path_problem = fmt::format("{}: {}", path, std::strerror(errno));
-    else if (st.st_ino != entry.inode)
-      by_path_problem = fmt::format("{} is not the mapped file (inode {}, mapped {})", path,
-                                    st.st_ino, entry.inode);
-    else
-      return elf::ElfFile::open(path);
+  if (pid < 0)
+    return make_error("invalid pid {}; pass the id of a running process", pid);
+  const bool has_path = !entry.deleted && entry.path.find(kEscapedNewline) == std::string::npos;
+  std::string map_files_problem;
+  if (pid > 0) {
+    std::string map_files =
+        fmt::format("/proc/{}/map_files/{:x}-{:x}", pid, entry.start, entry.end);
+    // O_PATH follows the kernel's link to the mapped file without opening
+    // it: check_file() sees it before any driver, FIFO or FUSE server does.
+    UniqueFd fd(::open(map_files.c_str(), O_PATH | O_CLOEXEC));
+    if (fd.valid())
+      return finish_open(std::move(fd), std::move(map_files), &entry);
+    if (errno == ENOENT)
+      return make_error(
+          "mapping {:x}-{:x} ({}) of process {} is gone (the process exited or "
+          "unmapped it)",
+          entry.start, entry.end, entry.path, pid);
+    map_files_problem = fmt::format("{}: {} (needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE)",
+                                    map_files, std::strerror(errno));
+    if (!has_path)
+      return make_error("cannot open {} of process {}, which has no path to it: {}", entry.path,
+                        pid, map_files_problem);
+  } else if (!has_path) {
+    return make_error("{} was deleted; it can only be opened through a live process", entry.path);
   }
-  auto elf = elf::ElfFile::open(map_files);
-  if (elf.ok() || by_path_problem.empty())
-    return elf;
-  return make_error("cannot open {} of process {}: {}; and {} (map_files needs CAP_SYS_ADMIN)",
-                    entry.path, pid, by_path_problem, elf.error().message);
+  auto root = open_root(pid);
+  if (!root)
+    return root.error();
+  std::string name = pid == 0 ? entry.path : fmt::format("/proc/{}/root{}", pid, entry.path);
+  auto opened = open_path_in_root(root->get(), entry.path, std::move(name), &entry);
+  if (!opened && !map_files_problem.empty())
+    return make_error("{}; and {}", map_files_problem, opened.error().message);
+  return opened;
+}
+
+Result<elf::ElfFile> open_mapped_elf(int pid, const MapEntry& entry) {
+  auto opened = open_mapped_file(pid, entry);
+  if (!opened)
+    return opened.error();
+  return elf::ElfFile::from_fd(std::move(opened->fd), std::move(opened->name));
 }
 
 }  // namespace krait::proc

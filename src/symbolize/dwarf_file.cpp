@@ -1,14 +1,20 @@
 #include "symbolize/dwarf_file.h"
 
 #include <dwarf.h>
+#include <elf.h>
 #include <elfutils/libdw.h>
 #include <fcntl.h>
+#include <gelf.h>
 #include <libelf.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 
+#include "elf/elf_file.h"
 #include "util/unique_fd.h"
 
 namespace krait::symbolize {
@@ -49,6 +55,191 @@ std::string die_name(Dwarf_Die* die) {
 
 // Nesting deeper than this is garbage (or an attack on the recursion).
 constexpr int kMaxDieDepth = 64;
+// zlib cannot inflate more than about 1032 bytes per byte: a compressed
+// section that claims more lies.
+constexpr uint64_t kMaxCompressionRatio = 1032;
+// A .gnu_debugaltlink is a path and a build-id.
+constexpr uint64_t kMaxAltlinkBytes = 8192;
+
+using ElfHandle = std::unique_ptr<Elf, ElfDeleter>;
+using DwarfHandle = std::unique_ptr<Dwarf, DwarfDeleter>;
+
+uint64_t big_endian_64(const uint8_t* p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i)
+    v = (v << 8) | p[i];
+  return v;
+}
+
+std::string hex(const uint8_t* bytes, size_t len) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  for (size_t i = 0; i < len; ++i) {
+    out.push_back(kDigits[bytes[i] >> 4]);
+    out.push_back(kDigits[bytes[i] & 0xf]);
+  }
+  return out;
+}
+
+// The sections libdw will read (and inflate) whole when it opens `e`,
+// checked against the limits before it does.
+Result<void> check_debug_sections(Elf* e, int fd, std::string_view name) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0)
+    return make_error("cannot stat {}: {}", name, std::strerror(errno));
+  const auto file_size = static_cast<uint64_t>(st.st_size);
+  size_t names_index = 0;
+  GElf_Shdr names;
+  if (elf_getshdrstrndx(e, &names_index) != 0 ||
+      gelf_getshdr(elf_getscn(e, names_index), &names) == nullptr)
+    return {};  // no section names: libdw finds no debug section either
+  if (names.sh_size > elf::kMaxSectionBytes)
+    return make_error("{} has a section name table of {} bytes; its DWARF is not read", name,
+                      names.sh_size);
+  uint64_t total = 0;
+  for (Elf_Scn* scn = elf_nextscn(e, nullptr); scn != nullptr; scn = elf_nextscn(e, scn)) {
+    GElf_Shdr shdr;
+    if (gelf_getshdr(scn, &shdr) == nullptr)
+      continue;
+    const char* raw_name = elf_strptr(e, names_index, shdr.sh_name);
+    if (raw_name == nullptr)
+      continue;
+    const std::string_view section(raw_name, ::strnlen(raw_name, 256));
+    const bool gnu_compressed = section.starts_with(".zdebug_");
+    if (!gnu_compressed && !section.starts_with(".debug_"))
+      continue;
+    // libelf reads nothing of a section that lies outside the file.
+    if (shdr.sh_type == SHT_NOBITS || shdr.sh_offset > file_size ||
+        shdr.sh_size > file_size - shdr.sh_offset)
+      continue;
+    uint64_t inflated = 0;
+    if ((shdr.sh_flags & SHF_COMPRESSED) != 0) {
+      Elf64_Chdr header{};
+      if (shdr.sh_size >= sizeof header &&
+          ::pread(fd, &header, sizeof header, static_cast<off_t>(shdr.sh_offset)) ==
+              static_cast<ssize_t>(sizeof header))
+        inflated = header.ch_size;
+    } else if (gnu_compressed) {
+      uint8_t header[12] = {};
+      if (shdr.sh_size >= sizeof header &&
+          ::pread(fd, header, sizeof header, static_cast<off_t>(shdr.sh_offset)) ==
+              static_cast<ssize_t>(sizeof header) &&
+          std::memcmp(header, "ZLIB", 4) == 0)
+        inflated = big_endian_64(header + 4);
+    }
+    if (inflated / kMaxCompressionRatio > shdr.sh_size)
+      return make_error(
+          "{}: compressed DWARF section {} claims {} bytes from {}, more than zlib can inflate; "
+          "its DWARF is not read",
+          name, section, inflated, shdr.sh_size);
+    if (std::max<uint64_t>(shdr.sh_size, inflated) > kMaxDwarfSectionBytes)
+      return make_error(
+          "{}: DWARF section {} is {} bytes, more than the {} MiB krait reads from one section; "
+          "its DWARF is not read",
+          name, section, std::max<uint64_t>(shdr.sh_size, inflated), kMaxDwarfSectionBytes >> 20);
+    total += shdr.sh_size + inflated;
+    if (total > kMaxDwarfBytes)
+      return make_error("{} has more than {} MiB of DWARF; its DWARF is not read", name,
+                        kMaxDwarfBytes >> 20);
+  }
+  return {};
+}
+
+// libdw over a duplicate of `fd`, after the limits are checked.
+struct OpenedDwarf {
+  UniqueFd fd;
+  ElfHandle elf;
+  DwarfHandle dwarf;  // declared last: destroyed first
+};
+Result<OpenedDwarf> begin_dwarf(int fd, std::string_view name) {
+  OpenedDwarf out;
+  out.fd = UniqueFd(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+  if (!out.fd.valid())
+    return make_error("cannot duplicate the descriptor of {}: {}", name, std::strerror(errno));
+  // ELF_C_READ reads with pread: a file truncated under us yields errors,
+  // not the SIGBUS a mapping would raise.
+  out.elf.reset(elf_begin(out.fd.get(), ELF_C_READ, nullptr));
+  if (!out.elf)
+    return make_error("{} is not a readable ELF file: {}", name, elf_errmsg(-1));
+  KRAIT_TRY(check_debug_sections(out.elf.get(), out.fd.get(), name));
+  out.dwarf.reset(dwarf_begin_elf(out.elf.get(), DWARF_C_READ, nullptr));
+  if (!out.dwarf)
+    return make_error("{} has no readable DWARF debug information: {}", name, dwarf_errmsg(-1));
+  return out;
+}
+
+// What .gnu_debugaltlink says: the shared debug file's name and build-id.
+struct Altlink {
+  std::string name;
+  std::string build_id;  // lowercase hex
+};
+std::optional<Altlink> read_altlink(Elf* e) {
+  size_t names_index = 0;
+  if (elf_getshdrstrndx(e, &names_index) != 0)
+    return std::nullopt;
+  for (Elf_Scn* scn = elf_nextscn(e, nullptr); scn != nullptr; scn = elf_nextscn(e, scn)) {
+    GElf_Shdr shdr;
+    if (gelf_getshdr(scn, &shdr) == nullptr)
+      continue;
+    const char* section = elf_strptr(e, names_index, shdr.sh_name);
+    if (section == nullptr || std::strcmp(section, ".gnu_debugaltlink") != 0)
+      continue;
+    Altlink link;
+    if (shdr.sh_type == SHT_NOBITS || shdr.sh_size > kMaxAltlinkBytes)
+      return link;  // present but unreadable: nothing will be found for it
+    Elf_Data* data = elf_rawdata(scn, nullptr);
+    if (data == nullptr || data->d_buf == nullptr)
+      return link;
+    const auto* bytes = static_cast<const uint8_t*>(data->d_buf);
+    const auto* nul = static_cast<const uint8_t*>(std::memchr(bytes, 0, data->d_size));
+    if (nul == nullptr)
+      return link;
+    link.name.assign(reinterpret_cast<const char*>(bytes), reinterpret_cast<const char*>(nul));
+    link.build_id = hex(nul + 1, data->d_size - static_cast<size_t>(nul + 1 - bytes));
+    return link;
+  }
+  return std::nullopt;
+}
+
+// `path` names a file inside `root` (lexically: no "." or ".." component).
+bool inside(std::string_view path, std::string_view root) {
+  while (root.size() > 1 && root.back() == '/')
+    root.remove_suffix(1);
+  if (root.empty() || path.size() <= root.size() + 1 || !path.starts_with(root) ||
+      path[root.size()] != '/')
+    return false;
+  std::string_view rest = path.substr(root.size() + 1);
+  while (!rest.empty()) {
+    size_t slash = rest.find('/');
+    std::string_view component = rest.substr(0, slash);
+    if (component == "." || component == "..")
+      return false;
+    rest.remove_prefix(slash == std::string_view::npos ? rest.size() : slash + 1);
+  }
+  return true;
+}
+
+// The altlink file, from the operator's debug roots only.
+std::optional<elf::ElfFile> find_altlink_file(const Altlink& link,
+                                              std::span<const std::string> debug_roots) {
+  if (link.build_id.size() < 6)
+    return std::nullopt;
+  auto accept = [&](const std::string& path) -> std::optional<elf::ElfFile> {
+    auto file = elf::ElfFile::open(path);
+    if (file && file->build_id() == link.build_id)
+      return std::move(*file);
+    return std::nullopt;
+  };
+  for (const std::string& root : debug_roots)
+    if (auto file = accept(root + "/.build-id/" + link.build_id.substr(0, 2) + "/" +
+                           link.build_id.substr(2) + ".debug"))
+      return file;
+  for (const std::string& root : debug_roots)
+    if (inside(link.name, root))
+      if (auto file = accept(link.name))
+        return file;
+  return std::nullopt;
+}
 
 // Appends to `chain` the subprograms and inlined subroutines below `parent`
 // that contain `vaddr`, outermost first. Scopes without addresses
@@ -95,9 +286,8 @@ bool find_chain(Dwarf_Die* parent, uint64_t vaddr, std::vector<Dwarf_Die>& chain
 }  // namespace
 
 struct DwarfFile::State {
-  UniqueFd fd;
-  std::unique_ptr<Elf, ElfDeleter> elf;        // destroyed after dwarf
-  std::unique_ptr<Dwarf, DwarfDeleter> dwarf;  // declared last: destroyed first
+  OpenedDwarf alt;   // the .gnu_debugaltlink file, if any: destroyed after main
+  OpenedDwarf main;  // declared last: destroyed first
 };
 
 DwarfFile::DwarfFile(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -105,22 +295,31 @@ DwarfFile::DwarfFile(DwarfFile&&) noexcept = default;
 DwarfFile& DwarfFile::operator=(DwarfFile&&) noexcept = default;
 DwarfFile::~DwarfFile() = default;
 
-Result<DwarfFile> DwarfFile::open(int fd, std::string_view name) {
+Result<DwarfFile> DwarfFile::open(int fd, std::string_view name,
+                                  std::span<const std::string> debug_roots) {
   static const bool libelf_ready = elf_version(EV_CURRENT) != EV_NONE;
   if (!libelf_ready)
     return make_error("libelf refused to initialise; the installed libelf is incompatible");
   auto state = std::make_unique<State>();
-  state->fd = UniqueFd(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
-  if (!state->fd.valid())
-    return make_error("cannot duplicate the descriptor of {}: {}", name, std::strerror(errno));
-  // ELF_C_READ reads with pread: a file truncated under us yields errors,
-  // not the SIGBUS a mapping would raise.
-  state->elf.reset(elf_begin(state->fd.get(), ELF_C_READ, nullptr));
-  if (!state->elf)
-    return make_error("{} is not a readable ELF file: {}", name, elf_errmsg(-1));
-  state->dwarf.reset(dwarf_begin_elf(state->elf.get(), DWARF_C_READ, nullptr));
-  if (!state->dwarf)
-    return make_error("{} has no readable DWARF debug information: {}", name, dwarf_errmsg(-1));
+  auto main = begin_dwarf(fd, name);
+  if (!main)
+    return main.error();
+  state->main = std::move(*main);
+  // libdw would open the altlink file itself, by a name the file chose and
+  // with a blocking open(): it is found here, or the DWARF is not used.
+  if (auto link = read_altlink(state->main.elf.get())) {
+    auto file = find_altlink_file(*link, debug_roots);
+    if (!file)
+      return make_error(
+          "{} keeps part of its DWARF in {} (build-id {}), which is not under the debug roots; "
+          "its DWARF is not read",
+          name, link->name.empty() ? "an unnamed file" : link->name, link->build_id);
+    auto alt = begin_dwarf(file->fd(), file->path());
+    if (!alt)
+      return alt.error();
+    state->alt = std::move(*alt);
+    dwarf_setalt(state->main.dwarf.get(), state->alt.dwarf.get());
+  }
   return DwarfFile(std::move(state));
 }
 
@@ -175,7 +374,7 @@ std::vector<DwarfScope> scopes_in_unit(Dwarf_Die* cu, uint64_t vaddr, DwarfScope
 }  // namespace
 
 std::vector<DwarfScope> DwarfFile::scopes_at(uint64_t vaddr) {
-  Dwarf* dwarf = state_->dwarf.get();
+  Dwarf* dwarf = state_->main.dwarf.get();
   DwarfScope line_only;
   bool have_line = false;
   Dwarf_Die cu;

@@ -124,10 +124,11 @@ NativeFrames NativeSymbolizer::resolve(FileState& state, const unwind::ModuleFil
     state.dwarf_tried = true;
     int fd = file.debug_fd() >= 0 ? file.debug_fd() : file.fd();
     // A debug file without DWARF (or a file without any) still has symbols.
-    if (auto dwarf = DwarfFile::open(fd, file.path()))
+    const std::vector<std::string>& roots = shared_->options.debug_roots;
+    if (auto dwarf = DwarfFile::open(fd, file.path(), roots))
       state.dwarf.emplace(std::move(*dwarf));
     else if (file.debug_fd() >= 0)
-      if (auto own = DwarfFile::open(file.fd(), file.path()))
+      if (auto own = DwarfFile::open(file.fd(), file.path(), roots))
         state.dwarf.emplace(std::move(*own));
   }
 

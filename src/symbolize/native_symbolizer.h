@@ -24,12 +24,14 @@
 // return address can belong to the next function when a call is the last
 // instruction of its caller.
 //
-// Caching: per file identity (build-id, else device/inode/size/mtime; see
-// ModuleFile::identity), so a library shared by many processes, or copies of
-// it with one build-id, is parsed once; and per (file, address), so a hot
-// frame is named once. Both levels are bounded (NativeSymbolizerOptions):
-// the least recently used file is closed, and a file's address cache is
-// cleared when full.
+// Caching: per verified file (ModuleFile::identity: the device, inode, size
+// and mtime of the opened descriptor, with the build-id as an extra check),
+// so a library shared by many processes is parsed once; and per (file,
+// address), so a hot frame is named once. Never per build-id alone: a file
+// that claims another's build-id keeps its own names, and copies of one
+// library at different inodes (containers) are parsed once each. Both
+// levels are bounded (NativeSymbolizerOptions): the least recently used
+// file is closed, and a file's address cache is cleared when full.
 //
 // Threading: all member functions may be called concurrently. Lookups of
 // different files run in parallel; lookups of one file are serialised on
@@ -62,6 +64,8 @@ using NativeFrames = std::vector<NativeFrame>;
 struct NativeSymbolizerOptions {
   size_t max_files = 1024;                  // files with open DWARF and caches
   size_t max_addresses_per_file = 1 << 16;  // cached addresses per file
+  // Where a .gnu_debugaltlink file (dwz) may be found (see DwarfFile).
+  std::vector<std::string> debug_roots = {"/usr/lib/debug"};
 };
 
 struct NativeSymbolizerStats {

@@ -22,6 +22,12 @@ constexpr uint8_t kPePcrel = 0x10;
 
 // A section larger than this cannot be indexed with 32-bit offsets.
 constexpr size_t kMaxSectionBytes = std::numeric_limits<uint32_t>::max() / 2;
+// Entries indexed per table, and distinct CIEs parsed: each costs memory
+// beyond its bytes (an FDE can be 12 bytes and its index entry is 32), so
+// a section of tiny entries is not indexed past these. Real files stay far
+// below (libxul: ~200,000 FDEs; a CIE per object file at most).
+constexpr size_t kMaxFdes = size_t{1} << 22;
+constexpr size_t kMaxCies = size_t{1} << 18;
 // How many earlier FDEs find() inspects when the nearest one ends too soon
 // (overlapping FDEs are rare; a long scan would only hide garbage).
 constexpr int kOverlapLookBack = 4;
@@ -291,6 +297,9 @@ Result<CfiTable> CfiTable::from_eh_frame(std::span<const uint8_t> bytes, uint64_
     if (header->id > header->id_offset)
       continue;
     size_t cie_offset = header->id_offset - header->id;
+    if (table.entries_.size() >= kMaxFdes ||
+        (cies.size() >= kMaxCies && !cies.contains(cie_offset)))
+      break;
     auto [it, inserted] = cies.try_emplace(cie_offset);
     if (inserted)
       it->second = parse_eh_cie(bytes, cie_offset);
@@ -376,6 +385,9 @@ Result<CfiTable> CfiTable::from_debug_frame(std::span<const uint8_t> bytes) {
       continue;
     if (header->id >= bytes.size())
       continue;
+    if (table.entries_.size() >= kMaxFdes ||
+        (converted.size() >= kMaxCies && !converted.contains(header->id)))
+      break;
     auto [it, inserted] = converted.try_emplace(header->id);
     if (inserted)
       it->second = convert_cie(header->id);

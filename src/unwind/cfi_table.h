@@ -14,6 +14,9 @@
 // is a binary search with no libunwind involvement. Inputs are untrusted:
 // malformed entries are skipped, the scan stops at the first entry whose
 // length runs past the section, and nothing is read outside the bytes given.
+// Memory is bounded by the section (at most elf::kMaxSectionBytes when it
+// comes from an ElfFile) plus 32 bytes per indexed FDE: indexing stops after
+// 4,194,304 FDEs or 262,144 distinct CIEs (see the .cpp).
 //
 // Ownership: a CfiTable built from .eh_frame borrows the bytes (they belong
 // to an elf::ElfFile that must outlive it); one built from .debug_frame owns

@@ -13,28 +13,17 @@
 
 #include <fmt/format.h>
 
+#include "proc/maps.h"
+
 namespace krait::unwind {
 namespace {
 
 std::atomic<uint64_t> next_serial{1};
 
-std::string file_identity(int fd, const elf::ElfFile& elf) {
-  if (!elf.build_id().empty())
-    return "build-id:" + elf.build_id();
-  struct stat st {};
-  if (::fstat(fd, &st) != 0)
-    return fmt::format("path:{}", elf.path());
-  uint64_t mtime_ns = static_cast<uint64_t>(st.st_mtim.tv_sec) * 1'000'000'000ull +
-                      static_cast<uint64_t>(st.st_mtim.tv_nsec);
-  return fmt::format("file:{}:{}:{}:{}:{}", major(st.st_dev), minor(st.st_dev), st.st_ino,
-                     st.st_size, mtime_ns);
-}
-
-bool same_inode(int fd, const std::string& path) {
-  struct stat a {
-  }, b{};
-  return ::fstat(fd, &a) == 0 && ::stat(path.c_str(), &b) == 0 && a.st_dev == b.st_dev &&
-         a.st_ino == b.st_ino;
+std::string file_identity(const elf::ElfFile& elf) {
+  const elf::FileId& id = elf.file_id();
+  return fmt::format("file:{}:{}:{}:{}:{}/{}", id.dev_major, id.dev_minor, id.inode, id.size,
+                     id.mtime_ns, elf.build_id().empty() ? "-" : elf.build_id());
 }
 
 std::optional<uint32_t> debuglink_crc(const elf::ElfFile& elf) {
@@ -52,28 +41,26 @@ std::optional<uint32_t> debuglink_crc(const elf::ElfFile& elf) {
   return crc;
 }
 
-std::optional<uint32_t> file_crc(const std::string& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid())
+// The CRC-32 of the whole file behind `elf`, read through its own
+// descriptor (the candidate is not opened a second time).
+std::optional<uint32_t> file_crc(const elf::ElfFile& elf) {
+  const uint64_t size = elf.file_id().size;
+  if (size > kMaxCrcFileBytes)
     return std::nullopt;
   uLong crc = crc32(0, nullptr, 0);
   std::vector<uint8_t> buffer(1 << 16);
-  for (;;) {
-    ssize_t n = ::read(fd.get(), buffer.data(), buffer.size());
+  uint64_t done = 0;
+  while (done < size) {
+    size_t want = static_cast<size_t>(std::min<uint64_t>(buffer.size(), size - done));
+    ssize_t n = ::pread(elf.fd(), buffer.data(), want, static_cast<off_t>(done));
     if (n < 0 && errno == EINTR)
       continue;
-    if (n < 0)
-      return std::nullopt;
-    if (n == 0)
-      break;
+    if (n <= 0)
+      return std::nullopt;  // error, or the file shrank
     crc = crc32(crc, buffer.data(), static_cast<uInt>(n));
+    done += static_cast<uint64_t>(n);
   }
   return static_cast<uint32_t>(crc);
-}
-
-bool is_regular_file(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
 std::string join(std::string_view dir, std::string_view name) {
@@ -84,74 +71,98 @@ std::string join(std::string_view dir, std::string_view name) {
   return fmt::format("{}/{}", dir, name);
 }
 
+std::string parent_dir(const std::string& path) {
+  auto slash = path.rfind('/');
+  if (slash == std::string::npos)
+    return "";
+  return slash == 0 ? std::string("/") : path.substr(0, slash);
+}
+
 }  // namespace
 
-std::optional<std::string> find_debug_file(const elf::ElfFile& elf, const DebugLinkDirs& dirs,
-                                           const ModuleFileOptions& options) {
+std::optional<elf::ElfFile> find_debug_file(const elf::ElfFile& elf, const DebugLinkDirs& dirs,
+                                            const ModuleFileOptions& options) {
   const std::string& build_id = elf.build_id();
-  auto accept = [&](const std::string& candidate, bool by_build_id) -> bool {
-    if (!is_regular_file(candidate) || candidate == elf.path())
-      return false;
-    auto debug = elf::ElfFile::open(candidate);
-    if (!debug)
-      return false;
+  auto accept = [&](const elf::ElfFile& debug, bool by_build_id) -> bool {
+    if (debug.file_id() == elf.file_id())
+      return false;  // the file itself
     if (!build_id.empty())
-      return debug->build_id() == build_id;
+      return debug.build_id() == build_id;
     if (by_build_id)
       return false;
     auto expected = debuglink_crc(elf);
-    auto actual = file_crc(candidate);
+    auto actual = file_crc(debug);
     return expected && actual && *expected == *actual;
+  };
+  // The operator's trees: links are followed (.build-id entries are links).
+  auto try_trusted = [&](const std::string& path, bool by_build_id) -> std::optional<elf::ElfFile> {
+    auto debug = elf::ElfFile::open(path);
+    if (debug && accept(*debug, by_build_id))
+      return std::move(*debug);
+    return std::nullopt;
   };
 
   if (build_id.size() > 2) {
     for (const std::string& root : options.debug_roots) {
       std::string candidate =
           fmt::format("{}/.build-id/{}/{}.debug", root, build_id.substr(0, 2), build_id.substr(2));
-      if (accept(candidate, true))
-        return candidate;
+      if (auto debug = try_trusted(candidate, true))
+        return debug;
     }
   }
   auto link = elf.debuglink();
-  if (!link || link->empty() || link->find('/') != std::string::npos)
+  if (!link || link->empty() || link->find('/') != std::string::npos || *link == "." ||
+      *link == ".." || dirs.dir.empty() || dirs.dir.front() != '/')
     return std::nullopt;
-  std::vector<std::string> candidates;
-  if (!dirs.dir.empty()) {
-    candidates.push_back(join(dirs.dir, *link));
-    candidates.push_back(join(join(dirs.dir, ".debug"), *link));
+  if (dirs.search_beside) {
+    // Beside the file, where whoever owns its directory chooses what lies:
+    // resolved inside the mapping process's root, no link followed at the end.
+    UniqueFd own_root;
+    int root_fd = dirs.root_fd;
+    if (root_fd < 0) {
+      auto root = proc::open_root(0);
+      if (root)
+        own_root = std::move(*root);
+      root_fd = own_root.get();
+    }
+    if (root_fd >= 0) {
+      for (const std::string& candidate :
+           {join(dirs.dir, *link), join(join(dirs.dir, ".debug"), *link)}) {
+        auto opened = proc::open_in_root(root_fd, candidate, candidate);
+        if (!opened)
+          continue;
+        auto debug = elf::ElfFile::from_fd(std::move(opened->fd), std::move(opened->name));
+        if (debug && accept(*debug, false))
+          return std::move(*debug);
+      }
+    }
   }
-  if (!dirs.namespace_dir.empty())
-    for (const std::string& root : options.debug_roots)
-      candidates.push_back(join(root + dirs.namespace_dir, *link));
-  for (const std::string& candidate : candidates)
-    if (accept(candidate, false))
-      return candidate;
+  for (const std::string& root : options.debug_roots)
+    if (auto debug = try_trusted(join(root + dirs.dir, *link), false))
+      return debug;
   return std::nullopt;
 }
 
-ModuleFile::ModuleFile(Key, elf::ElfFile elf, UniqueFd fd, std::string identity)
+ModuleFile::ModuleFile(Key, elf::ElfFile elf, std::string identity)
     : serial_(next_serial.fetch_add(1, std::memory_order_relaxed)),
       elf_(std::move(elf)),
-      fd_(std::move(fd)),
       identity_(std::move(identity)) {}
 
 ModuleFile::~ModuleFile() = default;
 
-Result<std::shared_ptr<const ModuleFile>> ModuleFile::create(elf::ElfFile elf, UniqueFd fd,
+Result<std::shared_ptr<const ModuleFile>> ModuleFile::create(elf::ElfFile elf,
                                                              const DebugLinkDirs& dirs,
                                                              const ModuleFileOptions& options) {
-  if (!fd.valid())
-    return make_error("no open descriptor for {}; open the file before creating its ModuleFile",
-                      elf.path());
-  std::string identity = file_identity(fd.get(), elf);
+  std::string identity = file_identity(elf);
   // make_shared cannot reach the private constructor.
-  auto file = std::make_shared<ModuleFile>(Key{}, std::move(elf), std::move(fd), identity);
-  if (auto debug_path = find_debug_file(file->elf_, dirs, options)) {
-    auto debug_elf = elf::ElfFile::open(*debug_path);
-    UniqueFd debug_fd(::open(debug_path->c_str(), O_RDONLY | O_CLOEXEC));
-    if (debug_elf && debug_fd.valid())
-      file->debug_ = std::make_unique<DebugFile>(
-          DebugFile{.elf = std::move(*debug_elf), .fd = std::move(debug_fd)});
+  auto file = std::make_shared<ModuleFile>(Key{}, std::move(elf), identity);
+  if (auto debug = find_debug_file(file->elf_, dirs, options))
+    file->debug_.emplace(std::move(*debug));
+  if (options.index_eagerly) {
+    std::call_once(file->tables_once_, [&file] { file->index_tables(); });
+    file->elf_.index_now();
+    if (file->debug_)
+      file->debug_->index_now();
   }
   return std::shared_ptr<const ModuleFile>(std::move(file));
 }
@@ -161,15 +172,13 @@ Result<std::shared_ptr<const ModuleFile>> ModuleFile::open(const std::string& pa
   auto elf = elf::ElfFile::open(path);
   if (!elf)
     return elf.error();
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid())
-    return make_error("cannot open {}: {}", path, std::strerror(errno));
-  if (!same_inode(fd.get(), path))
-    return make_error("{} changed while it was opened; retry", path);
-  std::string dir;
-  if (auto slash = path.rfind('/'); slash != std::string::npos)
-    dir = path.substr(0, slash);
-  return create(std::move(*elf), std::move(fd), DebugLinkDirs{.dir = dir, .namespace_dir = dir},
+  std::string absolute = path;
+  if (!absolute.empty() && absolute.front() != '/') {
+    char cwd[4096];
+    if (::getcwd(cwd, sizeof cwd) != nullptr)
+      absolute = join(cwd, path);
+  }
+  return create(std::move(*elf), DebugLinkDirs{.root_fd = -1, .dir = parent_dir(absolute)},
                 options);
 }
 
@@ -188,10 +197,10 @@ Result<std::shared_ptr<const ModuleFile>> ModuleFile::from_image(std::span<const
       return make_error("writing {} into a memfd failed: {}", name, std::strerror(errno));
     done += static_cast<size_t>(n);
   }
-  auto elf = elf::ElfFile::open(fmt::format("/proc/self/fd/{}", fd.get()));
+  auto elf = elf::ElfFile::from_fd(std::move(fd), name);
   if (!elf)
     return elf.error().context(name);
-  return create(std::move(*elf), std::move(fd), DebugLinkDirs{}, options);
+  return create(std::move(*elf), DebugLinkDirs{.search_beside = false}, options);
 }
 
 void ModuleFile::index_tables() const {
@@ -222,7 +231,11 @@ void ModuleFile::index_tables() const {
       uint64_t size = 0;
       std::memcpy(&type, data.data(), sizeof type);
       std::memcpy(&size, data.data() + 8, sizeof size);
-      if (type == 1 && size > 0 && size < (uint64_t{1} << 31)) {
+      // The size is the file's claim: checked against a fixed cap and what
+      // the compressed bytes can possibly inflate to, before allocating.
+      const uint64_t compressed = data.size() - 24;
+      if (type == 1 && size > 0 && size <= kMaxDebugFrameBytes &&
+          size / kMaxCompressionRatio <= compressed) {
         inflated.resize(size);
         uLongf out_size = static_cast<uLongf>(size);
         if (uncompress(inflated.data(), &out_size, data.data() + 24,
@@ -276,7 +289,7 @@ bool ModuleFile::read_image(uint64_t vaddr, void* out, size_t len) const {
       return true;  // zero-filled tail
     size_t n = static_cast<size_t>(std::min<uint64_t>(len, segment.filesz - delta));
     n = static_cast<size_t>(std::min<uint64_t>(n, span - delta));
-    ssize_t got = ::pread(fd_.get(), dest, n, static_cast<off_t>(segment.offset + delta));
+    ssize_t got = ::pread(elf_.fd(), dest, n, static_cast<off_t>(segment.offset + delta));
     return got == static_cast<ssize_t>(n);
   }
   return false;

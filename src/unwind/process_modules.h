@@ -6,6 +6,13 @@
 // analysis). A process that maps or unmaps code later needs a new
 // ProcessModules; this one keeps describing the old layout.
 //
+// Cost: the process chooses how many mappings it has (up to vm.max_map_count,
+// 65,530 by default, all of one file if it likes). Only the first
+// kMaxMappingsPerProcess entries of its map are considered (problems() says
+// how many more were skipped); they are grouped by file once (a sort), each
+// file is asked of the ModuleCache once and its load bias computed once, so
+// building is O(n log n) in the mappings.
+//
 // Ownership: holds shared_ptrs to its ModuleFiles, so they stay alive while
 // it does. Immutable after construction: safe to read from any number of
 // threads. Movable and cheap to share by pointer.
@@ -23,6 +30,9 @@
 #include "util/result.h"
 
 namespace krait::unwind {
+
+// The most entries of one process's memory map that are considered.
+inline constexpr size_t kMaxMappingsPerProcess = size_t{1} << 16;
 
 // One executable mapping of a file.
 struct Module {
@@ -47,7 +57,8 @@ class ProcessModules {
 
   // Reads /proc/PID/maps and resolves every executable file mapping (and
   // the vDSO) through `cache`. Error only when the maps cannot be read;
-  // mappings whose file cannot be opened are listed in problems().
+  // mappings whose file cannot be opened are listed in problems(), and so
+  // are mappings past the first kMaxMappingsPerProcess (one entry).
   static Result<ProcessModules> load(int pid, ModuleCache& cache);
 
   // The same from maps already read. pid 0: open paths in this mount

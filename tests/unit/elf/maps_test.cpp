@@ -6,15 +6,19 @@
 #include <gtest/gtest.h>
 #include <sched.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <string>
+#include <thread>
 
 #include "test_support.h"
 
@@ -125,6 +129,31 @@ TEST(ParseMapsTest, MalformedLinesNameTheLine) {
     ASSERT_FALSE(maps.ok()) << bad;
     EXPECT_NE(maps.error().message.find("line 2"), std::string::npos) << maps.error().message;
   }
+}
+
+// A process chooses how long its map is: the text and each line are capped,
+// and the caps are errors that say so.
+TEST(ParseMapsTest, TextAndLinesAreCapped) {
+  const std::string line = "7f00-7f01 r-xp 00000000 08:01 12 /usr/lib/libx.so\n";
+  std::string text;
+  while (text.size() <= kMaxMapsBytes)
+    text += line;
+  auto too_long = parse_maps(text);
+  ASSERT_FALSE(too_long.ok()) << "parsed " << text.size() << " bytes";
+  EXPECT_NE(too_long.error().message.find("larger than"), std::string::npos)
+      << too_long.error().message;
+  // Just under the cap is fine, and every line is there.
+  text.resize(kMaxMapsBytes / line.size() * line.size());
+  auto fits = parse_maps(text);
+  ASSERT_TRUE(fits.ok()) << fits.error().message;
+  EXPECT_EQ(fits->size(), kMaxMapsBytes / line.size());
+
+  std::string long_path =
+      "1000-2000 r-xp 00000000 08:01 12 /" + std::string(kMaxMapsLineBytes, 'x');
+  auto long_line = parse_maps("1000-2000 r-xp 00000000 08:01 12 /ok\n" + long_path + "\n");
+  ASSERT_FALSE(long_line.ok());
+  EXPECT_NE(long_line.error().message.find("line 2"), std::string::npos)
+      << long_line.error().message;
 }
 
 TEST(ParseMapsTest, OwnMapsMatchWhatTheKernelKnows) {
@@ -408,6 +437,180 @@ TEST(RuntimeAddressTest, ChrootedProcessOpensThroughMapFiles) {
   ASSERT_TRUE(elf.ok()) << elf.error().message;
   expect_address(exe.maps, *elf, "krait_fixture_global", printed["global"]);
   EXPECT_EQ(child.finish(), 0);
+}
+
+// ---------------------------------------------------------------------------
+// Opening mapped files
+
+// A page of `path` mapped into this process; unmapped on destruction.
+class Mapping {
+ public:
+  explicit Mapping(const std::string& path, size_t length = 4096) : length_(length) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+      return;
+    void* at = ::mmap(nullptr, length, PROT_READ, MAP_PRIVATE, fd, 0);
+    ::close(fd);
+    if (at != MAP_FAILED)
+      address_ = at;
+  }
+  ~Mapping() {
+    if (address_ != nullptr)
+      ::munmap(address_, length_);
+  }
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  uint64_t start() const { return reinterpret_cast<uint64_t>(address_); }
+  bool ok() const { return address_ != nullptr; }
+
+ private:
+  void* address_ = nullptr;
+  size_t length_;
+};
+
+// This process's map entry for `mapping`.
+std::optional<MapEntry> own_entry(const Mapping& mapping) {
+  auto maps = read_maps(::getpid());
+  if (!maps.ok())
+    return std::nullopt;
+  for (const MapEntry& e : *maps)
+    if (e.start == mapping.start())
+      return e;
+  return std::nullopt;
+}
+
+// The map of a process with thousands of mappings of a file whose path is
+// near PATH_MAX is longer than kMaxMapsBytes: read_maps() says so rather
+// than reading it all.
+TEST(ReadMapsTest, MapLongerThanTheCapIsAnError) {
+  REQUIRE_FIXTURES();
+  test::TempDir dir;
+  ASSERT_FALSE(dir.path().empty());
+  std::string path = dir.path();
+  while (path.size() < 3700) {
+    path += "/" + std::string(250, 'd');
+    ASSERT_EQ(::mkdir(path.c_str(), 0755), 0) << path;
+  }
+  path += "/lib";
+  test::write_bytes(path, test::read_bytes(fixtures().lib), false);
+  const size_t line = path.size() + 80;
+  const size_t count = kMaxMapsBytes / line + 200;
+  std::vector<std::unique_ptr<Mapping>> mappings;
+  for (size_t i = 0; i < count; ++i) {
+    mappings.push_back(std::make_unique<Mapping>(path));
+    ASSERT_TRUE(mappings.back()->ok()) << "mapping " << i;
+  }
+  auto maps = read_maps(::getpid());
+  ASSERT_FALSE(maps.ok()) << "read " << maps->size() << " entries";
+  EXPECT_NE(maps.error().message.find("larger than"), std::string::npos) << maps.error().message;
+  mappings.clear();
+  EXPECT_TRUE(read_maps(::getpid()).ok());
+}
+
+// A mapped library whose path now names a FIFO: the mapped file is opened
+// (through map_files), and the FIFO never is; with only the path to go by
+// (pid 0) a clean error. Each call runs on its own thread, so that a call
+// that blocks fails the test instead of hanging it.
+TEST(OpenMappedFileTest, PathSwappedForAFifo) {
+  REQUIRE_FIXTURES();
+  test::TempDir dir;
+  const std::string lib = test::real_path(dir.path()) + "/libswapped.so";
+  test::write_bytes(lib, test::read_bytes(fixtures().lib), false);
+  Mapping mapping(lib);
+  ASSERT_TRUE(mapping.ok());
+  auto entry = own_entry(mapping);
+  ASSERT_TRUE(entry.has_value());
+  ASSERT_EQ(entry->path, lib);
+  const std::string fifo = dir.file("fifo");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  ASSERT_EQ(::rename(fifo.c_str(), lib.c_str()), 0);
+
+  auto in_thread = [](int pid, MapEntry e) {
+    return std::async(std::launch::async, [pid, e] { return open_mapped_elf(pid, e); });
+  };
+  auto live = in_thread(::getpid(), *entry);
+  auto by_path = in_thread(0, *entry);
+  bool blocked = false;
+  for (auto* call : {&live, &by_path}) {
+    if (call->wait_for(std::chrono::seconds(60)) != std::future_status::ready) {
+      blocked = true;
+      // Give the blocked open a writer, so that it returns and the test ends.
+      int writer = ::open(lib.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+      if (writer >= 0)
+        ::close(writer);
+    }
+  }
+  ASSERT_FALSE(blocked) << "opening a mapping whose path is a FIFO blocked";
+  auto elf = live.get();
+  ASSERT_TRUE(elf.ok()) << elf.error().message;
+  EXPECT_EQ(elf->build_id(), elf::ElfFile::open(fixtures().lib)->build_id());
+  auto refused = by_path.get();
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.error().message.find("not a regular file"), std::string::npos)
+      << refused.error().message;
+}
+
+// The device is checked as well as the inode: a mapping entry whose inode
+// matches the file but whose device does not is another file.
+TEST(OpenMappedFileTest, DeviceAndInodeMustMatch) {
+  REQUIRE_FIXTURES();
+  test::TempDir dir;
+  const std::string lib = test::real_path(dir.path()) + "/libdevice.so";
+  test::write_bytes(lib, test::read_bytes(fixtures().lib), false);
+  Mapping mapping(lib);
+  ASSERT_TRUE(mapping.ok());
+  auto entry = own_entry(mapping);
+  ASSERT_TRUE(entry.has_value());
+  auto right = open_mapped_file(::getpid(), *entry);
+  ASSERT_TRUE(right.ok()) << right.error().message;
+  EXPECT_EQ(right->id.inode, entry->inode);
+  EXPECT_EQ(right->id.dev_major, entry->dev_major);
+  EXPECT_EQ(right->id.dev_minor, entry->dev_minor);
+
+  MapEntry other_device = *entry;
+  other_device.dev_minor ^= 0x55;
+  for (int pid : {static_cast<int>(::getpid()), 0}) {
+    auto wrong = open_mapped_elf(pid, other_device);
+    ASSERT_FALSE(wrong.ok()) << "pid " << pid << ": a file of another device was accepted";
+    EXPECT_NE(wrong.error().message.find("no longer the mapped file"), std::string::npos)
+        << wrong.error().message;
+  }
+}
+
+// open_in_root() resolves inside the given root: absolute links and ".."
+// stay in it, a link as the last component is refused, and so is anything
+// not a regular file.
+TEST(OpenMappedFileTest, OpenInRootStaysInTheRoot) {
+  REQUIRE_FIXTURES();
+  test::TempDir dir;
+  const std::string root_path = test::real_path(dir.path());
+  test::write_bytes(root_path + "/inside", test::read_bytes(fixtures().lib), false);
+  ASSERT_EQ(::symlink("/", (root_path + "/to_root").c_str()), 0);
+  ASSERT_EQ(::symlink("/inside", (root_path + "/last_link").c_str()), 0);
+  ASSERT_EQ(::mkfifo((root_path + "/fifo").c_str(), 0600), 0);
+  UniqueFd root(::open(root_path.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  ASSERT_TRUE(root.valid());
+
+  auto inside = open_in_root(root.get(), "/to_root/to_root/inside", "inside");
+  ASSERT_TRUE(inside.ok()) << inside.error().message;
+  struct stat st {};
+  ASSERT_EQ(::stat((root_path + "/inside").c_str(), &st), 0);
+  EXPECT_EQ(inside->id.inode, st.st_ino);
+
+  // /etc/hostname of this machine is outside the root.
+  for (const char* outside : {"/../../../../etc/hostname", "/to_root/../etc/hostname"}) {
+    auto escaped = open_in_root(root.get(), outside, outside);
+    EXPECT_FALSE(escaped.ok()) << outside << " reached outside the root";
+  }
+  auto link = open_in_root(root.get(), "/last_link", "last_link");
+  ASSERT_FALSE(link.ok());
+  EXPECT_NE(link.error().message.find("not a regular file"), std::string::npos)
+      << link.error().message;
+  auto fifo = open_in_root(root.get(), "/fifo", "fifo");
+  ASSERT_FALSE(fifo.ok());
+  EXPECT_NE(fifo.error().message.find("not a regular file"), std::string::npos)
+      << fifo.error().message;
+  EXPECT_FALSE(open_in_root(root.get(), "relative", "relative").ok());
 }
 
 // ---------------------------------------------------------------------------

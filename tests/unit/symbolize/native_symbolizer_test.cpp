@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <set>
 #include <thread>
 
@@ -342,8 +343,7 @@ TEST(SymbolizeTest, StrippedColdPartsAreNamedAfterTheFunctionTheyWereSplitFrom) 
                   .ok());
   ASSERT_TRUE(run_tool({"/usr/bin/objcopy", "--strip-all", paths.c, bare}).ok());
   ASSERT_FALSE(nm_symbol(kept, "krait_fixture_split.cold")) << "objcopy kept the cold symbol";
-  // One symbolizer per file: both copies have the fixture's build-id, which
-  // a symbolizer takes to mean the same contents.
+  // One symbolizer per file, so that neither sees the other's cache.
   NativeSymbolizer symbolizer;
   NativeSymbolizer bare_symbolizer;
   auto with_parent = unwind::ModuleFile::open(kept, unwind::ModuleFileOptions{.debug_roots = {}});
@@ -480,7 +480,7 @@ TEST(DebugFileTest, BuildIdDirectory) {
   auto wrong = unwind::ModuleFile::open(stripped, options);
   ASSERT_TRUE(wrong.ok());
   EXPECT_EQ((*wrong)->debug_elf(), nullptr);
-  // A new symbolizer: the first one rightly shares what it read per build-id.
+  // A new symbolizer, as a fresh start (the file is another one anyway).
   NativeSymbolizer fresh;
   NativeFrames bare = fresh.symbolize(**wrong, leaf->vaddr);
   ASSERT_EQ(bare.size(), 1u);
@@ -544,16 +544,12 @@ TEST(DebugFileTest, DebugFrameFromTheDebugFile) {
   EXPECT_EQ(fde.fde->start, leaf);
 }
 
-// Copies of one file (one build-id, different inodes) share one cache
-// entry; the same holds in ModuleCache.
-TEST(SymbolizerCacheTest, OneEntryPerBuildId) {
+// One file opened twice (two ModuleFiles of one inode, as two caches would
+// make) shares one cache entry.
+TEST(SymbolizerCacheTest, OneEntryPerFile) {
   auto paths = unwind_fixtures::fixture_paths();
-  auto dir = TempDir::create();
-  ASSERT_TRUE(dir.ok());
-  std::string copy = dir->path() + "/libcopy.so";
-  std::filesystem::copy_file(paths.lib, copy);
   auto a = unwind::ModuleFile::open(paths.lib);
-  auto b = unwind::ModuleFile::open(copy);
+  auto b = unwind::ModuleFile::open(paths.lib);
   ASSERT_TRUE(a.ok() && b.ok());
   ASSERT_NE((*a)->serial(), (*b)->serial());
   ASSERT_EQ((*a)->identity(), (*b)->identity());
@@ -566,6 +562,46 @@ TEST(SymbolizerCacheTest, OneEntryPerBuildId) {
   EXPECT_EQ(from_a.back().function, "krait_unwind_lib_call");
   EXPECT_EQ(symbolizer.file_count(), 1u);
   EXPECT_EQ(symbolizer.stats().files_opened, 1u);
+}
+
+// A file that claims another's build-id (the fixture library's note on
+// other contents: its function renamed everywhere, DWARF included) keeps
+// its own names. The cache was keyed by build-id, so whichever file was
+// looked at first named both.
+TEST(SymbolizerCacheTest, AFileClaimingAnotherBuildIdKeepsItsOwnNames) {
+  auto paths = unwind_fixtures::fixture_paths();
+  auto dir = TempDir::create();
+  ASSERT_TRUE(dir.ok());
+  std::ifstream in(paths.lib, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), {});
+  const std::string real = "krait_unwind_lib_call";
+  const std::string fake = "krait_IMPOSTOR_lib_cx";
+  size_t renamed = 0;
+  for (size_t at = bytes.find(real); at != std::string::npos; at = bytes.find(real, at)) {
+    bytes.replace(at, real.size(), fake);
+    ++renamed;
+  }
+  ASSERT_GE(renamed, 2u);
+  const std::string impostor = dir->path() + "/libimpostor.so";
+  std::ofstream(impostor, std::ios::binary) << bytes;
+
+  auto a = unwind::ModuleFile::open(paths.lib, unwind::ModuleFileOptions{.debug_roots = {}});
+  auto b = unwind::ModuleFile::open(impostor, unwind::ModuleFileOptions{.debug_roots = {}});
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_EQ((*a)->build_id(), (*b)->build_id()) << "the impostor lost the claim";
+  EXPECT_NE((*a)->identity(), (*b)->identity());
+  auto symbol = (*a)->elf().find_symbol(real);
+  ASSERT_TRUE(symbol);
+  NativeSymbolizer symbolizer;
+  NativeFrames from_real = symbolizer.symbolize(**a, symbol->value + 4);
+  NativeFrames from_fake = symbolizer.symbolize(**b, symbol->value + 4);
+  EXPECT_EQ(from_real.back().function, real) << describe(from_real);
+  EXPECT_EQ(from_fake.back().function, fake) << describe(from_fake);
+  EXPECT_EQ(symbolizer.file_count(), 2u);
+  // And the other way round, in a fresh symbolizer.
+  NativeSymbolizer reversed;
+  EXPECT_EQ(reversed.symbolize(**b, symbol->value + 4).back().function, fake);
+  EXPECT_EQ(reversed.symbolize(**a, symbol->value + 4).back().function, real);
 }
 
 // Tiny limits: results stay right while files and addresses are evicted.

@@ -1,15 +1,29 @@
 // ModuleCache, ProcessModules and CfiTable: sharing between processes,
-// live /proc, and the CFI index against readelf's own decoding.
+// files that change under krait (swapped for a FIFO, claiming another's
+// build-id), concurrent and bounded caching, live /proc, and the CFI index
+// against readelf's own decoding.
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/fanotify.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <filesystem>
+#include <fstream>
+#include <functional>
+#include <future>
+#include <iterator>
 #include <random>
 #include <set>
 #include <sstream>
+#include <thread>
 #include <tuple>
 
 #include "fixture_support.h"
@@ -58,6 +72,283 @@ const Module* module_of(const ProcessModules& modules, const std::string& path) 
   return nullptr;
 }
 
+std::vector<uint8_t> file_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), {});
+}
+
+void write_file(const std::string& path, const std::vector<uint8_t>& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
+}
+
+// The fixture library under another name, with the same build-id note but
+// other contents: its function renamed (same length, so nothing moves) and
+// its .eh_frame zeroed, so it has neither the original's names nor its CFI.
+constexpr const char* kLibFunction = "krait_unwind_lib_call";
+constexpr const char* kImpostorFunction = "krait_IMPOSTOR_lib_cx";
+std::string make_impostor(const std::string& lib, const std::string& dir) {
+  std::vector<uint8_t> bytes = file_bytes(lib);
+  const std::string from = kLibFunction;
+  const std::string to = kImpostorFunction;
+  EXPECT_EQ(from.size(), to.size());
+  size_t renamed = 0;
+  for (auto it = std::search(bytes.begin(), bytes.end(), from.begin(), from.end());
+       it != bytes.end(); it = std::search(it, bytes.end(), from.begin(), from.end())) {
+    std::copy(to.begin(), to.end(), it);
+    ++renamed;
+  }
+  EXPECT_GE(renamed, 2u) << "the name is in .dynstr and .strtab";
+  auto elf = elf::ElfFile::open(lib);
+  EXPECT_TRUE(elf.ok());
+  auto eh_frame = elf->find_section(".eh_frame");
+  EXPECT_TRUE(eh_frame.has_value());
+  if (eh_frame)
+    std::fill_n(bytes.begin() + static_cast<long>(eh_frame->offset), eh_frame->size, 0);
+  std::string path = dir + "/libimpostor.so";
+  write_file(path, bytes);
+  return path;
+}
+
+// A page of `path` mapped into this process (read-only); unmapped on
+// destruction.
+class Mapping {
+ public:
+  explicit Mapping(const std::string& path) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+      return;
+    void* at = ::mmap(nullptr, 4096, PROT_READ, MAP_PRIVATE, fd, 0);
+    ::close(fd);
+    if (at != MAP_FAILED)
+      address_ = at;
+  }
+  ~Mapping() {
+    if (address_ != nullptr)
+      ::munmap(address_, 4096);
+  }
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  bool ok() const { return address_ != nullptr; }
+
+  // This process's map entry for the mapping.
+  std::optional<proc::MapEntry> entry() const {
+    auto maps = proc::read_maps(::getpid());
+    if (!maps.ok())
+      return std::nullopt;
+    for (const proc::MapEntry& e : *maps)
+      if (e.start == reinterpret_cast<uint64_t>(address_))
+        return e;
+    return std::nullopt;
+  }
+
+ private:
+  void* address_ = nullptr;
+};
+
+// Stands between every open of one file and the kernel (fanotify
+// FAN_OPEN_PERM, root only): runs `on_open` on its own thread at each open,
+// then lets the open go on at once, or, with `hold`, only at release().
+// Makes "the file changed between two opens" and "this open is slow"
+// happen at a known point rather than by luck.
+class OpenGate {
+ public:
+  OpenGate(const std::string& path, bool hold, std::function<void()> on_open)
+      : hold_(hold), on_open_(std::move(on_open)) {
+    fan_ = ::fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK, O_RDONLY | O_LARGEFILE);
+    wake_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (fan_ < 0 || wake_ < 0) {
+      error_ = std::string("fanotify_init: ") + std::strerror(errno);
+      return;
+    }
+    if (::fanotify_mark(fan_, FAN_MARK_ADD, FAN_OPEN_PERM, AT_FDCWD, path.c_str()) != 0) {
+      error_ = std::string("fanotify_mark (FAN_OPEN_PERM): ") + std::strerror(errno);
+      return;
+    }
+    thread_ = std::thread([this] { run(); });
+  }
+  ~OpenGate() {
+    stopping_ = true;
+    wake();
+    if (thread_.joinable())
+      thread_.join();
+    if (fan_ >= 0)
+      ::close(fan_);  // answers whatever is still pending
+    if (wake_ >= 0)
+      ::close(wake_);
+  }
+  OpenGate(const OpenGate&) = delete;
+  OpenGate& operator=(const OpenGate&) = delete;
+
+  // "" when the gate is in place (needs CAP_SYS_ADMIN and a kernel with
+  // fanotify permission events).
+  const std::string& error() const { return error_; }
+  int opens() const { return opens_; }
+  void release() {
+    released_ = true;
+    wake();
+  }
+
+ private:
+  void wake() {
+    uint64_t one = 1;
+    if (wake_ >= 0)
+      (void)!::write(wake_, &one, sizeof one);
+  }
+  void allow(int fd) {
+    fanotify_response response{.fd = fd, .response = FAN_ALLOW};
+    (void)!::write(fan_, &response, sizeof response);
+    ::close(fd);
+  }
+  void run() {
+    std::vector<int> held;
+    for (;;) {
+      pollfd fds[2] = {{.fd = fan_, .events = POLLIN, .revents = 0},
+                       {.fd = wake_, .events = POLLIN, .revents = 0}};
+      ::poll(fds, 2, -1);
+      if (released_ || stopping_) {
+        for (int fd : held)
+          allow(fd);
+        held.clear();
+      }
+      if (stopping_)
+        return;
+      uint64_t drained = 0;
+      (void)!::read(wake_, &drained, sizeof drained);
+      alignas(fanotify_event_metadata) char buffer[4096];
+      ssize_t n = ::read(fan_, buffer, sizeof buffer);
+      if (n <= 0)
+        continue;
+      auto* event = reinterpret_cast<fanotify_event_metadata*>(buffer);
+      for (; FAN_EVENT_OK(event, n); event = FAN_EVENT_NEXT(event, n)) {
+        if (event->fd < 0)
+          continue;
+        ++opens_;
+        if (on_open_)
+          on_open_();
+        if (hold_ && !released_)
+          held.push_back(event->fd);
+        else
+          allow(event->fd);
+      }
+    }
+  }
+
+  bool hold_;
+  std::function<void()> on_open_;
+  int fan_ = -1;
+  int wake_ = -1;
+  std::string error_;
+  std::atomic<int> opens_{0};
+  std::atomic<bool> released_{false};
+  std::atomic<bool> stopping_{false};
+  std::thread thread_;
+};
+
+// Runs `f` on its own thread; the result, or nullopt when it has not
+// finished within `patience` (then `unblock` runs and the thread is
+// waited for, so that a test that fails does not hang).
+template <typename F>
+auto finishes_within(std::chrono::seconds patience, F f, const std::function<void()>& unblock)
+    -> std::optional<decltype(f())> {
+  auto call = std::async(std::launch::async, std::move(f));
+  if (call.wait_for(patience) == std::future_status::ready)
+    return call.get();
+  unblock();
+  call.wait();
+  return std::nullopt;
+}
+
+// A library whose path becomes a FIFO while krait opens it (after the file
+// was opened once, before anything else is read): ModuleCache::get used to
+// open the path a second time without O_NONBLOCK and blocked forever. Now
+// the file is opened once, through the mapping, and the FIFO never is.
+TEST(ModuleCacheTest, LibrarySwappedForAFifoWhileOpeningNeverBlocks) {
+  auto dir = TempDir::create();
+  ASSERT_TRUE(dir.ok());
+  auto paths = unwind_fixtures::fixture_paths();
+  const std::string lib = std::filesystem::canonical(dir->path()).string() + "/libswapped.so";
+  std::filesystem::copy_file(paths.lib, lib);
+  const std::string fifo = dir->path() + "/fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  Mapping mapping(lib);
+  ASSERT_TRUE(mapping.ok());
+  auto entry = mapping.entry();
+  ASSERT_TRUE(entry.has_value());
+
+  std::atomic<bool> swapped{false};
+  OpenGate gate(lib, false, [&] {
+    if (!swapped.exchange(true))
+      std::filesystem::rename(fifo, lib);
+  });
+  ASSERT_EQ(gate.error(), "");
+  auto unblock = [&] {
+    // Give the open that waits for a writer one, so that it returns.
+    int writer = ::open(lib.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    if (writer >= 0)
+      ::close(writer);
+  };
+  ModuleCache cache;
+  auto file = finishes_within(
+      std::chrono::seconds(60), [&] { return cache.get(::getpid(), *entry); }, unblock);
+  ASSERT_TRUE(file.has_value()) << "ModuleCache::get blocked on a library swapped for a FIFO";
+  EXPECT_GE(gate.opens(), 1) << "the library was never opened: the swap did not happen";
+  EXPECT_TRUE(swapped);
+  ASSERT_TRUE(file->ok()) << file->error().message;
+  EXPECT_EQ((**file)->build_id(), elf::ElfFile::open(paths.lib)->build_id());
+
+  // The path is a FIFO from the start now: the mapped file is still found,
+  // and with only the path to go by (pid 0) the FIFO is refused.
+  ModuleCache fresh;
+  auto again = finishes_within(
+      std::chrono::seconds(60), [&] { return fresh.get(::getpid(), *entry); }, unblock);
+  ASSERT_TRUE(again.has_value()) << "blocked on a mapping whose path is a FIFO";
+  EXPECT_TRUE(again->ok()) << again->error().message;
+  ModuleCache by_path_only;
+  auto by_path = finishes_within(
+      std::chrono::seconds(60), [&] { return by_path_only.get(0, *entry); }, unblock);
+  ASSERT_TRUE(by_path.has_value()) << "blocked opening a FIFO by path";
+  ASSERT_FALSE(by_path->ok());
+  EXPECT_NE(by_path->error().message.find("not a regular file"), std::string::npos)
+      << by_path->error().message;
+}
+
+// An open that takes forever (here: held by the gate) delays no other
+// caller of the cache: the mutex is not held across opens.
+TEST(ModuleCacheTest, ASlowOpenDoesNotDelayOtherCallers) {
+  auto dir = TempDir::create();
+  ASSERT_TRUE(dir.ok());
+  auto paths = unwind_fixtures::fixture_paths();
+  const std::string base = std::filesystem::canonical(dir->path()).string();
+  std::filesystem::copy_file(paths.lib, base + "/libslow.so");
+  std::filesystem::copy_file(paths.lib, base + "/libquick.so");
+  Mapping slow_mapping(base + "/libslow.so");
+  Mapping quick_mapping(base + "/libquick.so");
+  ASSERT_TRUE(slow_mapping.ok() && quick_mapping.ok());
+  auto slow = slow_mapping.entry();
+  auto quick = quick_mapping.entry();
+  ASSERT_TRUE(slow && quick);
+
+  OpenGate gate(base + "/libslow.so", true, {});
+  ASSERT_EQ(gate.error(), "");
+  ModuleCache cache;
+  auto slow_call = std::async(std::launch::async, [&] { return cache.get(::getpid(), *slow); });
+  // Once the slow open is held at the gate, ask for the other file.
+  for (int i = 0; i < 60000 && gate.opens() == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_GE(gate.opens(), 1) << "the slow file was never opened";
+  auto quick_result = finishes_within(
+      std::chrono::seconds(60), [&] { return cache.get(::getpid(), *quick); },
+      [&] { gate.release(); });
+  gate.release();
+  auto slow_result = slow_call.get();
+  ASSERT_TRUE(quick_result.has_value()) << "get() of one file waited for another file's open";
+  EXPECT_TRUE(quick_result->ok()) << quick_result->error().message;
+  EXPECT_TRUE(slow_result.ok()) << slow_result.error().message;
+  EXPECT_EQ(cache.size(), 2u);
+}
+
 // Two processes of one program: each file is opened once, and the two
 // ProcessModules hold the same ModuleFiles.
 TEST(ModuleCacheTest, FilesAreSharedBetweenProcesses) {
@@ -100,24 +391,34 @@ TEST(ModuleCacheTest, FilesAreSharedBetweenProcesses) {
   EXPECT_EQ(cache.size(), vdso ? 1u : 0u);
 }
 
-// A copy of a library at another inode, with the same build-id, reuses the
-// ModuleFile already indexed.
-TEST(ModuleCacheTest, SameBuildIdSharesOneFile) {
+// A file that claims another's build-id (here: the fixture library's note
+// on other contents) is not taken for it: each keeps its own CFI and
+// symbols. The cache used to share ModuleFiles by build-id, so whichever
+// was mapped first supplied both.
+TEST(ModuleCacheTest, SameBuildIdDoesNotMakeTwoFilesOne) {
   auto dir = TempDir::create();
   ASSERT_TRUE(dir.ok());
   auto paths = unwind_fixtures::fixture_paths();
   auto capture = unwind_fixtures::capture({paths.c, "copy"}, dir->path(), {"copy-main"});
   ASSERT_TRUE(capture.ok()) << capture.error().message;
-  std::string copy = dir->path() + "/libcopy.so";
-  std::filesystem::copy_file(paths.lib, copy);
+  const std::string impostor = make_impostor(paths.lib, dir->path());
   ModuleCache cache;
   ProcessModules a = ProcessModules::from_maps(0, (*capture)[0].maps, cache);
-  size_t before = cache.size();
-  ProcessModules b =
-      ProcessModules::from_maps(0, with_file_replaced((*capture)[0].maps, paths.lib, copy), cache);
-  ASSERT_NE(module_of(b, copy), nullptr);
-  EXPECT_EQ(module_of(a, paths.lib)->file.get(), module_of(b, copy)->file.get());
-  EXPECT_EQ(cache.size(), before);
+  ProcessModules b = ProcessModules::from_maps(
+      0, with_file_replaced((*capture)[0].maps, paths.lib, impostor), cache);
+  const Module* real = module_of(a, paths.lib);
+  const Module* fake = module_of(b, impostor);
+  ASSERT_NE(real, nullptr);
+  ASSERT_NE(fake, nullptr);
+  ASSERT_EQ(real->file->build_id(), fake->file->build_id()) << "the impostor lost the claim";
+  EXPECT_NE(real->file.get(), fake->file.get());
+  EXPECT_NE(real->file->identity(), fake->file->identity());
+  auto function = real->file->elf().find_symbol(kLibFunction);
+  ASSERT_TRUE(function.has_value());
+  EXPECT_TRUE(real->file->find_fde(function->value)) << "the real library has CFI there";
+  EXPECT_FALSE(fake->file->find_fde(function->value)) << "the impostor's CFI is the real one's";
+  EXPECT_FALSE(fake->file->elf().find_symbol(kLibFunction).has_value());
+  EXPECT_TRUE(fake->file->elf().find_symbol(kImpostorFunction).has_value());
 }
 
 // Maps saved from a process whose file was replaced since: refused, not
@@ -141,6 +442,204 @@ TEST(ModuleCacheTest, ReplacedFileIsRefused) {
   bool reported = false;
   for (const ModuleProblem& p : modules.problems())
     reported |= p.path == lib && p.reason.find("no longer the mapped file") != std::string::npos;
+  EXPECT_TRUE(reported);
+}
+
+// A mapping that is gone by the time it is opened (the process exited or
+// unmapped it) fails, but the failure is not remembered for the file: the
+// next mapping of the same file opens.
+TEST(ModuleCacheTest, FailureOfAMappingThatIsGoneIsNotRemembered) {
+  auto dir = TempDir::create();
+  ASSERT_TRUE(dir.ok());
+  auto paths = unwind_fixtures::fixture_paths();
+  const std::string lib = std::filesystem::canonical(dir->path()).string() + "/libgone.so";
+  std::filesystem::copy_file(paths.lib, lib);
+  std::optional<proc::MapEntry> gone;
+  {
+    Mapping mapping(lib);
+    ASSERT_TRUE(mapping.ok());
+    gone = mapping.entry();
+  }
+  ASSERT_TRUE(gone.has_value());
+  ModuleCache cache;
+  auto failed = cache.get(::getpid(), *gone);
+  ASSERT_FALSE(failed.ok()) << "an unmapped range was opened";
+  Mapping again(lib);
+  ASSERT_TRUE(again.ok());
+  auto entry = again.entry();
+  ASSERT_TRUE(entry.has_value());
+  auto file = cache.get(::getpid(), *entry);
+  EXPECT_TRUE(file.ok()) << "the failure of the unmapped range was remembered: "
+                         << file.error().message;
+}
+
+// At most max_files files stay; the least recently used ones that nothing
+// else holds go first, and every eviction is counted.
+TEST(ModuleCacheTest, BoundEvictsLeastRecentlyUsedUnheldFiles) {
+  auto dir = TempDir::create();
+  ASSERT_TRUE(dir.ok());
+  auto paths = unwind_fixtures::fixture_paths();
+  auto capture = unwind_fixtures::capture({paths.c, "bound"}, dir->path(), {"bound-main"});
+  ASSERT_TRUE(capture.ok()) << capture.error().message;
+  std::vector<proc::MapEntry> files;  // one executable mapping per file
+  std::set<std::tuple<uint32_t, uint32_t, uint64_t>> seen;
+  for (const proc::MapEntry& e : (*capture)[0].maps)
+    if (e.exec && e.is_file() && seen.emplace(e.dev_major, e.dev_minor, e.inode).second)
+      files.push_back(e);
+  ASSERT_GE(files.size(), 4u) << "the fixture maps itself, its library, libc and the loader";
+
+  ModuleCache cache(ModuleFileOptions{}, ModuleCacheLimits{.max_files = 2});
+  auto held = cache.get(0, files[0]);
+  ASSERT_TRUE(held.ok()) << held.error().message;
+  for (size_t i = 1; i < files.size(); ++i) {
+    auto file = cache.get(0, files[i]);
+    ASSERT_TRUE(file.ok()) << file.error().message;
+    EXPECT_LE(cache.size(), 2u);
+  }
+  EXPECT_EQ(cache.size(), 2u);
+  EXPECT_EQ(cache.stats().evicted, files.size() - 2);
+  EXPECT_EQ(cache.stats().opened, files.size());
+  // The held file stayed, and is answered from the cache.
+  auto again = cache.get(0, files[0]);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->get(), held->get());
+  EXPECT_EQ(cache.stats().hits, 1u);
+  // So did the most recently used one; the others were evicted.
+  auto last = cache.get(0, files.back());
+  ASSERT_TRUE(last.ok());
+  EXPECT_EQ(cache.stats().hits, 2u);
+  auto evicted = cache.get(0, files[1]);
+  ASSERT_TRUE(evicted.ok());
+  EXPECT_EQ(cache.stats().opened, files.size() + 1);
+}
+
+// A cached file rewritten in place (same inode, new size or mtime) is not
+// answered from the cache: it is opened again.
+TEST(ModuleCacheTest, FileRewrittenInPlaceIsOpenedAgain) {
+  auto dir = TempDir::create();
+  ASSERT_TRUE(dir.ok());
+  auto paths = unwind_fixtures::fixture_paths();
+  const std::string lib = std::filesystem::canonical(dir->path()).string() + "/librewritten.so";
+  std::filesystem::copy_file(paths.lib, lib);
+  Mapping mapping(lib);
+  ASSERT_TRUE(mapping.ok());
+  auto entry = mapping.entry();
+  ASSERT_TRUE(entry.has_value());
+  ModuleCache cache;
+  auto first = cache.get(::getpid(), *entry);
+  ASSERT_TRUE(first.ok()) << first.error().message;
+  // Rewritten in place: the same inode, other contents, a longer file.
+  std::vector<uint8_t> bytes = file_bytes(make_impostor(paths.lib, dir->path()));
+  bytes.resize(bytes.size() + 4096);
+  {
+    std::ofstream out(lib, std::ios::binary | std::ios::in | std::ios::out);
+    out.write(reinterpret_cast<const char*>(bytes.data()),
+              static_cast<std::streamsize>(bytes.size()));
+  }
+  auto second = cache.get(::getpid(), *entry);
+  ASSERT_TRUE(second.ok()) << second.error().message;
+  EXPECT_NE(second->get(), first->get());
+  EXPECT_EQ(cache.stats().changed, 1u);
+  EXPECT_EQ((*second)->file_id().inode, (*first)->file_id().inode);
+  EXPECT_TRUE((*second)->elf().find_symbol(kImpostorFunction).has_value());
+}
+
+// create() indexes on the caller's thread: the tables are built before the
+// ModuleFile is returned, so rewriting the file afterwards (a stand-in for
+// "no file is parsed later") leaves the index intact. Lazily, the same
+// rewrite is what the index sees.
+TEST(ModuleFileTest, IndexesEagerlyOnTheCreatingThread) {
+  auto dir = TempDir::create();
+  ASSERT_TRUE(dir.ok());
+  auto paths = unwind_fixtures::fixture_paths();
+  auto function = elf::ElfFile::open(paths.lib)->find_symbol(kLibFunction);
+  ASSERT_TRUE(function.has_value());
+  for (bool eager : {true, false}) {
+    const std::string lib = dir->path() + (eager ? "/libeager.so" : "/liblazy.so");
+    std::filesystem::copy_file(paths.lib, lib);
+    auto file = ModuleFile::open(lib, ModuleFileOptions{.debug_roots = {}, .index_eagerly = eager});
+    ASSERT_TRUE(file.ok()) << file.error().message;
+    std::vector<uint8_t> zeros(std::filesystem::file_size(lib), 0);
+    std::ofstream(lib, std::ios::binary | std::ios::in | std::ios::out)
+        .write(reinterpret_cast<const char*>(zeros.data()),
+               static_cast<std::streamsize>(zeros.size()));
+    EXPECT_EQ(static_cast<bool>((*file)->find_fde(function->value)), eager)
+        << (eager ? "eager" : "lazy");
+    EXPECT_EQ((*file)->elf().function_at(function->value) != nullptr, eager)
+        << (eager ? "eager" : "lazy");
+  }
+}
+
+// Thousands of mappings of several files (every executable mapping of a
+// Python process split into pages, as mprotect() splits them): every page
+// gets the module, file and bias of its unsplit mapping.
+TEST(ProcessModulesTest, ManyMappingsOfSeveralFiles) {
+  ASSERT_CAPTURE(capture, "python-main");
+  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  std::vector<proc::MapEntry> split;
+  for (const proc::MapEntry& e : capture->maps) {
+    if (!e.exec || !e.is_file()) {
+      split.push_back(e);
+      continue;
+    }
+    for (uint64_t start = e.start; start < e.end; start += page) {
+      proc::MapEntry piece = e;
+      piece.start = start;
+      piece.end = std::min(e.end, start + page);
+      piece.offset = e.offset + (start - e.start);
+      split.push_back(piece);
+    }
+  }
+  ModuleCache cache;
+  ProcessModules whole = ProcessModules::from_maps(0, capture->maps, cache);
+  ProcessModules pieces = ProcessModules::from_maps(0, split, cache);
+  size_t files = 0;
+  std::set<const ModuleFile*> distinct;
+  for (const Module& m : whole.modules())
+    distinct.insert(m.file.get());
+  files = distinct.size();
+  ASSERT_GE(files, 4u);
+  ASSERT_GT(pieces.modules().size(), 1000u) << "too few pages to be many mappings";
+  EXPECT_EQ(pieces.problems().size(), whole.problems().size());
+  size_t checked = 0;
+  for (const Module& m : pieces.modules()) {
+    const Module* reference = whole.find(m.start);
+    ASSERT_NE(reference, nullptr) << std::hex << m.start;
+    EXPECT_EQ(m.file.get(), reference->file.get());
+    EXPECT_EQ(m.bias, reference->bias) << m.path;
+    EXPECT_EQ(pieces.find(m.end - 1), &m);
+    ++checked;
+  }
+  EXPECT_EQ(checked, pieces.modules().size());
+}
+
+// Mappings past kMaxMappingsPerProcess are not considered, and problems()
+// says how many were skipped.
+TEST(ProcessModulesTest, MappingsPastTheCapAreSkippedAndReported) {
+  ASSERT_CAPTURE(capture, "c-main");
+  std::vector<proc::MapEntry> maps = capture->maps;
+  const size_t real = maps.size();
+  const proc::MapEntry last = maps.back();
+  for (size_t i = 0; maps.size() < kMaxMappingsPerProcess + 100; ++i) {
+    proc::MapEntry anonymous{.start = last.end + i * 8192, .end = last.end + i * 8192 + 4096};
+    anonymous.read = true;
+    maps.push_back(anonymous);
+  }
+  // A file mapping past the cap is not looked at.
+  proc::MapEntry beyond = capture->maps.front();
+  beyond.start = maps.back().end + 4096;
+  beyond.end = beyond.start + 4096;
+  beyond.exec = true;
+  maps.push_back(beyond);
+  ModuleCache cache;
+  ProcessModules modules = ProcessModules::from_maps(0, maps, cache);
+  ProcessModules reference = ProcessModules::from_maps(0, std::span(maps).first(real), cache);
+  EXPECT_EQ(modules.modules().size(), reference.modules().size());
+  EXPECT_EQ(modules.find(beyond.start), nullptr);
+  bool reported = false;
+  for (const ModuleProblem& p : modules.problems())
+    reported |= p.reason.find(std::to_string(maps.size() - kMaxMappingsPerProcess) +
+                              " past the first") != std::string::npos;
   EXPECT_TRUE(reported);
 }
 
@@ -264,6 +763,40 @@ TEST(CfiTableTest, DebugFrameMatchesReadelf) {
   }
   EXPECT_EQ(table->size(), nonempty);
   EXPECT_GE(nonempty, 4u);
+}
+
+// A section of tiny entries, each FDE with a CIE of its own: indexing stops
+// at the cap on distinct CIEs instead of growing with the section (each
+// parsed CIE and indexed FDE costs more memory than its bytes).
+TEST(CfiTableTest, DistinctCiesAreCapped) {
+  auto elf = elf::ElfFile::open(unwind_fixtures::fixture_paths().lib);
+  ASSERT_TRUE(elf.ok());
+  auto bytes = elf->section_bytes(".eh_frame");
+  ASSERT_TRUE(bytes.ok());
+  // The section starts with a CIE, then the first FDE (lengths exclude
+  // their own 4 bytes).
+  uint32_t cie_length = 0;
+  std::memcpy(&cie_length, bytes->data(), 4);
+  const size_t cie_size = 4 + cie_length;
+  uint32_t fde_length = 0;
+  ASSERT_LT(cie_size + 8, bytes->size());
+  std::memcpy(&fde_length, bytes->data() + cie_size, 4);
+  const size_t fde_size = 4 + fde_length;
+  ASSERT_LE(cie_size + fde_size, bytes->size());
+  std::vector<uint8_t> pair(bytes->begin(),
+                            bytes->begin() + static_cast<long>(cie_size + fde_size));
+  const uint32_t cie_pointer = static_cast<uint32_t>(cie_size + 4);  // back from the FDE's id field
+  std::memcpy(pair.data() + cie_size + 4, &cie_pointer, 4);
+  const size_t pairs = 300'000;
+  std::vector<uint8_t> section;
+  section.reserve(pairs * pair.size() + 4);
+  for (size_t i = 0; i < pairs; ++i)
+    section.insert(section.end(), pair.begin(), pair.end());
+  section.insert(section.end(), 4, 0);
+  auto table = CfiTable::from_eh_frame(section, 0x10000);
+  ASSERT_TRUE(table.ok()) << table.error().message;
+  EXPECT_GT(table->size(), 1000u);
+  EXPECT_LE(table->size(), size_t{1} << 18) << "indexed past the cap on distinct CIEs";
 }
 
 // Random bytes and damaged real sections: no crash, no read outside the
