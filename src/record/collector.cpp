@@ -137,6 +137,9 @@ void Collector::run_inspections() {
   // Scan results no sample claimed: processes that exited or stay idle.
   if (now - last_prune_ns_ > 10'000'000'000ull) {
     tracker_->prune_unsampled(now);
+    // Files no live process maps any more (the daemon also does this per
+    // interval, with its other caches).
+    modules_->evict_unused();
     last_prune_ns_ = now;
   }
 }
