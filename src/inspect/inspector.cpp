@@ -293,15 +293,17 @@ bool Inspector::refused(uint64_t key) const {
 }
 
 void Inspector::check_stalls() {
-  const uint64_t now = now_ns();
   std::lock_guard lock(shared_->mutex);
+  // Read after the lock: a task may have started while this thread waited
+  // for it, and its start must not look later than "now".
+  const uint64_t now = now_ns();
   size_t live = 0;
   std::vector<std::shared_ptr<Shared::Slot>> stalled;
   for (auto& slot : shared_->slots) {
     if (slot->abandoned || slot->exited)
       continue;
     const uint64_t since = slot->busy_since.load();
-    if (since != 0 && now - since > options_.stall_ns)
+    if (since != 0 && now > since && now - since > options_.stall_ns)
       stalled.push_back(slot);
     else
       ++live;

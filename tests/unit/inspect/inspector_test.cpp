@@ -180,6 +180,22 @@ TEST(Inspector, AStalledTaskRefusesItsKeyAndAnotherWorkerTakesOver) {
   EXPECT_FALSE(stalled_completion_ran);
 }
 
+// Short tasks that start while the owner checks for stalls are not stalled:
+// a task's start read after the owner's "now" once looked 2^64 ns old.
+TEST(Inspector, ShortTasksAreNeverTakenForStalls) {
+  InspectorOptions options;
+  options.stall_ns = 1'000'000'000;
+  auto inspector = make(options);
+  int done = 0;
+  constexpr int kTasks = 20'000;
+  for (int i = 0; i < kTasks; ++i)
+    inspector->post(static_cast<uint64_t>(i % 97), "tiny",
+                    [&](TaskContext&) -> Completion { return [&] { ++done; }; });
+  ASSERT_TRUE(run_until(*inspector, [&] { return done == kTasks; }));
+  EXPECT_TRUE(inspector->take_notices().empty());
+  EXPECT_EQ(inspector->stats().stalls, 0u);
+}
+
 TEST(Inspector, ForgottenKeysDropQueuedWorkAndLateCompletions) {
   InspectorOptions options;
   options.workers = 1;
