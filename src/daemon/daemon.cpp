@@ -329,6 +329,8 @@ Result<int> run_daemon(DaemonRunOptions o) {
   });
 
   KRAIT_TRY(c.scan());
+  // What runs already is attached before sampling starts (a bounded time).
+  c.await_scan(std::chrono::steady_clock::now() + std::chrono::seconds(3));
   auto epfd = record::epoll_fd();
   if (!epfd)
     return epfd.error();

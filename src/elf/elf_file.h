@@ -61,8 +61,10 @@ inline constexpr uint64_t kMaxSectionBytes = uint64_t{64} << 20;
 inline constexpr uint64_t kMaxNoteBytes = uint64_t{1} << 20;
 inline constexpr uint64_t kMaxSymbolNameSlack = uint64_t{1} << 20;
 inline constexpr uint64_t kMaxBytesPerFile = uint64_t{512} << 20;
-inline constexpr size_t kMaxSections = size_t{1} << 16;
-inline constexpr size_t kMaxProgramHeaders = size_t{1} << 16;
+// Linked files have a few dozen sections and a dozen program headers; each
+// section costs libelf and krait a few hundred bytes, kept while the file is.
+inline constexpr size_t kMaxSections = size_t{1} << 12;
+inline constexpr size_t kMaxProgramHeaders = size_t{1} << 10;
 
 // statfs f_type of FUSE (fuseblk included): a file there is served by a
 // user-space process that can stall any read forever.

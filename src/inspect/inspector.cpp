@@ -63,6 +63,7 @@ struct Inspector::Shared {
     Bucket bytes;
     uint64_t refilled_ns = 0;
     std::string running_what;
+    KeyUsage usage;
   };
   struct Slot {
     std::atomic<uint64_t> busy_since{0};  // 0: between tasks
@@ -159,6 +160,7 @@ struct Inspector::Shared {
 
       TaskContext context;
       Completion completion;
+      const uint64_t wall_before = now_ns();
       const uint64_t cpu_before = thread_cpu_ns();
       try {
         completion = pending.task(context);
@@ -170,6 +172,10 @@ struct Inspector::Shared {
         spdlog::error("inspecting process work '{}' failed", pending.what);
       }
       const uint64_t cpu = thread_cpu_ns() - cpu_before;
+      const uint64_t wall = now_ns() - wall_before;
+      if (wall > 1'000'000'000ull)
+        spdlog::debug("reading a process ({}) took {} ms ({} ms of CPU)", pending.what,
+                      wall / 1'000'000, cpu / 1'000'000);
       pending = {};
 
       lock.lock();
@@ -184,6 +190,10 @@ struct Inspector::Shared {
         continue;  // forgotten while it ran
       KeyState& after = again->second;
       after.running = false;
+      after.usage.tasks += 1;
+      after.usage.cpu_ns += cpu;
+      after.usage.wall_ns += wall;
+      after.usage.bytes += context.bytes();
       after.cpu.tokens -= static_cast<int64_t>(cpu);
       after.bytes.tokens -= static_cast<int64_t>(context.bytes());
       if (!after.throttled && (after.cpu.tokens < 0 || after.bytes.tokens < 0)) {
@@ -284,6 +294,12 @@ void Inspector::forget(uint64_t key) {
     return;
   shared_->drop_queue(it->second);
   shared_->keys.erase(it);
+}
+
+KeyUsage Inspector::usage(uint64_t key) const {
+  std::lock_guard lock(shared_->mutex);
+  auto it = shared_->keys.find(key);
+  return it == shared_->keys.end() ? KeyUsage{} : it->second.usage;
 }
 
 bool Inspector::refused(uint64_t key) const {

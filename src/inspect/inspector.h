@@ -56,8 +56,12 @@ struct Budget {
 };
 
 struct InspectorOptions {
-  unsigned workers = 2;
-  unsigned max_workers = 8;  // replacements for stalled workers included
+  // More threads than a host's cores: attaching a process is mostly CPU,
+  // but one slow process (a huge map, a file that parses slowly) must not
+  // keep the quick ones waiting, and on a busy host each thread gets its
+  // own share of the CPU.
+  unsigned workers = 4;
+  unsigned max_workers = 12;  // replacements for stalled workers included
   // Far above any honest read (an attach parses an interpreter's ELF file
   // and validates its layout: well under a second, even on a loaded host).
   uint64_t stall_ns = 10'000'000'000;
@@ -84,6 +88,14 @@ struct Notice {
   uint64_t key = 0;
   Kind kind = Kind::kThrottled;
   std::string reason;  // one line, for the summary and the health line
+};
+
+// What one key's work has cost so far.
+struct KeyUsage {
+  uint64_t tasks = 0;
+  uint64_t cpu_ns = 0;
+  uint64_t wall_ns = 0;
+  uint64_t bytes = 0;
 };
 
 struct InspectorStats {
@@ -118,6 +130,8 @@ class Inspector {
   void forget(uint64_t key);
   // Whether the key was refused (stalled) for good.
   bool refused(uint64_t key) const;
+  // What the key's work has cost so far (zero for an unknown key).
+  KeyUsage usage(uint64_t key) const;
 
   // Runs the completions that arrived, in arrival order, and checks for
   // stalled workers. Returns how many ran.

@@ -84,6 +84,7 @@ Result<void> Collector::scan(const std::vector<pid_t>& pids) {
     for (pid_t pid : pids) {
       KRAIT_TRY(sampler_->add_listed(static_cast<uint32_t>(pid)));
       tracker_->prepare(pid);
+      scanned_.push_back(pid);
     }
     return {};
   }
@@ -92,17 +93,19 @@ Result<void> Collector::scan(const std::vector<pid_t>& pids) {
   for (auto it = std::filesystem::directory_iterator("/proc", ec);
        !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
     const auto pid = parse_unsigned<uint32_t>(it->path().filename().string());
-    if (pid && *pid > 0 && *pid <= INT32_MAX && static_cast<pid_t>(*pid) != self)
+    if (pid && *pid > 0 && *pid <= INT32_MAX && static_cast<pid_t>(*pid) != self) {
       tracker_->prepare(static_cast<pid_t>(*pid));
+      scanned_.push_back(static_cast<pid_t>(*pid));
+    }
   }
   return {};
 }
 
-void Collector::await_scan(const std::vector<pid_t>& pids,
-                           std::chrono::steady_clock::time_point deadline) {
+void Collector::await_scan(std::chrono::steady_clock::time_point deadline) {
   auto answered = [&] {
-    return std::all_of(pids.begin(), pids.end(),
-                       [&](pid_t pid) { return tracker_->scan_result(pid).has_value(); });
+    return std::all_of(scanned_.begin(), scanned_.end(), [&](pid_t pid) {
+      return tracker_->scan_result(pid).has_value() || tracker_->settled(pid);
+    });
   };
   while (!answered() && std::chrono::steady_clock::now() < deadline) {
     inspector_->drain(std::min(deadline, std::chrono::steady_clock::now() +

@@ -56,9 +56,10 @@ class Collector {
   // Attaches to every process running now (or just `pids`, which become
   // the only ones sampled), ahead of their first samples. Before start().
   Result<void> scan(const std::vector<pid_t>& pids = {});
-  // Runs the loop's work (completions) until every scanned pid of `pids`
-  // has a first answer, or `deadline`.
-  void await_scan(const std::vector<pid_t>& pids, std::chrono::steady_clock::time_point deadline);
+  // Runs the loop's work (completions) until every pid scan() looked at
+  // has a first answer, or `deadline`: a process that answers slowly (or
+  // never) holds up the start that long at most, and goes on attaching.
+  void await_scan(std::chrono::steady_clock::time_point deadline);
   Result<void> start() { return sampler_->start(); }
   // Adds what the run loop must wait on (the ring buffer, the Inspector's
   // completions) to `epfd`; wait() handles their events.
@@ -115,6 +116,7 @@ class Collector {
   std::deque<std::string> recent_notices_;
   uint64_t throttle_notices_ = 0;
   uint64_t last_prune_ns_ = 0;
+  std::vector<pid_t> scanned_;
 };
 
 }  // namespace krait::record

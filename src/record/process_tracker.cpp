@@ -129,6 +129,7 @@ void ProcessTracker::retire(pid_t pid) {
     return;
   const uint64_t key = it->second;
   current_.erase(it);
+  processes_.at(key).inspection = inspector_.usage(key);
   inspector_.forget(key);
   TrackedProcess& p = processes_.at(key);
   if (p.generation == 0) {
@@ -469,6 +470,10 @@ void ProcessTracker::set_hooks(std::function<bool(pid_t)> wanted,
       };
     });
   }
+}
+
+inspect::KeyUsage ProcessTracker::usage(const TrackedProcess& p) const {
+  return p.state == ProcessState::kExited ? p.inspection : inspector_.usage(p.key);
 }
 
 TrackedProcess& ProcessTracker::adopt(TrackedProcess process) {

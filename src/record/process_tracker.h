@@ -139,6 +139,8 @@ struct TrackedProcess {
   // The Inspector throttled this process's work (times, and the last reason).
   uint64_t throttled = 0;
   std::string throttle_reason;
+  // What reading the process cost (kept when it exits).
+  inspect::KeyUsage inspection;
 
   // Daemon: the profile series this process feeds and labels of its own
   // (container pid...) that go on every sample; null/empty for a recording.
@@ -221,6 +223,8 @@ class ProcessTracker {
                  std::function<ProcessNaming(pid_t, const std::string&)> describe);
   // A key for work that is not a tracked Python process (--all-processes).
   uint64_t new_key() { return next_key_++; }
+  // What reading `p` has cost so far.
+  inspect::KeyUsage usage(const TrackedProcess& p) const;
 
  private:
   struct Outcome;

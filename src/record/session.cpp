@@ -116,10 +116,13 @@ Result<int> run_record(const RecordOptions& o) {
   // that does not answer cannot hold the recording up); later processes
   // arrive through exec events and the sampler's unknown-pid reports.
   KRAIT_TRY(c.scan(o.pids));
+  // What runs already is attached before sampling starts, so its first
+  // samples count; for a bounded time (one that does not answer means "not
+  // yet", not "no"), and the named processes of -p get longer.
+  c.await_scan(std::chrono::steady_clock::now() +
+               std::chrono::seconds(o.pids.empty() ? 3 : 10));
   if (!o.pids.empty()) {
-    // The named processes must be Python: their first answers are awaited
-    // (a bounded time: one that does not come means "not yet", not "no").
-    c.await_scan(o.pids, std::chrono::steady_clock::now() + std::chrono::seconds(10));
+    // The named processes must be Python.
     for (pid_t pid : o.pids) {
       auto status = c.tracker().scan_result(pid);
       if (status == python::AttachStatus::kNotPython)

@@ -53,6 +53,7 @@ RunSummary build_summary(const RunFacts& run, const ProcessTracker& tracker,
     ps.reason = ps.profiled ? "" : p.reason;
     ps.throttled = p.throttled;
     ps.throttle_reason = p.throttle_reason;
+    ps.inspection = tracker.usage(p);
     ps.stats = p.stats;
     if (auto u = builder.unwinding.find(p.generation); u != builder.unwinding.end())
       ps.unwinding = u->second;
@@ -223,6 +224,12 @@ std::string summary_json(const RunSummary& s) {
     w.key("reason").value(p.reason);
     w.key("throttled").value(static_cast<int64_t>(p.throttled));
     w.key("throttle_reason").value(p.throttle_reason);
+    w.key("inspection").begin_object();
+    w.key("tasks").value(static_cast<int64_t>(p.inspection.tasks));
+    w.key("cpu_ns").value(static_cast<int64_t>(p.inspection.cpu_ns));
+    w.key("wall_ns").value(static_cast<int64_t>(p.inspection.wall_ns));
+    w.key("bytes").value(static_cast<int64_t>(p.inspection.bytes));
+    w.end_object();
     w.key("samples").value(static_cast<int64_t>(p.stats.samples));
     w.key("truncated").value(static_cast<int64_t>(p.stats.truncated));
     w.key("unsymbolized_frames").value(static_cast<int64_t>(p.stats.unsymbolized_frames));

@@ -43,6 +43,7 @@ struct ProcessSummary {
   // Its inspection work ran out of budget this many times (the last reason).
   uint64_t throttled = 0;
   std::string throttle_reason;
+  inspect::KeyUsage inspection;  // what reading it cost
   ProcessStats stats;
   UnwindStats unwinding;  // mixed stacks
 };

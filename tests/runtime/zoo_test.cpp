@@ -1056,15 +1056,20 @@ Verdict what_krait_did(const KraitRun& run, const Member& m, int64_t samples) {
       entries.erase(entries.begin(), entries.begin() + std::min<size_t>(entries.size(), 1));
     for (const JsonValue* e : entries) {
       v.listed = true;
+      std::string reading;
+      if (const JsonValue* in = e->find("inspection"); in && in->is_object())
+        reading = fmt::format(" [read in {} tasks, {:.0f} ms CPU, {:.0f} ms]",
+                              json_number(*in, "tasks"), json_number(*in, "cpu_ns") / 1e6,
+                              json_number(*in, "wall_ns") / 1e6);
       if (json_flag(*e, "profiled")) {
-        parts.push_back(fmt::format("profiled ({}, {}), {} samples, {} truncated{}",
+        parts.push_back(fmt::format("profiled ({}, {}), {} samples, {} truncated{}{}",
                                     json_text(*e, "python_version"), json_text(*e, "offsets"),
                                     json_number(*e, "samples"), json_number(*e, "truncated"),
-                                    json_flag(*e, "exited") ? ", exited" : ""));
+                                    json_flag(*e, "exited") ? ", exited" : "", reading));
       } else {
         const std::string reason = json_text(*e, "reason");
         v.refused_without_reason |= reason.empty();
-        parts.push_back("refused: " + (reason.empty() ? "(no reason)" : reason));
+        parts.push_back("refused: " + (reason.empty() ? "(no reason)" : reason) + reading);
       }
     }
     if (parts.empty())
@@ -1189,6 +1194,11 @@ void judge(ZooProcesses& zoo, const KraitRun& run) {
       "a core (cap {:.0f}%)\n",
       run.peak_rss_kib / 1024, kMaxRssMiB, run.cpu_s, run.wall_s, 100 * cpu_share,
       100 * kMaxCpuShare);
+  if (run.stats)
+    if (const JsonValue* losses = run.stats->find("losses"); losses && losses->is_object())
+      for (size_t i = 0; i < losses->keys.size(); ++i)
+        std::cout << fmt::format("[ zoo      ]   loss: {:>8}  {}\n", losses->items[i].integer,
+                                 losses->keys[i]);
 
   SCOPED_TRACE(run.command);
   // krait itself.
