@@ -609,7 +609,7 @@ INSTANTIATE_TEST_SUITE_P(Interpreters, CExtension, ::testing::ValuesIn(interpret
 // Names of /proc/kallsyms (text symbols), the kernel's own list.
 std::set<std::string> kallsyms_names() {
   std::set<std::string> out;
-  auto text = read_file("/proc/kallsyms");
+  auto text = read_file("/proc/kallsyms", size_t{256} << 20);
   if (!text)
     return out;
   std::istringstream in(*text);

@@ -239,7 +239,23 @@ TEST_P(PerInterpreter, GilLabelFollowsTheLockAndGilOnlyKeepsHolders) {
   ASSERT_GE(total(in_loop), 30) << describe_mismatches(mine, holder->stack);
   ASSERT_GE(total(in_c), 30) << describe_mismatches(mine, free_thread->stack);
   EXPECT_GE(count_gil(in_loop, "held"), 0.9 * total(in_loop));
-  EXPECT_GE(count_gil(in_c, "released"), 0.9 * total(in_c));
+  // zlib.compress releases the GIL around deflate only: parsing its
+  // arguments, allocating and copying the result hold it, and how long
+  // those take against deflate depends on the CPU. So the oracle is the
+  // native stack: a sample inside libz is a thread without the GIL.
+  std::vector<ProfileSample> in_deflate;
+  for (const auto& s : in_c)
+    for (const auto& m : s.mappings)
+      if (m.find("libz.so") != std::string::npos) {
+        in_deflate.push_back(s);
+        break;
+      }
+  ASSERT_GE(total(in_deflate), 20) << total(in_deflate) << " of " << total(in_c)
+                                   << " samples in zlib.compress show a libz frame";
+  EXPECT_GE(count_gil(in_deflate, "released"), 0.95 * total(in_deflate))
+      << count_gil(in_c, "released") << " of " << total(in_c) << " samples in zlib.compress, "
+      << count_gil(in_deflate, "released") << " of " << total(in_deflate)
+      << " inside libz, are labelled released";
 
   TempDir dir2;
   auto rec2 = Recording::start({"-p", std::to_string(pid), "-d", "4", "--gil-only"}, dir2);
