@@ -201,6 +201,11 @@ class Lane(object):
             self.running = False
 # --- end common --------------------------------------------------------------
 
+# The host runs this file once per lane, each run with its own globals: the
+# lanes share one stdout, so they share one print lock too, or two truth
+# lines can interleave.
+_print_lock = sys.__dict__.setdefault("_krait_lane_print_lock", threading.Lock())
+
 LAP = 200000
 
 
