@@ -139,10 +139,10 @@ std::string comm_of(pid_t pid) {
   return comm;
 }
 
-// A file's text, or a line saying why it could not be read (never equal to
-// another file's text).
+// A file's text (the krait binary among them), or a line saying why it could not be read (never
+// equal to another file's text).
 std::string text_of(const std::string& path) {
-  auto text = read_file(path);
+  auto text = read_file(path, size_t{1} << 30);
   return text ? *text : "<" + text.error().message + ">";
 }
 

@@ -799,8 +799,8 @@ TEST(Mixed, DebianZlibAndLibcryptoShowTheirOwnFunctions) {
     EXPECT_GE(tally.total(), 60) << r->stderr_text;
     EXPECT_GE(tally.fraction(), kInterleavedFraction) << tally.describe();
     // Most of the time is the library's own work, on any CPU.
-    EXPECT_GE(in_library, 2 * in_copy) << in_library << " in the library, " << in_copy
-                                       << " in the interpreter's memory copies";
+    EXPECT_GE(in_library, 2 * in_copy)
+        << in_library << " in the library, " << in_copy << " in the interpreter's memory copies";
     auto checked = check_names_against_nm(r->pprof, truth.pid, part.library, true);
     ASSERT_TRUE(checked.ok()) << checked.error().message;
     EXPECT_GE(*checked, 1);
