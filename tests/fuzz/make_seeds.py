@@ -251,6 +251,14 @@ const unsigned long Py_Version = 0x030c01f0;
 const char version[] = "3.12.1";
 int main(void) { return _PyRuntime[0]; }
 """
+# Issue 8's reproduction: no Py_Version, so the version comes from the
+# file's name and its .rodata strings.
+FAKE_PYTHON_NO_VERSION = """
+char _PyRuntime[4096];
+char PyCode_Type[256];
+const char version[] = "3.12.1";
+int main(void) { return _PyRuntime[0] + version[0]; }
+"""
 
 
 def built_elf_fixtures(tmp):
@@ -272,11 +280,12 @@ def built_elf_fixtures(tmp):
     out['debug'] = pie + '.debug'
     # A fake interpreter: a tiny program that defines the symbols that make
     # a file CPython to krait (issue 8's first reproduction).
-    fake_c = os.path.join(tmp, 'fake_python.c')
-    with open(fake_c, 'w') as f:
-        f.write(FAKE_PYTHON)
-    fake = out['fake_python'] = os.path.join(tmp, 'fake_python')
-    cc('-O2', '-fPIE', '-pie', '-rdynamic', '-Wl,--build-id=sha1', '-o', fake, fake_c)
+    for key, text in (('fake_python', FAKE_PYTHON), ('fake_python_no_version', FAKE_PYTHON_NO_VERSION)):
+        fake_c = os.path.join(tmp, key + '.c')
+        with open(fake_c, 'w') as f:
+            f.write(text)
+        fake = out[key] = os.path.join(tmp, key)
+        cc('-O2', '-fPIE', '-pie', '-rdynamic', '-Wl,--build-id=sha1', '-o', fake, fake_c)
     return out
 
 
@@ -300,6 +309,7 @@ def seeds_elf_file(args):
             ('true', '/usr/bin/true', '/usr/bin/true'),
             ('fake-python3.12', '/usr/bin/python3.12', f['fake_python']),
             ('fake-libpython', '/usr/lib/libpython3.12.so.1.0', f['fake_python']),
+            ('fake-python-named', '/home/user/bin/python3.12', f['fake_python_no_version']),
         ]
         for label, name, path in seeds:
             with open(path, 'rb') as fh:
