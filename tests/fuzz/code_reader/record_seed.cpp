@@ -125,6 +125,7 @@ int main(int argc, char** argv) {
   const uint64_t code_type = att.info.code_type_addr;
   const uint64_t interp_head = att.info.interp_head_addr;
   RecordingMemory mem(pid);
+  proc::ProcessMemory live(pid);
 
   auto head = mem.read_bytes(code, layout.bpf.code_read_size);
   if (!head) {
@@ -161,7 +162,6 @@ int main(int argc, char** argv) {
   event.file_addr = filename;
   event.frame = frame;
   event.linetable_addr = linetable;
-  proc::ProcessMemory live(pid);
   capture(live, name, event.name);
   capture(live, filename, event.file);
   capture(live, linetable, event.linetable);
@@ -178,6 +178,27 @@ int main(int argc, char** argv) {
   auto regions = mem.merged(256);
   if (regions.size() > fuzz::kMaxRegions)
     regions.resize(fuzz::kMaxRegions);
+  // validate_layout checks each PyThreadState.native_thread_id against the
+  // threads of the pid it is given, which in the harness is the fuzzer's
+  // own: 0 (a thread that has not started) passes, so the recorded threads
+  // get 0 and validation goes on to their frames.
+  if (layout.tstate_native_thread_id != KRAIT_OFFSET_NONE) {
+    auto put_zero = [&](uint64_t address) {
+      for (auto& r : regions)
+        if (address >= r.address && address + 8 <= r.address + r.bytes.size())
+          std::memset(r.bytes.data() + (address - r.address), 0, 8);
+    };
+    auto word = [&](uint64_t address) -> uint64_t {
+      auto v = live.read_value<uint64_t>(address);
+      return v ? *v : 0;
+    };
+    const uint64_t interp = word(interp_head);
+    uint64_t t = interp ? word(interp + layout.bpf.interp_tstate_head) : 0;
+    for (int n = 0; t != 0 && n < 64; ++n) {
+      put_zero(t + layout.tstate_native_thread_id);
+      t = word(t + layout.bpf.tstate_next);
+    }
+  }
   put(tail, static_cast<uint8_t>(regions.size()));
   for (const auto& r : regions) {
     put(tail, r.address);
