@@ -398,9 +398,15 @@ def seeds_unwinder(args):
                     fields = line.split()
                     if len(fields) >= 6 and int(fields[2], 16) == 0 and fields[5] in (exe, lib):
                         bases[os.path.basename(fields[5])] = fields[0].split('-')[0]
-                write_seed(d, os.path.basename(snap).replace('.snapshot', ''),
-                           struct.pack('<B', 1 if name == 'debug' else 0) + regs +
+                label = os.path.basename(snap).replace('.snapshot', '')
+                write_seed(d, label, struct.pack('<B', 1 if name == 'debug' else 0) + regs +
                            struct.pack('<Q', stack_start) + stack)
+                if name == 'eh':
+                    # Selector 2: the same sample over the module's own
+                    # .eh_frame, its first CIE and FDE given as the patch.
+                    eh = section(exe, '.eh_frame')[1][:64]
+                    write_seed(d, label + '-ehpatch', struct.pack('<BH', 2, len(eh)) + eh + regs +
+                               struct.pack('<Q', stack_start) + stack)
             for module, base in sorted(bases.items()):
                 layout.append('%s %s %s' % (name, module, base))
     with open(os.path.join(modules, 'layout.txt'), 'w') as fh:
