@@ -31,57 +31,56 @@ Result<uint64_t> RingReader::consume() {
 }
 
 int RingReader::on_record(void* ctx, void* data, size_t size) {
-  return static_cast<RingReader*>(ctx)->dispatch(data, size);
+  auto* reader = static_cast<RingReader*>(ctx);
+  if (!dispatch_record(data, size, reader->handler_))
+    ++reader->malformed_;
+  return 0;
 }
 
-int RingReader::dispatch(const void* data, size_t size) {
-  if (size < sizeof(krait_event_header)) {
-    ++malformed_;
-    return 0;
-  }
+bool dispatch_record(const void* data, size_t size, EventHandler& handler) {
+  if (size < sizeof(krait_event_header))
+    return false;
   const auto* header = static_cast<const krait_event_header*>(data);
   switch (header->type) {
     case KRAIT_EVENT_SAMPLE: {
       if (size < KRAIT_SAMPLE_SIZE(0, 0, 0))
-        break;
+        return false;
       const auto* sample = static_cast<const krait_sample*>(data);
       const size_t n = sample->py_nframes, k = sample->kernel_nframes, m = sample->user_stack_size;
       if (n > KRAIT_PY_FRAMES_CAP || k > KRAIT_KERNEL_FRAMES_CAP || m > KRAIT_USER_STACK_CAP ||
           size < KRAIT_SAMPLE_SIZE(n, k, m))
-        break;
+        return false;
       // The kernel frames and the stack copy follow the last Python frame.
       const auto* tail = reinterpret_cast<const uint8_t*>(sample->frames + n);
-      handler_.on_sample(SampleView{*sample,
-                                    {sample->frames, n},
-                                    {reinterpret_cast<const uint64_t*>(tail), k},
-                                    {tail + k * sizeof(uint64_t), m}});
-      return 0;
+      handler.on_sample(SampleView{*sample,
+                                   {sample->frames, n},
+                                   {reinterpret_cast<const uint64_t*>(tail), k},
+                                   {tail + k * sizeof(uint64_t), m}});
+      return true;
     }
     case KRAIT_EVENT_EXEC:
       if (size < sizeof(krait_proc_event))
-        break;
-      handler_.on_exec(*static_cast<const krait_proc_event*>(data));
-      return 0;
+        return false;
+      handler.on_exec(*static_cast<const krait_proc_event*>(data));
+      return true;
     case KRAIT_EVENT_EXIT:
       if (size < sizeof(krait_proc_event))
-        break;
-      handler_.on_exit(*static_cast<const krait_proc_event*>(data));
-      return 0;
+        return false;
+      handler.on_exit(*static_cast<const krait_proc_event*>(data));
+      return true;
     case KRAIT_EVENT_CODE:
       if (size < sizeof(krait_code_event))
-        break;
-      handler_.on_code_capture(*static_cast<const krait_code_event*>(data));
-      return 0;
+        return false;
+      handler.on_code_capture(*static_cast<const krait_code_event*>(data));
+      return true;
     case KRAIT_EVENT_PROC_UNKNOWN:
       if (size < sizeof(krait_proc_event))
-        break;
-      handler_.on_unknown_process(*static_cast<const krait_proc_event*>(data));
-      return 0;
+        return false;
+      handler.on_unknown_process(*static_cast<const krait_proc_event*>(data));
+      return true;
     default:
-      break;
+      return false;
   }
-  ++malformed_;
-  return 0;
 }
 
 }  // namespace krait::events

@@ -35,6 +35,13 @@ class EventHandler {
   virtual void on_code_capture(const krait_code_event& event) = 0;
 };
 
+// Checks one ring buffer record against its size and, when it is well
+// formed, hands it to `handler`; false (nothing dispatched) when it is not.
+// RingReader calls it for every record; exposed so that tests and the
+// fuzzing harness reach the validation without a BPF ring buffer. `data`
+// must be 8-byte aligned, as ring buffer records are.
+bool dispatch_record(const void* data, size_t size, EventHandler& handler);
+
 class RingReader {
  public:
   static Result<std::unique_ptr<RingReader>> create(int events_map_fd, EventHandler& handler);
@@ -51,7 +58,6 @@ class RingReader {
  private:
   explicit RingReader(EventHandler& handler) : handler_(handler) {}
   static int on_record(void* ctx, void* data, size_t size);
-  int dispatch(const void* data, size_t size);
 
   EventHandler& handler_;
   ring_buffer* ring_ = nullptr;
