@@ -198,6 +198,99 @@ std::optional<uint64_t> read_encoded(Reader& r, uint8_t encoding, uint64_t field
   }
 }
 
+// The x86-64 DWARF registers libunwind keeps a location for: 0-15, the
+// general registers, and 16, the return address. libunwind 1.6 indexes
+// those slots with register numbers taken from the CFI without checking
+// every one (DW_CFA_register's second operand), so a CIE or FDE whose
+// program names any other register, or an opcode GNU tools never emit for
+// x86-64, is dropped before libunwind sees it.
+constexpr uint64_t kDwarfRegisters = 17;
+constexpr uint64_t kReturnAddressRegister = 16;
+
+// Walks the call-frame instructions in [begin, end): true when every
+// opcode is known and every register it names is one of kDwarfRegisters.
+bool cfa_program_is_safe(std::span<const uint8_t> bytes, size_t begin, size_t end) {
+  Reader r(bytes, begin, end);
+  auto reg = [&] { return r.uleb() < kDwarfRegisters; };
+  while (r.ok() && r.remaining() > 0) {
+    const uint8_t op = r.fixed<uint8_t>();
+    const uint8_t low = op & 0x3f;
+    switch (op & 0xc0) {
+      case 0x40:  // DW_CFA_advance_loc
+        continue;
+      case 0x80:  // DW_CFA_offset
+        if (low >= kDwarfRegisters)
+          return false;
+        r.uleb();
+        continue;
+      case 0xc0:  // DW_CFA_restore
+        if (low >= kDwarfRegisters)
+          return false;
+        continue;
+      default:
+        break;
+    }
+    bool ok = true;
+    switch (op) {
+      case 0x00:  // nop
+      case 0x0a:  // remember_state
+      case 0x0b:  // restore_state
+        break;
+      case 0x02:  // advance_loc1
+        r.skip(1);
+        break;
+      case 0x03:  // advance_loc2
+        r.skip(2);
+        break;
+      case 0x04:  // advance_loc4
+        r.skip(4);
+        break;
+      case 0x05:  // offset_extended
+      case 0x0c:  // def_cfa
+      case 0x14:  // val_offset
+      case 0x2f:  // GNU_negative_offset_extended
+        ok = reg();
+        r.uleb();
+        break;
+      case 0x06:  // restore_extended
+      case 0x07:  // undefined
+      case 0x08:  // same_value
+      case 0x0d:  // def_cfa_register
+        ok = reg();
+        break;
+      case 0x09:  // register
+        ok = reg() && reg();
+        break;
+      case 0x0e:  // def_cfa_offset
+      case 0x2e:  // GNU_args_size
+        r.uleb();
+        break;
+      case 0x0f:  // def_cfa_expression
+        r.skip(r.uleb());
+        break;
+      case 0x10:  // expression
+      case 0x16:  // val_expression
+        ok = reg();
+        r.skip(r.uleb());
+        break;
+      case 0x11:  // offset_extended_sf
+      case 0x12:  // def_cfa_sf
+      case 0x15:  // val_offset_sf
+        ok = reg();
+        r.sleb();
+        break;
+      case 0x13:  // def_cfa_offset_sf
+        r.sleb();
+        break;
+      default:  // set_loc and vendor opcodes
+        return false;
+    }
+    if (!ok)
+      return false;
+  }
+  return r.ok();
+}
+
 // What an FDE needs from its .eh_frame CIE.
 struct EhCie {
   bool usable = false;
@@ -220,14 +313,11 @@ EhCie parse_eh_cie(std::span<const uint8_t> bytes, size_t offset) {
     r.skip(2);  // address_size, segment_selector_size
   r.uleb();     // code alignment
   r.sleb();     // data alignment
-  if (version == 1)
-    r.fixed<uint8_t>();
-  else
-    r.uleb();  // return address register
-  if (!r.ok())
+  const uint64_t return_address = version == 1 ? r.fixed<uint8_t>() : r.uleb();
+  if (!r.ok() || return_address != kReturnAddressRegister)
     return cie;
   if (augmentation.empty()) {
-    cie.usable = true;
+    cie.usable = cfa_program_is_safe(bytes, r.pos(), header->end);
     return cie;
   }
   if (augmentation.front() != 'z')
@@ -254,7 +344,7 @@ EhCie parse_eh_cie(std::span<const uint8_t> bytes, size_t offset) {
       break;  // unknown: 'z' lets the FDE parser skip the rest
     }
   }
-  cie.usable = aug.ok();
+  cie.usable = aug.ok() && cfa_program_is_safe(bytes, r.pos() + length, header->end);
   return cie;
 }
 
@@ -311,6 +401,10 @@ Result<CfiTable> CfiTable::from_eh_frame(std::span<const uint8_t> bytes, uint64_
     auto range = read_encoded(r, cie.fde_encoding & kPeFormatMask, 0);
     if (!start || !range || *range == 0 || *start + *range < *start)
       continue;
+    if (cie.augmented)
+      r.skip(r.uleb());
+    if (!r.ok() || !cfa_program_is_safe(bytes, r.pos(), header->end))
+      continue;
     table.entries_.push_back(FdeEntry{.start = *start,
                                       .end = *start + *range,
                                       .offset = static_cast<uint32_t>(header->start),
@@ -356,11 +450,9 @@ Result<CfiTable> CfiTable::from_debug_frame(std::span<const uint8_t> bytes) {
     size_t fields = r.pos();
     r.uleb();
     r.sleb();
-    if (version == 1)
-      r.fixed<uint8_t>();
-    else
-      r.uleb();
-    if (!r.ok())
+    const uint64_t return_address = version == 1 ? r.fixed<uint8_t>() : r.uleb();
+    if (!r.ok() || return_address != kReturnAddressRegister ||
+        !cfa_program_is_safe(bytes, r.pos(), header->end))
       return std::nullopt;
     // .eh_frame knows versions 1 and 3; version 4 differs from 3 only by
     // the two size bytes dropped above.
@@ -396,7 +488,8 @@ Result<CfiTable> CfiTable::from_debug_frame(std::span<const uint8_t> bytes) {
     Reader r(bytes, header->body, header->end);
     uint64_t start = r.fixed<uint64_t>();
     uint64_t range = r.fixed<uint64_t>();
-    if (!r.ok() || range == 0 || start + range < start)
+    if (!r.ok() || range == 0 || start + range < start ||
+        !cfa_program_is_safe(bytes, r.pos(), header->end))
       continue;
     size_t at = out.size();
     put_u32(out, 0);  // length, patched below

@@ -12,8 +12,10 @@
 //
 // Every FDE is indexed by the file virtual addresses it covers, so a lookup
 // is a binary search with no libunwind involvement. Inputs are untrusted:
-// malformed entries are skipped, the scan stops at the first entry whose
-// length runs past the section, and nothing is read outside the bytes given.
+// malformed entries are skipped, and so are entries whose instructions name
+// a register libunwind keeps no slot for (it would index past its state);
+// the scan stops at the first entry whose length runs past the section, and
+// nothing is read outside the bytes given.
 // Memory is bounded by the section (at most elf::kMaxSectionBytes when it
 // comes from an ElfFile) plus 32 bytes per indexed FDE: indexing stops after
 // 4,194,304 FDEs or 262,144 distinct CIEs (see the .cpp).

@@ -334,10 +334,13 @@ Interpreter pick(const std::string& version_prefix) {
 TEST(Record, ProcessExitingMidRecordingKeepsItsSamples) {
   require_root();
   const Interpreter interp = pick("3.12");
-  auto w = start_workload(interp, "chain.py", {"--seconds", "1.5"});
+  // The workload's clock starts before krait's: it runs long enough that
+  // a slow start-up of krait (a loaded host) still leaves it 1 s or more
+  // of the recording, and ends well before the recording does.
+  auto w = start_workload(interp, "chain.py", {"--seconds", "3"});
   ASSERT_TRUE(w.ok()) << w.error().message;
   TempDir dir;
-  auto rec = Recording::start({"-p", std::to_string(w->truth.pid), "-d", "4"}, dir);
+  auto rec = Recording::start({"-p", std::to_string(w->truth.pid), "-d", "6"}, dir);
   ASSERT_TRUE(rec.ok()) << rec.error().message;
   auto exited = w->child.wait(30s);
   ASSERT_TRUE(exited.ok() && exited->success());

@@ -101,9 +101,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     sink = sink + info->name.size() + info->filename.size();
     (void)info->line_at(*layout, instr);
   }
-  if (auto info = code_info_from_capture(*layout, event)) {
-    sink = sink + info->name.size() + info->filename.size();
-    (void)info->line_at(*layout, instr);
+  if (auto captured = code_info_from_capture(*layout, event)) {
+    sink = sink + captured->info.name.size() + captured->info.filename.size();
+    (void)captured->info.line_at(*layout, instr);
   }
   if (layout->method_class.enabled) {
     if (auto name = method_class_name(memory, *layout, frame, code))

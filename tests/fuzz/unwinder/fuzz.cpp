@@ -17,7 +17,6 @@
 // stack can overlap). Seeds are the fixture's own captures.
 // Checks, besides memory safety: the walk ends with at most max_frames pcs
 // and one return-address flag per pc.
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -140,36 +139,48 @@ void load_world() {
 }
 
 // Selector 2: the .eh_frame fixture with `patch` over the start of its
-// .eh_frame, in a fresh memfd (a new inode, so no cache serves the old
-// file), mapped where the original is, beside the library.
+// .eh_frame, written to a fresh regular file (module files are opened by
+// path with O_NOFOLLOW, as a process's mapped files are, and each input gets
+// its own cache), mapped where the original is, beside the library. The
+// file is removed when the input is done.
 struct PatchedModules {
-  UniqueFd fd;
+  std::string path;
   ModuleCache cache;
   ProcessModules modules;
+  ~PatchedModules() {
+    if (!path.empty())
+      ::unlink(path.c_str());
+  }
 };
 
 std::unique_ptr<PatchedModules> patched_modules(std::span<const uint8_t> patch) {
   auto out = std::make_unique<PatchedModules>();
-  out->fd = UniqueFd(memfd_create("krait-fuzz-module", MFD_CLOEXEC));
-  if (!out->fd.valid())
-    die("memfd_create failed");
+  std::string name = "/dev/shm/krait-fuzz-module-XXXXXX";
+  UniqueFd fd(::mkstemp(name.data()));
+  if (!fd.valid())
+    die("mkstemp in /dev/shm failed");
+  out->path = name;
   std::vector<uint8_t> image = world->eh_image;
   std::copy_n(patch.begin(), std::min<size_t>(patch.size(), world->eh_frame_size),
               image.begin() + static_cast<ptrdiff_t>(world->eh_frame_offset));
-  if (::pwrite(out->fd.get(), image.data(), image.size(), 0) != static_cast<ssize_t>(image.size()))
+  if (::pwrite(fd.get(), image.data(), image.size(), 0) != static_cast<ssize_t>(image.size()))
     die("writing the patched module failed");
-  const std::string path = "/proc/self/fd/" + std::to_string(out->fd.get());
   struct stat st {};
-  if (::fstat(out->fd.get(), &st) != 0)
+  if (::fstat(fd.get(), &st) != 0)
     die("fstat failed");
-  auto elf = elf::ElfFile::open(path);
+  auto elf = elf::ElfFile::open(out->path);
   if (!elf)
     die(elf.error().message);
-  auto maps = mappings_of(*elf, path, st, world->eh_base);
+  auto maps = mappings_of(*elf, out->path, st, world->eh_base);
   maps.insert(maps.end(), world->eh_others.begin(), world->eh_others.end());
   std::sort(maps.begin(), maps.end(),
             [](const proc::MapEntry& a, const proc::MapEntry& b) { return a.start < b.start; });
   out->modules = ProcessModules::from_maps(0, maps, out->cache);
+  // The patch touches .eh_frame only: the file itself must load, or
+  // selector 2 would test nothing.
+  for (const auto& p : out->modules.problems())
+    if (p.path == out->path)
+      die("the patched module did not load: " + p.reason);
   return out;
 }
 

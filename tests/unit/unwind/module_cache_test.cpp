@@ -799,6 +799,60 @@ TEST(CfiTableTest, DistinctCiesAreCapped) {
   EXPECT_LE(table->size(), size_t{1} << 18) << "indexed past the cap on distinct CIEs";
 }
 
+// One CIE (version 1, no augmentation, return address in 16, `cie_program`)
+// and one FDE (absolute 8-byte addresses [0x1000, 0x1100), `fde_program`),
+// then the terminator: a .eh_frame laid out by hand.
+std::vector<uint8_t> eh_frame_of(const std::vector<uint8_t>& cie_program,
+                                 const std::vector<uint8_t>& fde_program) {
+  std::vector<uint8_t> out;
+  auto u32 = [&](uint32_t v) {
+    for (int i = 0; i < 4; ++i)
+      out.push_back(static_cast<uint8_t>(v >> (8 * i)));
+  };
+  auto u64 = [&](uint64_t v) {
+    for (int i = 0; i < 8; ++i)
+      out.push_back(static_cast<uint8_t>(v >> (8 * i)));
+  };
+  std::vector<uint8_t> cie = {1, 0, 1, 0x78, 16};  // version, "", code 1, data -8, ra 16
+  cie.insert(cie.end(), cie_program.begin(), cie_program.end());
+  u32(static_cast<uint32_t>(4 + cie.size()));
+  u32(0);  // CIE id
+  out.insert(out.end(), cie.begin(), cie.end());
+  const size_t fde_at = out.size();
+  u32(static_cast<uint32_t>(4 + 16 + fde_program.size()));
+  u32(static_cast<uint32_t>(fde_at + 4));  // back to the CIE at 0
+  u64(0x1000);
+  u64(0x100);
+  out.insert(out.end(), fde_program.begin(), fde_program.end());
+  u32(0);
+  return out;
+}
+
+// A library chooses its own CFI: an entry that names a register libunwind
+// keeps no slot for (DW_CFA_register r16 in r1791 made libunwind 1.6 write
+// far outside its state) is not indexed; the same entry with a real register is.
+TEST(CfiTableTest, EntriesNamingRegistersLibunwindLacksAreDropped) {
+  const std::vector<uint8_t> def_cfa = {0x0c, 7, 8, 0x90, 1};  // def_cfa rsp+8; r16 at cfa-8
+  auto good = CfiTable::from_eh_frame(eh_frame_of(def_cfa, {0x09, 16, 3}), 0);
+  ASSERT_TRUE(good.ok()) << good.error().message;
+  EXPECT_NE(good->find(0x1010), nullptr);
+
+  // DW_CFA_register r16, r1791 (uleb 0xff 0x0d), in the CIE and in the FDE.
+  std::vector<uint8_t> hostile = def_cfa;
+  hostile.insert(hostile.end(), {0x09, 16, 0xff, 0x0d});
+  EXPECT_FALSE(CfiTable::from_eh_frame(eh_frame_of(hostile, {}), 0).ok());
+  EXPECT_FALSE(CfiTable::from_eh_frame(eh_frame_of(def_cfa, {0x09, 16, 0xff, 0x0d}), 0).ok());
+  // DW_CFA_offset of register 40, DW_CFA_expression of register 17, and an
+  // opcode no x86-64 tool emits.
+  EXPECT_FALSE(CfiTable::from_eh_frame(eh_frame_of(def_cfa, {0x80 | 40, 1}), 0).ok());
+  EXPECT_FALSE(CfiTable::from_eh_frame(eh_frame_of(def_cfa, {0x10, 17, 1, 0x96}), 0).ok());
+  EXPECT_FALSE(CfiTable::from_eh_frame(eh_frame_of(def_cfa, {0x3f}), 0).ok());
+  // A return address column other than 16.
+  auto other_ra = eh_frame_of(def_cfa, {});
+  other_ra[8 + 4] = 17;
+  EXPECT_FALSE(CfiTable::from_eh_frame(other_ra, 0).ok());
+}
+
 // Random bytes and damaged real sections: no crash, no read outside the
 // input (run under AddressSanitizer in krait_unwind_garbage_asan_test).
 TEST(CfiTableTest, GarbageInput) {
