@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <set>
@@ -272,8 +273,12 @@ void WorkloadSelfcheck::check(const Interpreter& interpreter) {
     ASSERT_TRUE(reused) << reused.error().message;
     EXPECT_GE(*made, 20);
     // The point of churn: freed code objects' addresses come back for other
-    // functions.
-    EXPECT_GE(*reused * 10, *made) << *reused << " address reuses among " << *made;
+    // functions. How often depends on the allocator: 2.7's pymalloc hands
+    // a freed code object's block to whatever object of its size class is
+    // allocated next (9 to 25 in 100 here), later versions nearly always.
+    EXPECT_GE(*reused * 20, *made) << *reused << " address reuses among " << *made;
+    std::printf("[ stats    ] churn: %lld address reuses among %lld code objects\n",
+                static_cast<long long>(*reused), static_cast<long long>(*made));
   }
 
   if (c.script == "threads.py") {
