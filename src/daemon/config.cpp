@@ -237,7 +237,9 @@ Option bytes(std::string key, std::string flag, std::string help, Field field) {
   o.print = [field](const DaemonConfig& c) -> Printed {
     const uint64_t b = field(c);
     const std::string text = format_byte_size(b);
-    if (text == std::to_string(b))
+    // A TOML integer is signed: a count above INT64_MAX prints as a
+    // string, which reads back as the same size.
+    if (text == std::to_string(b) && b <= static_cast<uint64_t>(INT64_MAX))
       return static_cast<int64_t>(b);
     return text;
   };

@@ -145,6 +145,36 @@ Result<void> check_debug_sections(Elf* e, int fd, std::string_view name) {
   return {};
 }
 
+// libdw hands out names as pointers into .debug_str and .debug_line_str
+// and callers strlen them: a section whose last string runs to its end
+// would be read past. Checked on the data libdw uses (inflated, when the
+// section was compressed).
+Result<void> check_string_sections(Elf* e, std::string_view name) {
+  size_t names_index = 0;
+  if (elf_getshdrstrndx(e, &names_index) != 0)
+    return {};
+  for (Elf_Scn* scn = elf_nextscn(e, nullptr); scn != nullptr; scn = elf_nextscn(e, scn)) {
+    GElf_Shdr shdr;
+    if (gelf_getshdr(scn, &shdr) == nullptr || shdr.sh_type == SHT_NOBITS)
+      continue;
+    const char* raw_name = elf_strptr(e, names_index, shdr.sh_name);
+    if (raw_name == nullptr)
+      continue;
+    const std::string_view section(raw_name, ::strnlen(raw_name, 256));
+    if (section != ".debug_str" && section != ".debug_line_str" && section != ".zdebug_str" &&
+        section != ".zdebug_line_str")
+      continue;
+    Elf_Data* data = elf_getdata(scn, nullptr);
+    if (data == nullptr || data->d_buf == nullptr || data->d_size == 0)
+      continue;
+    if (static_cast<const char*>(data->d_buf)[data->d_size - 1] != '\0')
+      return make_error(
+          "{}: DWARF string section {} does not end with a NUL; its DWARF is not read", name,
+          section);
+  }
+  return {};
+}
+
 // libdw over a duplicate of `fd`, after the limits are checked.
 struct OpenedDwarf {
   UniqueFd fd;
@@ -165,6 +195,7 @@ Result<OpenedDwarf> begin_dwarf(int fd, std::string_view name) {
   out.dwarf.reset(dwarf_begin_elf(out.elf.get(), DWARF_C_READ, nullptr));
   if (!out.dwarf)
     return make_error("{} has no readable DWARF debug information: {}", name, dwarf_errmsg(-1));
+  KRAIT_TRY(check_string_sections(out.elf.get(), name));
   return out;
 }
 

@@ -253,5 +253,70 @@ TEST(DwarfFileTest, DebugSectionLargerThanTheLimitIsRefused) {
   EXPECT_LT(grown, uint64_t{16} << 20) << "the heap grew by " << grown << " bytes";
 }
 
+// libdw returns DW_FORM_strp names as pointers into .debug_str, which
+// callers strlen: a library whose .debug_str ends inside a string made
+// krait read past the section (found by the dwarf_file harness). Such a
+// file's DWARF is not read.
+TEST(DwarfFileTest, StringSectionWithoutItsLastNulIsRefused) {
+  auto dir = TempDir::create();
+  ASSERT_TRUE(dir.ok());
+  const std::string source = R"(
+	.text
+	.globl krait_strp_function
+	.type krait_strp_function, @function
+krait_strp_function:
+	nop
+	ret
+	.size krait_strp_function, .-krait_strp_function
+.Lend:
+	.section .debug_str,"",@progbits
+	.ascii "krait_name_without_its_nul"
+	.section .debug_abbrev,"",@progbits
+	.uleb128 1
+	.uleb128 0x11
+	.byte 1
+	.uleb128 0x11
+	.uleb128 0x01
+	.uleb128 0x12
+	.uleb128 0x01
+	.byte 0, 0
+	.uleb128 2
+	.uleb128 0x2e
+	.byte 0
+	.uleb128 0x03
+	.uleb128 0x0e
+	.uleb128 0x11
+	.uleb128 0x01
+	.uleb128 0x12
+	.uleb128 0x01
+	.byte 0, 0
+	.byte 0
+	.section .debug_info,"",@progbits
+	.long .Linfo_end - .Linfo_start
+.Linfo_start:
+	.value 4
+	.long 0
+	.byte 8
+	.uleb128 1
+	.quad krait_strp_function
+	.quad .Lend
+	.uleb128 2
+	.long 0
+	.quad krait_strp_function
+	.quad .Lend
+	.byte 0
+.Linfo_end:
+)";
+  auto lib = assemble(dir->path(), "libstrp.so", source, {});
+  ASSERT_TRUE(lib.ok()) << lib.error().message;
+  int fd = ::open(lib->c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  auto dwarf = DwarfFile::open(fd, *lib);
+  ::close(fd);
+  ASSERT_FALSE(dwarf.ok()) << "a .debug_str without its last NUL was used";
+  EXPECT_NE(dwarf.error().message.find("does not end with a NUL"), std::string::npos)
+      << dwarf.error().message;
+}
+
 }  // namespace
 }  // namespace krait::symbolize
