@@ -9,7 +9,7 @@
 #ifndef KRAIT_NATIVE_STACK_BPF_H
 #define KRAIT_NATIVE_STACK_BPF_H
 
-#include "krait/abi.h"
+#include "sampler_state.bpf.h"
 
 #define KRAIT_PAGE 4096
 
@@ -47,9 +47,7 @@ static __always_inline void krait_capture_native(struct krait_scratch* s, void* 
                                                  struct task_struct* task, __u8 kernel_stacks,
                                                  __u32 user_stack_bytes) {
   struct krait_sample* sample = &s->sample;
-  __u32 n = sample->py_nframes;
-  if (n > KRAIT_PY_FRAMES_CAP)
-    n = KRAIT_PY_FRAMES_CAP;
+  __u32 n = krait_py_nframes(sample);
   /* Right after the Python frames: the record is sent as one block. */
   __u8* tail = (__u8*)&sample->frames[0] + n * sizeof(struct krait_py_frame);
   __u32 k = 0;
@@ -73,23 +71,9 @@ static __always_inline void krait_capture_native(struct krait_scratch* s, void* 
    * user code or a system call. */
   struct pt_regs* regs = (struct pt_regs*)bpf_task_pt_regs(task);
   struct krait_user_regs* r = &sample->user_regs;
-  r->ip = BPF_CORE_READ(regs, ip);
-  r->sp = BPF_CORE_READ(regs, sp);
-  r->bp = BPF_CORE_READ(regs, bp);
-  r->bx = BPF_CORE_READ(regs, bx);
-  r->r12 = BPF_CORE_READ(regs, r12);
-  r->r13 = BPF_CORE_READ(regs, r13);
-  r->r14 = BPF_CORE_READ(regs, r14);
-  r->r15 = BPF_CORE_READ(regs, r15);
-  r->ax = BPF_CORE_READ(regs, ax);
-  r->cx = BPF_CORE_READ(regs, cx);
-  r->dx = BPF_CORE_READ(regs, dx);
-  r->si = BPF_CORE_READ(regs, si);
-  r->di = BPF_CORE_READ(regs, di);
-  r->r8 = BPF_CORE_READ(regs, r8);
-  r->r9 = BPF_CORE_READ(regs, r9);
-  r->r10 = BPF_CORE_READ(regs, r10);
-  r->r11 = BPF_CORE_READ(regs, r11);
+#define KRAIT_COPY_USER_REG(name) r->name = BPF_CORE_READ(regs, name);
+  KRAIT_USER_REGS(KRAIT_COPY_USER_REG)
+#undef KRAIT_COPY_USER_REG
 
   __u8* dst = tail + k * sizeof(__u64);
   __u32 want = user_stack_bytes;

@@ -4,27 +4,14 @@
  * version-independently: everything version-specific comes from the
  * krait_py_layout user space wrote for the process.
  *
- * Cost model (DESIGN.md): a bpf_probe_read_user costs ~70 ns whatever its
- * size up to a few hundred bytes, so every struct is read once, as one block
- * covering all the fields needed, into per-CPU scratch.
+ * Cost model (docs/performance.md): a bpf_probe_read_user costs about the
+ * same whatever its size up to a few hundred bytes, so every struct is read
+ * once, as one block covering all the fields needed, into per-CPU scratch.
  */
 #ifndef KRAIT_PYTHON_WALK_BPF_H
 #define KRAIT_PYTHON_WALK_BPF_H
 
-#include "krait/abi.h"
-
-/* Per-CPU working memory: too large for the 512-byte BPF stack. Each block
- * has 8 bytes of slack past its cap so a load at any masked offset stays
- * inside it. */
-struct krait_scratch {
-  struct krait_sample sample;
-  /* Continues sample.frames: kernel frames and the user stack copy follow the
-   * last Python frame in the record. */
-  __u8 tail[KRAIT_KERNEL_FRAMES_CAP * sizeof(__u64) + KRAIT_USER_STACK_CAP];
-  __u8 tstate[KRAIT_TSTATE_READ_CAP + 8];
-  __u8 frame[KRAIT_FRAME_READ_CAP + 8];
-  __u8 code[KRAIT_CODE_READ_CAP + 8];
-};
+#include "sampler_state.bpf.h"
 
 /* Loads at an offset the layout gave. User space checks every offset against
  * the read size before it writes a layout, so the mask never changes a real
@@ -137,13 +124,11 @@ static __always_inline __u32 krait_find_tstate(struct krait_scratch* s,
 
   /* A list longer than the limit (a cyclic one too) is remembered like a
    * list without this thread: walked again only once its head changes. */
-  const __u32 status = w.found ? KRAIT_PY_OK
+  const __u32 status = w.found       ? KRAIT_PY_OK
                        : w.done == 0 ? KRAIT_PY_THREAD_WALK_LIMIT
                                      : KRAIT_PY_NO_THREAD_STATE;
-  struct krait_thread_entry entry = {.tstate = w.found,
-                                     .list_head = first_head,
-                                     .generation = proc->generation,
-                                     .status = status};
+  struct krait_thread_entry entry = {
+      .tstate = w.found, .list_head = first_head, .generation = proc->generation, .status = status};
   bpf_map_update_elem(&threads, &tid, &entry, BPF_ANY);
   if (!w.found)
     return status;
@@ -190,8 +175,8 @@ static __always_inline __u16 krait_gil_state(struct krait_scratch* s,
 struct krait_frame_walk {
   struct krait_scratch* s;
   struct krait_proc_info* proc; /* its capture budget is spent here */
-  __u64 frame; /* next frame to visit, 0 at the end of the chain */
-  __u32 n;     /* frames emitted */
+  __u64 frame;                  /* next frame to visit, 0 at the end of the chain */
+  __u32 n;                      /* frames emitted */
   __u32 status;
   __u32 pid;
 };
@@ -240,11 +225,7 @@ static __always_inline void krait_capture_code(const struct krait_frame_walk* w,
   seen_slot->code = code;
   seen_slot->token = token;
   seen_slot->pid = w->pid;
-  e->hdr.type = KRAIT_EVENT_CODE;
-  e->hdr.pid = w->pid;
-  e->hdr.tid = 0;
-  e->hdr.cpu = bpf_get_smp_processor_id();
-  e->hdr.ktime_ns = 0;
+  krait_fill_header(&e->hdr, KRAIT_EVENT_CODE, bpf_get_current_pid_tgid());
   e->code = code;
   e->token = token;
   e->firstlineno = firstlineno;
@@ -341,9 +322,8 @@ static long krait_frame_step(__u32 index, void* arg) {
 /* Walks from the thread's current frame towards the root, at most max_depth
  * frames (shim frames included). Fills s->sample.frames, py_nframes,
  * py_status and py_flags. */
-static __always_inline void krait_walk_frames(struct krait_scratch* s,
-                                              struct krait_proc_info* proc, __u32 pid,
-                                              __u32 max_depth) {
+static __always_inline void krait_walk_frames(struct krait_scratch* s, struct krait_proc_info* proc,
+                                              __u32 pid, __u32 max_depth) {
   const struct krait_py_layout* l = &proc->layout;
   __u64 frame = KRAIT_LOAD(__u64, s->tstate, KRAIT_TSTATE_READ_CAP, l->tstate_frame);
 

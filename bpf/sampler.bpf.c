@@ -9,117 +9,11 @@
  * -> one record into the `events` ring buffer. A pid user space has not
  * classified yet is reported once (rate-limited) so user space can attach.
  */
-#include "vmlinux.h"
-
-#include <bpf/bpf_core_read.h>
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_tracing.h>
-
-#include "krait/abi.h"
+#include "native_stack.bpf.h"
+#include "python_walk.bpf.h"
+#include "sampler_state.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
-
-/* vmlinux.h has no errno values. */
-#define KRAIT_EEXIST 17
-
-/* Set by user space before load (rodata: the verifier prunes on them). */
-const volatile __u32 cfg_max_depth = KRAIT_PY_DEPTH_DEFAULT;
-const volatile __u32 cfg_thread_walk_limit = KRAIT_THREAD_WALK_DEFAULT;
-const volatile __u64 cfg_unknown_recheck_ns = 1000000000ULL;
-const volatile __u32 cfg_self_pid = 0;
-/* Time each walk into krait_sample.cost_ns (two clock reads per sample). */
-const volatile __u8 cfg_measure_cost = 0;
-/* --gil-only: threads that do not hold the GIL are not walked nor sent. */
-const volatile __u8 cfg_gil_only = 0;
-/* Mixed stacks: capture the kernel stack and the user registers and stack. */
-const volatile __u8 cfg_native = 0;
-const volatile __u8 cfg_kernel_stacks = 1;
-const volatile __u32 cfg_user_stack_bytes = KRAIT_USER_STACK_DEFAULT;
-/* --all-processes: non-Python processes are sampled too (native stacks). */
-const volatile __u8 cfg_all_processes = 0;
-/* Samples do not wake the reader (a wakeup costs more than a stack walk):
- * it drains the ring on a short timer, or when this much is pending. */
-const volatile __u32 cfg_wakeup_bytes = 1 << 20;
-/* --pid mode: processes absent from `procs` are not reported. */
-const volatile __u8 cfg_listed_only = 0;
-
-/* LRU: entries of processes that exited without an exit event seen (a
- * full ring buffer, or a pid reported just before it exited) cannot fill
- * it; an evicted live process is reported again at its next sample. */
-struct {
-  __uint(type, BPF_MAP_TYPE_LRU_HASH);
-  __uint(max_entries, 65536);
-  __type(key, __u32);
-  __type(value, struct krait_proc_info);
-} procs SEC(".maps");
-
-/* --pid mode: the pids to profile (user space fills it before start). */
-struct {
-  __uint(type, BPF_MAP_TYPE_HASH);
-  __uint(max_entries, 1024);
-  __type(key, __u32);
-  __type(value, __u8);
-} listed SEC(".maps");
-
-struct {
-  __uint(type, BPF_MAP_TYPE_LRU_HASH);
-  __uint(max_entries, 65536);
-  __type(key, __u32);
-  __type(value, struct krait_thread_entry);
-} threads SEC(".maps");
-
-struct {
-  __uint(type, BPF_MAP_TYPE_RINGBUF);
-  __uint(max_entries, 8 << 20);
-} events SEC(".maps");
-
-struct {
-  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-  __uint(max_entries, KRAIT_CNT_COUNT);
-  __type(key, __u32);
-  __type(value, __u64);
-} counters SEC(".maps");
-
-static __always_inline __u64 krait_wakeup_flag(void) {
-  return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg_wakeup_bytes ? BPF_RB_FORCE_WAKEUP
-                                                                           : BPF_RB_NO_WAKEUP;
-}
-
-static __always_inline void krait_count(__u32 index) {
-  __u64* v = bpf_map_lookup_elem(&counters, &index);
-  if (v)
-    *v += 1;
-}
-
-struct {
-  __uint(type, BPF_MAP_TYPE_ARRAY);
-  __uint(max_entries, KRAIT_SEEN_SLOTS);
-  __type(key, __u32);
-  __type(value, struct krait_seen_slot);
-} seen SEC(".maps");
-
-#include "python_walk.bpf.h"
-
-/* One slot per CPU (user space sizes it to the possible CPUs): the
- * record is built here, too large for a per-CPU map value. The program runs
- * in interrupt context, so a CPU's slot has one user at a time. */
-struct {
-  __uint(type, BPF_MAP_TYPE_ARRAY);
-  __uint(max_entries, 1);
-  __type(key, __u32);
-  __type(value, struct krait_scratch);
-} scratch SEC(".maps");
-
-#include "native_stack.bpf.h"
-
-static __always_inline void krait_fill_header(struct krait_event_header* h, __u32 type,
-                                              __u64 pid_tgid) {
-  h->type = type;
-  h->pid = pid_tgid >> 32;
-  h->tid = (__u32)pid_tgid;
-  h->cpu = bpf_get_smp_processor_id();
-  h->ktime_ns = bpf_ktime_get_ns();
-}
 
 /* The incarnation of the current process (see krait_proc_identity). */
 static __always_inline void krait_current_identity(struct task_struct* task,
@@ -151,9 +45,8 @@ static __always_inline void krait_emit_proc(__u32 type, __u64 pid_tgid,
  * reported again after the recheck time. */
 static __always_inline int krait_put_pending(__u32 pid, const struct krait_proc_identity* id,
                                              __u64 now, __u64 flags) {
-  struct krait_proc_info pending = {.mode = KRAIT_PROC_IGNORE,
-                                    .recheck_after_ns = now + cfg_unknown_recheck_ns,
-                                    .identity = *id};
+  struct krait_proc_info pending = {
+      .mode = KRAIT_PROC_IGNORE, .recheck_after_ns = now + cfg_unknown_recheck_ns, .identity = *id};
   return (int)bpf_map_update_elem(&procs, &pid, &pending, flags);
 }
 
@@ -259,9 +152,7 @@ int krait_sample(struct bpf_perf_event_data* ctx) {
     krait_capture_native(s, ctx, task, cfg_kernel_stacks, cfg_user_stack_bytes);
 
   sample->cost_ns = cfg_measure_cost ? (__u32)(bpf_ktime_get_ns() - start_ns) : 0;
-  __u32 n = sample->py_nframes;
-  if (n > KRAIT_PY_FRAMES_CAP)
-    n = KRAIT_PY_FRAMES_CAP;
+  __u32 n = krait_py_nframes(sample);
   __u32 k = sample->kernel_nframes;
   if (k > KRAIT_KERNEL_FRAMES_CAP)
     k = KRAIT_KERNEL_FRAMES_CAP;

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: BSD-2-Clause OR GPL-2.0-only */
 /*
  * The kernel/user ABI of krait: every struct and constant that crosses
  * between the BPF sampler (bpf/sampler.bpf.c) and user space (src/) is
@@ -7,7 +7,8 @@
  * Rules: plain C, fixed-width types only (addresses are __u64), no bool,
  * long or enum-typed fields, explicit padding. The C++ side static_asserts
  * the sizes (src/bpf/abi_checks.cpp), so a change that shifts a field breaks
- * the build instead of the data.
+ * the build instead of the data. Compiled into the BPF object too, so it
+ * carries that object's licence.
  */
 #ifndef KRAIT_ABI_H
 #define KRAIT_ABI_H
@@ -42,10 +43,11 @@
 
 /* krait_event_header.type */
 #define KRAIT_EVENT_SAMPLE 1
-#define KRAIT_EVENT_EXEC 2         /* a process replaced its image (krait_proc_event) */
-#define KRAIT_EVENT_EXIT 3         /* the last thread of a process exited (krait_proc_event) */
-#define KRAIT_EVENT_PROC_UNKNOWN 4 /* a process user space has not classified (krait_proc_event) */
-#define KRAIT_EVENT_CODE 5         /* a code object seen for the first time (krait_code_event) */
+#define KRAIT_EVENT_EXEC 2 /* a process replaced its image (krait_proc_event) */
+#define KRAIT_EVENT_EXIT 3 /* the last thread of a process exited (krait_proc_event) */
+/* A process user space has not classified yet (krait_proc_event). */
+#define KRAIT_EVENT_PROC_UNKNOWN 4
+#define KRAIT_EVENT_CODE 5 /* a code object seen for the first time (krait_code_event) */
 
 struct krait_event_header {
   __u32 type;
@@ -88,17 +90,24 @@ struct krait_py_frame {
 };
 
 /* x86_64 user registers at the sample (from the task's saved pt_regs), the
- * ones DWARF CFI can refer to. */
+ * ones DWARF CFI can refer to. This is the one list of them, in record
+ * order and named as in struct pt_regs: the BPF program copies them with
+ * it, and user space builds its register sets from it (unwind::Registers). */
+// clang-format off
+#define KRAIT_USER_REGS(X) \
+  X(ip) X(sp) X(bp) X(bx) X(r12) X(r13) X(r14) X(r15) \
+  X(ax) X(cx) X(dx) X(si) X(di) X(r8) X(r9) X(r10) X(r11)
+// clang-format on
+#define KRAIT_USER_REG_FIELD(name) __u64 name;
 struct krait_user_regs {
-  __u64 ip, sp, bp, bx, r12, r13, r14, r15;
-  __u64 ax, cx, dx, si, di, r8, r9, r10, r11;
+  KRAIT_USER_REGS(KRAIT_USER_REG_FIELD)
 };
+#undef KRAIT_USER_REG_FIELD
 
 /* krait_sample.native_flags */
 #define KRAIT_NATIVE_CAPTURED 0x1 /* user_regs and the stack copy are valid */
-#define KRAIT_NATIVE_STACK_SHORT                                                                   \
-  0x2                                 /* the copy stopped before the requested size (top of stack) \
-                                       */
+/* The copy stopped before the requested size (the top of the stack). */
+#define KRAIT_NATIVE_STACK_SHORT 0x2
 #define KRAIT_NATIVE_NO_USER 0x4      /* a kernel thread: no user context */
 #define KRAIT_NATIVE_KERNEL_FAULT 0x8 /* the kernel stack could not be read */
 #define KRAIT_NATIVE_RED_ZONE 0x10    /* the copy starts KRAIT_RED_ZONE_BYTES below sp */
@@ -297,15 +306,15 @@ struct krait_thread_entry {
 
 /* ---- counters: the `counters` per-CPU array, one __u64 per index ------- */
 
-#define KRAIT_CNT_RUNS 0               /* sampler invocations */
-#define KRAIT_CNT_SAMPLES 1            /* sample records sent */
-#define KRAIT_CNT_RINGBUF_FULL 2       /* sample records lost: ring buffer full */
-#define KRAIT_CNT_EVENTS_LOST 3        /* exec/exit/unknown records lost: ring buffer full */
-#define KRAIT_CNT_THREAD_WALKS 4       /* thread lists walked (cache misses) */
-#define KRAIT_CNT_SCRATCH_MISSING 5    /* per-CPU scratch lookup failed (never expected) */
-#define KRAIT_CNT_CODE_CAPTURES 6      /* krait_code_event records sent */
-#define KRAIT_CNT_CODE_CAPTURES_LOST 7 /* ... lost: ring buffer full */
-#define KRAIT_CNT_GIL_SKIPPED 8        /* --gil-only: samples of threads not holding the GIL */
+#define KRAIT_CNT_RUNS 0                    /* sampler invocations */
+#define KRAIT_CNT_SAMPLES 1                 /* sample records sent */
+#define KRAIT_CNT_RINGBUF_FULL 2            /* sample records lost: ring buffer full */
+#define KRAIT_CNT_EVENTS_LOST 3             /* exec/exit/unknown records lost: ring buffer full */
+#define KRAIT_CNT_THREAD_WALKS 4            /* thread lists walked (cache misses) */
+#define KRAIT_CNT_SCRATCH_MISSING 5         /* per-CPU scratch lookup failed (never expected) */
+#define KRAIT_CNT_CODE_CAPTURES 6           /* krait_code_event records sent */
+#define KRAIT_CNT_CODE_CAPTURES_LOST 7      /* ... lost: ring buffer full */
+#define KRAIT_CNT_GIL_SKIPPED 8             /* --gil-only: samples of threads not holding the GIL */
 #define KRAIT_CNT_CODE_CAPTURES_THROTTLED 9 /* captures over a process's budget (retried later) */
 #define KRAIT_CNT_STALE_PROCS 10            /* `procs` entries of another incarnation, replaced */
 #define KRAIT_CNT_PROCS_UPDATE_FAILED 11    /* a `procs` entry could not be created or replaced */

@@ -105,8 +105,9 @@ void Sampler::LinkDeleter::operator()(bpf_link* link) const {
 }
 
 Result<std::unique_ptr<Sampler>> Sampler::open_and_load(const SamplerConfig& config) {
-  if (config.frequency_hz == 0 || config.frequency_hz > 100000)
-    return make_error("sampling frequency {} Hz is out of range (1-100000)", config.frequency_hz);
+  if (config.frequency_hz < kMinFrequencyHz || config.frequency_hz > kMaxFrequencyHz)
+    return make_error("sampling frequency {} Hz is out of range ({}-{})", config.frequency_hz,
+                      kMinFrequencyHz, kMaxFrequencyHz);
   if (config.user_stack_bytes > KRAIT_USER_STACK_CAP || config.user_stack_bytes % 8 != 0)
     return make_error("user stack copy size {} must be a multiple of 8 up to {}",
                       config.user_stack_bytes, KRAIT_USER_STACK_CAP);

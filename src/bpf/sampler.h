@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "bpf/sampling_options.h"
 #include "krait/abi.h"
 #include "util/result.h"
 #include "util/unique_fd.h"

@@ -7,6 +7,7 @@
 #include "bpf/features.h"
 #include "cli/commands.h"
 #include "inspect/inspector.h"
+#include "proc/processes.h"
 #include "python/attach.h"
 #include "python/offsets/debug_offsets.h"
 #include "python/offsets/offset_table.h"
@@ -39,28 +40,10 @@ const char* status_name(python::AttachStatus s) {
   return "?";
 }
 
-std::string comm(pid_t pid) {
-  auto c = read_file("/proc/" + std::to_string(pid) + "/comm");
-  std::string s = c ? *c : "?";
-  while (!s.empty() && s.back() == '\n')
-    s.pop_back();
-  return s;
-}
-
 // Every process is looked at on the Inspector's workers: one that does
 // not answer is reported as stalled instead of holding `krait info` up.
 std::vector<ProcessReport> python_processes(const std::vector<pid_t>& only) {
-  std::vector<pid_t> pids = only;
-  if (pids.empty()) {
-    std::error_code ec;
-    for (auto it = std::filesystem::directory_iterator("/proc", ec);
-         !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
-      const auto pid = parse_unsigned<uint32_t>(it->path().filename().string());
-      if (pid && *pid > 0 && *pid <= INT32_MAX)
-        pids.push_back(static_cast<pid_t>(*pid));
-    }
-    std::sort(pids.begin(), pids.end());
-  }
+  const std::vector<pid_t> pids = only.empty() ? proc::list_pids() : only;
   auto inspector = inspect::Inspector::create({});
   if (!inspector)
     return {};
@@ -69,12 +52,13 @@ std::vector<ProcessReport> python_processes(const std::vector<pid_t>& only) {
   for (pid_t pid : pids) {
     if (pid == ::getpid())
       continue;
-    (*inspector)->post(static_cast<uint64_t>(pid), "attach",
-                       [pid, images, &found](inspect::TaskContext&) -> inspect::Completion {
-                         auto a = std::make_shared<python::Attachment>(
-                             python::attach_process(pid, *images, {}));
-                         return [pid, a, &found] { found[pid] = std::move(*a); };
-                       });
+    (*inspector)
+        ->post(static_cast<uint64_t>(pid), "attach",
+               [pid, images, &found](inspect::TaskContext&) -> inspect::Completion {
+                 auto a =
+                     std::make_shared<python::Attachment>(python::attach_process(pid, *images, {}));
+                 return [pid, a, &found] { found[pid] = std::move(*a); };
+               });
   }
   (*inspector)->drain(std::chrono::steady_clock::now() + std::chrono::seconds(30));
   std::map<uint64_t, std::string> stalled;
@@ -96,7 +80,7 @@ std::vector<ProcessReport> python_processes(const std::vector<pid_t>& only) {
       continue;
     if (a.status == python::AttachStatus::kGone && only.empty())
       continue;
-    out.push_back({pid, comm(pid), std::move(a)});
+    out.push_back({pid, proc::comm_or_unknown(pid), std::move(a)});
   }
   return out;
 }

@@ -16,7 +16,7 @@ Runner add_record_command(CLI::App& app) {
                   "Output file (default: krait-<host>-<time>.pb.gz or .folded)");
   cmd->add_option("-p,--pid", opts->pids, "Profile only these processes (repeatable)");
   cmd->add_option("-r,--rate", opts->frequency_hz, "Samples per second per CPU")
-      ->check(CLI::Range(1, 10000))
+      ->check(CLI::Range(bpf::kMinFrequencyHz, bpf::kMaxFrequencyHz))
       ->capture_default_str();
   std::map<std::string, record::OutputFormat> formats{{"pprof", record::OutputFormat::kPprof},
                                                       {"folded", record::OutputFormat::kFolded}};

@@ -9,6 +9,7 @@
 #include <system_error>
 
 #include "daemon/config.h"
+#include "proc/processes.h"
 #include "util/files.h"
 
 namespace krait::daemon {
@@ -108,12 +109,10 @@ Result<ProcessIdentity> read_process_identity(int pid, const std::string& proc_r
   if (!cmdline)
     return cmdline.error();
   identity.argv = parse_cmdline(*cmdline);
-  auto comm = read_file(dir + "/comm");
+  auto comm = proc::read_comm(pid, proc_root);
   if (!comm)
     return comm.error();
-  identity.comm = *comm;
-  while (!identity.comm.empty() && identity.comm.back() == '\n')
-    identity.comm.pop_back();
+  identity.comm = std::move(*comm);
   std::error_code ec;
   const auto exe = std::filesystem::read_symlink(dir + "/exe", ec);
   if (!ec) {
@@ -207,8 +206,9 @@ std::string default_application_name(const ProcessIdentity& process) {
 
 const std::vector<std::string>& builtin_label_names() {
   static const std::vector<std::string> kNames = {
-      "service_name",      "pid",     "process_name", "python_version", "hostname", "container_id",
-      "container_runtime", "pod_uid", "systemd_unit", "container_pid", "container_owner_uid"};
+      "service_name", "pid",           "process_name",       "python_version",
+      "hostname",     "container_id",  "container_runtime",  "pod_uid",
+      "systemd_unit", "container_pid", "container_owner_uid"};
   return kNames;
 }
 

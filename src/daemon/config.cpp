@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
+#include <CLI/CLI.hpp>
 
 #include <toml++/toml.h>
 #include <algorithm>
@@ -324,8 +325,8 @@ const std::vector<Option>& options() {
         "Seconds between health lines in the log (processes, samples, losses, uploads)", 1, 3600,
         [](auto& c) -> auto& { return c.health_interval_s; }));
     o.push_back(count(
-        "sampling.rate_hz", "--rate", "HZ", "Samples per second per CPU", 1, 10000,
-        [](auto& c) -> auto& { return c.sampling_rate_hz; }));
+        "sampling.rate_hz", "--rate", "HZ", "Samples per second per CPU", bpf::kMinFrequencyHz,
+        bpf::kMaxFrequencyHz, [](auto& c) -> auto& { return c.sampling_rate_hz; }));
     o.push_back(choice<StackMode>(
         "sampling.stack_mode", "--stacks,--stack-mode",
         "python: Python frames only; mixed: Python, native and kernel frames",

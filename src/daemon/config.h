@@ -51,21 +51,27 @@
 // Threading: plain data and free functions; no shared state.
 #pragma once
 
-#include <CLI/CLI.hpp>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "bpf/sampling_options.h"
 #include "export/directory_output.h"
 #include "export/pyroscope.h"
 #include "export/upload_queue.h"
 #include "util/result.h"
 
+// CLI11 stays at the command-line edge: this header only names its types.
+namespace CLI {
+class App;
+class Option;
+}  // namespace CLI
+
 namespace krait::daemon {
 
-enum class StackMode : uint8_t { kPython, kMixed };
+using bpf::StackMode;
 
 // Where a secret comes from: a file (its content, trailing newlines
 // trimmed) or an environment variable. At most one is set.

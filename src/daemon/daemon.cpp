@@ -118,6 +118,9 @@ class Outputs {
   std::string health() const {
     std::lock_guard lock(mutex_);
     std::string out = fmt::format("{} profiles cut", delivered_);
+    // A profile that cannot be encoded is lost: say so where operators look.
+    if (encode_failures_)
+      out += fmt::format(" ({} could not be encoded)", encode_failures_);
     if (queue_) {
       auto s = queue_->stats();
       out += fmt::format(
@@ -155,8 +158,8 @@ class SeriesTable {
     auto it = series_.find(key);
     if (it == series_.end())
       it = series_
-               .emplace(key, std::make_shared<const record::Series>(
-                                 record::Series{application, labels}))
+               .emplace(key,
+                        std::make_shared<const record::Series>(record::Series{application, labels}))
                .first;
     return it->second;
   }
@@ -216,12 +219,12 @@ struct Naming {
   // read cannot be shown to match a criterion: only a selection of every
   // process takes it (as "unknown").
   record::OtherSeriesFn other_hook() const {
-    return [filter = filter, describer = describer, series = series](pid_t pid,
-                                                                      const std::string&) {
-      if (!selects(*filter, pid).value_or(filter->selects_all()))
-        return SeriesRef{};
-      return series_of(*describer, *series, pid, "", nullptr);
-    };
+    return
+        [filter = filter, describer = describer, series = series](pid_t pid, const std::string&) {
+          if (!selects(*filter, pid).value_or(filter->selects_all()))
+            return SeriesRef{};
+          return series_of(*describer, *series, pid, "", nullptr);
+        };
   }
 
  private:
@@ -391,8 +394,7 @@ Result<int> run_daemon(DaemonRunOptions o) {
             "health: {} Python processes profiled, {} samples (+{}), {} lost (ring "
             "full), {} dropped (builder behind); {}; {}",
             c.tracker().attached(), ps.samples, ps.samples - last_samples,
-            counters[KRAIT_CNT_RINGBUF_FULL], ps.queue_full, c.inspection_health(),
-            out->health());
+            counters[KRAIT_CNT_RINGBUF_FULL], ps.queue_full, c.inspection_health(), out->health());
         last_samples = ps.samples;
       } else if (fd == sigfd->get()) {
         const int sig = record::read_signal(fd);

@@ -6,6 +6,12 @@
 namespace krait::python {
 namespace {
 
+// _PyInterpreterFrame.owner of the eval loop's C-stack shim frames:
+// FRAME_OWNED_BY_CSTACK in 3.12 and 3.13, FRAME_OWNED_BY_INTERPRETER from
+// 3.14 (where CSTACK moved to 4 and then went away). Shims are not frames
+// of the program and are left out of stacks.
+constexpr uint8_t kFrameOwnedByShim = 3;
+
 class FieldReader {
  public:
   explicit FieldReader(const OffsetTable& table) : table_(table) {}
@@ -53,9 +59,12 @@ Result<void> check_plausible(const PythonLayout& out, const OffsetTable& table) 
   constexpr uint16_t kMaxHeader = 512;
   const StringLayout& s = out.strings;
   const std::pair<const char*, uint16_t> headers[] = {
-      {"PyVarObject.ob_size", s.var_size},          {"bytes data", s.bytes_data},
-      {"PyASCIIObject.length", s.unicode_length},   {"PyASCIIObject.state", s.unicode_state},
-      {"sizeof(PyASCIIObject)", s.ascii_size},      {"sizeof(PyCompactUnicodeObject)", s.compact_size},
+      {"PyVarObject.ob_size", s.var_size},
+      {"bytes data", s.bytes_data},
+      {"PyASCIIObject.length", s.unicode_length},
+      {"PyASCIIObject.state", s.unicode_state},
+      {"sizeof(PyASCIIObject)", s.ascii_size},
+      {"sizeof(PyCompactUnicodeObject)", s.compact_size},
       {"PyTupleObject.ob_item", out.tuple_items},
   };
   for (const auto& [name, value] : headers)
@@ -130,9 +139,7 @@ Result<PythonLayout> build_layout(const OffsetTable& table, PyVersion v) {
       b.frame_is_entry = f.need("_PyInterpreterFrame.is_entry");
     } else {
       b.frame_owner = f.need("_PyInterpreterFrame.owner");
-      // FRAME_OWNED_BY_CSTACK (3.12, 3.13), FRAME_OWNED_BY_INTERPRETER
-      // (3.14+, where CSTACK moved to 4 and then went away).
-      b.frame_owner_shim = 3;
+      b.frame_owner_shim = kFrameOwnedByShim;
     }
     // 3.14 made f_executable a _PyStackRef whose low bits are tags. Objects
     // are 8-byte aligned, so clearing them is a no-op where there are none:

@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include "proc/processes.h"
 #include "record/loop_support.h"
 #include "util/clock.h"
 #include "util/text.h"
@@ -61,8 +62,8 @@ Result<std::unique_ptr<Collector>> Collector::create(CollectorOptions options) {
   popts.max_depth = c->options_.max_depth;
   popts.native = cfg.native;
   popts.other_series = c->options_.other_series;
-  c->pipeline_ = std::make_unique<Pipeline>(*c->tracker_, *c->inspector_, *c->queue_, popts,
-                                            c->modules_);
+  c->pipeline_ =
+      std::make_unique<Pipeline>(*c->tracker_, *c->inspector_, *c->queue_, popts, c->modules_);
   auto reader = events::RingReader::create(c->sampler_->events_fd(), *c->pipeline_);
   if (!reader)
     return reader.error();
@@ -88,15 +89,12 @@ Result<void> Collector::scan(const std::vector<pid_t>& pids) {
     }
     return {};
   }
-  std::error_code ec;
   const pid_t self = ::getpid();
-  for (auto it = std::filesystem::directory_iterator("/proc", ec);
-       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
-    const auto pid = parse_unsigned<uint32_t>(it->path().filename().string());
-    if (pid && *pid > 0 && *pid <= INT32_MAX && static_cast<pid_t>(*pid) != self) {
-      tracker_->prepare(static_cast<pid_t>(*pid));
-      scanned_.push_back(static_cast<pid_t>(*pid));
-    }
+  for (pid_t pid : proc::list_pids()) {
+    if (pid == self)
+      continue;
+    tracker_->prepare(pid);
+    scanned_.push_back(pid);
   }
   return {};
 }
@@ -108,8 +106,8 @@ void Collector::await_scan(std::chrono::steady_clock::time_point deadline) {
     });
   };
   while (!answered() && std::chrono::steady_clock::now() < deadline) {
-    inspector_->drain(std::min(deadline, std::chrono::steady_clock::now() +
-                                             std::chrono::milliseconds(kDrainPeriodMs)));
+    inspector_->drain(std::min(
+        deadline, std::chrono::steady_clock::now() + std::chrono::milliseconds(kDrainPeriodMs)));
     run_inspections();
   }
 }

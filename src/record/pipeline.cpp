@@ -5,6 +5,7 @@
 
 #include <cstring>
 
+#include "proc/processes.h"
 #include "python/method_class.h"
 #include "util/clock.h"
 #include "util/files.h"
@@ -20,14 +21,9 @@ constexpr size_t kMaxLabelSets = 100'000;
 constexpr size_t kMaxLabelBytes = size_t{32} << 20;
 // A sample outside the known mappings reloads them, at most this often.
 constexpr uint64_t kModuleReloadNs = 100'000'000;
-
-std::string process_comm(int pid) {
-  auto comm = read_file("/proc/" + std::to_string(pid) + "/comm");
-  std::string name = comm ? *comm : "?";
-  while (!name.empty() && name.back() == '\n')
-    name.pop_back();
-  return name;
-}
+// Stats and label keys of processes that are not Python: the top bit keeps
+// them apart from the tracker's generations, which count up from 1.
+constexpr uint64_t kOtherProcessKeyBit = uint64_t{1} << 63;
 
 size_t entry_bytes(const CodeEntry& e) {
   size_t bytes = sizeof(CodeEntry) + 64;
@@ -262,7 +258,8 @@ void Pipeline::park(TrackedProcess& p, SampleJob job, std::span<const krait_py_f
   parked.frames.assign(frames.begin(), frames.end());
   parked.parked_ns = monotonic_ns();
   const size_t bytes = parked_bytes_of(parked);
-  if (p.parked.size() >= kMaxParkedPerProcess || p.parked_bytes + bytes > kMaxParkedBytesPerProcess ||
+  if (p.parked.size() >= kMaxParkedPerProcess ||
+      p.parked_bytes + bytes > kMaxParkedBytesPerProcess ||
       parked_bytes_ + bytes > kMaxParkedBytes) {
     ++stats_.park_full;
     name_frames(p, parked.job, parked.frames, true);
@@ -335,28 +332,26 @@ void Pipeline::request_modules(uint64_t key, pid_t pid, std::shared_ptr<ModulesS
   if (loading || !module_cache_)
     return;
   auto cache = module_cache_;
-  loading = inspector_.post(key, "load modules",
-                            [=, this](inspect::TaskContext&) -> inspect::Completion {
-                              auto loaded = unwind::ProcessModules::load(pid, *cache);
-                              std::shared_ptr<const unwind::ProcessModules> modules;
-                              if (loaded)
-                                modules = std::make_shared<const unwind::ProcessModules>(
-                                    std::move(*loaded));
-                              return [this, key, pid, slot, modules] {
-                                if (modules)
-                                  slot->set(modules);
-                                const uint64_t now = monotonic_ns();
-                                if (TrackedProcess* p = tracker_.find_key(key)) {
-                                  p->modules_loading = false;
-                                  p->modules_loaded_ns = now;
-                                } else if (auto it = others_.find(pid);
-                                           it != others_.end() && it->second.key == key) {
-                                  it->second.modules_loading = false;
-                                  it->second.modules_loaded_ns = now;
-                                  release_other(it->second);
-                                }
-                              };
-                            });
+  loading =
+      inspector_.post(key, "load modules", [=, this](inspect::TaskContext&) -> inspect::Completion {
+        auto loaded = unwind::ProcessModules::load(pid, *cache);
+        std::shared_ptr<const unwind::ProcessModules> modules;
+        if (loaded)
+          modules = std::make_shared<const unwind::ProcessModules>(std::move(*loaded));
+        return [this, key, pid, slot, modules] {
+          if (modules)
+            slot->set(modules);
+          const uint64_t now = monotonic_ns();
+          if (TrackedProcess* p = tracker_.find_key(key)) {
+            p->modules_loading = false;
+            p->modules_loaded_ns = now;
+          } else if (auto it = others_.find(pid); it != others_.end() && it->second.key == key) {
+            it->second.modules_loading = false;
+            it->second.modules_loaded_ns = now;
+            release_other(it->second);
+          }
+        };
+      });
 }
 
 void Pipeline::add_native(const events::SampleView& view, SampleJob& job,
@@ -409,7 +404,7 @@ void Pipeline::on_other_sample(const events::SampleView& view) {
   OtherProcess& other = others_[pid];
   if (other.key == 0) {
     other.key = tracker_.new_key();
-    other.name = process_comm(pid);
+    other.name = proc::comm_or_unknown(pid);
     other.modules = std::make_shared<ModulesSlot>();
     if (!options_.other_series)
       other.named = true;
@@ -418,20 +413,20 @@ void Pipeline::on_other_sample(const events::SampleView& view) {
     auto series_of = options_.other_series;
     const std::string name = other.name;
     const uint64_t key = other.key;
-    other.naming = inspector_.post(
-        key, "name process", [=, this](inspect::TaskContext&) -> inspect::Completion {
-          SeriesRef series = series_of(pid, name);
-          return [this, pid, key, series] {
-            auto it = others_.find(pid);
-            if (it == others_.end() || it->second.key != key)
-              return;
-            it->second.named = true;
-            it->second.naming = false;
-            it->second.series = series;
-            it->second.wanted = series != nullptr;
-            release_other(it->second);
-          };
-        });
+    other.naming = inspector_.post(key, "name process",
+                                   [=, this](inspect::TaskContext&) -> inspect::Completion {
+                                     SeriesRef series = series_of(pid, name);
+                                     return [this, pid, key, series] {
+                                       auto it = others_.find(pid);
+                                       if (it == others_.end() || it->second.key != key)
+                                         return;
+                                       it->second.named = true;
+                                       it->second.naming = false;
+                                       it->second.series = series;
+                                       it->second.wanted = series != nullptr;
+                                       release_other(it->second);
+                                     };
+                                   });
     if (!other.naming) {
       other.named = true;  // throttled or stalled: in the default series
       other.wanted = true;
@@ -442,7 +437,7 @@ void Pipeline::on_other_sample(const events::SampleView& view) {
     return;
   }
   SampleJob job;
-  job.process_key = (uint64_t{1} << 63) | static_cast<uint32_t>(pid);
+  job.process_key = kOtherProcessKeyBit | static_cast<uint32_t>(pid);
   job.ktime_ns = s.hdr.ktime_ns;
   job.series = other.series;
   job.labels = labels_for(job.process_key, pid, other.name, nullptr, s.hdr.tid, s.comm, 0);

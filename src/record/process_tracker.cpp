@@ -6,21 +6,12 @@
 #include <algorithm>
 #include <charconv>
 
+#include "proc/processes.h"
 #include "util/files.h"
 #include "util/text.h"
 
 namespace krait::record {
 namespace {
-
-std::string process_name(pid_t pid) {
-  auto comm = read_file("/proc/" + std::to_string(pid) + "/comm");
-  if (!comm)
-    return "?";
-  std::string name = *comm;
-  while (!name.empty() && name.back() == '\n')
-    name.pop_back();
-  return name;
-}
 
 // Interpreter start-up takes milliseconds; a program that links libpython
 // but never starts it should not be polled forever at that pace.
@@ -216,8 +207,8 @@ void ProcessTracker::post_attach(TrackedProcess& p) {
   if (!attach_process)
     attach_process = python::attach_process;
   const uint64_t key = p.key;
-  const bool posted = inspector_.post(
-      key, "attach", [=, this](inspect::TaskContext&) -> inspect::Completion {
+  const bool posted =
+      inspector_.post(key, "attach", [=, this](inspect::TaskContext&) -> inspect::Completion {
         auto outcome = std::make_shared<Outcome>();
         outcome->start_ticks = read_start_ticks(pid);
         if (outcome->start_ticks == 0) {
@@ -228,7 +219,7 @@ void ProcessTracker::post_attach(TrackedProcess& p) {
         } else {
           outcome->attachment = attach_process(pid, *images, *attach);
           if (outcome->attachment.status == python::AttachStatus::kAttached) {
-            outcome->name = process_name(pid);
+            outcome->name = proc::comm_or_unknown(pid);
             if (describe)
               outcome->naming = describe(pid, outcome->attachment.version->str());
             if (modules) {
@@ -238,7 +229,7 @@ void ProcessTracker::post_attach(TrackedProcess& p) {
                     std::make_shared<const unwind::ProcessModules>(std::move(*loaded));
             }
           } else if (outcome->attachment.status == python::AttachStatus::kRefused) {
-            outcome->name = process_name(pid);
+            outcome->name = proc::comm_or_unknown(pid);
           }
         }
         return [this, key, outcome] { apply(key, outcome); };
@@ -344,7 +335,7 @@ void ProcessTracker::apply(uint64_t key, std::shared_ptr<Outcome> outcome) {
       break;
   }
 
-  p.name = outcome->name.empty() ? process_name(pid) : outcome->name;
+  p.name = outcome->name.empty() ? proc::comm_or_unknown(pid) : outcome->name;
   p.generation = next_generation_++;
   p.attachment = std::move(a);
   if (p.attachment.status == python::AttachStatus::kAttached) {
@@ -382,7 +373,7 @@ void ProcessTracker::on_notice(const inspect::Notice& notice) {
     return;
   TrackedProcess& p = *found;
   if (p.name.empty())
-    p.name = process_name(p.pid);  // comm is read without touching the process's memory
+    p.name = proc::comm_or_unknown(p.pid);  // comm is read without touching the process's memory
   if (notice.kind == inspect::Notice::Kind::kThrottled) {
     ++p.throttled;
     p.throttle_reason = notice.reason;
@@ -483,7 +474,7 @@ TrackedProcess& ProcessTracker::adopt(TrackedProcess process) {
   p.key = key;
   if (!p.codes)
     p.codes = std::make_unique<LruCache<CodeKey, CodeEntry, CodeKeyHash>>(kMaxCodesPerProcess,
-                                                                         kMaxCodeBytesPerProcess);
+                                                                          kMaxCodeBytesPerProcess);
   if (p.state == ProcessState::kPython)
     ++attached_;
   return p;

@@ -16,6 +16,7 @@
 #include "export/atomic_file.h"
 #include "export/folded.h"
 #include "export/pprof.h"
+#include "proc/processes.h"
 #include "profile/profile.h"
 #include "record/collector.h"
 #include "record/loop_support.h"
@@ -29,14 +30,6 @@
 
 namespace krait::record {
 namespace {
-
-std::string comm_of(pid_t pid) {
-  auto comm = read_file("/proc/" + std::to_string(pid) + "/comm");
-  std::string s = comm ? *comm : "?";
-  while (!s.empty() && s.back() == '\n')
-    s.pop_back();
-  return s;
-}
 
 Result<std::vector<python::OffsetTable>> load_user_tables(const std::vector<std::string>& files) {
   std::vector<python::OffsetTable> tables;
@@ -119,14 +112,13 @@ Result<int> run_record(const RecordOptions& o) {
   // What runs already is attached before sampling starts, so its first
   // samples count; for a bounded time (one that does not answer means "not
   // yet", not "no"), and the named processes of -p get longer.
-  c.await_scan(std::chrono::steady_clock::now() +
-               std::chrono::seconds(o.pids.empty() ? 3 : 10));
+  c.await_scan(std::chrono::steady_clock::now() + std::chrono::seconds(o.pids.empty() ? 3 : 10));
   if (!o.pids.empty()) {
     // The named processes must be Python.
     for (pid_t pid : o.pids) {
       auto status = c.tracker().scan_result(pid);
       if (status == python::AttachStatus::kNotPython)
-        return make_error("pid {} ({}) is not a Python process", pid, comm_of(pid));
+        return make_error("pid {} ({}) is not a Python process", pid, proc::comm_or_unknown(pid));
       if (status == python::AttachStatus::kGone)
         return make_error("process {} exited before it could be profiled", pid);
     }

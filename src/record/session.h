@@ -18,7 +18,7 @@
 namespace krait::record {
 
 enum class OutputFormat : uint8_t { kPprof, kFolded };
-enum class StackMode : uint8_t { kPython, kMixed };
+using bpf::StackMode;
 
 struct RecordOptions {
   std::optional<double> duration_s;  // nullopt: until SIGINT/SIGTERM

@@ -212,8 +212,7 @@ void StackBuilder::merge_native(SeriesState& st, const SampleJob& job,
                                 std::vector<profile::FrameId>& out) {
   unwind::StackSnapshot snap;
   const krait_user_regs& r = job.regs;
-  snap.regs = {r.ip, r.sp, r.bp, r.bx, r.r12, r.r13, r.r14, r.r15, r.ax,
-               r.cx, r.dx, r.si, r.di, r.r8,  r.r9,  r.r10, r.r11};
+  snap.regs = unwind::Registers::from(r);
   snap.stack_start =
       (job.native_flags & KRAIT_NATIVE_RED_ZONE) ? r.sp - KRAIT_RED_ZONE_BYTES : r.sp;
   snap.stack = job.user_stack;

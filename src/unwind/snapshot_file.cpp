@@ -1,8 +1,8 @@
 #include "unwind/snapshot_file.h"
 
-#include <array>
 #include <cstring>
 #include <fstream>
+#include <vector>
 
 namespace krait::unwind {
 namespace {
@@ -10,9 +10,13 @@ namespace {
 constexpr char kMagic[8] = {'K', 'R', 'A', 'I', 'T', 'S', 'N', 'P'};
 constexpr uint32_t kVersion = 1;
 
-std::array<uint64_t*, 17> register_fields(Registers& r) {
-  return {&r.ip, &r.sp, &r.bp, &r.bx, &r.r12, &r.r13, &r.r14, &r.r15, &r.ax,
-          &r.cx, &r.dx, &r.si, &r.di, &r.r8,  &r.r9,  &r.r10, &r.r11};
+// In the file, the registers follow krait_user_regs's order.
+std::vector<uint64_t*> register_fields(Registers& r) {
+  std::vector<uint64_t*> out;
+#define KRAIT_REGISTER_ADDRESS(name) out.push_back(&r.name);
+  KRAIT_USER_REGS(KRAIT_REGISTER_ADDRESS)
+#undef KRAIT_REGISTER_ADDRESS
+  return out;
 }
 
 }  // namespace

@@ -23,15 +23,26 @@
 #include <string_view>
 #include <vector>
 
+#include "krait/abi.h"
 #include "unwind/process_modules.h"
 #include "util/result.h"
 
 namespace krait::unwind {
 
 // x86_64 user registers at the sample: the ones DWARF CFI can refer to.
+// The registers of krait_user_regs (abi.h), from the same list, zeroed.
 struct Registers {
-  uint64_t ip = 0, sp = 0, bp = 0, bx = 0, r12 = 0, r13 = 0, r14 = 0, r15 = 0;
-  uint64_t ax = 0, cx = 0, dx = 0, si = 0, di = 0, r8 = 0, r9 = 0, r10 = 0, r11 = 0;
+#define KRAIT_REGISTER_FIELD(name) uint64_t name = 0;
+  KRAIT_USER_REGS(KRAIT_REGISTER_FIELD)
+#undef KRAIT_REGISTER_FIELD
+
+  static Registers from(const krait_user_regs& sampled) {
+    Registers out;
+#define KRAIT_REGISTER_COPY(name) out.name = sampled.name;
+    KRAIT_USER_REGS(KRAIT_REGISTER_COPY)
+#undef KRAIT_REGISTER_COPY
+    return out;
+  }
 };
 
 struct StackSnapshot {
