@@ -40,8 +40,8 @@ struct Bucket {
 
   void refill(uint64_t elapsed_ns) {
     const long double add = static_cast<long double>(elapsed_ns) * per_second / 1e9L;
-    tokens = static_cast<int64_t>(
-        std::min<long double>(static_cast<long double>(burst), tokens + add));
+    tokens =
+        static_cast<int64_t>(std::min<long double>(static_cast<long double>(burst), tokens + add));
   }
 };
 
@@ -102,9 +102,9 @@ struct Inspector::Shared {
       ks.cpu = Bucket{static_cast<int64_t>(options.budget.cpu_burst_ns),
                       static_cast<int64_t>(options.budget.cpu_burst_ns),
                       options.budget.cpu_per_second_ns};
-      ks.bytes = Bucket{static_cast<int64_t>(options.budget.bytes_burst),
-                        static_cast<int64_t>(options.budget.bytes_burst),
-                        options.budget.bytes_per_second};
+      ks.bytes =
+          Bucket{static_cast<int64_t>(options.budget.bytes_burst),
+                 static_cast<int64_t>(options.budget.bytes_burst), options.budget.bytes_per_second};
       ks.refilled_ns = now_ns();
     }
     return ks;
@@ -203,8 +203,7 @@ struct Inspector::Shared {
             key, Notice::Kind::kThrottled,
             fmt::format("over its inspection budget ({} ms of CPU and {} MiB at once, then {} ms "
                         "and {} MiB per second); its work waits until the budget refills",
-                        options.budget.cpu_burst_ns / 1'000'000,
-                        options.budget.bytes_burst >> 20,
+                        options.budget.cpu_burst_ns / 1'000'000, options.budget.bytes_burst >> 20,
                         options.budget.cpu_per_second_ns / 1'000'000,
                         options.budget.bytes_per_second >> 20)});
       }
@@ -343,8 +342,7 @@ void Inspector::check_stalls() {
                     "not answer, such as FUSE); not profiled any further",
                     what, options_.stall_ns / 1'000'000'000)});
     spdlog::warn("a worker reading a profiled process ({}) is blocked; {}", what,
-                 live < options_.max_workers ? "starting another"
-                                             : "no worker left to replace it");
+                 live < options_.max_workers ? "starting another" : "no worker left to replace it");
   }
   // Replacements, up to the cap of threads in all (left-behind ones count:
   // they still hold their stacks).
@@ -404,8 +402,8 @@ void Inspector::drain(std::chrono::steady_clock::time_point deadline) {
       return;
     std::unique_lock lock(shared_->mutex);
     // Woken when a task ends; the short step lets stalls be noticed.
-    const auto step = std::min(deadline, std::chrono::steady_clock::now() +
-                                             std::chrono::milliseconds(50));
+    const auto step =
+        std::min(deadline, std::chrono::steady_clock::now() + std::chrono::milliseconds(50));
     shared_->finished.wait_until(lock, step);
   }
 }

@@ -104,8 +104,8 @@ struct InspectorStats {
   uint64_t cpu_ns = 0;         // worker CPU time in tasks
   uint64_t bytes = 0;          // bytes tasks reported
   uint64_t stalls = 0;
-  unsigned workers = 0;        // live workers
-  unsigned abandoned = 0;      // workers left behind in a stalled task
+  unsigned workers = 0;    // live workers
+  unsigned abandoned = 0;  // workers left behind in a stalled task
 };
 
 class Inspector {

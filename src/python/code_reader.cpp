@@ -233,7 +233,8 @@ Result<CapturedCode> code_info_from_capture(const PythonLayout& python,
   out.info.filename = std::move(*file);
   out.info.firstlineno = static_cast<int32_t>(event.firstlineno);
   out.names_complete = name_complete && file_complete;
-  out.info.lines = lines_from_capture(python, event.linetable, out.info.firstlineno, out.lines_upto);
+  out.info.lines =
+      lines_from_capture(python, event.linetable, out.info.firstlineno, out.lines_upto);
   return out;
 }
 

@@ -10,9 +10,9 @@
 
 #include <chrono>
 #include <deque>
-#include <string>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "bpf/sampler.h"

@@ -52,7 +52,7 @@ struct PipelineStats {
   uint64_t unwanted_native_samples = 0;  // of those, from processes other_series refused
   uint64_t parked = 0;                   // samples held for a read, in all
   uint64_t parked_timeouts = 0;          // released after kParkTimeout with what was known
-  uint64_t park_full = 0;  // could not be held (caps): named with what was known
+  uint64_t park_full = 0;                // could not be held (caps): named with what was known
   // krait_sample.cost_ns of walked samples when cost measurement is on
   // (capped at kMaxCostSamples; the first ones are kept).
   std::vector<uint32_t> sampler_cost_ns;
@@ -134,14 +134,12 @@ class Pipeline final : public events::EventHandler {
                        bool final_name);
   FrameRef synthetic_frame(const std::string& name);
   void request_read(TrackedProcess& p, const CodeKey& key, CodeEntry& entry);
-  void apply_read(uint64_t process_key, CodeKey key,
-                  std::shared_ptr<const python::CodeInfo> info, std::string method_class,
-                  bool read_ok);
+  void apply_read(uint64_t process_key, CodeKey key, std::shared_ptr<const python::CodeInfo> info,
+                  std::string method_class, bool read_ok);
   LabelsRef labels_for(uint64_t key, int pid, const std::string& process_name,
                        const std::string* python_version, uint32_t tid, const char* comm,
                        uint16_t py_flags, const profile::Labels* extra = nullptr);
-  void request_modules(uint64_t key, pid_t pid, std::shared_ptr<ModulesSlot> slot,
-                       bool& loading);
+  void request_modules(uint64_t key, pid_t pid, std::shared_ptr<ModulesSlot> slot, bool& loading);
   void add_native(const events::SampleView& view, SampleJob& job,
                   const std::shared_ptr<ModulesSlot>& slot, uint64_t& loaded_ns, uint64_t key,
                   pid_t pid, bool& loading);
@@ -177,9 +175,9 @@ class Pipeline final : public events::EventHandler {
   std::unordered_map<std::string, FrameRef> synthetic_;
   LruCache<std::string, LabelsRef> labels_;
   std::unordered_map<int, OtherProcess> others_;
-  size_t parked_bytes_ = 0;           // all processes
-  std::set<uint64_t> parked_keys_;    // processes with parked samples
-  std::set<uint64_t> dirty_;          // ... and new names since the last tick
+  size_t parked_bytes_ = 0;         // all processes
+  std::set<uint64_t> parked_keys_;  // processes with parked samples
+  std::set<uint64_t> dirty_;        // ... and new names since the last tick
 };
 
 }  // namespace krait::record

@@ -86,7 +86,7 @@ struct ProcessStats {
 // What the pipeline knows of one code object (address + token).
 struct CodeEntry {
   std::shared_ptr<const python::CodeInfo> info;  // null: nothing known yet
-  uint32_t lines_upto = UINT32_MAX;  // info->lines answer offsets below this
+  uint32_t lines_upto = UINT32_MAX;              // info->lines answer offsets below this
   bool names_complete = true;
   bool method_pending = false;  // before 3.11: its class is being looked up
   bool reading = false;         // a read is in flight
@@ -170,7 +170,7 @@ struct TrackerOptions {
   std::function<python::Attachment(pid_t, python::ImageCache&, const python::AttachOptions&)>
       attach_process;
   uint64_t not_python_recheck_ns = 10'000'000'000ull;
-  bool native = false;  // load the process's modules when attaching
+  bool native = false;                           // load the process's modules when attaching
   std::shared_ptr<unwind::ModuleCache> modules;  // native mode
   // Daemon hooks, both optional, both run on Inspector workers (they read
   // /proc): whether a process may be profiled at all (process selection),

@@ -71,8 +71,9 @@ RunSummary build_summary(const RunFacts& run, const ProcessTracker& tracker,
             ["frames named from the sampler's capture: code object gone before it could be "
              "read (name cut or line unknown)"] += p.stats.frames_from_capture;
       if (p.stats.frames_named_early)
-        s.losses["frames named before their code object's read completed (name cut or line "
-                 "unknown)"] += p.stats.frames_named_early;
+        s.losses
+            ["frames named before their code object's read completed (name cut or line "
+             "unknown)"] += p.stats.frames_named_early;
       if (p.stats.unsymbolized_frames)
         s.losses["frames whose code object was freed before it was read"] +=
             p.stats.unsymbolized_frames;
@@ -140,8 +141,8 @@ std::vector<std::string> summary_text(const RunSummary& s) {
   out.push_back(fmt::format(
       "  reading processes: {} tasks, {:.1f} ms CPU, {:.1f} MiB read, {} dropped (budget), {} "
       "stalled",
-      in.tasks_run, static_cast<double>(in.cpu_ns) / 1e6,
-      static_cast<double>(in.bytes) / (1 << 20), in.tasks_dropped, in.stalls));
+      in.tasks_run, static_cast<double>(in.cpu_ns) / 1e6, static_cast<double>(in.bytes) / (1 << 20),
+      in.tasks_dropped, in.stalls));
 
   bool header = false;
   std::vector<std::string> refused;

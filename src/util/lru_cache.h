@@ -42,7 +42,8 @@ struct CacheStats {
 template <typename Key, typename Value, typename Hash = std::hash<Key>>
 class LruCache {
  public:
-  LruCache(size_t max_entries, size_t max_bytes) : max_entries_(max_entries), max_bytes_(max_bytes) {}
+  LruCache(size_t max_entries, size_t max_bytes)
+      : max_entries_(max_entries), max_bytes_(max_bytes) {}
   LruCache(const LruCache&) = delete;
   LruCache& operator=(const LruCache&) = delete;
   LruCache(LruCache&&) noexcept = default;

@@ -1058,9 +1058,9 @@ Verdict what_krait_did(const KraitRun& run, const Member& m, int64_t samples) {
       v.listed = true;
       std::string reading;
       if (const JsonValue* in = e->find("inspection"); in && in->is_object())
-        reading = fmt::format(" [read in {} tasks, {:.0f} ms CPU, {:.0f} ms]",
-                              json_number(*in, "tasks"), json_number(*in, "cpu_ns") / 1e6,
-                              json_number(*in, "wall_ns") / 1e6);
+        reading =
+            fmt::format(" [read in {} tasks, {:.0f} ms CPU, {:.0f} ms]", json_number(*in, "tasks"),
+                        json_number(*in, "cpu_ns") / 1e6, json_number(*in, "wall_ns") / 1e6);
       if (json_flag(*e, "profiled")) {
         parts.push_back(fmt::format("profiled ({}, {}), {} samples, {} truncated{}{}",
                                     json_text(*e, "python_version"), json_text(*e, "offsets"),

@@ -105,10 +105,10 @@ TEST(ContainerTest, CgroupsAProcessMadeItselfDoNotNameItsContainer) {
       parse("0::/system.slice/docker-" + kId + ".scope/docker-" + other + ".scope\n");
   EXPECT_EQ(nested.container_id, kId);
   EXPECT_TRUE(nested.delegated_to.empty());
-  ContainerInfo k8s = parse("0::/kubepods.slice/kubepods-pod" + kPodUnderscored +
-                            ".slice/cri-containerd-" + kId + ".scope/kubepods-pod" +
-                            std::string("11111111_2222_3333_4444_555555555555") +
-                            ".slice/cri-containerd-" + other + ".scope\n");
+  ContainerInfo k8s =
+      parse("0::/kubepods.slice/kubepods-pod" + kPodUnderscored + ".slice/cri-containerd-" + kId +
+            ".scope/kubepods-pod" + std::string("11111111_2222_3333_4444_555555555555") +
+            ".slice/cri-containerd-" + other + ".scope\n");
   EXPECT_EQ(k8s.container_id, kId);
   EXPECT_EQ(k8s.pod_uid, kPod);
   ContainerInfo user = parse("0::/user.slice/user-1000.slice/user@1000.service/app.slice/docker-" +

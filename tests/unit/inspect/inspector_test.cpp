@@ -93,7 +93,8 @@ TEST(Inspector, OneBlockedKeyDoesNotDelayAnother) {
     return [&] { blocked_done = true; };
   });
   ASSERT_TRUE(run_until(*inspector, [&] { return blocked_started.load(); }));
-  inspector->post(2, "fast", [&](TaskContext&) -> Completion { return [&] { other_done = true; }; });
+  inspector->post(2, "fast",
+                  [&](TaskContext&) -> Completion { return [&] { other_done = true; }; });
   ASSERT_TRUE(run_until(*inspector, [&] { return other_done; }));
   EXPECT_FALSE(blocked_done);
   gate.open();
@@ -119,9 +120,8 @@ TEST(Inspector, AKeyOverItsByteBudgetIsThrottledAndTold) {
   // Throttled: new work is refused; other keys are not affected.
   EXPECT_FALSE(inspector->post(7, "read", [](TaskContext&) -> Completion { return {}; }));
   bool other = false;
-  EXPECT_TRUE(inspector->post(8, "read", [&](TaskContext&) -> Completion {
-    return [&] { other = true; };
-  }));
+  EXPECT_TRUE(inspector->post(8, "read",
+                              [&](TaskContext&) -> Completion { return [&] { other = true; }; }));
   ASSERT_TRUE(run_until(*inspector, [&] { return other; }));
 }
 

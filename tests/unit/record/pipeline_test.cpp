@@ -137,8 +137,6 @@ class PipelineTest : public ::testing::Test {
     return tracker.adopt(std::move(p));
   }
 
-
-
   // A sample record with these frames (leaf first).
   struct Record {
     krait_sample sample{};
