@@ -98,24 +98,6 @@ void let_time_pass(std::chrono::milliseconds duration) {
   std::this_thread::sleep_for(duration);
 }
 
-// utime + stime of a process (all its threads), in seconds, from
-// /proc/PID/stat; a zombie still has them.
-Result<double> cpu_seconds(pid_t pid) {
-  auto text = read_file(fmt::format("/proc/{}/stat", pid));
-  if (!text)
-    return text.error();
-  const size_t paren = text->rfind(')');
-  if (paren == std::string::npos)
-    return make_error("/proc/{}/stat: no ')'", pid);
-  std::istringstream fields(text->substr(paren + 2));
-  std::vector<std::string> f{std::istream_iterator<std::string>(fields), {}};
-  // After the comm: state is field 3, utime 14, stime 15.
-  if (f.size() < 13)
-    return make_error("/proc/{}/stat: too few fields", pid);
-  const double ticks = static_cast<double>(std::stoll(f[11]) + std::stoll(f[12]));
-  return ticks / static_cast<double>(::sysconf(_SC_CLK_TCK));
-}
-
 // VmRSS of a process in KiB.
 Result<int64_t> rss_kib(pid_t pid) {
   auto text = read_file(fmt::format("/proc/{}/status", pid));

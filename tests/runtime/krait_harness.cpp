@@ -1,14 +1,20 @@
 #include "runtime/krait_harness.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
+#include <string>
+#include <vector>
 
 #include "export/pprof.h"
+#include "util/files.h"
+#include "util/text.h"
 
 namespace krait::test {
 namespace {
@@ -116,6 +122,25 @@ std::vector<ProfileSample> decode_samples(const perftools::profiles::Profile& p)
     out.push_back(std::move(ps));
   }
   return out;
+}
+
+Result<double> cpu_seconds(pid_t pid) {
+  auto text = read_file(fmt::format("/proc/{}/stat", pid));
+  if (!text)
+    return text.error();
+  const size_t paren = text->rfind(')');
+  if (paren == std::string::npos)
+    return make_error("/proc/{}/stat: no ')'", pid);
+  std::istringstream fields(text->substr(paren + 2));
+  std::vector<std::string> f{std::istream_iterator<std::string>(fields), {}};
+  // After the comm: state is field 3, utime 14, stime 15.
+  if (f.size() < 13)
+    return make_error("/proc/{}/stat: too few fields", pid);
+  auto utime = parse_unsigned<uint64_t>(f[11]);
+  auto stime = parse_unsigned<uint64_t>(f[12]);
+  if (!utime || !stime)
+    return make_error("/proc/{}/stat: unreadable CPU times", pid);
+  return static_cast<double>(*utime + *stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
 }
 
 Result<ChildProcess> start_ready_program(const std::vector<std::string>& argv) {

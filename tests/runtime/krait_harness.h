@@ -28,6 +28,10 @@ void require_root();
 // "ready" line; the error carries its stderr.
 Result<ChildProcess> start_ready_program(const std::vector<std::string>& argv);
 
+// utime + stime of a process (all its threads), in seconds, from
+// /proc/PID/stat; a zombie still has them.
+Result<double> cpu_seconds(pid_t pid);
+
 // A fresh directory under $TMPDIR, removed with its files on destruction.
 class TempDir {
  public:

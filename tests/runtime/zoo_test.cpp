@@ -136,26 +136,6 @@ std::optional<int64_t> parse_int(std::string_view text) {
   return value;
 }
 
-// utime + stime of a process (all its threads), in seconds.
-Result<double> cpu_seconds(pid_t pid) {
-  auto text = read_file(fmt::format("/proc/{}/stat", pid));
-  if (!text)
-    return text.error();
-  const size_t paren = text->rfind(')');
-  if (paren == std::string::npos)
-    return make_error("/proc/{}/stat: no ')'", pid);
-  std::istringstream fields(text->substr(paren + 2));
-  std::vector<std::string> f{std::istream_iterator<std::string>(fields), {}};
-  // After the comm: state is field 3, utime 14, stime 15.
-  if (f.size() < 13)
-    return make_error("/proc/{}/stat: too few fields", pid);
-  auto utime = parse_int(f[11]);
-  auto stime = parse_int(f[12]);
-  if (!utime || !stime)
-    return make_error("/proc/{}/stat: unreadable CPU times", pid);
-  return static_cast<double>(*utime + *stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
-}
-
 double cpu_or(pid_t pid, double fallback) {
   auto cpu = cpu_seconds(pid);
   return cpu ? *cpu : fallback;
