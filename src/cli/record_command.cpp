@@ -1,7 +1,7 @@
 #include <map>
 
 #include "cli/commands.h"
-#include "record/session.h"
+#include "record/record.h"
 
 namespace krait::cli {
 

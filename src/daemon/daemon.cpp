@@ -19,21 +19,21 @@
 #include "bpf/features.h"
 #include "daemon/app_name.h"
 #include "daemon/process_filter.h"
+#include "engine/collector.h"
+#include "engine/loop_support.h"
 #include "export/directory_output.h"
 #include "export/pprof.h"
 #include "export/pyroscope.h"
 #include "export/upload_queue.h"
 #include "proc/container.h"
-#include "record/collector.h"
-#include "record/loop_support.h"
 #include "util/clock.h"
 
 namespace krait::daemon {
 namespace {
 
-using record::Collector;
-using record::SeriesRef;
-using record::TrackedProcess;
+using engine::Collector;
+using engine::SeriesRef;
+using engine::TrackedProcess;
 
 // Labels that differ per process go on each sample inside the pprof; the
 // rest name the series (a Pyroscope series per application, host and
@@ -68,7 +68,7 @@ class Outputs {
     return out;
   }
 
-  void deliver(const record::Series& series, profile::Profile profile, int64_t from_ns,
+  void deliver(const engine::Series& series, profile::Profile profile, int64_t from_ns,
                int64_t until_ns) {
     profile.meta().start_time_unix_ns = from_ns;
     profile.meta().duration_ns = until_ns - from_ns;
@@ -159,7 +159,7 @@ class SeriesTable {
     if (it == series_.end())
       it = series_
                .emplace(key,
-                        std::make_shared<const record::Series>(record::Series{application, labels}))
+                        std::make_shared<const engine::Series>(engine::Series{application, labels}))
                .first;
     return it->second;
   }
@@ -206,9 +206,9 @@ struct Naming {
     };
   }
 
-  std::function<record::ProcessNaming(pid_t, const std::string&)> describe_hook() const {
+  std::function<engine::ProcessNaming(pid_t, const std::string&)> describe_hook() const {
     return [describer = describer, series = series](pid_t pid, const std::string& version) {
-      record::ProcessNaming naming;
+      engine::ProcessNaming naming;
       naming.series = series_of(*describer, *series, pid, version, &naming.sample_labels);
       return naming;
     };
@@ -218,7 +218,7 @@ struct Naming {
   // null when the selection does not want it. One gone before it could be
   // read cannot be shown to match a criterion: only a selection of every
   // process takes it (as "unknown").
-  record::OtherSeriesFn other_hook() const {
+  engine::OtherSeriesFn other_hook() const {
     return
         [filter = filter, describer = describer, series = series](pid_t pid, const std::string&) {
           if (!selects(*filter, pid).value_or(filter->selects_all()))
@@ -265,7 +265,7 @@ Result<int> run_daemon(DaemonRunOptions o) {
     return Error{*missing};
   DaemonConfig config = std::move(o.config);
 
-  auto sigfd = record::signal_fd({SIGINT, SIGTERM, SIGHUP});
+  auto sigfd = engine::signal_fd({SIGINT, SIGTERM, SIGHUP});
   if (!sigfd)
     return sigfd.error();
 
@@ -288,7 +288,7 @@ Result<int> run_daemon(DaemonRunOptions o) {
     return naming_result.error();
   Naming naming = std::move(*naming_result);
 
-  record::CollectorOptions copts;
+  engine::CollectorOptions copts;
   copts.sampler.frequency_hz = config.sampling_rate_hz;
   copts.sampler.native = config.stack_mode == StackMode::kMixed;
   copts.sampler.kernel_stacks = config.kernel_stacks;
@@ -312,7 +312,7 @@ Result<int> run_daemon(DaemonRunOptions o) {
   // Runs on the builder thread at every interval end. The outputs lock is
   // held throughout, so once a reload has swapped the outputs no profile can
   // still go into the old ones (their queue is closed by then).
-  c.builder().set_interval_sink([&](std::vector<record::SeriesProfile> profiles) {
+  c.builder().set_interval_sink([&](std::vector<engine::SeriesProfile> profiles) {
     std::lock_guard lock(outputs_mutex);
     const std::shared_ptr<Outputs>& out = outputs;
     for (auto& sp : profiles) {
@@ -334,23 +334,23 @@ Result<int> run_daemon(DaemonRunOptions o) {
   KRAIT_TRY(c.scan());
   // What runs already is attached before sampling starts (a bounded time).
   c.await_scan(std::chrono::steady_clock::now() + std::chrono::seconds(3));
-  auto epfd = record::epoll_fd();
+  auto epfd = engine::epoll_fd();
   if (!epfd)
     return epfd.error();
-  auto interval_timer = record::timer_fd(3600);
-  auto health_timer = record::timer_fd(config.health_interval_s, /*repeat=*/true);
+  auto interval_timer = engine::timer_fd(3600);
+  auto health_timer = engine::timer_fd(config.health_interval_s, /*repeat=*/true);
   if (!interval_timer)
     return interval_timer.error();
   if (!health_timer)
     return health_timer.error();
   KRAIT_TRY(c.add_to(epfd->get()));
-  KRAIT_TRY(record::epoll_add(epfd->get(), sigfd->get()));
-  KRAIT_TRY(record::epoll_add(epfd->get(), interval_timer->get()));
-  KRAIT_TRY(record::epoll_add(epfd->get(), health_timer->get()));
+  KRAIT_TRY(engine::epoll_add(epfd->get(), sigfd->get()));
+  KRAIT_TRY(engine::epoll_add(epfd->get(), interval_timer->get()));
+  KRAIT_TRY(engine::epoll_add(epfd->get(), health_timer->get()));
 
   int64_t boundary_unix = next_boundary(unix_at_start, config.upload_interval_s);
   KRAIT_TRY(
-      record::arm_timer_at(interval_timer->get(), static_cast<uint64_t>(to_mono(boundary_unix))));
+      engine::arm_timer_at(interval_timer->get(), static_cast<uint64_t>(to_mono(boundary_unix))));
   KRAIT_TRY(c.start());
   spdlog::info("profiling every {}process{} at {} Hz ({}), {} s intervals{}{}",
                config.all_processes ? "" : "Python ",
@@ -358,7 +358,7 @@ Result<int> run_daemon(DaemonRunOptions o) {
                config.sampling_rate_hz, c.sampler().source_name(), config.upload_interval_s,
                config.pyroscope.url.empty() ? "" : ", to " + config.pyroscope.url,
                config.directory.path.empty() ? "" : ", into " + config.directory.path);
-  record::signal_ready(o.ready_fd);
+  engine::signal_ready(o.ready_fd);
 
   uint64_t last_samples = 0;
   bool running = true;
@@ -370,7 +370,7 @@ Result<int> run_daemon(DaemonRunOptions o) {
     for (int i = 0; i < *ready; ++i) {
       const int fd = events[i].data.fd;
       if (fd == interval_timer->get()) {
-        record::drain_timer(fd);
+        engine::drain_timer(fd);
         // Samples already in the ring belong before the boundary.
         if (auto r = c.consume(); !r)
           return r.error();
@@ -380,9 +380,9 @@ Result<int> run_daemon(DaemonRunOptions o) {
         c.tracker().prune_exited();
         c.pipeline().prune_caches();
         boundary_unix = next_boundary(boundary_unix, config.upload_interval_s);
-        KRAIT_TRY(record::arm_timer_at(fd, static_cast<uint64_t>(to_mono(boundary_unix))));
+        KRAIT_TRY(engine::arm_timer_at(fd, static_cast<uint64_t>(to_mono(boundary_unix))));
       } else if (fd == health_timer->get()) {
-        record::drain_timer(fd);
+        engine::drain_timer(fd);
         const auto& ps = c.pipeline().stats();
         std::shared_ptr<Outputs> out;
         {
@@ -397,7 +397,7 @@ Result<int> run_daemon(DaemonRunOptions o) {
             counters[KRAIT_CNT_RINGBUF_FULL], ps.queue_full, c.inspection_health(), out->health());
         last_samples = ps.samples;
       } else if (fd == sigfd->get()) {
-        const int sig = record::read_signal(fd);
+        const int sig = engine::read_signal(fd);
         if (sig != SIGHUP) {
           spdlog::info("{}: delivering the last interval and exiting",
                        sig == SIGTERM ? "SIGTERM" : "SIGINT");

@@ -16,16 +16,16 @@
 #include <vector>
 
 #include "bpf/sampler.h"
+#include "engine/job_queue.h"
+#include "engine/pipeline.h"
+#include "engine/process_tracker.h"
+#include "engine/stack_builder.h"
+#include "engine/summary.h"
 #include "events/ring_reader.h"
 #include "inspect/inspector.h"
-#include "record/job_queue.h"
-#include "record/pipeline.h"
-#include "record/process_tracker.h"
-#include "record/stack_builder.h"
-#include "record/summary.h"
 #include "unwind/module_cache.h"
 
-namespace krait::record {
+namespace krait::engine {
 
 struct CollectorOptions {
   bpf::SamplerConfig sampler;  // ring buffer size is derived here
@@ -119,4 +119,4 @@ class Collector {
   std::vector<pid_t> scanned_;
 };
 
-}  // namespace krait::record
+}  // namespace krait::engine

@@ -1,4 +1,4 @@
-#include "record/pipeline.h"
+#include "engine/pipeline.h"
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -10,7 +10,7 @@
 #include "util/clock.h"
 #include "util/files.h"
 
-namespace krait::record {
+namespace krait::engine {
 namespace {
 
 // Named frames and label sets are shared by every sample that shows them;
@@ -672,4 +672,4 @@ void Pipeline::on_unknown_process(const krait_proc_event& event) {
   tracker_.on_unknown(static_cast<pid_t>(event.hdr.pid), event.identity, monotonic_ns());
 }
 
-}  // namespace krait::record
+}  // namespace krait::engine

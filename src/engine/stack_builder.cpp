@@ -1,11 +1,11 @@
-#include "record/stack_builder.h"
+#include "engine/stack_builder.h"
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <cstring>
 
-namespace krait::record {
+namespace krait::engine {
 namespace {
 
 constexpr size_t kMaxNativeCache = 1'000'000;
@@ -312,4 +312,4 @@ void BuilderThread::finish() {
     thread_.join();
 }
 
-}  // namespace krait::record
+}  // namespace krait::engine

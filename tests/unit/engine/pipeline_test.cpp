@@ -1,8 +1,8 @@
 // Pipeline on fixture memory: a fake 3.12 process whose code objects are
 // laid out with the real 3.12.1 offsets, so every rule of turning a sample
 // into a profile stack is checked without BPF or a live interpreter.
-#include "record/pipeline.h"
-#include "record/stack_builder.h"
+#include "engine/pipeline.h"
+#include "engine/stack_builder.h"
 
 #include <gtest/gtest.h>
 
@@ -19,7 +19,7 @@
 #include "unwind/process_modules.h"
 #include "util/clock.h"
 
-namespace krait::record {
+namespace krait::engine {
 namespace {
 
 constexpr uint64_t kCodeType = 0x7000'0000;
@@ -498,4 +498,4 @@ TEST_F(PipelineTest, ExitKeepsTheProcessForTheSummaryButFreesItsCaches) {
 }
 
 }  // namespace
-}  // namespace krait::record
+}  // namespace krait::engine

@@ -20,15 +20,15 @@
 #include <unordered_map>
 #include <vector>
 
+#include "engine/job_queue.h"
+#include "engine/sample_job.h"
 #include "profile/profile.h"
-#include "record/job_queue.h"
-#include "record/sample_job.h"
 #include "symbolize/kernel_symbols.h"
 #include "symbolize/native_symbolizer.h"
 #include "unwind/unwinder.h"
 #include "util/result.h"
 
-namespace krait::record {
+namespace krait::engine {
 
 struct UnwindStats {
   uint64_t unwinds = 0;
@@ -143,4 +143,4 @@ class BuilderThread {
   std::thread thread_;
 };
 
-}  // namespace krait::record
+}  // namespace krait::engine

@@ -10,9 +10,9 @@
 #include <mutex>
 #include <optional>
 
-#include "record/sample_job.h"
+#include "engine/sample_job.h"
 
-namespace krait::record {
+namespace krait::engine {
 
 class JobQueue {
  public:
@@ -73,4 +73,4 @@ class JobQueue {
   bool closed_ = false;
 };
 
-}  // namespace krait::record
+}  // namespace krait::engine

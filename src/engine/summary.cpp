@@ -1,4 +1,4 @@
-#include "record/summary.h"
+#include "engine/summary.h"
 
 #include <fmt/format.h>
 #include <sys/resource.h>
@@ -8,7 +8,7 @@
 
 #include "util/json_writer.h"
 
-namespace krait::record {
+namespace krait::engine {
 namespace {
 
 CostQuantiles quantiles(std::vector<uint32_t> c) {
@@ -272,4 +272,4 @@ std::string summary_json(const RunSummary& s) {
   return w.str();
 }
 
-}  // namespace krait::record
+}  // namespace krait::engine

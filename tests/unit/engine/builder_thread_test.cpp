@@ -15,13 +15,13 @@
 #include <thread>
 #include <vector>
 
+#include "engine/job_queue.h"
+#include "engine/stack_builder.h"
 #include "export/upload_queue.h"
-#include "record/job_queue.h"
-#include "record/stack_builder.h"
 #include "unwind/module_cache.h"
 #include "unwind/process_modules.h"
 
-namespace krait::record {
+namespace krait::engine {
 namespace {
 
 using namespace std::chrono_literals;
@@ -282,4 +282,4 @@ TEST(BuilderThread, IntervalsFlowIntoTheUploadQueueWhileProducersRun) {
 }
 
 }  // namespace
-}  // namespace krait::record
+}  // namespace krait::engine

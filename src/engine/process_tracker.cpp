@@ -1,4 +1,4 @@
-#include "record/process_tracker.h"
+#include "engine/process_tracker.h"
 
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -10,7 +10,7 @@
 #include "util/files.h"
 #include "util/text.h"
 
-namespace krait::record {
+namespace krait::engine {
 namespace {
 
 // Interpreter start-up takes milliseconds; a program that links libpython
@@ -480,4 +480,4 @@ TrackedProcess& ProcessTracker::adopt(TrackedProcess process) {
   return p;
 }
 
-}  // namespace krait::record
+}  // namespace krait::engine

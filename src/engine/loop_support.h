@@ -7,7 +7,7 @@
 #include "util/result.h"
 #include "util/unique_fd.h"
 
-namespace krait::record {
+namespace krait::engine {
 
 // Blocks `signals` for the whole process (call before any thread starts)
 // and returns an fd that reports them, so a signal ends a loop rather than
@@ -31,4 +31,4 @@ void signal_ready(int fd);
 Result<UniqueFd> epoll_fd();
 Result<void> epoll_add(int epfd, int fd);
 
-}  // namespace krait::record
+}  // namespace krait::engine

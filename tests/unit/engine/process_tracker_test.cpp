@@ -2,7 +2,7 @@
 // for which incarnation, whatever the order of exec, exit and the attach
 // results. Real child processes give real start times; the attach itself
 // is a stand-in, so a test controls when it ends.
-#include "record/process_tracker.h"
+#include "engine/process_tracker.h"
 
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -15,7 +15,7 @@
 #include <thread>
 #include <vector>
 
-namespace krait::record {
+namespace krait::engine {
 namespace {
 
 using namespace std::chrono_literals;
@@ -222,4 +222,4 @@ TEST_F(TrackerTest, AStalledAttachRefusesTheProcessWithTheReason) {
 }
 
 }  // namespace
-}  // namespace krait::record
+}  // namespace krait::engine

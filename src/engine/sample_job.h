@@ -17,7 +17,7 @@
 #include "profile/profile.h"
 #include "unwind/process_modules.h"
 
-namespace krait::record {
+namespace krait::engine {
 
 using FrameRef = std::shared_ptr<const profile::Frame>;
 using LabelsRef = std::shared_ptr<const profile::Labels>;
@@ -78,4 +78,4 @@ struct SampleJob {
   size_t bytes() const { return sizeof(*this) + user_stack.size() + kernel_ips.size() * 8; }
 };
 
-}  // namespace krait::record
+}  // namespace krait::engine

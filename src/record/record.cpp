@@ -1,4 +1,4 @@
-#include "record/session.h"
+#include "record/record.h"
 
 #include <signal.h>
 #include <spdlog/spdlog.h>
@@ -12,24 +12,27 @@
 #include <filesystem>
 
 #include "bpf/features.h"
+#include "engine/collector.h"
+#include "engine/loop_support.h"
+#include "engine/pipeline.h"
+#include "engine/process_tracker.h"
+#include "engine/stack_builder.h"
+#include "engine/summary.h"
 #include "events/ring_reader.h"
 #include "export/atomic_file.h"
 #include "export/folded.h"
 #include "export/pprof.h"
 #include "proc/processes.h"
 #include "profile/profile.h"
-#include "record/collector.h"
-#include "record/loop_support.h"
-#include "record/pipeline.h"
-#include "record/process_tracker.h"
-#include "record/stack_builder.h"
-#include "record/summary.h"
 #include "util/clock.h"
 #include "util/files.h"
 #include "util/unique_fd.h"
 
 namespace krait::record {
 namespace {
+
+using engine::Collector;
+using engine::CollectorOptions;
 
 Result<std::vector<python::OffsetTable>> load_user_tables(const std::vector<std::string>& files) {
   std::vector<python::OffsetTable> tables;
@@ -97,7 +100,7 @@ Result<int> run_record(const RecordOptions& o) {
 
   // Signals are blocked before the builder thread starts, so it inherits
   // the mask and the signalfd alone receives them.
-  auto sigfd = signal_fd({SIGINT, SIGTERM});
+  auto sigfd = engine::signal_fd({SIGINT, SIGTERM});
   if (!sigfd)
     return sigfd.error();
   auto collector = Collector::create(std::move(copts));
@@ -124,18 +127,18 @@ Result<int> run_record(const RecordOptions& o) {
     }
   }
 
-  auto epfd = epoll_fd();
+  auto epfd = engine::epoll_fd();
   if (!epfd)
     return epfd.error();
   KRAIT_TRY(c.add_to(epfd->get()));
-  KRAIT_TRY(epoll_add(epfd->get(), sigfd->get()));
+  KRAIT_TRY(engine::epoll_add(epfd->get(), sigfd->get()));
   UniqueFd timer;
   if (o.duration_s) {
-    auto t = timer_fd(*o.duration_s);
+    auto t = engine::timer_fd(*o.duration_s);
     if (!t)
       return t.error();
     timer = std::move(*t);
-    KRAIT_TRY(epoll_add(epfd->get(), timer.get()));
+    KRAIT_TRY(engine::epoll_add(epfd->get(), timer.get()));
   }
 
   KRAIT_TRY(c.start());
@@ -146,7 +149,7 @@ Result<int> run_record(const RecordOptions& o) {
                               : fmt::format("{} process(es)", o.pids.size()),
                o.frequency_hz, c.sampler().source_name(),
                o.duration_s ? fmt::format(" for {} s", *o.duration_s) : " until Ctrl-C");
-  signal_ready(o.ready_fd);
+  engine::signal_ready(o.ready_fd);
 
   bool running = true;
   while (running) {
@@ -157,7 +160,7 @@ Result<int> run_record(const RecordOptions& o) {
     for (int i = 0; i < *ready; ++i) {
       int fd = events[i].data.fd;
       if (fd == sigfd->get()) {
-        spdlog::debug("stopping: signal {}", read_signal(fd));
+        spdlog::debug("stopping: signal {}", engine::read_signal(fd));
         running = false;
       } else if (fd == timer.get()) {
         running = false;
@@ -174,10 +177,10 @@ Result<int> run_record(const RecordOptions& o) {
   auto profiles = c.builder().take_profiles(static_cast<int64_t>(end_mono));
   profile::Profile profile = profiles.empty() ? profile::Profile{} : std::move(profiles[0].profile);
   profile.meta().period_ns = static_cast<int64_t>(1'000'000'000ull / o.frequency_hz);
-  const RunSummary run_summary =
-      build_summary(c.facts(static_cast<double>(end_mono - start_mono) / 1e9), c.tracker(),
-                    c.pipeline().stats(), c.builder().stats());
-  auto summary = summary_text(run_summary);
+  const engine::RunSummary run_summary =
+      engine::build_summary(c.facts(static_cast<double>(end_mono - start_mono) / 1e9), c.tracker(),
+                            c.pipeline().stats(), c.builder().stats());
+  auto summary = engine::summary_text(run_summary);
 
   profile.meta().start_time_unix_ns = start_unix;
   profile.meta().duration_ns = static_cast<int64_t>(end_mono - start_mono);
@@ -190,7 +193,8 @@ Result<int> run_record(const RecordOptions& o) {
   if (!written)
     return written.error().context("writing " + output);
   if (!o.stats_json.empty())
-    KRAIT_TRY(exporter::write_file_atomically(o.stats_json, summary_json(run_summary) + "\n"));
+    KRAIT_TRY(
+        exporter::write_file_atomically(o.stats_json, engine::summary_json(run_summary) + "\n"));
   fmt::print(stderr, "krait: wrote {} ({} samples, {} stacks)\n", output, profile.total_count(),
              profile.samples().size());
 

@@ -1,4 +1,4 @@
-#include "record/collector.h"
+#include "engine/collector.h"
 
 #include <unistd.h>
 
@@ -10,12 +10,12 @@
 
 #include <fmt/format.h>
 
+#include "engine/loop_support.h"
 #include "proc/processes.h"
-#include "record/loop_support.h"
 #include "util/clock.h"
 #include "util/text.h"
 
-namespace krait::record {
+namespace krait::engine {
 
 Result<std::unique_ptr<Collector>> Collector::create(CollectorOptions options) {
   auto c = std::make_unique<Collector>(Key{}, std::move(options));
@@ -220,4 +220,4 @@ RunFacts Collector::facts(double seconds) {
   return f;
 }
 
-}  // namespace krait::record
+}  // namespace krait::engine

@@ -10,12 +10,12 @@
 #include <vector>
 
 #include "bpf/sampler.h"
+#include "engine/pipeline.h"
+#include "engine/process_tracker.h"
+#include "engine/stack_builder.h"
 #include "inspect/inspector.h"
-#include "record/pipeline.h"
-#include "record/process_tracker.h"
-#include "record/stack_builder.h"
 
-namespace krait::record {
+namespace krait::engine {
 
 struct RunFacts {
   double seconds = 0;
@@ -70,4 +70,4 @@ RunSummary build_summary(const RunFacts& run, const ProcessTracker& tracker,
 std::vector<std::string> summary_text(const RunSummary& summary);
 std::string summary_json(const RunSummary& summary);
 
-}  // namespace krait::record
+}  // namespace krait::engine

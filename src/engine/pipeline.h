@@ -30,15 +30,15 @@
 #include <unordered_map>
 #include <vector>
 
+#include "engine/job_queue.h"
+#include "engine/process_tracker.h"
+#include "engine/sample_job.h"
 #include "events/ring_reader.h"
 #include "inspect/inspector.h"
-#include "record/job_queue.h"
-#include "record/process_tracker.h"
-#include "record/sample_job.h"
 #include "unwind/module_cache.h"
 #include "util/lru_cache.h"
 
-namespace krait::record {
+namespace krait::engine {
 
 struct PipelineStats {
   uint64_t samples = 0;        // sample records received
@@ -180,4 +180,4 @@ class Pipeline final : public events::EventHandler {
   std::set<uint64_t> dirty_;        // ... and new names since the last tick
 };
 
-}  // namespace krait::record
+}  // namespace krait::engine

@@ -38,18 +38,18 @@
 #include <string>
 #include <unordered_map>
 
+#include "engine/sample_job.h"
 #include "inspect/inspector.h"
 #include "krait/abi.h"
 #include "proc/memory.h"
 #include "python/attach.h"
 #include "python/code_reader.h"
-#include "record/sample_job.h"
 #include "unwind/module_cache.h"
 #include "unwind/process_modules.h"
 #include "util/clock.h"
 #include "util/lru_cache.h"
 
-namespace krait::record {
+namespace krait::engine {
 
 // Where attach decisions go: the BPF `procs` map in production.
 class ProcessMapSink {
@@ -255,4 +255,4 @@ class ProcessTracker {
 uint64_t read_start_ticks(pid_t pid);
 uint64_t start_ticks_of(const krait_proc_identity& identity);
 
-}  // namespace krait::record
+}  // namespace krait::engine

@@ -1,4 +1,4 @@
-#include "record/loop_support.h"
+#include "engine/loop_support.h"
 
 #include <signal.h>
 #include <sys/epoll.h>
@@ -10,7 +10,7 @@
 #include <cmath>
 #include <cstring>
 
-namespace krait::record {
+namespace krait::engine {
 
 Result<UniqueFd> signal_fd(std::initializer_list<int> signals) {
   sigset_t set;
@@ -85,4 +85,4 @@ Result<void> epoll_add(int epfd, int fd) {
   return {};
 }
 
-}  // namespace krait::record
+}  // namespace krait::engine
