@@ -93,7 +93,71 @@ Pipeline::Pipeline(ProcessTracker& tracker, inspect::Inspector& inspector, JobQu
       options_(std::move(options)),
       module_cache_(std::move(modules)),
       frames_(kMaxFrameCache, kMaxFrameCacheBytes),
-      labels_(kMaxLabelSets, kMaxLabelBytes) {}
+      labels_(kMaxLabelSets, kMaxLabelBytes) {
+  tracker_.on_retire([this](uint64_t key) { retired(key); });
+}
+
+Pipeline::PerProcess* Pipeline::naming_state(const TrackedProcess& p) {
+  if (p.attachment.status != python::AttachStatus::kAttached || !p.attachment.layout)
+    return nullptr;
+  PerProcess& pp = processes_[p.key];
+  if (!pp.codes) {
+    pp.codes = std::make_unique<LruCache<CodeKey, CodeEntry, CodeKeyHash>>(kMaxCodesPerProcess,
+                                                                           kMaxCodeBytesPerProcess);
+    if (options_.native) {
+      pp.modules = std::make_shared<ModulesSlot>();
+      pp.modules->set(p.attach_modules);
+      pp.modules_loaded_ns = p.attached_ns;
+    }
+  }
+  return &pp;
+}
+
+Pipeline::PerProcess* Pipeline::current(uint64_t key) {
+  auto it = processes_.find(key);
+  if (it == processes_.end() || !it->second.codes || !tracker_.find_key(key))
+    return nullptr;
+  return &it->second;
+}
+
+void Pipeline::retired(uint64_t key) {
+  auto it = processes_.find(key);
+  if (it == processes_.end())
+    return;
+  // Exit and exec send parked samples on before the tracker retires the
+  // process; what is left belongs to an incarnation that is gone.
+  PerProcess& pp = it->second;
+  for (const ParkedSample& s : pp.parked)
+    parked_bytes_ -= std::min(parked_bytes_, parked_bytes_of(s));
+  parked_keys_.erase(key);
+  dirty_.erase(key);
+  pp.codes.reset();
+  pp.parked.clear();
+  pp.parked_bytes = 0;
+  pp.modules.reset();
+}
+
+ProcessStats Pipeline::process_stats(uint64_t key) const {
+  auto it = processes_.find(key);
+  return it == processes_.end() ? ProcessStats{} : it->second.stats;
+}
+
+bool Pipeline::holds_names(uint64_t key) const {
+  auto it = processes_.find(key);
+  return it != processes_.end() && it->second.codes != nullptr;
+}
+
+size_t Pipeline::parked_samples(uint64_t key) const {
+  auto it = processes_.find(key);
+  return it == processes_.end() ? 0 : it->second.parked.size();
+}
+
+void Pipeline::forget(std::span<const uint64_t> keys) {
+  for (uint64_t key : keys) {
+    retired(key);
+    processes_.erase(key);
+  }
+}
 
 FrameRef Pipeline::synthetic_frame(const std::string& name) {
   auto it = synthetic_.find(name);
@@ -106,15 +170,15 @@ FrameRef Pipeline::synthetic_frame(const std::string& name) {
   return f;
 }
 
-FrameRef Pipeline::named_frame(TrackedProcess& p, const CodeEntry& entry,
+FrameRef Pipeline::named_frame(const TrackedProcess& p, PerProcess& pp, const CodeEntry& entry,
                                const krait_py_frame& frame, bool final_name) {
   if (!entry.info) {
     // Not cached: the same address may be readable for the next sample's token.
-    ++p.stats.unsymbolized_frames;
+    ++pp.stats.unsymbolized_frames;
     return synthetic_frame("[unknown Python code: object freed before it was read]");
   }
   if (entry.from_capture)
-    ++p.stats.frames_from_capture;
+    ++pp.stats.frames_from_capture;
   const uint32_t instr = frame.instr & KRAIT_FRAME_INSTR_MASK;
   const python::CodeInfo& info = *entry.info;
   const python::PythonLayout& layout = *p.attachment.layout;
@@ -131,7 +195,7 @@ FrameRef Pipeline::named_frame(TrackedProcess& p, const CodeEntry& entry,
   return f;
 }
 
-void Pipeline::request_read(TrackedProcess& p, const CodeKey& key, CodeEntry& entry) {
+void Pipeline::request_read(const TrackedProcess& p, const CodeKey& key, CodeEntry& entry) {
   if (entry.reading || entry.settled)
     return;
   if (!p.memory || !p.attachment.layout) {
@@ -176,12 +240,12 @@ void Pipeline::request_read(TrackedProcess& p, const CodeKey& key, CodeEntry& en
 void Pipeline::apply_read(uint64_t process_key, CodeKey key,
                           std::shared_ptr<const python::CodeInfo> info, std::string method_class,
                           bool read_ok) {
-  TrackedProcess* p = tracker_.find_key(process_key);
-  if (!p || !p->codes)
+  PerProcess* pp = current(process_key);
+  if (!pp)
     return;
-  CodeEntry* e = p->codes->peek(key);
+  CodeEntry* e = pp->codes->peek(key);
   if (!e)
-    e = &p->codes->insert(key, CodeEntry{}, sizeof(CodeEntry));
+    e = &pp->codes->insert(key, CodeEntry{}, sizeof(CodeEntry));
   const bool method_pending = e->method_pending;
   e->reading = false;
   e->settled = true;
@@ -200,43 +264,43 @@ void Pipeline::apply_read(uint64_t process_key, CodeKey key,
     named->name = method_class + "." + named->name;
     e->info = std::move(named);
   }
-  p->codes->resize(key, entry_bytes(*e));
-  if (!p->parked.empty())
-    dirty_.insert(p->key);
+  pp->codes->resize(key, entry_bytes(*e));
+  if (!pp->parked.empty())
+    dirty_.insert(process_key);
 }
 
-FrameRef Pipeline::python_frame(TrackedProcess& p, const krait_py_frame& frame, bool best_effort,
-                                bool& waiting) {
+FrameRef Pipeline::python_frame(const TrackedProcess& p, PerProcess& pp,
+                                const krait_py_frame& frame, bool best_effort, bool& waiting) {
   const uint32_t instr = frame.instr & KRAIT_FRAME_INSTR_MASK;
   if (FrameRef* hit = frames_.find(FrameKey{p.generation, frame.token, frame.code, instr}))
     return *hit;
   const CodeKey key{frame.code, frame.token};
-  CodeEntry* e = p.codes->find(key);
+  CodeEntry* e = pp.codes->find(key);
   if (!e) {
     CodeEntry unknown;
     unknown.names_complete = false;
     unknown.lines_upto = 0;
-    e = &p.codes->insert(key, unknown, entry_bytes(unknown));
+    e = &pp.codes->insert(key, unknown, entry_bytes(unknown));
     request_read(p, key, *e);
   }
   const uint64_t offset = uint64_t{instr} * p.attachment.layout->instr_scale;
   const bool complete =
       e->info && e->names_complete && !e->method_pending && offset < e->lines_upto;
   if (e->settled || complete)
-    return named_frame(p, *e, frame, true);
+    return named_frame(p, pp, *e, frame, true);
   if (!best_effort) {
     waiting = true;
     return nullptr;
   }
   if (e->info) {
-    ++p.stats.frames_named_early;
-    return named_frame(p, *e, frame, false);
+    ++pp.stats.frames_named_early;
+    return named_frame(p, pp, *e, frame, false);
   }
-  ++p.stats.unsymbolized_frames;
+  ++pp.stats.unsymbolized_frames;
   return synthetic_frame("[unknown Python code: not read in time]");
 }
 
-bool Pipeline::name_frames(TrackedProcess& p, SampleJob& job,
+bool Pipeline::name_frames(const TrackedProcess& p, PerProcess& pp, SampleJob& job,
                            std::span<const krait_py_frame> frames, bool best_effort) {
   const bool every_entry = p.attachment.layout && p.attachment.layout->every_frame_is_entry;
   bool waiting = false;
@@ -245,58 +309,66 @@ bool Pipeline::name_frames(TrackedProcess& p, SampleJob& job,
   for (const krait_py_frame& f : frames) {
     // Every frame is looked at even once one must wait, so that all the
     // reads the sample needs are requested together.
-    FrameRef named = python_frame(p, f, best_effort, waiting);
+    FrameRef named = python_frame(p, pp, f, best_effort, waiting);
     if (!waiting)
       job.python.push_back({std::move(named), every_entry || (f.instr & KRAIT_FRAME_ENTRY)});
   }
   return !waiting;
 }
 
-void Pipeline::park(TrackedProcess& p, SampleJob job, std::span<const krait_py_frame> frames) {
+void Pipeline::park(const TrackedProcess& p, PerProcess& pp, SampleJob job,
+                    std::span<const krait_py_frame> frames) {
   ParkedSample parked;
   parked.job = std::move(job);
   parked.frames.assign(frames.begin(), frames.end());
   parked.parked_ns = monotonic_ns();
   const size_t bytes = parked_bytes_of(parked);
-  if (p.parked.size() >= kMaxParkedPerProcess ||
-      p.parked_bytes + bytes > kMaxParkedBytesPerProcess ||
+  if (pp.parked.size() >= kMaxParkedPerProcess ||
+      pp.parked_bytes + bytes > kMaxParkedBytesPerProcess ||
       parked_bytes_ + bytes > kMaxParkedBytes) {
     ++stats_.park_full;
-    name_frames(p, parked.job, parked.frames, true);
+    name_frames(p, pp, parked.job, parked.frames, true);
     submit(std::move(parked.job));
     return;
   }
   ++stats_.parked;
-  ++p.stats.samples_parked;
-  p.parked_bytes += bytes;
+  ++pp.stats.samples_parked;
+  pp.parked_bytes += bytes;
   parked_bytes_ += bytes;
-  p.parked.push_back(std::move(parked));
+  pp.parked.push_back(std::move(parked));
   parked_keys_.insert(p.key);
 }
 
-void Pipeline::release_parked(TrackedProcess& p, uint64_t now_ns, bool all) {
+void Pipeline::release_parked(const TrackedProcess& p, PerProcess& pp, uint64_t now_ns, bool all) {
   std::deque<ParkedSample> keep;
-  while (!p.parked.empty()) {
-    ParkedSample s = std::move(p.parked.front());
-    p.parked.pop_front();
+  while (!pp.parked.empty()) {
+    ParkedSample s = std::move(pp.parked.front());
+    pp.parked.pop_front();
     const bool expired = now_ns - s.parked_ns >= kParkTimeoutNs;
-    if (!name_frames(p, s.job, s.frames, false)) {
+    if (!name_frames(p, pp, s.job, s.frames, false)) {
       if (!all && !expired) {
         keep.push_back(std::move(s));
         continue;
       }
       if (expired)
         ++stats_.parked_timeouts;
-      name_frames(p, s.job, s.frames, true);
+      name_frames(p, pp, s.job, s.frames, true);
     }
     const size_t bytes = parked_bytes_of(s);
-    p.parked_bytes -= std::min(p.parked_bytes, bytes);
+    pp.parked_bytes -= std::min(pp.parked_bytes, bytes);
     parked_bytes_ -= std::min(parked_bytes_, bytes);
     submit(std::move(s.job));
   }
-  p.parked = std::move(keep);
-  if (p.parked.empty())
+  pp.parked = std::move(keep);
+  if (pp.parked.empty())
     parked_keys_.erase(p.key);
+}
+
+void Pipeline::release_key(uint64_t key, uint64_t now_ns, bool all) {
+  const TrackedProcess* p = tracker_.find_key(key);
+  PerProcess* pp = current(key);
+  if (p && pp && !pp->parked.empty())
+    release_parked(*p, *pp, now_ns, all);
 }
 
 LabelsRef Pipeline::labels_for(uint64_t key, int pid, const std::string& process_name,
@@ -342,9 +414,9 @@ void Pipeline::request_modules(uint64_t key, pid_t pid, std::shared_ptr<ModulesS
           if (modules)
             slot->set(modules);
           const uint64_t now = monotonic_ns();
-          if (TrackedProcess* p = tracker_.find_key(key)) {
-            p->modules_loading = false;
-            p->modules_loaded_ns = now;
+          if (PerProcess* pp = current(key)) {
+            pp->modules_loading = false;
+            pp->modules_loaded_ns = now;
           } else if (auto it = others_.find(pid); it != others_.end() && it->second.key == key) {
             it->second.modules_loading = false;
             it->second.modules_loaded_ns = now;
@@ -478,16 +550,18 @@ void Pipeline::on_sample(const events::SampleView& view) {
   }
 
   const int pid = static_cast<int>(s.hdr.pid);
-  TrackedProcess* p = tracker_.find(pid);
+  const TrackedProcess* p = tracker_.find(pid);
   if (!p || p->generation == 0 || p->generation != s.proc_generation) {
     ++stats_.stale_samples;
     return;
   }
-  ++p->stats.samples;
+  ProcessStats& counts = processes_[p->key].stats;
+  ++counts.samples;
   const uint32_t status =
       s.py_status < KRAIT_PY_STATUS_COUNT ? s.py_status : KRAIT_PY_STATUS_COUNT - 1;
-  ++p->stats.by_status[status];
-  if (status == KRAIT_PY_PROC_REFUSED || !p->codes || !p->attachment.layout)
+  ++counts.by_status[status];
+  PerProcess* pp = status == KRAIT_PY_PROC_REFUSED ? nullptr : naming_state(*p);
+  if (!pp)
     return;  // counted; the summary names the reason
   if (s.cost_ns && stats_.sampler_cost_ns.size() < kMaxCostSamples)
     stats_.sampler_cost_ns.push_back(s.cost_ns);
@@ -506,7 +580,7 @@ void Pipeline::on_sample(const events::SampleView& view) {
   job.labels = labels_for(p->generation, p->pid, p->name, version, s.hdr.tid, s.comm, s.py_flags,
                           &p->extra_labels);
   if (s.py_flags & KRAIT_PYF_TRUNCATED) {
-    ++p->stats.truncated;
+    ++pp->stats.truncated;
     job.python_truncated = true;
     job.python_reasons.push_back(
         synthetic_frame(fmt::format("[truncated: deeper than {} frames]", options_.max_depth)));
@@ -521,9 +595,9 @@ void Pipeline::on_sample(const events::SampleView& view) {
   else if (status == KRAIT_PY_OK && view.frames.empty() && !options_.native)
     job.python_reasons.push_back(synthetic_frame("[no Python frame running]"));
   if (options_.native)
-    add_native(view, job, p->modules, p->modules_loaded_ns, p->key, p->pid, p->modules_loading);
-  if (!name_frames(*p, job, view.frames, false)) {
-    park(*p, std::move(job), view.frames);
+    add_native(view, job, pp->modules, pp->modules_loaded_ns, p->key, p->pid, pp->modules_loading);
+  if (!name_frames(*p, *pp, job, view.frames, false)) {
+    park(*p, *pp, std::move(job), view.frames);
     return;
   }
   submit(std::move(job));
@@ -533,17 +607,16 @@ void Pipeline::tick(uint64_t now_ns) {
   // Samples whose reads ended since the last turn, then those whose wait is
   // over: once per turn, however many reads ended.
   for (uint64_t key : std::exchange(dirty_, {}))
-    if (TrackedProcess* p = tracker_.find_key(key); p && !p->parked.empty())
-      release_parked(*p, now_ns, false);
+    release_key(key, now_ns, false);
   std::vector<uint64_t> expired;
   for (uint64_t key : parked_keys_) {
-    TrackedProcess* p = tracker_.find_key(key);
-    if (!p || p->parked.empty() || now_ns - p->parked.front().parked_ns >= kParkTimeoutNs)
+    PerProcess* pp = current(key);
+    if (!pp || pp->parked.empty() || now_ns - pp->parked.front().parked_ns >= kParkTimeoutNs)
       expired.push_back(key);
   }
   for (uint64_t key : expired) {
-    if (TrackedProcess* p = tracker_.find_key(key); p && !p->parked.empty())
-      release_parked(*p, now_ns, false);
+    if (PerProcess* pp = current(key); pp && !pp->parked.empty())
+      release_key(key, now_ns, false);
     else
       parked_keys_.erase(key);
   }
@@ -561,8 +634,7 @@ void Pipeline::tick(uint64_t now_ns) {
 void Pipeline::release_all() {
   const uint64_t now = monotonic_ns();
   for (uint64_t key : std::exchange(parked_keys_, {}))
-    if (TrackedProcess* p = tracker_.find_key(key); p && !p->parked.empty())
-      release_parked(*p, now, true);
+    release_key(key, now, true);
   dirty_.clear();
   for (auto& [pid, other] : others_) {
     other.named = true;
@@ -613,8 +685,8 @@ void Pipeline::on_exec(const krait_proc_event& event) {
     inspector_.forget(it->second.key);
     others_.erase(it);
   }
-  if (TrackedProcess* p = tracker_.find(pid); p && !p->parked.empty())
-    release_parked(*p, monotonic_ns(), true);
+  if (const TrackedProcess* p = tracker_.find(pid))
+    release_key(p->key, monotonic_ns(), true);
   tracker_.on_exec(pid, event.identity, monotonic_ns());
 }
 
@@ -629,19 +701,20 @@ void Pipeline::on_exit(const krait_proc_event& event) {
     inspector_.forget(it->second.key);
     others_.erase(it);
   }
-  if (TrackedProcess* p = tracker_.find(pid); p && !p->parked.empty())
-    release_parked(*p, monotonic_ns(), true);
+  if (const TrackedProcess* p = tracker_.find(pid))
+    release_key(p->key, monotonic_ns(), true);
   tracker_.on_exit(pid);
 }
 
 void Pipeline::on_code_capture(const krait_code_event& event) {
   ++stats_.code_captures;
-  TrackedProcess* p = tracker_.find(static_cast<pid_t>(event.hdr.pid));
-  if (!p || !p->attachment.layout || !p->codes)
+  const TrackedProcess* p = tracker_.find(static_cast<pid_t>(event.hdr.pid));
+  PerProcess* pp = p ? naming_state(*p) : nullptr;
+  if (!pp)
     return;
   const python::PythonLayout& layout = *p->attachment.layout;
   const CodeKey key{event.code, event.token};
-  CodeEntry* existing = p->codes->peek(key);
+  CodeEntry* existing = pp->codes->peek(key);
   if (existing && existing->settled && existing->info && !existing->from_capture)
     return;  // already read whole
   CodeEntry e = existing ? *existing : CodeEntry{};
@@ -660,10 +733,10 @@ void Pipeline::on_code_capture(const krait_code_event& event) {
   } else if (e.info) {
     e.from_capture = true;
   }
-  CodeEntry& stored = p->codes->insert(key, e, entry_bytes(e));
+  CodeEntry& stored = pp->codes->insert(key, e, entry_bytes(e));
   if (!stored.settled)
     request_read(*p, key, stored);
-  if (!p->parked.empty())
+  if (!pp->parked.empty())
     dirty_.insert(p->key);
 }
 

@@ -22,7 +22,9 @@
 
 #include <sys/types.h>
 
+#include <array>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <set>
@@ -35,10 +37,58 @@
 #include "engine/sample_job.h"
 #include "events/ring_reader.h"
 #include "inspect/inspector.h"
+#include "python/code_reader.h"
 #include "unwind/module_cache.h"
 #include "util/lru_cache.h"
 
 namespace krait::engine {
+
+struct ProcessStats {
+  uint64_t samples = 0;  // every sample record of the process
+  std::array<uint64_t, KRAIT_PY_STATUS_COUNT> by_status{};
+  uint64_t truncated = 0;
+  uint64_t unsymbolized_frames = 0;  // no name at all: gone before it could be read
+  // The code object could not be read when its frame needed it, and the
+  // frame was named from what the sampler captured at first sight (a cut
+  // name, or no line past the captured part of the line table).
+  uint64_t frames_from_capture = 0;
+  // Named from what was known when the frame's read had not finished in
+  // time (the process's work throttled, stalled or very late).
+  uint64_t frames_named_early = 0;
+  uint64_t samples_parked = 0;  // held until their names were read
+};
+
+// What the pipeline knows of one code object (address + token).
+struct CodeEntry {
+  std::shared_ptr<const python::CodeInfo> info;  // null: nothing known yet
+  uint32_t lines_upto = UINT32_MAX;              // info->lines answer offsets below this
+  bool names_complete = true;
+  bool method_pending = false;  // before 3.11: its class is being looked up
+  bool reading = false;         // a read is in flight
+  bool settled = false;         // no better answer will come
+  bool from_capture = false;    // settled on the capture: the object could not be read
+  uint64_t frame = 0;           // a frame that ran it (for the method class)
+};
+
+struct CodeKey {
+  uint64_t address;
+  uint32_t token;
+  bool operator==(const CodeKey&) const = default;
+};
+struct CodeKeyHash {
+  size_t operator()(const CodeKey& k) const { return k.address * 31 + k.token; }
+};
+
+// Per-process code-name cache bounds.
+inline constexpr size_t kMaxCodesPerProcess = 200'000;
+inline constexpr size_t kMaxCodeBytesPerProcess = size_t{32} << 20;
+
+// A sample held until the names of its frames are read.
+struct ParkedSample {
+  SampleJob job;  // complete but for job.python
+  std::vector<krait_py_frame> frames;
+  uint64_t parked_ns = 0;
+};
 
 struct PipelineStats {
   uint64_t samples = 0;        // sample records received
@@ -102,6 +152,15 @@ class Pipeline final : public events::EventHandler {
   void on_notice(const inspect::Notice& notice);
 
   const PipelineStats& stats();
+  // What the samples of one process incarnation showed (zero when none
+  // came); kept after the process exits, until forget().
+  ProcessStats process_stats(uint64_t key) const;
+  // Whether the names, parked samples and modules of `key` are still held
+  // (freed when the tracker retires the process).
+  bool holds_names(uint64_t key) const;
+  size_t parked_samples(uint64_t key) const;
+  // Drops what is kept of processes the tracker forgot (prune_exited()).
+  void forget(std::span<const uint64_t> keys);
   // Drops the caches of named frames and labels (they are rebuilt on use)
   // and the module files no live process maps: the daemon calls it per
   // interval so processes that came and went leave nothing behind.
@@ -128,12 +187,28 @@ class Pipeline final : public events::EventHandler {
     std::deque<ParkedSample> parked;
     size_t parked_bytes = 0;
   };
-  FrameRef python_frame(TrackedProcess& p, const krait_py_frame& frame, bool best_effort,
-                        bool& waiting);
-  FrameRef named_frame(TrackedProcess& p, const CodeEntry& entry, const krait_py_frame& frame,
-                       bool final_name);
+  // What the pipeline keeps of one Python process: its stats for the
+  // summary, and while it is current, what naming its frames needs.
+  struct PerProcess {
+    ProcessStats stats;
+    std::unique_ptr<LruCache<CodeKey, CodeEntry, CodeKeyHash>> codes;  // null once retired
+    std::deque<ParkedSample> parked;
+    size_t parked_bytes = 0;
+    std::shared_ptr<ModulesSlot> modules;  // mixed stacks
+    uint64_t modules_loaded_ns = 0;
+    bool modules_loading = false;
+  };
+  // The naming state of an attached process, made at its first use; null
+  // for a process that is not attached.
+  PerProcess* naming_state(const TrackedProcess& p);
+  PerProcess* current(uint64_t key);
+  void retired(uint64_t key);
+  FrameRef python_frame(const TrackedProcess& p, PerProcess& pp, const krait_py_frame& frame,
+                        bool best_effort, bool& waiting);
+  FrameRef named_frame(const TrackedProcess& p, PerProcess& pp, const CodeEntry& entry,
+                       const krait_py_frame& frame, bool final_name);
   FrameRef synthetic_frame(const std::string& name);
-  void request_read(TrackedProcess& p, const CodeKey& key, CodeEntry& entry);
+  void request_read(const TrackedProcess& p, const CodeKey& key, CodeEntry& entry);
   void apply_read(uint64_t process_key, CodeKey key, std::shared_ptr<const python::CodeInfo> info,
                   std::string method_class, bool read_ok);
   LabelsRef labels_for(uint64_t key, int pid, const std::string& process_name,
@@ -144,10 +219,13 @@ class Pipeline final : public events::EventHandler {
                   const std::shared_ptr<ModulesSlot>& slot, uint64_t& loaded_ns, uint64_t key,
                   pid_t pid, bool& loading);
   // Names the frames of a Python sample; false when it must wait.
-  bool name_frames(TrackedProcess& p, SampleJob& job, std::span<const krait_py_frame> frames,
-                   bool best_effort);
-  void park(TrackedProcess& p, SampleJob job, std::span<const krait_py_frame> frames);
-  void release_parked(TrackedProcess& p, uint64_t now_ns, bool all);
+  bool name_frames(const TrackedProcess& p, PerProcess& pp, SampleJob& job,
+                   std::span<const krait_py_frame> frames, bool best_effort);
+  void park(const TrackedProcess& p, PerProcess& pp, SampleJob job,
+            std::span<const krait_py_frame> frames);
+  void release_parked(const TrackedProcess& p, PerProcess& pp, uint64_t now_ns, bool all);
+  // Sends on the parked samples of the current incarnation of `key`, if any.
+  void release_key(uint64_t key, uint64_t now_ns, bool all);
   void release_other(OtherProcess& other);
   void on_other_sample(const events::SampleView& view);
   void submit(SampleJob job);
@@ -174,6 +252,7 @@ class Pipeline final : public events::EventHandler {
   LruCache<FrameKey, FrameRef, FrameKeyHash> frames_;
   std::unordered_map<std::string, FrameRef> synthetic_;
   LruCache<std::string, LabelsRef> labels_;
+  std::unordered_map<uint64_t, PerProcess> processes_;  // by tracker key
   std::unordered_map<int, OtherProcess> others_;
   size_t parked_bytes_ = 0;         // all processes
   std::set<uint64_t> parked_keys_;  // processes with parked samples

@@ -89,19 +89,28 @@ ProcessTracker::ProcessTracker(ProcessMapSink& sink, inspect::Inspector& inspect
       images_(std::make_shared<python::ImageCache>()),
       attach_options_(std::make_shared<const python::AttachOptions>(options_.attach)) {}
 
-TrackedProcess* ProcessTracker::find(pid_t pid) {
+const TrackedProcess* ProcessTracker::find(pid_t pid) const {
   auto it = current_.find(pid);
   if (it == current_.end())
     return nullptr;
   return &processes_.at(it->second);
 }
 
-TrackedProcess* ProcessTracker::find_key(uint64_t key) {
+const TrackedProcess* ProcessTracker::find_key(uint64_t key) const {
   auto it = processes_.find(key);
   if (it == processes_.end() || it->second.state == ProcessState::kExited)
     return nullptr;
   auto cur = current_.find(it->second.pid);
   return cur != current_.end() && cur->second == key ? &it->second : nullptr;
+}
+
+// The same, for the tracker's own changes.
+TrackedProcess* ProcessTracker::entry(pid_t pid) {
+  return const_cast<TrackedProcess*>(find(pid));
+}
+
+TrackedProcess* ProcessTracker::entry_key(uint64_t key) {
+  return const_cast<TrackedProcess*>(find_key(key));
 }
 
 TrackedProcess& ProcessTracker::fresh_entry(pid_t pid) {
@@ -126,18 +135,17 @@ void ProcessTracker::retire(pid_t pid) {
   if (p.generation == 0) {
     // Never attached nor refused: nothing to report about it.
     processes_.erase(key);
-    return;
+  } else {
+    p.state = ProcessState::kExited;
+    p.memory.reset();
+    p.attach_modules.reset();
   }
-  p.state = ProcessState::kExited;
-  p.codes.reset();
-  p.parked.clear();
-  p.parked_bytes = 0;
-  p.memory.reset();
-  p.modules.reset();
+  if (retire_listener_)
+    retire_listener_(key);
 }
 
 void ProcessTracker::prepare(pid_t pid) {
-  if (find(pid))
+  if (find(pid) != nullptr)
     return;
   TrackedProcess& p = fresh_entry(pid);
   p.prepared = true;
@@ -152,7 +160,7 @@ std::optional<python::AttachStatus> ProcessTracker::scan_result(pid_t pid) const
 }
 
 void ProcessTracker::on_unknown(pid_t pid, const krait_proc_identity& identity, uint64_t now_ns) {
-  TrackedProcess* p = find(pid);
+  TrackedProcess* p = entry(pid);
   if (p && !p->identity && p->start_ticks != 0 && p->start_ticks == start_ticks_of(identity))
     p->identity = identity;  // the first sample of a scanned process
   if (p && p->identity && p->identity->start_ns == identity.start_ns &&
@@ -282,7 +290,7 @@ void ProcessTracker::finish(TrackedProcess& p) {
 }
 
 void ProcessTracker::apply(uint64_t key, std::shared_ptr<Outcome> outcome) {
-  TrackedProcess* found = find_key(key);
+  TrackedProcess* found = entry_key(key);
   if (!found)
     return;  // exited or replaced meanwhile
   TrackedProcess& p = *found;
@@ -343,14 +351,8 @@ void ProcessTracker::apply(uint64_t key, std::shared_ptr<Outcome> outcome) {
     p.reason.clear();
     if (!p.memory)
       p.memory = std::make_shared<proc::ProcessMemory>(pid);
-    if (!p.codes)
-      p.codes = std::make_unique<LruCache<CodeKey, CodeEntry, CodeKeyHash>>(
-          kMaxCodesPerProcess, kMaxCodeBytesPerProcess);
-    if (options_.native) {
-      p.modules = std::make_shared<ModulesSlot>();
-      p.modules->set(outcome->modules);
-      p.modules_loaded_ns = now;
-    }
+    p.attach_modules = outcome->modules;
+    p.attached_ns = now;
     ++attached_;
     if (outcome->naming) {
       p.series = outcome->naming->series;
@@ -368,7 +370,7 @@ void ProcessTracker::apply(uint64_t key, std::shared_ptr<Outcome> outcome) {
 }
 
 void ProcessTracker::on_notice(const inspect::Notice& notice) {
-  TrackedProcess* found = find_key(notice.key);
+  TrackedProcess* found = entry_key(notice.key);
   if (!found)
     return;
   TrackedProcess& p = *found;
@@ -395,8 +397,6 @@ void ProcessTracker::on_notice(const inspect::Notice& notice) {
     p.generation = next_generation_++;
   p.state = ProcessState::kRefused;
   p.reason = notice.reason;
-  p.parked.clear();
-  p.parked_bytes = 0;
   finish(p);
 }
 
@@ -414,17 +414,17 @@ void ProcessTracker::prune_unsampled(uint64_t now_ns) {
     retire(pid);
 }
 
-size_t ProcessTracker::prune_exited() {
-  size_t n = 0;
+std::vector<uint64_t> ProcessTracker::prune_exited() {
+  std::vector<uint64_t> keys;
   for (auto it = processes_.begin(); it != processes_.end();) {
     if (it->second.state == ProcessState::kExited) {
+      keys.push_back(it->first);
       it = processes_.erase(it);
-      ++n;
     } else {
       ++it;
     }
   }
-  return n;
+  return keys;
 }
 
 void ProcessTracker::set_hooks(std::function<bool(pid_t)> wanted,
@@ -448,7 +448,7 @@ void ProcessTracker::set_hooks(std::function<bool(pid_t)> wanted,
       if (keep && desc)
         naming = desc(pid, version);
       return [this, process_key, keep, naming] {
-        TrackedProcess* p = find_key(process_key);
+        TrackedProcess* p = entry_key(process_key);
         if (!p)
           return;
         if (!keep) {
@@ -467,14 +467,11 @@ inspect::KeyUsage ProcessTracker::usage(const TrackedProcess& p) const {
   return p.state == ProcessState::kExited ? p.inspection : inspector_.usage(p.key);
 }
 
-TrackedProcess& ProcessTracker::adopt(TrackedProcess process) {
+const TrackedProcess& ProcessTracker::adopt(TrackedProcess process) {
   TrackedProcess& p = fresh_entry(process.pid);
   const uint64_t key = p.key;
   p = std::move(process);
   p.key = key;
-  if (!p.codes)
-    p.codes = std::make_unique<LruCache<CodeKey, CodeEntry, CodeKeyHash>>(kMaxCodesPerProcess,
-                                                                          kMaxCodeBytesPerProcess);
   if (p.state == ProcessState::kPython)
     ++attached_;
   return p;

@@ -18,8 +18,9 @@
 // sample; the result waits until that sample reports the process, and is
 // used when the start time matches.
 //
-// Processes that were Python stay listed after they exit, for the summary,
-// but their caches are freed.
+// Processes that were Python stay listed after they exit, for the summary;
+// the tracker tells its retire listener (the pipeline) when one goes, so
+// the state kept elsewhere under its key is freed too.
 //
 // Threading: owned and used by one thread, the run loop's (the ring buffer
 // reader); hooks marked "worker" run on Inspector workers.
@@ -37,17 +38,16 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "engine/sample_job.h"
 #include "inspect/inspector.h"
 #include "krait/abi.h"
 #include "proc/memory.h"
 #include "python/attach.h"
-#include "python/code_reader.h"
 #include "unwind/module_cache.h"
 #include "unwind/process_modules.h"
 #include "util/clock.h"
-#include "util/lru_cache.h"
 
 namespace krait::engine {
 
@@ -68,49 +68,6 @@ enum class ProcessState : uint8_t {
   kExited,
 };
 
-struct ProcessStats {
-  uint64_t samples = 0;  // every sample record of the process
-  std::array<uint64_t, KRAIT_PY_STATUS_COUNT> by_status{};
-  uint64_t truncated = 0;
-  uint64_t unsymbolized_frames = 0;  // no name at all: gone before it could be read
-  // The code object could not be read when its frame needed it, and the
-  // frame was named from what the sampler captured at first sight (a cut
-  // name, or no line past the captured part of the line table).
-  uint64_t frames_from_capture = 0;
-  // Named from what was known when the frame's read had not finished in
-  // time (the process's work throttled, stalled or very late).
-  uint64_t frames_named_early = 0;
-  uint64_t samples_parked = 0;  // held until their names were read
-};
-
-// What the pipeline knows of one code object (address + token).
-struct CodeEntry {
-  std::shared_ptr<const python::CodeInfo> info;  // null: nothing known yet
-  uint32_t lines_upto = UINT32_MAX;              // info->lines answer offsets below this
-  bool names_complete = true;
-  bool method_pending = false;  // before 3.11: its class is being looked up
-  bool reading = false;         // a read is in flight
-  bool settled = false;         // no better answer will come
-  bool from_capture = false;    // settled on the capture: the object could not be read
-  uint64_t frame = 0;           // a frame that ran it (for the method class)
-};
-
-struct CodeKey {
-  uint64_t address;
-  uint32_t token;
-  bool operator==(const CodeKey&) const = default;
-};
-struct CodeKeyHash {
-  size_t operator()(const CodeKey& k) const { return k.address * 31 + k.token; }
-};
-
-// A sample held until the names of its frames are read.
-struct ParkedSample {
-  SampleJob job;  // complete but for job.python
-  std::vector<krait_py_frame> frames;
-  uint64_t parked_ns = 0;
-};
-
 // Daemon: where a process's samples go, decided on a worker (it reads
 // /proc) by the naming hook.
 struct ProcessNaming {
@@ -118,6 +75,10 @@ struct ProcessNaming {
   profile::Labels sample_labels;  // labels of its own on every sample (container pid)
 };
 
+// One process incarnation as the tracker sees it: written by the tracker
+// alone (others get it const), kept after exit for the summary. What the
+// pipeline learns per process (code names, parked samples, module reloads,
+// sample counts) is the pipeline's, under the same key.
 struct TrackedProcess {
   uint64_t key = 0;  // unique per incarnation; the Inspector's key
   pid_t pid = 0;
@@ -128,7 +89,6 @@ struct TrackedProcess {
   std::string name;    // /proc/PID/comm at attach
   std::string reason;  // kRefused / kNotYet: why
   python::Attachment attachment;
-  ProcessStats stats;
   int retries = 0;             // kNotYet attempts so far
   int failed_validations = 0;  // attempts whose layouts all failed validation
   bool attach_in_flight = false;
@@ -147,21 +107,13 @@ struct TrackedProcess {
   SeriesRef series;
   profile::Labels extra_labels;
 
-  // Symbolization, owned by the pipeline; freed at exit.
-  std::unique_ptr<LruCache<CodeKey, CodeEntry, CodeKeyHash>> codes;
-  std::deque<ParkedSample> parked;
-  size_t parked_bytes = 0;
   // Reads of the process: a live process's memory, or a fixture (tests).
   std::shared_ptr<const proc::RemoteMemory> memory;
-  // Mixed stacks: the process's executable mappings.
-  std::shared_ptr<ModulesSlot> modules;
-  uint64_t modules_loaded_ns = 0;
-  bool modules_loading = false;
+  // Mixed stacks: the executable mappings found when attaching, and when.
+  // The pipeline keeps them current from there (it owns the reloads).
+  std::shared_ptr<const unwind::ProcessModules> attach_modules;
+  uint64_t attached_ns = 0;
 };
-
-// Per-process code-name cache bounds.
-inline constexpr size_t kMaxCodesPerProcess = 200'000;
-inline constexpr size_t kMaxCodeBytesPerProcess = size_t{32} << 20;
 
 struct TrackerOptions {
   python::AttachOptions attach;
@@ -196,12 +148,18 @@ class ProcessTracker {
   void prune_unsampled(uint64_t now_ns);
 
   // The current incarnation of pid, if tracked.
-  TrackedProcess* find(pid_t pid);
+  const TrackedProcess* find(pid_t pid) const;
   // The incarnation with this key, if still current.
-  TrackedProcess* find_key(uint64_t key);
+  const TrackedProcess* find_key(uint64_t key) const;
   // Registers a process decided elsewhere (tests, tools): it replaces any
   // current entry for its pid. Not written to the sink.
-  TrackedProcess& adopt(TrackedProcess process);
+  const TrackedProcess& adopt(TrackedProcess process);
+  // Called with the key of every incarnation that stops being current
+  // (exit, exec, pid reuse, refusal for good): one listener, the owner of
+  // what else is kept per process.
+  void on_retire(std::function<void(uint64_t key)> listener) {
+    retire_listener_ = std::move(listener);
+  }
 
   // Every process seen that is or was Python, and those in flight, in
   // order of first sight.
@@ -214,9 +172,10 @@ class ProcessTracker {
   // Whether an attach is in flight or prepared results wait for samples
   // (`krait record -p` waits for the named processes).
   bool settled(pid_t pid) const;
-  // Forgets processes that exited (kept until now for a summary); the
-  // daemon calls it once per interval so churn does not accumulate.
-  size_t prune_exited();
+  // Forgets processes that exited (kept until now for a summary) and
+  // returns their keys; the daemon prunes once per interval so churn does
+  // not accumulate.
+  std::vector<uint64_t> prune_exited();
   // Replaces the daemon hooks (configuration reload) and names every
   // attached process again with them.
   void set_hooks(std::function<bool(pid_t)> wanted,
@@ -228,6 +187,8 @@ class ProcessTracker {
 
  private:
   struct Outcome;
+  TrackedProcess* entry(pid_t pid);
+  TrackedProcess* entry_key(uint64_t key);
   TrackedProcess& fresh_entry(pid_t pid);
   void retire(pid_t pid);
   void post_attach(TrackedProcess& p);
@@ -248,6 +209,7 @@ class ProcessTracker {
   uint32_t next_generation_ = 1;
   uint64_t attached_ = 0;
   std::unordered_map<pid_t, python::AttachStatus> scan_results_;
+  std::function<void(uint64_t key)> retire_listener_;
 };
 
 // /proc/PID/stat's start time (field 22, clock ticks since boot); 0 when

@@ -27,8 +27,9 @@ CostQuantiles quantiles(std::vector<uint32_t> c) {
 
 }  // namespace
 
-RunSummary build_summary(const RunFacts& run, const ProcessTracker& tracker,
-                         const PipelineStats& pipeline, const BuilderStats& builder) {
+RunSummary build_summary(const RunFacts& run, const ProcessTracker& tracker, Pipeline& pipe,
+                         const BuilderStats& builder) {
+  const PipelineStats& pipeline = pipe.stats();
   RunSummary s;
   s.run = run;
   s.native_samples = pipeline.native_samples - pipeline.unwanted_native_samples;
@@ -54,29 +55,30 @@ RunSummary build_summary(const RunFacts& run, const ProcessTracker& tracker,
     ps.throttled = p.throttled;
     ps.throttle_reason = p.throttle_reason;
     ps.inspection = tracker.usage(p);
-    ps.stats = p.stats;
+    ps.stats = pipe.process_stats(key);
+    const ProcessStats& stats = ps.stats;
     if (auto u = builder.unwinding.find(p.generation); u != builder.unwinding.end())
       ps.unwinding = u->second;
     if (ps.profiled) {
       for (uint32_t st = 1; st < KRAIT_PY_STATUS_COUNT; ++st) {
         const bool native_thread = st == KRAIT_PY_NO_THREAD_STATE || st == KRAIT_PY_NO_INTERPRETER;
-        if (st != KRAIT_PY_PROC_REFUSED && p.stats.by_status[st] &&
+        if (st != KRAIT_PY_PROC_REFUSED && stats.by_status[st] &&
             !(native_thread && run.native_stacks))
-          s.losses[std::string(py_status_description(st))] += p.stats.by_status[st];
+          s.losses[std::string(py_status_description(st))] += stats.by_status[st];
       }
-      if (p.stats.truncated)
-        s.losses["truncated at the depth limit"] += p.stats.truncated;
-      if (p.stats.frames_from_capture)
+      if (stats.truncated)
+        s.losses["truncated at the depth limit"] += stats.truncated;
+      if (stats.frames_from_capture)
         s.losses
             ["frames named from the sampler's capture: code object gone before it could be "
-             "read (name cut or line unknown)"] += p.stats.frames_from_capture;
-      if (p.stats.frames_named_early)
+             "read (name cut or line unknown)"] += stats.frames_from_capture;
+      if (stats.frames_named_early)
         s.losses
             ["frames named before their code object's read completed (name cut or line "
-             "unknown)"] += p.stats.frames_named_early;
-      if (p.stats.unsymbolized_frames)
+             "unknown)"] += stats.frames_named_early;
+      if (stats.unsymbolized_frames)
         s.losses["frames whose code object was freed before it was read"] +=
-            p.stats.unsymbolized_frames;
+            stats.unsymbolized_frames;
     }
     s.processes.push_back(std::move(ps));
   }

@@ -65,8 +65,8 @@ struct RunSummary {
   long krait_max_rss_kb = 0;
 };
 
-RunSummary build_summary(const RunFacts& run, const ProcessTracker& tracker,
-                         const PipelineStats& pipeline, const BuilderStats& builder);
+RunSummary build_summary(const RunFacts& run, const ProcessTracker& tracker, Pipeline& pipeline,
+                         const BuilderStats& builder);
 std::vector<std::string> summary_text(const RunSummary& summary);
 std::string summary_json(const RunSummary& summary);
 

@@ -123,7 +123,8 @@ class PipelineTest : public ::testing::Test {
             name, file, firstlineno};
   }
 
-  TrackedProcess& add_process(ProcessTracker& tracker, std::shared_ptr<proc::FakeMemory> mem) {
+  const TrackedProcess& add_process(ProcessTracker& tracker,
+                                    std::shared_ptr<proc::FakeMemory> mem) {
     TrackedProcess p;
     p.pid = 4242;
     p.generation = kGeneration;
@@ -220,7 +221,7 @@ TEST_F(PipelineTest, ReplacedCodeObjectIsNeverNamedFromTheOldOne) {
   ProcessTracker tracker(sink_, *inspector_, {});
   auto mem = std::make_shared<proc::FakeMemory>();
   FakeCode code = put_code(*mem, 0x100000, "current", "/app/a.py", 1);
-  TrackedProcess& p = add_process(tracker, std::move(mem));
+  const TrackedProcess& p = add_process(tracker, std::move(mem));
   profile::Profile profile;
   Harness h(tracker, *inspector_, profile, 256);
   Pipeline& pipeline = h.pipeline;
@@ -233,7 +234,7 @@ TEST_F(PipelineTest, ReplacedCodeObjectIsNeverNamedFromTheOldOne) {
   ASSERT_EQ(stack.size(), 1u);
   EXPECT_NE(std::get<0>(stack[0]), "current");
   EXPECT_NE(std::get<0>(stack[0]).find("freed"), std::string::npos);
-  EXPECT_EQ(p.stats.unsymbolized_frames, 1u);
+  EXPECT_EQ(h.pipeline.process_stats(p.key).unsymbolized_frames, 1u);
 }
 
 TEST_F(PipelineTest, FreedCodeObjectWithIntactFieldsIsNotNamed) {
@@ -243,7 +244,7 @@ TEST_F(PipelineTest, FreedCodeObjectWithIntactFieldsIsNotNamed) {
   // What pymalloc leaves in a freed block: its free-list link in ob_refcnt,
   // every other field as it was (so the token still matches).
   mem->add_value<uint64_t>(code.address, 0x7f12'3456'7000ull);
-  TrackedProcess& p = add_process(tracker, std::move(mem));
+  const TrackedProcess& p = add_process(tracker, std::move(mem));
   profile::Profile profile;
   Harness h(tracker, *inspector_, profile, 256);
   Pipeline& pipeline = h.pipeline;
@@ -254,7 +255,7 @@ TEST_F(PipelineTest, FreedCodeObjectWithIntactFieldsIsNotNamed) {
   auto stack = only_stack(profile);
   ASSERT_EQ(stack.size(), 1u);
   EXPECT_NE(std::get<0>(stack[0]), "gone");
-  EXPECT_EQ(p.stats.unsymbolized_frames, 1u);
+  EXPECT_EQ(h.pipeline.process_stats(p.key).unsymbolized_frames, 1u);
 }
 
 // What the sampler sends the first time it sees a code object: the raw
@@ -294,7 +295,7 @@ TEST_F(PipelineTest, CodeObjectGoneBeforeItIsReadIsNamedFromTheSamplersCapture) 
   // Both die before user space reads them.
   mem->add_value<uint64_t>(imported.address, 0x7f12'3456'7000ull);
   mem->add_value<uint64_t>(exec_d.address, 0);
-  TrackedProcess& p = add_process(tracker, std::move(mem));
+  const TrackedProcess& p = add_process(tracker, std::move(mem));
   profile::Profile profile;
   Harness h(tracker, *inspector_, profile, 256);
   Pipeline& pipeline = h.pipeline;
@@ -318,8 +319,8 @@ TEST_F(PipelineTest, CodeObjectGoneBeforeItIsReadIsNamedFromTheSamplersCapture) 
   // The module's capture was complete: named without a read. The other's
   // file name was cut, its read found the object gone: named from the
   // capture, and counted so.
-  EXPECT_EQ(p.stats.frames_from_capture, 1u);
-  EXPECT_EQ(p.stats.unsymbolized_frames, 0u);
+  EXPECT_EQ(h.pipeline.process_stats(p.key).frames_from_capture, 1u);
+  EXPECT_EQ(h.pipeline.process_stats(p.key).unsymbolized_frames, 0u);
 }
 
 TEST_F(PipelineTest, ACompleteCaptureNamesFramesWithoutReadingTheProcess) {
@@ -328,7 +329,7 @@ TEST_F(PipelineTest, ACompleteCaptureNamesFramesWithoutReadingTheProcess) {
   FakeCode code = put_code(*elsewhere, 0x100000, "handler", "/app/h.py", 20);
   krait_code_event capture = capture_of(*elsewhere, code, 0x110000, 0x120000, 0x130000);
   // The process's own memory holds nothing: every read would fail.
-  TrackedProcess& p = add_process(tracker, std::make_shared<proc::FakeMemory>());
+  const TrackedProcess& p = add_process(tracker, std::make_shared<proc::FakeMemory>());
   profile::Profile profile;
   Harness h(tracker, *inspector_, profile, 256);
   h.pipeline.on_code_capture(capture);
@@ -337,7 +338,7 @@ TEST_F(PipelineTest, ACompleteCaptureNamesFramesWithoutReadingTheProcess) {
   EXPECT_EQ(h.queue.try_pop().has_value(), true) << "named at once, not parked";
   EXPECT_EQ(inspector_->stats().tasks_run, 0u);
   EXPECT_TRUE(inspector_->idle());
-  EXPECT_EQ(p.stats.samples_parked, 0u);
+  EXPECT_EQ(h.pipeline.process_stats(p.key).samples_parked, 0u);
 }
 
 // A read that never returns (the process's memory does not answer) holds
@@ -377,7 +378,7 @@ TEST_F(PipelineTest, SamplesWaitingForAReadThatDoesNotComeAreBoundedAndSentOnLat
   p.attachment.layout = layout_;
   p.attachment.info.code_type_addr = kCodeType;
   p.memory = blocking;
-  TrackedProcess& tracked = tracker.adopt(std::move(p));
+  const TrackedProcess& tracked = tracker.adopt(std::move(p));
   profile::Profile profile;
   Harness h(tracker, *inspector_, profile, 256);
 
@@ -385,7 +386,7 @@ TEST_F(PipelineTest, SamplesWaitingForAReadThatDoesNotComeAreBoundedAndSentOnLat
   auto r = make_sample({{code.address, code.token, 0}});
   for (size_t i = 0; i < n; ++i)
     h.pipeline.on_sample({r->sample, {r->sample.frames, r->n}});
-  EXPECT_EQ(tracked.parked.size(), kMaxParkedPerProcess);
+  EXPECT_EQ(h.pipeline.parked_samples(tracked.key), kMaxParkedPerProcess);
   EXPECT_EQ(h.pipeline.stats().park_full, 10u);
   size_t sent = 0;
   while (h.queue.try_pop())
@@ -394,7 +395,7 @@ TEST_F(PipelineTest, SamplesWaitingForAReadThatDoesNotComeAreBoundedAndSentOnLat
 
   // Past the wait, the rest goes on too, named as unknown.
   h.pipeline.tick(monotonic_ns() + kParkTimeoutNs);
-  EXPECT_TRUE(tracked.parked.empty());
+  EXPECT_EQ(h.pipeline.parked_samples(tracked.key), 0u);
   EXPECT_EQ(h.pipeline.stats().parked_timeouts, kMaxParkedPerProcess);
   blocking->open();
 }
@@ -403,7 +404,7 @@ TEST_F(PipelineTest, TruncatedAndFailedWalksCarryTheirReason) {
   ProcessTracker tracker(sink_, *inspector_, {});
   auto mem = std::make_shared<proc::FakeMemory>();
   FakeCode code = put_code(*mem, 0x100000, "deep", "/app/d.py", 1);
-  TrackedProcess& p = add_process(tracker, std::move(mem));
+  const TrackedProcess& p = add_process(tracker, std::move(mem));
   profile::Profile profile;
   Harness h(tracker, *inspector_, profile, 3);
   Pipeline& pipeline = h.pipeline;
@@ -422,17 +423,17 @@ TEST_F(PipelineTest, TruncatedAndFailedWalksCarryTheirReason) {
     roots.insert(profile.frames()[s.stack.back()].function);
   EXPECT_EQ(roots, (std::multiset<std::string>{"[truncated: deeper than 3 frames]",
                                                "[frame unreadable]", "[no Python thread state]"}));
-  EXPECT_EQ(p.stats.truncated, 1u);
-  EXPECT_EQ(p.stats.by_status[KRAIT_PY_READ_FAULT_FRAME], 1u);
-  EXPECT_EQ(p.stats.by_status[KRAIT_PY_NO_THREAD_STATE], 1u);
-  EXPECT_EQ(p.stats.samples, 3u);
+  EXPECT_EQ(h.pipeline.process_stats(p.key).truncated, 1u);
+  EXPECT_EQ(h.pipeline.process_stats(p.key).by_status[KRAIT_PY_READ_FAULT_FRAME], 1u);
+  EXPECT_EQ(h.pipeline.process_stats(p.key).by_status[KRAIT_PY_NO_THREAD_STATE], 1u);
+  EXPECT_EQ(h.pipeline.process_stats(p.key).samples, 3u);
 }
 
 TEST_F(PipelineTest, StaleAndRefusedSamplesStayOutOfTheProfile) {
   ProcessTracker tracker(sink_, *inspector_, {});
   auto mem = std::make_shared<proc::FakeMemory>();
   FakeCode code = put_code(*mem, 0x100000, "f", "/app/f.py", 1);
-  TrackedProcess& p = add_process(tracker, std::move(mem));
+  const TrackedProcess& p = add_process(tracker, std::move(mem));
   profile::Profile profile;
   Harness h(tracker, *inspector_, profile, 256);
   Pipeline& pipeline = h.pipeline;
@@ -445,7 +446,7 @@ TEST_F(PipelineTest, StaleAndRefusedSamplesStayOutOfTheProfile) {
   h.flush();
   EXPECT_EQ(profile.total_count(), 0u);
   EXPECT_EQ(pipeline.stats().stale_samples, 1u);
-  EXPECT_EQ(p.stats.by_status[KRAIT_PY_PROC_REFUSED], 1u);
+  EXPECT_EQ(h.pipeline.process_stats(p.key).by_status[KRAIT_PY_PROC_REFUSED], 1u);
 }
 
 // The daemon's per-interval prune also closes the module files (parsed CFI,
@@ -491,9 +492,9 @@ TEST_F(PipelineTest, ExitKeepsTheProcessForTheSummaryButFreesItsCaches) {
   ASSERT_EQ(tracker.processes().size(), 1u);
   const TrackedProcess& gone = tracker.processes().begin()->second;
   EXPECT_EQ(gone.state, ProcessState::kExited);
-  EXPECT_EQ(gone.codes, nullptr);
+  EXPECT_FALSE(pipeline.holds_names(gone.key));
   EXPECT_EQ(gone.memory, nullptr);
-  EXPECT_EQ(gone.stats.samples, 1u);
+  EXPECT_EQ(pipeline.process_stats(gone.key).samples, 1u);
   EXPECT_EQ(profile.total_count(), 1u);
 }
 

@@ -200,7 +200,7 @@ TEST_F(TrackerTest, ANewProcessWithAReusedPidIsAttachedAfresh) {
   settle();
   ASSERT_EQ(sink_.writes.size(), 1u);
   EXPECT_EQ(sink_.writes[0].info.identity.start_ns, real.start_ns);
-  TrackedProcess* p = tracker_->find(child.pid());
+  const TrackedProcess* p = tracker_->find(child.pid());
   ASSERT_NE(p, nullptr);
   EXPECT_EQ(p->state, ProcessState::kPython);
 }
@@ -209,7 +209,7 @@ TEST_F(TrackerTest, AStalledAttachRefusesTheProcessWithTheReason) {
   Child child;
   inspect::Notice notice;
   tracker_->on_unknown(child.pid(), identity_of(child.pid()), monotonic_ns());
-  TrackedProcess* p = tracker_->find(child.pid());
+  const TrackedProcess* p = tracker_->find(child.pid());
   ASSERT_NE(p, nullptr);
   notice.key = p->key;
   notice.kind = inspect::Notice::Kind::kStalled;

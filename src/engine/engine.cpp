@@ -1,4 +1,4 @@
-#include "engine/collector.h"
+#include "engine/engine.h"
 
 #include <unistd.h>
 
@@ -17,8 +17,23 @@
 
 namespace krait::engine {
 
-Result<std::unique_ptr<Collector>> Collector::create(CollectorOptions options) {
-  auto c = std::make_unique<Collector>(Key{}, std::move(options));
+// Writes attach decisions into the sampler's `procs` map.
+class Engine::SamplerSink final : public ProcessMapSink {
+ public:
+  explicit SamplerSink(bpf::Sampler& sampler) : sampler_(sampler) {}
+  Result<void> set_process(uint32_t pid, const krait_proc_info& info) override {
+    return sampler_.set_process(pid, info);
+  }
+
+ private:
+  bpf::Sampler& sampler_;
+};
+
+Engine::Engine(Key, EngineOptions options)
+    : options_(std::move(options)), modules_(std::make_shared<unwind::ModuleCache>()) {}
+
+Result<std::unique_ptr<Engine>> Engine::create(EngineOptions options) {
+  auto c = std::make_unique<Engine>(Key{}, std::move(options));
   bpf::SamplerConfig& cfg = c->options_.sampler;
   {
     // Room for a quarter of a second of samples on every CPU, 25 drain
@@ -44,7 +59,10 @@ Result<std::unique_ptr<Collector>> Collector::create(CollectorOptions options) {
   if (!inspector)
     return inspector.error();
   c->inspector_ = std::move(*inspector);
-  TrackerOptions topts = c->options_.tracker;
+  TrackerOptions topts;
+  topts.attach = c->options_.attach;
+  topts.wanted = c->options_.selection.wanted;
+  topts.describe = c->options_.selection.describe;
   topts.native = cfg.native;
   topts.modules = c->modules_;
   c->tracker_ = std::make_unique<ProcessTracker>(*c->sink_, *c->inspector_, std::move(topts));
@@ -61,7 +79,7 @@ Result<std::unique_ptr<Collector>> Collector::create(CollectorOptions options) {
   PipelineOptions popts;
   popts.max_depth = c->options_.max_depth;
   popts.native = cfg.native;
-  popts.other_series = c->options_.other_series;
+  popts.other_series = c->options_.selection.other_series;
   c->pipeline_ =
       std::make_unique<Pipeline>(*c->tracker_, *c->inspector_, *c->queue_, popts, c->modules_);
   auto reader = events::RingReader::create(c->sampler_->events_fd(), *c->pipeline_);
@@ -71,13 +89,13 @@ Result<std::unique_ptr<Collector>> Collector::create(CollectorOptions options) {
   return c;
 }
 
-Collector::~Collector() {
+Engine::~Engine() {
   // The builder thread must stop before what it reads goes away.
   if (builder_thread_)
     builder_thread_->finish();
 }
 
-Result<void> Collector::scan(const std::vector<pid_t>& pids) {
+Result<void> Engine::scan(const std::vector<pid_t>& pids) {
   // Exec and exit are seen from here on: a process that execs after the
   // scan looked at it is attached again.
   KRAIT_TRY(sampler_->attach_tracepoints());
@@ -99,7 +117,7 @@ Result<void> Collector::scan(const std::vector<pid_t>& pids) {
   return {};
 }
 
-void Collector::await_scan(std::chrono::steady_clock::time_point deadline) {
+void Engine::await_scan(std::chrono::steady_clock::time_point deadline) {
   auto answered = [&] {
     return std::all_of(scanned_.begin(), scanned_.end(), [&](pid_t pid) {
       return tracker_->scan_result(pid).has_value() || tracker_->settled(pid);
@@ -112,16 +130,28 @@ void Collector::await_scan(std::chrono::steady_clock::time_point deadline) {
   }
 }
 
-Result<void> Collector::add_to(int epfd) {
+std::optional<python::AttachStatus> Engine::scan_result(pid_t pid) const {
+  return tracker_->scan_result(pid);
+}
+
+void Engine::set_interval_sink(IntervalSink sink) {
+  builder_->set_interval_sink(std::move(sink));
+}
+
+Result<void> Engine::start() {
+  return sampler_->start();
+}
+
+Result<void> Engine::add_to(int epfd) {
   KRAIT_TRY(epoll_add(epfd, reader_->epoll_fd()));
   return epoll_add(epfd, inspector_->wake_fd());
 }
 
-void Collector::run_inspections() {
+void Engine::run_inspections() {
   inspector_->run_completions();
   for (const inspect::Notice& notice : inspector_->take_notices()) {
     std::string who = "a process";
-    if (TrackedProcess* p = tracker_->find_key(notice.key)) {
+    if (const TrackedProcess* p = tracker_->find_key(notice.key)) {
       tracker_->on_notice(notice);
       who = fmt::format("pid {} ({})", p->pid, p->name);
     } else {
@@ -145,7 +175,7 @@ void Collector::run_inspections() {
   }
 }
 
-std::string Collector::inspection_health() {
+std::string Engine::inspection_health() {
   size_t refused = 0, throttled = 0;
   for (const auto& [key, p] : tracker_->processes()) {
     if (p.state == ProcessState::kRefused)
@@ -167,26 +197,44 @@ std::string Collector::inspection_health() {
   return out;
 }
 
-Result<int> Collector::wait(int epfd, std::span<epoll_event> events) {
+Result<int> Engine::wait(int epfd, std::span<epoll_event> events) {
   int n = ::epoll_wait(epfd, events.data(), static_cast<int>(events.size()), kDrainPeriodMs);
   if (n < 0) {
     if (errno != EINTR)
       return make_error("epoll_wait: {}", std::strerror(errno));
     n = 0;
   }
-  KRAIT_TRY(consume());
+  KRAIT_TRY(reader_->consume());
   run_inspections();
   return n;
 }
 
-void Collector::end_interval(uint64_t ktime_ns) {
+Result<void> Engine::cut_interval(uint64_t ktime_ns) {
+  KRAIT_TRY(reader_->consume());
+  end_interval(ktime_ns);
+  pipeline_->forget(tracker_->prune_exited());
+  pipeline_->prune_caches();
+  return {};
+}
+
+void Engine::reselect(Selection selection) {
+  options_.selection = std::move(selection);
+  tracker_->set_hooks(options_.selection.wanted, options_.selection.describe);
+  // Processes that are not Python are named again at their next sample;
+  // cached labels go with the old names.
+  pipeline_->set_other_series(options_.selection.other_series);
+  pipeline_->rename_others();
+  pipeline_->prune_caches();
+}
+
+void Engine::end_interval(uint64_t ktime_ns) {
   SampleJob marker;
   marker.interval_end = true;
   marker.ktime_ns = ktime_ns;
   queue_->push(std::move(marker), /*control=*/true);
 }
 
-Result<void> Collector::stop() {
+Result<void> Engine::stop() {
   sampler_->stop();
   for (;;) {
     auto r = reader_->consume();
@@ -202,11 +250,40 @@ Result<void> Collector::stop() {
   return {};
 }
 
-void Collector::finish() {
+void Engine::finish(std::optional<uint64_t> last_interval_end) {
+  if (last_interval_end)
+    end_interval(*last_interval_end);
   builder_thread_->finish();
 }
 
-RunFacts Collector::facts(double seconds) {
+std::vector<SeriesProfile> Engine::take_profiles(int64_t end_ktime_ns) {
+  return builder_->take_profiles(end_ktime_ns);
+}
+
+uint64_t Engine::attached() const {
+  return tracker_->attached();
+}
+
+const char* Engine::source_name() const {
+  return sampler_->source_name();
+}
+
+RunSummary Engine::summary(double seconds) {
+  return build_summary(facts(seconds), *tracker_, *pipeline_, builder_->stats());
+}
+
+EngineHealth Engine::health() {
+  EngineHealth h;
+  h.python_processes = tracker_->attached();
+  const PipelineStats& ps = pipeline_->stats();
+  h.samples = ps.samples;
+  h.queue_full = ps.queue_full;
+  h.ring_full = sampler_->counters()[KRAIT_CNT_RINGBUF_FULL];
+  h.inspection = inspection_health();
+  return h;
+}
+
+RunFacts Engine::facts(double seconds) {
   RunFacts f;
   f.seconds = seconds;
   f.frequency_hz = options_.sampler.frequency_hz;
