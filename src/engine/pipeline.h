@@ -16,6 +16,10 @@
 // lose frames carry a synthetic frame naming the reason and are counted per
 // process (ProcessStats) or here (PipelineStats).
 //
+// Code: pipeline.cpp (events, samples, labels, native material),
+// python_names.cpp (naming Python frames, parking), other_processes.cpp
+// (--all-processes).
+//
 // Threading: one thread, the run loop's (ring buffer reader), which also
 // runs the Inspector's completions.
 #pragma once
@@ -88,6 +92,8 @@ struct ParkedSample {
   SampleJob job;  // complete but for job.python
   std::vector<krait_py_frame> frames;
   uint64_t parked_ns = 0;
+
+  size_t bytes() const { return job.bytes() + frames.size() * sizeof(krait_py_frame); }
 };
 
 struct PipelineStats {

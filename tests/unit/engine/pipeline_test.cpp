@@ -498,5 +498,32 @@ TEST_F(PipelineTest, ExitKeepsTheProcessForTheSummaryButFreesItsCaches) {
   EXPECT_EQ(profile.total_count(), 1u);
 }
 
+// The daemon's per-interval prune: the tracker forgets processes that
+// exited, and the pipeline what it kept under their keys (their counts).
+TEST_F(PipelineTest, PrunedProcessesLeaveNothingBehindInThePipeline) {
+  ProcessTracker tracker(sink_, *inspector_, {});
+  auto mem = std::make_shared<proc::FakeMemory>();
+  FakeCode code = put_code(*mem, 0x100000, "f", "/app/f.py", 1);
+  const uint64_t key = add_process(tracker, std::move(mem)).key;
+  profile::Profile profile;
+  Harness h(tracker, *inspector_, profile, 256);
+  auto r = make_sample({{code.address, code.token, 0}});
+  h.pipeline.on_sample({r->sample, {r->sample.frames, r->n}});
+  krait_proc_event exit{};
+  exit.hdr.type = KRAIT_EVENT_EXIT;
+  exit.hdr.pid = 4242;
+  h.pipeline.on_exit(exit);
+  h.flush();
+  ASSERT_EQ(h.pipeline.process_stats(key).samples, 1u) << "kept for the summary until pruned";
+
+  const std::vector<uint64_t> pruned = tracker.prune_exited();
+  EXPECT_EQ(pruned, std::vector<uint64_t>{key});
+  h.pipeline.forget(pruned);
+  EXPECT_TRUE(tracker.processes().empty());
+  EXPECT_EQ(h.pipeline.process_stats(key).samples, 0u);
+  EXPECT_FALSE(h.pipeline.holds_names(key));
+  EXPECT_EQ(profile.total_count(), 1u);
+}
+
 }  // namespace
 }  // namespace krait::engine
