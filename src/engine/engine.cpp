@@ -167,7 +167,7 @@ void Engine::run_inspections() {
   pipeline_->tick(now);
   // Scan results no sample claimed: processes that exited or stay idle.
   if (now - last_prune_ns_ > 10'000'000'000ull) {
-    tracker_->prune_unsampled(now);
+    tracker_->prune_unsampled();
     // Files no live process maps any more (the daemon also does this per
     // interval, with its other caches).
     modules_->evict_unused();

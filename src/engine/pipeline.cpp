@@ -275,7 +275,7 @@ void Pipeline::on_exec(const krait_proc_event& event) {
   }
   if (const TrackedProcess* p = tracker_.find(pid))
     release_key(p->key, monotonic_ns(), true);
-  tracker_.on_exec(pid, event.identity, monotonic_ns());
+  tracker_.on_exec(pid, event.identity);
 }
 
 void Pipeline::on_exit(const krait_proc_event& event) {
@@ -296,7 +296,7 @@ void Pipeline::on_exit(const krait_proc_event& event) {
 
 void Pipeline::on_unknown_process(const krait_proc_event& event) {
   ++stats_.unknown_events;
-  tracker_.on_unknown(static_cast<pid_t>(event.hdr.pid), event.identity, monotonic_ns());
+  tracker_.on_unknown(static_cast<pid_t>(event.hdr.pid), event.identity);
 }
 
 }  // namespace krait::engine

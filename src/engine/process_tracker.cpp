@@ -159,7 +159,7 @@ std::optional<python::AttachStatus> ProcessTracker::scan_result(pid_t pid) const
   return it->second;
 }
 
-void ProcessTracker::on_unknown(pid_t pid, const krait_proc_identity& identity, uint64_t now_ns) {
+void ProcessTracker::on_unknown(pid_t pid, const krait_proc_identity& identity) {
   TrackedProcess* p = entry(pid);
   if (p && !p->identity && p->start_ticks != 0 && p->start_ticks == start_ticks_of(identity))
     p->identity = identity;  // the first sample of a scanned process
@@ -183,13 +183,12 @@ void ProcessTracker::on_unknown(pid_t pid, const krait_proc_identity& identity, 
   }
   TrackedProcess& fresh = fresh_entry(pid);
   fresh.identity = identity;
-  (void)now_ns;
   post_attach(fresh);
 }
 
-void ProcessTracker::on_exec(pid_t pid, const krait_proc_identity& identity, uint64_t now_ns) {
+void ProcessTracker::on_exec(pid_t pid, const krait_proc_identity& identity) {
   retire(pid);
-  on_unknown(pid, identity, now_ns);
+  on_unknown(pid, identity);
 }
 
 void ProcessTracker::on_exit(pid_t pid) {
@@ -400,13 +399,12 @@ void ProcessTracker::on_notice(const inspect::Notice& notice) {
   finish(p);
 }
 
-void ProcessTracker::prune_unsampled(uint64_t now_ns) {
+void ProcessTracker::prune_unsampled() {
   std::vector<pid_t> stale;
   for (const auto& [pid, key] : current_) {
     const TrackedProcess& p = processes_.at(key);
     if (p.identity || p.attach_in_flight || p.generation != 0)
       continue;
-    (void)now_ns;
     if (read_start_ticks(pid) != p.start_ticks)
       stale.push_back(pid);
   }

@@ -138,14 +138,14 @@ class ProcessTracker {
   // The initial scan: attaches `pid` ahead of its first sample.
   void prepare(pid_t pid);
   // The sampler reported a process it has no entry for (or a stale one).
-  void on_unknown(pid_t pid, const krait_proc_identity& identity, uint64_t now_ns);
-  void on_exec(pid_t pid, const krait_proc_identity& identity, uint64_t now_ns);
+  void on_unknown(pid_t pid, const krait_proc_identity& identity);
+  void on_exec(pid_t pid, const krait_proc_identity& identity);
   void on_exit(pid_t pid);
   // The Inspector stopped a process's work (throttled or stalled).
   void on_notice(const inspect::Notice& notice);
   // Forgets scan results of processes that exited before their first
   // sample (the sampler reports no exit for a pid it never saw).
-  void prune_unsampled(uint64_t now_ns);
+  void prune_unsampled();
 
   // The current incarnation of pid, if tracked.
   const TrackedProcess* find(pid_t pid) const;

@@ -127,7 +127,7 @@ TEST_F(TrackerTest, AnAttachedProcessIsWrittenWithTheIdentityTheSamplerReported)
   Child child;
   const krait_proc_identity id = identity_of(child.pid());
   attach_->open();
-  tracker_->on_unknown(child.pid(), id, monotonic_ns());
+  tracker_->on_unknown(child.pid(), id);
   settle();
   ASSERT_EQ(sink_.writes.size(), 1u);
   EXPECT_EQ(sink_.writes[0].pid, static_cast<uint32_t>(child.pid()));
@@ -142,7 +142,7 @@ TEST_F(TrackerTest, AnAttachedProcessIsWrittenWithTheIdentityTheSamplerReported)
 // ever remove, and the next process with that pid was walked with it.
 TEST_F(TrackerTest, AnAttachThatEndsAfterItsProcessExitedWritesNothing) {
   Child child;
-  tracker_->on_unknown(child.pid(), identity_of(child.pid()), monotonic_ns());
+  tracker_->on_unknown(child.pid(), identity_of(child.pid()));
   while (attach_->calls() == 0)
     std::this_thread::yield();  // the attach is under way
   tracker_->on_exit(child.pid());
@@ -156,10 +156,10 @@ TEST_F(TrackerTest, AnAttachOfTheOldImageIsDroppedWhenTheProcessExecs) {
   Child child;
   const krait_proc_identity before = identity_of(child.pid(), 1);
   const krait_proc_identity after = identity_of(child.pid(), 2);
-  tracker_->on_unknown(child.pid(), before, monotonic_ns());
+  tracker_->on_unknown(child.pid(), before);
   while (attach_->calls() == 0)
     std::this_thread::yield();
-  tracker_->on_exec(child.pid(), after, monotonic_ns());
+  tracker_->on_exec(child.pid(), after);
   attach_->open();
   settle();
   // Only the new image's attach is written, with its identity.
@@ -177,7 +177,7 @@ TEST_F(TrackerTest, AScannedProcessIsWrittenAtItsFirstSampleWithoutAttachingAgai
   ASSERT_TRUE(tracker_->scan_result(child.pid()).has_value());
   EXPECT_EQ(*tracker_->scan_result(child.pid()), python::AttachStatus::kAttached);
   const krait_proc_identity id = identity_of(child.pid());
-  tracker_->on_unknown(child.pid(), id, monotonic_ns());
+  tracker_->on_unknown(child.pid(), id);
   ASSERT_EQ(sink_.writes.size(), 1u);
   EXPECT_EQ(sink_.writes[0].info.identity.start_ns, id.start_ns);
   EXPECT_EQ(attach_->calls(), 1);
@@ -191,12 +191,12 @@ TEST_F(TrackerTest, ANewProcessWithAReusedPidIsAttachedAfresh) {
   // gone by the time the attach reads the pid.
   krait_proc_identity earlier = real;
   earlier.start_ns -= 5'000'000'000ull;
-  tracker_->on_unknown(child.pid(), earlier, monotonic_ns());
+  tracker_->on_unknown(child.pid(), earlier);
   settle();
   EXPECT_TRUE(sink_.writes.empty()) << "what the attach read belongs to another process";
   EXPECT_EQ(tracker_->find(child.pid()), nullptr);
   // The process now there reports itself (its first sample).
-  tracker_->on_unknown(child.pid(), real, monotonic_ns());
+  tracker_->on_unknown(child.pid(), real);
   settle();
   ASSERT_EQ(sink_.writes.size(), 1u);
   EXPECT_EQ(sink_.writes[0].info.identity.start_ns, real.start_ns);
@@ -208,7 +208,7 @@ TEST_F(TrackerTest, ANewProcessWithAReusedPidIsAttachedAfresh) {
 TEST_F(TrackerTest, AStalledAttachRefusesTheProcessWithTheReason) {
   Child child;
   inspect::Notice notice;
-  tracker_->on_unknown(child.pid(), identity_of(child.pid()), monotonic_ns());
+  tracker_->on_unknown(child.pid(), identity_of(child.pid()));
   const TrackedProcess* p = tracker_->find(child.pid());
   ASSERT_NE(p, nullptr);
   notice.key = p->key;

@@ -85,7 +85,7 @@ TEST_P(PerInterpreter, ExecutableAndLibpythonGiveTheSameTable) {
 }
 
 // The fields the sampler relies on, by version, as CPython's history has
-// them (docs/DESIGN.md): present where the version has the member, absent
+// them (each release's Include/ headers): present where the version has the member, absent
 // where it does not.
 TEST_P(PerInterpreter, HasTheFieldsOfItsVersion) {
   const auto& table = generated(GetParam());
