@@ -63,6 +63,7 @@ Result<std::unique_ptr<Engine>> Engine::create(EngineOptions options) {
   topts.attach = c->options_.attach;
   topts.wanted = c->options_.selection.wanted;
   topts.describe = c->options_.selection.describe;
+  topts.on_process = c->options_.on_process;
   topts.native = cfg.native;
   topts.modules = c->modules_;
   c->tracker_ = std::make_unique<ProcessTracker>(*c->sink_, *c->inspector_, std::move(topts));

@@ -3,8 +3,9 @@
 // tracker, the reader-side pipeline and the stack builder on its thread.
 // Commands configure it with one EngineOptions, drive it from their run
 // loop, and get its results through a few doors: the interval sink
-// (profiles per series, on the builder thread), take_profiles() at the end,
-// summary() and health(). Its parts are its own; nothing outside reaches
+// (profiles per series, on the builder thread), process lifecycle events
+// (EngineOptions::on_process), take_profiles() at the end, summary() and
+// health(). Its parts are its own; nothing outside reaches
 // into them.
 //
 // Threading: created, driven and destroyed on one thread, the run loop's;
@@ -48,6 +49,8 @@ struct EngineOptions {
   uint32_t max_depth = KRAIT_PY_DEPTH_DEFAULT;
   size_t queue_bytes = 256u << 20;  // samples waiting for the stack builder
   Selection selection;
+  // Python processes attached, refused and exited, on the run loop's thread.
+  ProcessEventFn on_process;
 };
 
 // The figures of the daemon's health line.

@@ -139,6 +139,7 @@ void ProcessTracker::retire(pid_t pid) {
     p.state = ProcessState::kExited;
     p.memory.reset();
     p.attach_modules.reset();
+    report(p, ProcessEvent::Kind::kExited);
   }
   if (retire_listener_)
     retire_listener_(key);
@@ -360,10 +361,12 @@ void ProcessTracker::apply(uint64_t key, std::shared_ptr<Outcome> outcome) {
     spdlog::debug("pid {} ({}): Python {} from {}, offsets: {}", pid, p.name,
                   p.attachment.version->str(), p.attachment.image_path,
                   p.attachment.offsets_source);
+    report(p, ProcessEvent::Kind::kAttached);
   } else {
     p.state = ProcessState::kRefused;
     p.reason = p.attachment.reason;
     spdlog::warn("pid {} ({}) is not profiled: {}", pid, p.name, p.reason);
+    report(p, ProcessEvent::Kind::kRefused);
   }
   finish(p);
 }
@@ -396,7 +399,18 @@ void ProcessTracker::on_notice(const inspect::Notice& notice) {
     p.generation = next_generation_++;
   p.state = ProcessState::kRefused;
   p.reason = notice.reason;
+  report(p, ProcessEvent::Kind::kRefused);
   finish(p);
+}
+
+void ProcessTracker::report(const TrackedProcess& p, ProcessEvent::Kind kind) {
+  if (!options_.on_process)
+    return;
+  ProcessEvent e{kind,   p.key, p.pid,
+                 p.name, "",    kind == ProcessEvent::Kind::kRefused ? p.reason : ""};
+  if (p.attachment.version)
+    e.python_version = p.attachment.version->str();
+  options_.on_process(e);
 }
 
 void ProcessTracker::prune_unsampled() {

@@ -115,6 +115,19 @@ struct TrackedProcess {
   uint64_t attached_ns = 0;
 };
 
+// A Python process's lifecycle as a live view follows it: attached (its
+// samples are walked), refused (with the reason), exited.
+struct ProcessEvent {
+  enum class Kind : uint8_t { kAttached, kRefused, kExited };
+  Kind kind;
+  uint64_t key = 0;  // the incarnation
+  pid_t pid = 0;
+  std::string name;            // comm
+  std::string python_version;  // "" when unknown
+  std::string reason;          // kRefused: why
+};
+using ProcessEventFn = std::function<void(const ProcessEvent&)>;
+
 struct TrackerOptions {
   python::AttachOptions attach;
   // How a process is attached (runs on a worker); python::attach_process
@@ -129,6 +142,8 @@ struct TrackerOptions {
   // and where an attached one's samples go.
   std::function<bool(pid_t)> wanted;
   std::function<ProcessNaming(pid_t, const std::string& python_version)> describe;
+  // Lifecycle events of Python processes, on the tracker's thread.
+  ProcessEventFn on_process;
 };
 
 class ProcessTracker {
@@ -196,6 +211,7 @@ class ProcessTracker {
   void write(TrackedProcess& p, const krait_proc_info& info);
   void ignore_for(TrackedProcess& p, uint64_t delay_ns, uint64_t now_ns);
   void finish(TrackedProcess& p);
+  void report(const TrackedProcess& p, ProcessEvent::Kind kind);
 
   ProcessMapSink& sink_;
   inspect::Inspector& inspector_;

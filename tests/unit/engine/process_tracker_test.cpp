@@ -109,6 +109,7 @@ class TrackerTest : public ::testing::Test {
                                       const python::AttachOptions& o) {
       return (*attach)(pid, images, o);
     };
+    options.on_process = [this](const ProcessEvent& e) { events_.push_back(e); };
     tracker_ = std::make_unique<ProcessTracker>(sink_, *inspector_, options);
   }
   void TearDown() override { attach_->open(); }
@@ -121,6 +122,7 @@ class TrackerTest : public ::testing::Test {
   std::unique_ptr<inspect::Inspector> inspector_;
   std::shared_ptr<StandInAttach> attach_;
   std::unique_ptr<ProcessTracker> tracker_;
+  std::vector<ProcessEvent> events_;
 };
 
 TEST_F(TrackerTest, AnAttachedProcessIsWrittenWithTheIdentityTheSamplerReported) {
@@ -219,6 +221,31 @@ TEST_F(TrackerTest, AStalledAttachRefusesTheProcessWithTheReason) {
   EXPECT_EQ(p->reason, notice.reason);
   ASSERT_EQ(sink_.writes.size(), 1u);
   EXPECT_EQ(sink_.writes[0].info.mode, static_cast<uint32_t>(KRAIT_PROC_REFUSED));
+  ASSERT_EQ(events_.size(), 1u);
+  EXPECT_EQ(events_[0].kind, ProcessEvent::Kind::kRefused);
+  EXPECT_EQ(events_[0].reason, notice.reason);
+}
+
+// What a live view follows: attached when the attach completes, exited
+// at the exit; one event each, for the incarnation attached.
+TEST_F(TrackerTest, AttachAndExitAreReportedOnceEach) {
+  Child child;
+  attach_->open();
+  tracker_->on_unknown(child.pid(), identity_of(child.pid()));
+  settle();
+  ASSERT_EQ(events_.size(), 1u);
+  EXPECT_EQ(events_[0].kind, ProcessEvent::Kind::kAttached);
+  EXPECT_EQ(events_[0].pid, child.pid());
+  EXPECT_EQ(events_[0].python_version, "3.12.1");
+  const uint64_t key = events_[0].key;
+  EXPECT_EQ(tracker_->find(child.pid())->key, key);
+
+  tracker_->on_exit(child.pid());
+  ASSERT_EQ(events_.size(), 2u);
+  EXPECT_EQ(events_[1].kind, ProcessEvent::Kind::kExited);
+  EXPECT_EQ(events_[1].key, key);
+  tracker_->on_exit(child.pid());
+  EXPECT_EQ(events_.size(), 2u) << "an exit is reported once";
 }
 
 }  // namespace
