@@ -1,6 +1,6 @@
 // `krait daemon`: continuous host-wide profiling.
 //
-// One Collector (sampler, tracker, pipeline, stack builder) runs for the
+// One engine::Engine (sampler, tracker, pipeline, stack builder) runs for the
 // life of the service. Time is cut into intervals aligned to the wall clock
 // (every upload_interval seconds, e.g. :00 :15 :30 :45) that tile time with
 // no gap or overlap; at each end the builder hands one profile per series
