@@ -93,9 +93,7 @@ void Pipeline::on_other_sample(const events::SampleView& view) {
   parked.job = std::move(job);
   parked.parked_ns = monotonic_ns();
   const size_t bytes = parked.bytes();
-  if (other.parked.size() >= kMaxParkedPerProcess ||
-      other.parked_bytes + bytes > kMaxParkedBytesPerProcess ||
-      parked_bytes_ + bytes > kMaxParkedBytes) {
+  if (!room_to_park(other.parked.size(), other.parked_bytes, bytes)) {
     ++stats_.park_full;
     submit(std::move(parked.job));
     return;

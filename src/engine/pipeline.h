@@ -227,6 +227,9 @@ class Pipeline final : public events::EventHandler {
   // Names the frames of a Python sample; false when it must wait.
   bool name_frames(const TrackedProcess& p, PerProcess& pp, SampleJob& job,
                    std::span<const krait_py_frame> frames, bool best_effort);
+  // Whether a process holding `held` samples of `held_bytes` may park one
+  // more of `bytes` (its caps and the caps of all).
+  bool room_to_park(size_t held, size_t held_bytes, size_t bytes) const;
   void park(const TrackedProcess& p, PerProcess& pp, SampleJob job,
             std::span<const krait_py_frame> frames);
   void release_parked(const TrackedProcess& p, PerProcess& pp, uint64_t now_ns, bool all);

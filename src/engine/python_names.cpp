@@ -249,6 +249,11 @@ bool Pipeline::name_frames(const TrackedProcess& p, PerProcess& pp, SampleJob& j
   return !waiting;
 }
 
+bool Pipeline::room_to_park(size_t held, size_t held_bytes, size_t bytes) const {
+  return held < kMaxParkedPerProcess && held_bytes + bytes <= kMaxParkedBytesPerProcess &&
+         parked_bytes_ + bytes <= kMaxParkedBytes;
+}
+
 void Pipeline::park(const TrackedProcess& p, PerProcess& pp, SampleJob job,
                     std::span<const krait_py_frame> frames) {
   ParkedSample parked;
@@ -256,9 +261,7 @@ void Pipeline::park(const TrackedProcess& p, PerProcess& pp, SampleJob job,
   parked.frames.assign(frames.begin(), frames.end());
   parked.parked_ns = monotonic_ns();
   const size_t bytes = parked.bytes();
-  if (pp.parked.size() >= kMaxParkedPerProcess ||
-      pp.parked_bytes + bytes > kMaxParkedBytesPerProcess ||
-      parked_bytes_ + bytes > kMaxParkedBytes) {
+  if (!room_to_park(pp.parked.size(), pp.parked_bytes, bytes)) {
     ++stats_.park_full;
     name_frames(p, pp, parked.job, parked.frames, true);
     submit(std::move(parked.job));

@@ -99,43 +99,37 @@ HostReport survey_host(const std::vector<pid_t>& only) {
 }
 
 std::string report_json(const HostReport& r) {
-  const auto& features = r.features;
-  const auto& caps = r.capabilities;
-  const auto& missing = r.missing;
-  const auto& tables = r.offset_tables;
-  const auto& layouts = r.debug_offsets_layouts;
-  const auto& processes = r.processes;
   JsonWriter w;
   w.begin_object();
   w.key("kernel").begin_object();
-  w.key("release").value(features.release);
-  w.key("btf").value(features.btf);
-  w.key("cycles_event").value(features.cycles_event);
-  w.key("cpu_clock_event").value(features.cpu_clock_event);
-  w.key("bpf_stats_enabled").value(features.bpf_stats_enabled);
-  w.key("online_cpus").value(static_cast<int64_t>(features.online_cpus));
+  w.key("release").value(r.features.release);
+  w.key("btf").value(r.features.btf);
+  w.key("cycles_event").value(r.features.cycles_event);
+  w.key("cpu_clock_event").value(r.features.cpu_clock_event);
+  w.key("bpf_stats_enabled").value(r.features.bpf_stats_enabled);
+  w.key("online_cpus").value(static_cast<int64_t>(r.features.online_cpus));
   w.key("notes").begin_array();
-  for (const auto& n : features.notes)
+  for (const auto& n : r.features.notes)
     w.value(n);
   w.end_array().end_object();
   w.key("capabilities").begin_object();
-  w.key("bpf").value(caps.bpf);
-  w.key("perfmon").value(caps.perfmon);
-  w.key("sys_ptrace").value(caps.sys_ptrace);
-  w.key("can_record").value(!missing.has_value());
-  if (missing)
-    w.key("missing").value(*missing);
+  w.key("bpf").value(r.capabilities.bpf);
+  w.key("perfmon").value(r.capabilities.perfmon);
+  w.key("sys_ptrace").value(r.capabilities.sys_ptrace);
+  w.key("can_record").value(!r.missing.has_value());
+  if (r.missing)
+    w.key("missing").value(*r.missing);
   w.end_object();
   w.key("offset_tables").begin_array();
-  for (const auto& t : tables)
+  for (const auto& t : r.offset_tables)
     w.value(t);
   w.end_array();
   w.key("debug_offsets_layouts").begin_array();
-  for (const auto& l : layouts)
+  for (const auto& l : r.debug_offsets_layouts)
     w.value(l);
   w.end_array();
   w.key("processes").begin_array();
-  for (const auto& p : processes) {
+  for (const auto& p : r.processes) {
     const auto& a = p.attachment;
     w.begin_object();
     w.key("pid").value(static_cast<int64_t>(p.pid));
@@ -157,29 +151,24 @@ std::string report_json(const HostReport& r) {
 }
 
 std::string report_text(const HostReport& r) {
-  const auto& features = r.features;
-  const auto& missing = r.missing;
-  const auto& tables = r.offset_tables;
-  const auto& layouts = r.debug_offsets_layouts;
-  const auto& processes = r.processes;
   std::string out;
   out += fmt::format("kernel {}: BTF {}, cycles event {}, cpu-clock event {}, {} CPUs online\n",
-                     features.release, features.btf ? "yes" : "NO",
-                     features.cycles_event ? "yes" : "no", features.cpu_clock_event ? "yes" : "NO",
-                     features.online_cpus);
-  for (const auto& n : features.notes)
+                     r.features.release, r.features.btf ? "yes" : "NO",
+                     r.features.cycles_event ? "yes" : "no",
+                     r.features.cpu_clock_event ? "yes" : "NO", r.features.online_cpus);
+  for (const auto& n : r.features.notes)
     out += fmt::format("  note: {}\n", n);
   out += fmt::format("permissions: {}\n",
-                     missing ? *missing : "can record (CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE)");
-  out += fmt::format("offset tables: {}\n", fmt::join(tables, " "));
-  out += fmt::format("_Py_DebugOffsets layouts: {}\n", fmt::join(layouts, " "));
-  if (processes.empty()) {
+                     r.missing ? *r.missing : "can record (CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE)");
+  out += fmt::format("offset tables: {}\n", fmt::join(r.offset_tables, " "));
+  out += fmt::format("_Py_DebugOffsets layouts: {}\n", fmt::join(r.debug_offsets_layouts, " "));
+  if (r.processes.empty()) {
     out += "no Python processes\n";
     return out;
   }
   out += fmt::format("{:>8}  {:<16} {:<8} {:<10} {}\n", "PID", "PROCESS", "PYTHON", "STATUS",
                      "DETAILS");
-  for (const auto& p : processes) {
+  for (const auto& p : r.processes) {
     const auto& a = p.attachment;
     std::string details;
     if (a.status == python::AttachStatus::kAttached)
