@@ -1,44 +1,78 @@
 // The configuration of `krait daemon`: a TOML file (--config FILE) merged
 // with command-line flags, flags winning. Every option is both a TOML key
-// and a flag; `krait daemon --print-config` prints the effective result as
-// TOML that reads back to the same configuration.
+// and a flag, described once in daemon_options() (the sampling ones are
+// shared with `krait record`: options/sampling.h); `krait daemon
+// --print-config` prints the effective result as TOML that reads back to
+// the same configuration.
 //
-// Keys (TOML section.key = flag, default):
-//   log_level                     --log-level            "info"  (trace debug info warn error off)
-//   sampling.rate_hz              --rate                 99      (1..10000)
-//   sampling.stack_mode           --stacks               "mixed" (python | mixed; also
-//   --stack-mode) sampling.kernel               --no-kernel            true    (kernel frames in
-//   mixed stacks) sampling.all_processes        --all-processes        false   (also processes that
-//   are not
-//                                                                 Python; mixed stacks only)
-//   processes.names               --process-name NAME    []      (comm or executable base name)
-//   processes.cmdline_regex       --cmdline-regex RE     []      (searched in the command line;
-//                                                                 RE2 syntax, cmdline_regex.h)
-//   processes.cgroups             --cgroup PATH          []      (cgroup path prefix)
-//   processes.container_ids       --container-id ID      []      (container id prefix, >= 4 hex)
-//   processes.exclude_names       --exclude-name NAME    []
-//   processes.exclude_cmdline_regex --exclude-cmdline-regex RE []
-//   application.name_regex        --app-name-regex RE    ""      (app_name.h)
-//   application.name_template     --app-name-template T  ""      (app_name.h)
-//   labels.<name> = "value"       --label NAME=VALUE     {}      (static labels)
-//   hostname                      --hostname NAME        ""      (the hostname label; empty:
-//                                                                 this host's name)
-//   health_interval_s             --health-interval S    60      (1..3600)
-//   upload.interval_s             --upload-interval S    15      (1..3600)
-//   upload.queue_max_bytes        --queue-max-bytes N    "64MiB" (integer, or a string with
-//                                                                 KiB/MiB/GiB, K/M/G)
-//   pyroscope.url                 --pyroscope-url URL    ""      (empty: no upload)
-//   pyroscope.protocol            --pyroscope-protocol   "push"  (push | ingest)
-//   pyroscope.basic_auth_user_file / _env, basic_auth_password_file / _env,
-//   pyroscope.bearer_token_file / _env, pyroscope.tenant_id_file / _env
-//                                 --pyroscope-basic-auth-user-file FILE, ... _env NAME, ...
-//   pyroscope.tls_ca_file         --pyroscope-tls-ca-file FILE ""
-//   pyroscope.tls_insecure_skip_verify --pyroscope-tls-insecure-skip-verify  false
-//   pyroscope.connect_timeout_s   --pyroscope-connect-timeout S 5
-//   pyroscope.timeout_s           --pyroscope-timeout S  30
-//   directory.path                --output-dir DIR       ""      (empty: no files)
-//   directory.max_files           --output-max-files N   1000    (0: no limit)
-//   directory.max_bytes           --output-max-bytes N   "1GiB"  (0: no limit)
+// Keys, one per line: TOML key, flag, default, (notes).
+//
+//   log_level
+//       --log-level LEVEL, "info" (trace debug info warn error off)
+//   hostname
+//       --hostname NAME, "" (the hostname label; empty: this host's name)
+//   health_interval_s
+//       --health-interval S, 60 (1..3600)
+//   sampling.rate_hz
+//       -r, --rate HZ, 99 (1..10000)
+//   sampling.stack_mode
+//       --stacks, --stack-mode MODE, "mixed" (python | mixed)
+//   sampling.kernel
+//       --no-kernel, true (kernel frames in mixed stacks)
+//   sampling.all_processes
+//       --all-processes, false (also processes that are not Python; mixed
+//       stacks only)
+//   processes.names
+//       --process-name NAME, [] (comm or executable base name)
+//   processes.cmdline_regex
+//       --cmdline-regex RE, [] (searched in the command line; RE2 syntax,
+//       cmdline_regex.h)
+//   processes.cgroups
+//       --cgroup PATH, [] (cgroup path prefix)
+//   processes.container_ids
+//       --container-id ID, [] (container id prefix, >= 4 hex digits)
+//   processes.exclude_names
+//       --exclude-name NAME, []
+//   processes.exclude_cmdline_regex
+//       --exclude-cmdline-regex RE, []
+//   application.name_regex
+//       --app-name-regex RE, "" (app_name.h)
+//   application.name_template
+//       --app-name-template T, "" (app_name.h)
+//   labels.<name> = "value"
+//       --label NAME=VALUE, {} (static labels)
+//   upload.interval_s
+//       --upload-interval S, 15 (1..3600)
+//   upload.queue_max_bytes
+//       --queue-max-bytes N, "64MiB" (an integer, or a string with
+//       KiB/MiB/GiB, K/M/G)
+//   pyroscope.url
+//       --pyroscope-url URL, "" (empty: no upload)
+//   pyroscope.protocol
+//       --pyroscope-protocol P, "push" (push | ingest)
+//   pyroscope.basic_auth_user_file, pyroscope.basic_auth_user_env
+//       --pyroscope-basic-auth-user-file FILE, --pyroscope-basic-auth-user-env NAME
+//   pyroscope.basic_auth_password_file, pyroscope.basic_auth_password_env
+//       --pyroscope-basic-auth-password-file FILE, ...-env NAME
+//   pyroscope.bearer_token_file, pyroscope.bearer_token_env
+//       --pyroscope-bearer-token-file FILE, ...-env NAME
+//   pyroscope.tenant_id_file, pyroscope.tenant_id_env
+//       --pyroscope-tenant-id-file FILE, ...-env NAME
+//   pyroscope.tls_ca_file
+//       --pyroscope-tls-ca-file FILE, ""
+//   pyroscope.tls_insecure_skip_verify
+//       --pyroscope-tls-insecure-skip-verify, false
+//   pyroscope.connect_timeout_s
+//       --pyroscope-connect-timeout S, 5
+//   pyroscope.timeout_s
+//       --pyroscope-timeout S, 30
+//   directory.path
+//       --output-dir DIR, "" (empty: no files)
+//   directory.max_files
+//       --output-max-files N, 1000 (0: no limit)
+//   directory.max_bytes
+//       --output-max-bytes N, "1GiB" (0: no limit)
+//
 // List flags replace the file's list when given; --label adds or overrides
 // one label at a time. Secrets (auth, tenant) are never values in the file
 // or on the command line: only the name of a file holding them, or of an
@@ -61,13 +95,8 @@
 #include "export/directory_output.h"
 #include "export/pyroscope.h"
 #include "export/upload_queue.h"
+#include "options/option.h"
 #include "util/result.h"
-
-// CLI11 stays at the command-line edge: this header only names its types.
-namespace CLI {
-class App;
-class Option;
-}  // namespace CLI
 
 namespace krait::daemon {
 
@@ -132,23 +161,16 @@ struct DaemonConfig {
   bool operator==(const DaemonConfig&) const = default;
 };
 
-// What add_daemon_options() registers; owned by the caller, alive until
-// resolve_config() has run (the CLI11 options point into it).
-struct DaemonFlags {
-  std::string config_file;
-  bool print_config = false;
-  // One entry per option: the raw flag values and the CLI11 option.
-  struct Entry {
-    std::vector<std::string> values;
-    CLI::Option* option = nullptr;
-  };
-  std::map<std::string, Entry> by_key;  // TOML key -> flag values
-};
+// Every configuration key and its flag, in --print-config order.
+const std::vector<options::Option<DaemonConfig>>& daemon_options();
 
-// Registers --config, --print-config and one flag per configuration key on
-// `command` (the `daemon` subcommand). Values are kept as text and checked
-// by resolve_config(), so every error names its key the same way.
-void add_daemon_options(CLI::App& command, DaemonFlags& flags);
+// What the command line gave (src/cli fills it); kept for the life of the
+// daemon, which resolves it again on SIGHUP.
+struct DaemonFlags {
+  std::string config_file;  // --config
+  bool print_config = false;
+  options::GivenFlags given;  // daemon_options() flags given
+};
 
 // Defaults, then the TOML file (when --config was given), then the flags
 // given on the command line; then validate(), unless --print-config was
@@ -182,6 +204,6 @@ exporter::DirectoryOutputOptions directory_output_options(const DaemonConfig& co
 std::string effective_hostname(const DaemonConfig& config);
 
 // Parses "64MiB", "1G", "512k", "1048576" (binary units; B optional).
-Result<uint64_t> parse_byte_size(std::string_view text);
+using options::parse_byte_size;
 
 }  // namespace krait::daemon

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <set>
 
+#include "cli/daemon_flags.h"
 #include "test_support.h"
 #include "util/files.h"
 
@@ -19,21 +20,20 @@ namespace krait::test {
 namespace {
 
 using daemon::DaemonConfig;
-using daemon::DaemonFlags;
 using daemon::StackMode;
 
 // Parses `args` as the `daemon` subcommand would, then resolves.
 Result<DaemonConfig> resolve(std::vector<std::string> args) {
   CLI::App app{"test"};
-  DaemonFlags flags;
-  daemon::add_daemon_options(app, flags);
+  cli::DaemonCommandFlags flags;
+  flags.add(app);
   std::vector<std::string> reversed(args.rbegin(), args.rend());
   try {
     app.parse(reversed);
   } catch (const CLI::ParseError& e) {
     return make_error("CLI11: {}", e.what());
   }
-  return daemon::resolve_config(flags);
+  return daemon::resolve_config(flags.collect());
 }
 
 DaemonConfig must(Result<DaemonConfig> config) {
@@ -149,8 +149,11 @@ TEST(DaemonConfigTest, PrintedConfigReadsBackEqual) {
 
 TEST(DaemonConfigTest, EveryKeyIsAlsoAFlag) {
   CLI::App app{"test"};
-  DaemonFlags flags;
-  daemon::add_daemon_options(app, flags);
+  cli::DaemonCommandFlags flags;
+  flags.add(app);
+  std::map<std::string, const CLI::Option*> by_key;
+  for (const auto& option : daemon::daemon_options())
+    by_key[option.spec.key] = app.get_option_no_throw(option.spec.name());
   // Keys as the printed TOML has them.
   const toml::table printed = toml::parse(daemon::format_config_toml(everything_set()));
   std::set<std::string> keys;
@@ -162,12 +165,12 @@ TEST(DaemonConfigTest, EveryKeyIsAlsoAFlag) {
       keys.insert(std::string(name.str()));
     }
   }
-  EXPECT_EQ(keys.size(), flags.by_key.size());
+  EXPECT_EQ(keys.size(), by_key.size());
   for (const auto& key : keys) {
-    auto it = flags.by_key.find(key);
-    ASSERT_NE(it, flags.by_key.end()) << key << " has no flag";
-    ASSERT_NE(it->second.option, nullptr) << key;
-    EXPECT_NE(it->second.option->get_description().find("(" + key + ")"), std::string::npos);
+    auto it = by_key.find(key);
+    ASSERT_NE(it, by_key.end()) << key << " has no flag";
+    ASSERT_NE(it->second, nullptr) << key;
+    EXPECT_NE(it->second->get_description().find("(" + key + ")"), std::string::npos);
   }
 }
 
@@ -332,8 +335,8 @@ TEST(DaemonConfigTest, PrintConfigSkipsValidation) {
 
 TEST(DaemonConfigTest, SecretsAreReadFromFilesAndTheEnvironmentOnly) {
   CLI::App app{"test"};
-  DaemonFlags flags;
-  daemon::add_daemon_options(app, flags);
+  cli::DaemonCommandFlags flags;
+  flags.add(app);
   for (const CLI::Option* option : app.get_options()) {
     const std::string name = option->get_name();
     for (const char* secret : {"user", "password", "token", "tenant"})
