@@ -75,13 +75,14 @@ std::vector<SeriesProfile> StackBuilder::take_profiles(int64_t end_ktime_ns) {
       continue;
     out.push_back({st->series, std::move(st->profile), interval_start_ns_, end_ktime_ns});
   }
-  // New profiles mean new ids: every cache of ids goes with the old ones.
+  // The counts of the caches that go outlive them, for the summary.
   for (const auto& [key, st] : series_) {
     CacheStats native = st->native.stats();
     native.entries = 0;
     native.bytes = 0;
     retired_native_frames_ += native;
   }
+  // New profiles mean new ids: every cache of ids goes with the old ones.
   series_.clear();
   refresh_cache_stats();
   frame_bytes_ = 0;

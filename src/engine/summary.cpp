@@ -43,6 +43,24 @@ void cache_json(JsonWriter& w, const char* name, const CacheStats& c) {
   w.end_object();
 }
 
+// Only mixed stacks use these caches: no line without them.
+std::optional<std::string> native_cache_line(const RunSummary& s) {
+  if (!lookups(s.native_frame_cache) && !lookups(s.symbol_cache) && !lookups(s.unwind_owner_cache))
+    return std::nullopt;
+  return fmt::format(
+      "  native caches: frames {:.1f}% hits ({} evicted), symbols {:.1f}% hits ({} evicted), "
+      "unwind addresses {:.1f}% hits ({} forgotten)",
+      hit_percent(s.native_frame_cache), s.native_frame_cache.evictions,
+      hit_percent(s.symbol_cache), s.symbol_cache.evictions, hit_percent(s.unwind_owner_cache),
+      s.unwind_owner_cache.evictions);
+}
+
+void native_caches_json(JsonWriter& w, const RunSummary& s) {
+  cache_json(w, "native_frame_cache", s.native_frame_cache);
+  cache_json(w, "symbol_cache", s.symbol_cache);
+  cache_json(w, "unwind_owner_cache", s.unwind_owner_cache);
+}
+
 }  // namespace
 
 RunSummary build_summary(const RunFacts& run, const ProcessTracker& tracker,
@@ -164,14 +182,8 @@ std::vector<std::string> summary_text(const RunSummary& s) {
       "stalled",
       in.tasks_run, static_cast<double>(in.cpu_ns) / 1e6, static_cast<double>(in.bytes) / (1 << 20),
       in.tasks_dropped, in.stalls));
-  // Only mixed stacks use these caches.
-  if (lookups(s.native_frame_cache) || lookups(s.symbol_cache) || lookups(s.unwind_owner_cache))
-    out.push_back(fmt::format(
-        "  native caches: frames {:.1f}% hits ({} evicted), symbols {:.1f}% hits ({} evicted), "
-        "unwind addresses {:.1f}% hits ({} forgotten)",
-        hit_percent(s.native_frame_cache), s.native_frame_cache.evictions,
-        hit_percent(s.symbol_cache), s.symbol_cache.evictions, hit_percent(s.unwind_owner_cache),
-        s.unwind_owner_cache.evictions));
+  if (auto caches = native_cache_line(s))
+    out.push_back(std::move(*caches));
 
   bool header = false;
   std::vector<std::string> refused;
@@ -293,9 +305,7 @@ std::string summary_json(const RunSummary& s) {
   w.key("misses").value(static_cast<int64_t>(s.frame_cache.misses));
   w.key("evictions").value(static_cast<int64_t>(s.frame_cache.evictions));
   w.end_object();
-  cache_json(w, "native_frame_cache", s.native_frame_cache);
-  cache_json(w, "symbol_cache", s.symbol_cache);
-  cache_json(w, "unwind_owner_cache", s.unwind_owner_cache);
+  native_caches_json(w, s);
   w.key("losses").begin_object();
   for (const auto& [reason, n] : s.losses)
     w.key(reason).value(static_cast<int64_t>(n));
