@@ -23,8 +23,8 @@ namespace {
 
 namespace fs = std::filesystem;
 using dwarf_gen::build_id_hex;
-using dwarf_gen::FieldSpec;
 using dwarf_gen::field_name;
+using dwarf_gen::FieldSpec;
 using dwarf_gen::Kind;
 using dwarf_gen::open_debug_info;
 using dwarf_gen::open_elf;
