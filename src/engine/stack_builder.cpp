@@ -8,7 +8,6 @@
 namespace krait::engine {
 namespace {
 
-constexpr size_t kMaxNativeCache = 1'000'000;
 // Distinct frames an interval's profiles may hold, in bytes of names: the
 // processes decide how many distinct frames there are (code objects and
 // names without end), so past this every new frame is one reason frame.
@@ -25,6 +24,11 @@ bool is_eval_function(std::string_view name) {
   if (auto dot = name.find('.'); dot != std::string_view::npos)
     name = name.substr(0, dot);
   return name == "_PyEval_EvalFrameDefault" || name == "PyEval_EvalFrameEx";
+}
+
+template <typename Entry>
+size_t native_entry_bytes(const Entry& entry) {
+  return sizeof(Entry) + entry.frames.size() * sizeof(profile::FrameId);
 }
 
 std::string basename(const std::string& path) {
@@ -59,7 +63,7 @@ StackBuilder::SeriesState& StackBuilder::state_for(const SeriesRef& series) {
   auto it = series_.find(series.get());
   if (it != series_.end())
     return *it->second;
-  auto st = std::make_unique<SeriesState>();
+  auto st = std::make_unique<SeriesState>(options_.max_native_entries);
   st->series = series;
   return *series_.emplace(series.get(), std::move(st)).first->second;
 }
@@ -71,8 +75,16 @@ std::vector<SeriesProfile> StackBuilder::take_profiles(int64_t end_ktime_ns) {
       continue;
     out.push_back({st->series, std::move(st->profile), interval_start_ns_, end_ktime_ns});
   }
+  // The counts of the caches that go outlive them, for the summary.
+  for (const auto& [key, st] : series_) {
+    CacheStats native = st->native.stats();
+    native.entries = 0;
+    native.bytes = 0;
+    retired_native_frames_ += native;
+  }
   // New profiles mean new ids: every cache of ids goes with the old ones.
   series_.clear();
+  refresh_cache_stats();
   frame_bytes_ = 0;
   interval_start_ns_ = end_ktime_ns;
   return out;
@@ -135,10 +147,8 @@ const StackBuilder::NativeEntry& StackBuilder::native_entry(SeriesState& st,
   const uint64_t serial = module ? module->file->serial() : 0;
   const uint64_t vaddr = module ? module->file_address(pc) : pc;
   NativeKey key{serial, vaddr, pc};
-  if (auto it = st.native.find(key); it != st.native.end())
-    return it->second;
-  if (st.native.size() >= kMaxNativeCache)
-    st.native.clear();
+  if (const NativeEntry* cached = st.native.find(key))
+    return *cached;
 
   NativeEntry entry;
   if (!module) {
@@ -147,7 +157,8 @@ const StackBuilder::NativeEntry& StackBuilder::native_entry(SeriesState& st,
     f.function = fmt::format("[unknown {:#x}]", pc);
     f.address = pc;
     entry.frames.push_back(intern(st, f));
-    return st.native.emplace(key, std::move(entry)).first->second;
+    const size_t bytes = native_entry_bytes(entry);
+    return st.native.insert(key, std::move(entry), bytes);
   }
   std::string mapping_key = fmt::format("{}/{:x}", module->path, module->start);
   uint32_t mapping;
@@ -177,7 +188,8 @@ const StackBuilder::NativeEntry& StackBuilder::native_entry(SeriesState& st,
     entry.frames.push_back(intern(st, f));
   }
   entry.eval = !frames->empty() && is_eval_function(frames->back().function);
-  return st.native.emplace(key, std::move(entry)).first->second;
+  const size_t bytes = native_entry_bytes(entry);
+  return st.native.insert(key, std::move(entry), bytes);
 }
 
 profile::FrameId StackBuilder::kernel_frame(SeriesState& st, uint64_t ip) {
@@ -285,6 +297,7 @@ void StackBuilder::add(const SampleJob& job) {
       if (!(job.native_flags & KRAIT_NATIVE_NO_USER))
         reason(st, stack_, "user stack not captured");
     }
+    refresh_cache_stats();
   } else {
     for (const auto& p : job.python)
       stack_.push_back(frame_id(st, p.frame));
@@ -294,6 +307,15 @@ void StackBuilder::add(const SampleJob& job) {
   if (stack_.empty())
     stack_.push_back(synthetic(st, "[no frames]"));
   st.profile.add_sample(stack_, labels_id(st, job.labels));
+}
+
+void StackBuilder::refresh_cache_stats() {
+  CacheStats native = retired_native_frames_;
+  for (const auto& [key, st] : series_)
+    native += st->native.stats();
+  stats_.native_frames = native;
+  stats_.symbols = symbolizer_.stats().address_cache;
+  stats_.unwind_owners = unwinder_.stats().owner_cache;
 }
 
 BuilderThread::BuilderThread(StackBuilder& builder, JobQueue& queue)

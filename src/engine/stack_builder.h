@@ -13,6 +13,7 @@
 #pragma once
 
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -26,6 +27,7 @@
 #include "symbolize/kernel_symbols.h"
 #include "symbolize/native_symbolizer.h"
 #include "unwind/unwinder.h"
+#include "util/lru_cache.h"
 #include "util/result.h"
 
 namespace krait::engine {
@@ -40,12 +42,21 @@ struct BuilderStats {
   uint64_t samples = 0;
   std::map<std::string, uint64_t> reasons;    // incomplete or unmatched stacks
   std::map<uint64_t, UnwindStats> unwinding;  // per process key
+  // Mixed stacks: the caches behind naming native frames. native_frames:
+  // profile frames per (file, address), every series and interval summed
+  // (entries: those held now); symbols: the symbolizer's per-file address
+  // caches; unwind_owners: the unwinder's record of libunwind's cache.
+  CacheStats native_frames;
+  CacheStats symbols;
+  CacheStats unwind_owners;
 };
 
 struct BuilderOptions {
   bool native = false;  // unwind and merge native stacks
   bool kernel = true;   // name kernel frames (native only)
   size_t max_native_frames = 256;
+  // Native addresses with their profile frames cached per series (LRU).
+  size_t max_native_entries = 1'000'000;
 };
 
 // A finished interval's profile of one series.
@@ -94,12 +105,15 @@ class StackBuilder {
   };
   // One series' profile and the caches of ids into it.
   struct SeriesState {
+    explicit SeriesState(size_t max_native_entries)
+        : native(max_native_entries, std::numeric_limits<size_t>::max()) {}
+
     SeriesRef series;
     profile::Profile profile;
     std::unordered_map<const profile::Frame*, std::pair<FrameRef, profile::FrameId>> frames;
     std::unordered_map<const profile::Labels*, std::pair<LabelsRef, profile::LabelSetId>> labels;
     std::unordered_map<std::string, profile::FrameId> synthetic;
-    std::unordered_map<NativeKey, NativeEntry, NativeKeyHash> native;
+    LruCache<NativeKey, NativeEntry, NativeKeyHash> native;
     std::unordered_map<uint64_t, profile::FrameId> kernel;
     std::unordered_map<std::string, uint32_t> mappings;
   };
@@ -115,6 +129,7 @@ class StackBuilder {
   void merge_native(SeriesState& st, const SampleJob& job, const unwind::ProcessModules& modules,
                     std::vector<profile::FrameId>& out);
   void reason(SeriesState& st, std::vector<profile::FrameId>& out, const std::string& text);
+  void refresh_cache_stats();
 
   BuilderOptions options_;
   unwind::Unwinder unwinder_;
@@ -123,6 +138,7 @@ class StackBuilder {
   bool kernel_loaded_ = false;
   unwind::UnwindResult unwound_;
   BuilderStats stats_;
+  CacheStats retired_native_frames_;  // of the series of intervals that ended
   std::vector<profile::FrameId> stack_;
   std::map<const Series*, std::unique_ptr<SeriesState>> series_;
   int64_t interval_start_ns_ = 0;

@@ -25,6 +25,42 @@ CostQuantiles quantiles(std::vector<uint32_t> c) {
   return out;
 }
 
+uint64_t lookups(const CacheStats& c) {
+  return c.hits + c.misses;
+}
+
+double hit_percent(const CacheStats& c) {
+  return lookups(c) ? 100.0 * static_cast<double>(c.hits) / static_cast<double>(lookups(c)) : 0.0;
+}
+
+void cache_json(JsonWriter& w, const char* name, const CacheStats& c) {
+  w.key(name).begin_object();
+  w.key("hits").value(static_cast<int64_t>(c.hits));
+  w.key("misses").value(static_cast<int64_t>(c.misses));
+  w.key("evictions").value(static_cast<int64_t>(c.evictions));
+  w.key("entries").value(static_cast<int64_t>(c.entries));
+  w.key("hit_rate").value(hit_percent(c) / 100.0);
+  w.end_object();
+}
+
+// Only mixed stacks use these caches: no line without them.
+std::optional<std::string> native_cache_line(const RunSummary& s) {
+  if (!lookups(s.native_frame_cache) && !lookups(s.symbol_cache) && !lookups(s.unwind_owner_cache))
+    return std::nullopt;
+  return fmt::format(
+      "  native caches: frames {:.1f}% hits ({} evicted), symbols {:.1f}% hits ({} evicted), "
+      "unwind addresses {:.1f}% hits ({} forgotten)",
+      hit_percent(s.native_frame_cache), s.native_frame_cache.evictions,
+      hit_percent(s.symbol_cache), s.symbol_cache.evictions, hit_percent(s.unwind_owner_cache),
+      s.unwind_owner_cache.evictions);
+}
+
+void native_caches_json(JsonWriter& w, const RunSummary& s) {
+  cache_json(w, "native_frame_cache", s.native_frame_cache);
+  cache_json(w, "symbol_cache", s.symbol_cache);
+  cache_json(w, "unwind_owner_cache", s.unwind_owner_cache);
+}
+
 }  // namespace
 
 RunSummary build_summary(const RunFacts& run, const ProcessTracker& tracker, Pipeline& pipe,
@@ -108,6 +144,9 @@ RunSummary build_summary(const RunFacts& run, const ProcessTracker& tracker, Pip
   if (run.malformed_records)
     s.losses["malformed ring buffer records"] += run.malformed_records;
   s.frame_cache = pipeline.frame_cache;
+  s.native_frame_cache = builder.native_frames;
+  s.symbol_cache = builder.symbols;
+  s.unwind_owner_cache = builder.unwind_owners;
 
   rusage ru{};
   if (getrusage(RUSAGE_SELF, &ru) == 0) {
@@ -145,6 +184,8 @@ std::vector<std::string> summary_text(const RunSummary& s) {
       "stalled",
       in.tasks_run, static_cast<double>(in.cpu_ns) / 1e6, static_cast<double>(in.bytes) / (1 << 20),
       in.tasks_dropped, in.stalls));
+  if (auto caches = native_cache_line(s))
+    out.push_back(std::move(*caches));
 
   bool header = false;
   std::vector<std::string> refused;
@@ -266,6 +307,7 @@ std::string summary_json(const RunSummary& s) {
   w.key("misses").value(static_cast<int64_t>(s.frame_cache.misses));
   w.key("evictions").value(static_cast<int64_t>(s.frame_cache.evictions));
   w.end_object();
+  native_caches_json(w, s);
   w.key("losses").begin_object();
   for (const auto& [reason, n] : s.losses)
     w.key(reason).value(static_cast<int64_t>(n));

@@ -61,6 +61,9 @@ struct RunSummary {
   std::vector<ProcessSummary> processes;      // Python processes, in order of first sight
   std::map<std::string, uint64_t> losses;     // reason -> samples (or frames)
   CacheStats frame_cache;                     // named Python frames
+  CacheStats native_frame_cache;              // mixed stacks: BuilderStats::native_frames
+  CacheStats symbol_cache;                    // BuilderStats::symbols
+  CacheStats unwind_owner_cache;              // BuilderStats::unwind_owners
   double krait_cpu_seconds = 0;               // krait's own user + system time
   long krait_max_rss_kb = 0;
 };

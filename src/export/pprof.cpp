@@ -76,11 +76,7 @@ int64_t clamp_count(uint64_t count) {
   return count > static_cast<uint64_t>(INT64_MAX) ? INT64_MAX : static_cast<int64_t>(count);
 }
 
-pb::Profile build(const profile::Profile& in) {
-  pb::Profile out;
-  StringTable strings(&out);
-  const auto& meta = in.meta();
-
+void add_types(pb::Profile& out, StringTable& strings, const profile::ProfileMeta& meta) {
   auto* samples_type = out.add_sample_type();
   samples_type->set_type(strings.index("samples"));
   samples_type->set_unit(strings.index("count"));
@@ -92,48 +88,63 @@ pb::Profile build(const profile::Profile& in) {
   out.set_period(meta.period_ns);
   out.set_time_nanos(meta.start_time_unix_ns);
   out.set_duration_nanos(meta.duration_ns);
+}
 
+// Which mapping each frame's location uses (frames without one get a
+// pseudo-mapping per kind), and what symbol info each mapping ends up
+// carrying (for the has_* flags).
+struct MappingPlan {
+  const std::vector<profile::Mapping>* mappings = nullptr;
+  std::map<FrameKind, uint64_t> unmapped_ids;
+  std::vector<FrameKind> pseudo_kinds;  // pseudo-mappings to append, in order
+  std::vector<bool> has_filenames;      // by mapping id
+  std::vector<bool> has_lines;
+
+  bool unmapped(const profile::Frame& f) const {
+    return f.mapping == 0 || f.mapping > mappings->size();
+  }
+  uint64_t mapping_of(const profile::Frame& frame) const {
+    return unmapped(frame) ? unmapped_ids.at(frame.kind) : frame.mapping;
+  }
+};
+
+MappingPlan plan_mappings(const profile::Profile& in) {
   const auto& mappings = in.mappings();
   const auto& frames = in.frames();
-
-  // Which mapping each frame's location uses, and what symbol info each
-  // mapping ends up carrying (for the has_* flags).
-  auto unmapped = [&](const profile::Frame& f) {
-    return f.mapping == 0 || f.mapping > mappings.size();
-  };
-  std::map<FrameKind, uint64_t> unmapped_ids;
+  MappingPlan plan;
+  plan.mappings = &mappings;
   // Kernel frames without a mapping belong to the profile's kernel mapping
   // when it has one; a second "[kernel.kallsyms]" would split the kernel.
   for (size_t i = 0; i < mappings.size(); ++i) {
     if (mappings[i].file == pseudo_mapping_name(FrameKind::kKernel)) {
-      unmapped_ids[FrameKind::kKernel] = i + 1;
+      plan.unmapped_ids[FrameKind::kKernel] = i + 1;
       break;
     }
   }
-  std::vector<FrameKind> pseudo_kinds;
   uint64_t next_mapping_id = mappings.size() + 1;
   for (FrameKind kind : kPseudoOrder) {
-    if (unmapped_ids.contains(kind))
+    if (plan.unmapped_ids.contains(kind))
       continue;
     const bool used = std::any_of(frames.begin(), frames.end(), [&](const profile::Frame& f) {
-      return f.kind == kind && unmapped(f);
+      return f.kind == kind && plan.unmapped(f);
     });
     if (used) {
-      unmapped_ids[kind] = next_mapping_id++;
-      pseudo_kinds.push_back(kind);
+      plan.unmapped_ids[kind] = next_mapping_id++;
+      plan.pseudo_kinds.push_back(kind);
     }
   }
-  auto mapping_of = [&](const profile::Frame& frame) -> uint64_t {
-    return unmapped(frame) ? unmapped_ids.at(frame.kind) : frame.mapping;
-  };
-  std::vector<bool> has_filenames(next_mapping_id, false);
-  std::vector<bool> has_lines(next_mapping_id, false);
+  plan.has_filenames.assign(next_mapping_id, false);
+  plan.has_lines.assign(next_mapping_id, false);
   for (const auto& frame : frames) {
-    const uint64_t id = mapping_of(frame);
-    has_filenames[id] = has_filenames[id] || !frame.file.empty();
-    has_lines[id] = has_lines[id] || frame.line > 0;
+    const uint64_t id = plan.mapping_of(frame);
+    plan.has_filenames[id] = plan.has_filenames[id] || !frame.file.empty();
+    plan.has_lines[id] = plan.has_lines[id] || frame.line > 0;
   }
+  return plan;
+}
 
+void add_mappings(pb::Profile& out, StringTable& strings, const MappingPlan& plan) {
+  const auto& mappings = *plan.mappings;
   for (size_t i = 0; i < mappings.size(); ++i) {
     const auto& m = mappings[i];
     auto* pm = out.add_mapping();
@@ -144,24 +155,29 @@ pb::Profile build(const profile::Profile& in) {
     pm->set_filename(strings.index(m.file));
     pm->set_build_id(strings.index(m.build_id));
     pm->set_has_functions(true);
-    pm->set_has_filenames(has_filenames[i + 1]);
-    pm->set_has_line_numbers(has_lines[i + 1]);
+    pm->set_has_filenames(plan.has_filenames[i + 1]);
+    pm->set_has_line_numbers(plan.has_lines[i + 1]);
   }
-  for (FrameKind kind : pseudo_kinds) {
-    const uint64_t id = unmapped_ids.at(kind);
+  for (FrameKind kind : plan.pseudo_kinds) {
+    const uint64_t id = plan.unmapped_ids.at(kind);
     auto* pm = out.add_mapping();
     pm->set_id(id);
     pm->set_filename(strings.index(pseudo_mapping_name(kind)));
     pm->set_has_functions(true);
-    pm->set_has_filenames(has_filenames[id]);
-    pm->set_has_line_numbers(has_lines[id]);
+    pm->set_has_filenames(plan.has_filenames[id]);
+    pm->set_has_line_numbers(plan.has_lines[id]);
   }
+}
 
-  // Functions are keyed on string indexes, so the key is cheap to compare and
-  // the first-seen order (frames() order) fixes the ids.
-  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t>, uint64_t> function_ids;
-  auto function_id = [&](const profile::Frame& frame) -> uint64_t {
-    const int64_t name = strings.index(frame.function);
+// Functions, added to the profile as locations first refer to them.
+// Keyed on string indexes, so the key is cheap to compare and the
+// first-seen order (frames() order) fixes the ids.
+class FunctionTable {
+ public:
+  FunctionTable(pb::Profile& out, StringTable& strings) : out_(out), strings_(strings) {}
+
+  uint64_t id(const profile::Frame& frame) {
+    const int64_t name = strings_.index(frame.function);
     // go tool pprof treats a function whose system name equals its name as
     // still mangled and strips <...> and (...) from names that look like C++,
     // which would turn Python's "<module>" and "<lambda>" into "". Python has
@@ -172,12 +188,12 @@ pb::Profile build(const profile::Profile& in) {
     if (symbol && frame.system_name.empty())
       system_name = name;
     else if (frame.system_name != frame.function)
-      system_name = strings.index(frame.system_name);
-    const int64_t file = strings.index(frame.file);
-    auto [it, inserted] = function_ids.try_emplace(
-        std::make_tuple(name, system_name, file, frame.start_line), function_ids.size() + 1);
+      system_name = strings_.index(frame.system_name);
+    const int64_t file = strings_.index(frame.file);
+    auto [it, inserted] = ids_.try_emplace(
+        std::make_tuple(name, system_name, file, frame.start_line), ids_.size() + 1);
     if (inserted) {
-      auto* f = out.add_function();
+      auto* f = out_.add_function();
       f->set_id(it->second);
       f->set_name(name);
       f->set_system_name(system_name);
@@ -185,38 +201,62 @@ pb::Profile build(const profile::Profile& in) {
       f->set_start_line(frame.start_line);
     }
     return it->second;
-  };
+  }
 
+ private:
+  pb::Profile& out_;
+  StringTable& strings_;
+  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t>, uint64_t> ids_;
+};
+
+void add_locations(pb::Profile& out, StringTable& strings, const profile::Profile& in,
+                   const MappingPlan& plan) {
+  FunctionTable functions(out, strings);
+  const auto& frames = in.frames();
   for (size_t i = 0; i < frames.size(); ++i) {
     const auto& frame = frames[i];
     auto* loc = out.add_location();
     loc->set_id(i + 1);
-    loc->set_mapping_id(mapping_of(frame));
+    loc->set_mapping_id(plan.mapping_of(frame));
     const bool addressed = frame.kind == FrameKind::kNative || frame.kind == FrameKind::kKernel;
     if (addressed)
       loc->set_address(frame.address);
     if (!addressed || !frame.function.empty()) {
       auto* line = loc->add_line();
-      line->set_function_id(function_id(frame));
+      line->set_function_id(functions.id(frame));
       line->set_line(frame.line);
     }
   }
+}
 
+void add_samples(pb::Profile& out, StringTable& strings, const profile::Profile& in) {
   const auto& label_sets = in.label_sets();
+  const int64_t period_ns = in.meta().period_ns;
   for (const auto& sample : in.samples()) {
     auto* ps = out.add_sample();
     for (profile::FrameId id : sample.stack)
       ps->add_location_id(uint64_t{id} + 1);
     ps->add_value(clamp_count(sample.count));
-    ps->add_value(saturating_product(sample.count, meta.period_ns));
+    ps->add_value(saturating_product(sample.count, period_ns));
     for (const auto& [key, value] : label_sets.at(sample.labels)) {
       auto* label = ps->add_label();
       label->set_key(strings.index(key));
       label->set_str(strings.index(value));
     }
   }
+}
 
-  for (const auto& comment : meta.comments)
+// The string table fills in the order these run: keep it, or the bytes of
+// every profile change.
+pb::Profile build(const profile::Profile& in) {
+  pb::Profile out;
+  StringTable strings(&out);
+  add_types(out, strings, in.meta());
+  const MappingPlan plan = plan_mappings(in);
+  add_mappings(out, strings, plan);
+  add_locations(out, strings, in, plan);
+  add_samples(out, strings, in);
+  for (const auto& comment : in.meta().comments)
     out.add_comment(strings.index(comment));
   return out;
 }

@@ -307,134 +307,149 @@ PyroscopeSender::PyroscopeSender(Key, PyroscopeOptions options, std::unique_ptr<
 
 PyroscopeSender::~PyroscopeSender() = default;
 
-SendOutcome PyroscopeSender::send(const Upload& upload, std::chrono::milliseconds timeout) {
-  CURL* easy = curl_->easy.get();
-  // Reset drops every option of the previous request but keeps the live
-  // connections, so keep-alive still saves a handshake per upload.
-  curl_easy_reset(easy);
+namespace {
 
-  const auto total = std::max(std::chrono::milliseconds(1), std::min(timeout, options_.timeout));
-  const auto connect = std::min(total, options_.connect_timeout);
-  Response response;
-  char errbuf[CURL_ERROR_SIZE] = {};
+// What one request's options point into: it must outlive the transfer.
+struct Request {
+  std::string url;
+  std::string body;
   Slist headers;
   Mime mime;
-  std::string body;
-  std::string url;
+};
+
+// The URL, body and headers of `upload` in the configured protocol, set on
+// `easy`. Errors only when out of memory.
+Result<void> build_request(CURL* easy, const PyroscopeOptions& options, const std::string& endpoint,
+                           const Upload& upload, Request& request) {
   auto check = [](Result<void> r) { return r.ok(); };
   bool headers_ok = true;
-
-  if (options_.protocol == PyroscopeProtocol::kPush) {
-    url = curl_->endpoint;
-    body = encode_push_request(upload);
-    headers_ok &= check(append_header(headers, "Content-Type: application/proto"));
-    headers_ok &= check(append_header(headers, "Connect-Protocol-Version: 1"));
+  if (options.protocol == PyroscopeProtocol::kPush) {
+    request.url = endpoint;
+    request.body = encode_push_request(upload);
+    headers_ok &= check(append_header(request.headers, "Content-Type: application/proto"));
+    headers_ok &= check(append_header(request.headers, "Connect-Protocol-Version: 1"));
     curl_easy_setopt(easy, CURLOPT_POST, 1L);
-    curl_easy_setopt(easy, CURLOPT_POSTFIELDS, body.data());
-    curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
+    curl_easy_setopt(easy, CURLOPT_POSTFIELDS, request.body.data());
+    curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE,
+                     static_cast<curl_off_t>(request.body.size()));
   } else {
-    url = fmt::format("{}?name={}&from={}&until={}&sampleRate={}&spyName=krait", curl_->endpoint,
-                      percent_encode(ingest_name(upload)), upload.from_unix_ns / 1'000'000'000,
-                      (upload.until_unix_ns + 999'999'999) / 1'000'000'000, upload.sample_rate_hz);
-    mime.reset(curl_mime_init(easy));
-    curl_mimepart* part = mime ? curl_mime_addpart(mime.get()) : nullptr;
+    request.url =
+        fmt::format("{}?name={}&from={}&until={}&sampleRate={}&spyName=krait", endpoint,
+                    percent_encode(ingest_name(upload)), upload.from_unix_ns / 1'000'000'000,
+                    (upload.until_unix_ns + 999'999'999) / 1'000'000'000, upload.sample_rate_hz);
+    request.mime.reset(curl_mime_init(easy));
+    curl_mimepart* part = request.mime ? curl_mime_addpart(request.mime.get()) : nullptr;
     if (part == nullptr)
-      return reject("out of memory building the upload form");
+      return make_error("out of memory building the upload form");
     curl_mime_name(part, "profile");
     curl_mime_filename(part, "profile.pprof");
     curl_mime_type(part, "application/octet-stream");
     curl_mime_data(part, upload.pprof.data(), upload.pprof.size());
-    curl_easy_setopt(easy, CURLOPT_MIMEPOST, mime.get());
+    curl_easy_setopt(easy, CURLOPT_MIMEPOST, request.mime.get());
   }
   // No "Expect: 100-continue": it costs a round trip (or a 1 s stall with
   // servers that ignore it) for bodies over 1 MiB.
-  headers_ok &= check(append_header(headers, "Expect:"));
-  if (!options_.auth.bearer_token.empty())
+  headers_ok &= check(append_header(request.headers, "Expect:"));
+  if (!options.auth.bearer_token.empty())
     headers_ok &=
-        check(append_header(headers, "Authorization: Bearer " + options_.auth.bearer_token));
-  if (!options_.auth.tenant_id.empty())
-    headers_ok &= check(append_header(headers, "X-Scope-OrgID: " + options_.auth.tenant_id));
+        check(append_header(request.headers, "Authorization: Bearer " + options.auth.bearer_token));
+  if (!options.auth.tenant_id.empty())
+    headers_ok &= check(append_header(request.headers, "X-Scope-OrgID: " + options.auth.tenant_id));
   if (!headers_ok)
-    return reject("out of memory building HTTP headers");
+    return make_error("out of memory building HTTP headers");
+  return {};
+}
 
-  curl_easy_setopt(easy, CURLOPT_URL, url.c_str());
-  curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers.get());
-  curl_easy_setopt(easy, CURLOPT_USERAGENT, options_.user_agent.c_str());
+// The time limits of one request: the sender's, cut to what send() was given.
+struct Limits {
+  std::chrono::milliseconds connect;
+  std::chrono::milliseconds total;
+};
+
+// Everything but the body: where, how long, TLS, auth, and where the
+// answer goes.
+void set_transfer_options(CURL* easy, const PyroscopeOptions& options, const Request& request,
+                          const Limits& limits, char* errbuf, Response& response) {
+  curl_easy_setopt(easy, CURLOPT_URL, request.url.c_str());
+  curl_easy_setopt(easy, CURLOPT_HTTPHEADER, request.headers.get());
+  curl_easy_setopt(easy, CURLOPT_USERAGENT, options.user_agent.c_str());
   curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
-  curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(connect.count()));
-  curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, static_cast<long>(total.count()));
+  curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(limits.connect.count()));
+  curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, static_cast<long>(limits.total.count()));
   curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, errbuf);
   curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(easy, CURLOPT_WRITEDATA, &response);
   curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(easy, CURLOPT_HEADERDATA, &response);
-  if (!options_.auth.basic_user.empty()) {
+  if (!options.auth.basic_user.empty()) {
     curl_easy_setopt(easy, CURLOPT_HTTPAUTH, static_cast<long>(CURLAUTH_BASIC));
-    curl_easy_setopt(easy, CURLOPT_USERNAME, options_.auth.basic_user.c_str());
-    curl_easy_setopt(easy, CURLOPT_PASSWORD, options_.auth.basic_password.c_str());
+    curl_easy_setopt(easy, CURLOPT_USERNAME, options.auth.basic_user.c_str());
+    curl_easy_setopt(easy, CURLOPT_PASSWORD, options.auth.basic_password.c_str());
   }
-  if (!options_.ca_file.empty())
-    curl_easy_setopt(easy, CURLOPT_CAINFO, options_.ca_file.c_str());
-  curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, options_.insecure_skip_verify ? 0L : 1L);
-  curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, options_.insecure_skip_verify ? 0L : 2L);
+  if (!options.ca_file.empty())
+    curl_easy_setopt(easy, CURLOPT_CAINFO, options.ca_file.c_str());
+  curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, options.insecure_skip_verify ? 0L : 1L);
+  curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, options.insecure_skip_verify ? 0L : 2L);
+}
 
-  const CURLcode code = curl_easy_perform(easy);
-  // The handle keeps pointers to these options; drop them before the
-  // buffers they point into go out of scope.
-  curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, nullptr);
-  curl_easy_setopt(easy, CURLOPT_HTTPHEADER, nullptr);
-  curl_easy_setopt(easy, CURLOPT_MIMEPOST, nullptr);
-
-  const std::string detail = errbuf[0] != '\0' ? errbuf : curl_easy_strerror(code);
-  const std::string& endpoint = curl_->endpoint;
-  if (code != CURLE_OK) {
-    long os_errno = 0;
-    curl_easy_getinfo(easy, CURLINFO_OS_ERRNO, &os_errno);
-    switch (code) {
-      case CURLE_COULDNT_RESOLVE_HOST:
-        return retry(fmt::format("cannot resolve host '{}' of {} (DNS lookup failed): {}",
-                                 curl_->host, endpoint, detail));
-      case CURLE_COULDNT_RESOLVE_PROXY:
+// Where a transfer that got no HTTP answer went wrong, in words that point
+// at the fix, and whether trying again can help.
+struct Destination {
+  const std::string& endpoint;
+  const std::string& host;
+  const std::string& url;
+  const std::string& ca_file;
+};
+SendOutcome transfer_failure(CURL* easy, CURLcode code, const std::string& detail,
+                             const Destination& to, const Limits& limits) {
+  long os_errno = 0;
+  curl_easy_getinfo(easy, CURLINFO_OS_ERRNO, &os_errno);
+  const std::string& endpoint = to.endpoint;
+  switch (code) {
+    case CURLE_COULDNT_RESOLVE_HOST:
+      return retry(fmt::format("cannot resolve host '{}' of {} (DNS lookup failed): {}", to.host,
+                               endpoint, detail));
+    case CURLE_COULDNT_RESOLVE_PROXY:
+      return retry(fmt::format("cannot resolve the HTTP proxy for {} (DNS): {}", endpoint, detail));
+    case CURLE_COULDNT_CONNECT:
+      if (os_errno == ECONNREFUSED)
         return retry(
-            fmt::format("cannot resolve the HTTP proxy for {} (DNS): {}", endpoint, detail));
-      case CURLE_COULDNT_CONNECT:
-        if (os_errno == ECONNREFUSED)
-          return retry(
-              fmt::format("connection refused by {} (is Pyroscope listening there?)", endpoint));
-        return retry(fmt::format("cannot connect to {}: {}", endpoint, detail));
-      case CURLE_OPERATION_TIMEDOUT: {
-        curl_off_t connected_us = 0;
-        curl_easy_getinfo(easy, CURLINFO_CONNECT_TIME_T, &connected_us);
-        if (connected_us == 0)
-          return retry(
-              fmt::format("timed out connecting to {} after {} ms", endpoint, connect.count()));
-        return retry(fmt::format("timed out waiting for {} to answer (limit {} ms)", endpoint,
-                                 total.count()));
-      }
-      case CURLE_PEER_FAILED_VERIFICATION:
-      case CURLE_SSL_CONNECT_ERROR:
-      case CURLE_SSL_CERTPROBLEM:
-      case CURLE_SSL_CIPHER:
-      case CURLE_SSL_ISSUER_ERROR:
-      case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
-        return retry(fmt::format(
-            "TLS with {} failed: {} (a private CA needs the CA file option; tests may use the "
-            "insecure switch)",
-            curl_->host, detail));
-      case CURLE_SSL_CACERT_BADFILE:
-        return reject(fmt::format("TLS CA file {} is unusable: {}", options_.ca_file, detail));
-      case CURLE_URL_MALFORMAT:
-      case CURLE_UNSUPPORTED_PROTOCOL:
-        return reject(fmt::format("bad Pyroscope URL {}: {}", url, detail));
-      default:
-        return retry(fmt::format("sending to {} failed: {}", endpoint, detail));
+            fmt::format("connection refused by {} (is Pyroscope listening there?)", endpoint));
+      return retry(fmt::format("cannot connect to {}: {}", endpoint, detail));
+    case CURLE_OPERATION_TIMEDOUT: {
+      curl_off_t connected_us = 0;
+      curl_easy_getinfo(easy, CURLINFO_CONNECT_TIME_T, &connected_us);
+      if (connected_us == 0)
+        return retry(fmt::format("timed out connecting to {} after {} ms", endpoint,
+                                 limits.connect.count()));
+      return retry(fmt::format("timed out waiting for {} to answer (limit {} ms)", endpoint,
+                               limits.total.count()));
     }
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+      return retry(fmt::format(
+          "TLS with {} failed: {} (a private CA needs the CA file option; tests may use the "
+          "insecure switch)",
+          to.host, detail));
+    case CURLE_SSL_CACERT_BADFILE:
+      return reject(fmt::format("TLS CA file {} is unusable: {}", to.ca_file, detail));
+    case CURLE_URL_MALFORMAT:
+    case CURLE_UNSUPPORTED_PROTOCOL:
+      return reject(fmt::format("bad Pyroscope URL {}: {}", to.url, detail));
+    default:
+      return retry(fmt::format("sending to {} failed: {}", endpoint, detail));
   }
+}
 
-  long status = 0;
-  curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
+// The outcome of an HTTP answer: 2xx is done; 408, 429 and 5xx are worth
+// another try (after Retry-After when given); the rest is refused.
+SendOutcome http_outcome(long status, const Response& response, const std::string& endpoint) {
   SendOutcome outcome;
   outcome.http_status = static_cast<int>(status);
   if (status >= 200 && status < 300)
@@ -455,6 +470,41 @@ SendOutcome PyroscopeSender::send(const Upload& upload, std::chrono::millisecond
       outcome.message += " (a redirect: set the URL to where it points)";
   }
   return outcome;
+}
+
+}  // namespace
+
+SendOutcome PyroscopeSender::send(const Upload& upload, std::chrono::milliseconds timeout) {
+  CURL* easy = curl_->easy.get();
+  // Reset drops every option of the previous request but keeps the live
+  // connections, so keep-alive still saves a handshake per upload.
+  curl_easy_reset(easy);
+
+  const auto total = std::max(std::chrono::milliseconds(1), std::min(timeout, options_.timeout));
+  const Limits limits{std::min(total, options_.connect_timeout), total};
+  Response response;
+  char errbuf[CURL_ERROR_SIZE] = {};
+  Request request;
+  if (auto built = build_request(easy, options_, curl_->endpoint, upload, request); !built)
+    return reject(built.error().message);
+  set_transfer_options(easy, options_, request, limits, errbuf, response);
+
+  const CURLcode code = curl_easy_perform(easy);
+  // The handle keeps pointers to these options; drop them before the
+  // buffers they point into go out of scope.
+  curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, nullptr);
+  curl_easy_setopt(easy, CURLOPT_HTTPHEADER, nullptr);
+  curl_easy_setopt(easy, CURLOPT_MIMEPOST, nullptr);
+
+  if (code != CURLE_OK) {
+    const std::string detail = errbuf[0] != '\0' ? errbuf : curl_easy_strerror(code);
+    return transfer_failure(
+        easy, code, detail,
+        Destination{curl_->endpoint, curl_->host, request.url, options_.ca_file}, limits);
+  }
+  long status = 0;
+  curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
+  return http_outcome(status, response, curl_->endpoint);
 }
 
 }  // namespace krait::exporter

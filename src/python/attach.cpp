@@ -216,6 +216,179 @@ struct Candidate {
   std::string source;
 };
 
+// The candidate tables, most trusted first, and the tables the list owns
+// (candidates point into them: the object stays where it was made).
+struct Candidates {
+  std::optional<OffsetTable> debug_table;
+  std::optional<OffsetTable> nearest;
+  std::vector<Candidate> list;
+};
+
+// What ImageCache::find's answer means for the attachment; true when an
+// interpreter was found and attaching goes on.
+bool take_find_status(const FindResult& found, Attachment& out) {
+  switch (found.status) {
+    case FindStatus::kNotPython:
+      return false;
+    case FindStatus::kGone:
+      out.status = AttachStatus::kGone;
+      out.reason = found.reason;
+      return false;
+    case FindStatus::kNotYet:
+      out.status = AttachStatus::kNotYet;
+      out.reason = found.reason;
+      return false;
+    case FindStatus::kUnusable:
+      out.status = AttachStatus::kRefused;
+      out.reason = found.reason;
+      return false;
+    case FindStatus::kFound:
+      break;
+  }
+  return true;
+}
+
+// Reads the process's own _Py_DebugOffsets (3.13+) into a candidate, and
+// warns where the built-in table of the version disagrees. False when the
+// attachment is decided (`out` says why).
+bool add_debug_offsets(pid_t pid, proc::ProcessMemory& mem, const ProcessInterpreter& pi,
+                       const AttachOptions& options, Candidates& candidates, Attachment& out) {
+  const PyVersion version = pi.image.version;
+  size_t size = debug_offsets_read_size(version.major, version.minor);
+  if (size == 0) {
+    out.status = AttachStatus::kRefused;
+    out.reason = fmt::format(
+        "Python {} is newer than this krait knows: no _Py_DebugOffsets layout for {}.{}",
+        version.str(), version.major, version.minor);
+    return false;
+  }
+  auto bytes = mem.read_bytes(pi.runtime_addr, size);
+  if (!bytes) {
+    out.status = AttachStatus::kGone;
+    out.reason = bytes.error().message;
+    return false;
+  }
+  auto decoded = decode_debug_offsets(*bytes);
+  if (!decoded) {
+    out.status = AttachStatus::kRefused;
+    out.reason = decoded.error().context("_Py_DebugOffsets").message;
+    return false;
+  }
+  candidates.debug_table = std::move(*decoded);
+  if (options.builtin_tables) {
+    if (const OffsetTable* builtin = find_table(version)) {
+      for (const auto& [name, value] : builtin->fields) {
+        auto other = candidates.debug_table->get(name);
+        if (other && *other != value)
+          spdlog::warn(
+              "pid {}: built-in offsets of Python {} disagree with its _Py_DebugOffsets "
+              "on {} ({} vs {}); using _Py_DebugOffsets",
+              pid, version.str(), name, value, *other);
+      }
+    }
+  }
+  candidates.list.push_back({&*candidates.debug_table, "_Py_DebugOffsets"});
+  return true;
+}
+
+// No table of its own: the closest table of the same minor version, from
+// the user's or the built-in ones. Used only if validation passes.
+void add_nearest(PyVersion version, const AttachOptions& options, Candidates& candidates) {
+  if (!candidates.list.empty() && candidates.list.back().table->version == version)
+    return;
+  std::vector<OffsetTable> pool(options.user_tables.begin(), options.user_tables.end());
+  if (options.builtin_tables)
+    pool.insert(pool.end(), builtin_offset_tables().begin(), builtin_offset_tables().end());
+  if (const OffsetTable* near = nearest_table_same_minor(pool, version);
+      near && near->version != version) {
+    candidates.nearest = *near;
+    candidates.list.push_back(
+        {&*candidates.nearest, fmt::format("table {} (nearest to {}; {})", near->version.str(),
+                                           version.str(), near->source)});
+  }
+}
+
+// Every table that may describe the process, most trusted first. False
+// when the attachment is decided (`out` says why).
+bool collect_candidates(pid_t pid, proc::ProcessMemory& mem, const ProcessInterpreter& pi,
+                        const AttachOptions& options, Candidates& candidates, Attachment& out) {
+  const PyVersion version = pi.image.version;
+  for (const auto& t : options.user_tables)
+    if (t.version == version)
+      candidates.list.push_back({&t, "user table " + t.source});
+  if (version >= PyVersion{3, 13, 0} && pi.runtime_addr &&
+      !add_debug_offsets(pid, mem, pi, options, candidates, out))
+    return false;
+  if (options.builtin_tables) {
+    if (const OffsetTable* exact = find_table(version))
+      candidates.list.push_back({exact, "built-in table " + exact->version.str()});
+  }
+  add_nearest(version, options, candidates);
+  if (candidates.list.empty()) {
+    out.status = AttachStatus::kRefused;
+    out.reason = fmt::format(
+        "no offsets for Python {}: krait has no table for {}.{}; generate one with `krait "
+        "offsets generate` from a build with debug info and pass it with --offsets",
+        version.str(), version.major, version.minor);
+    return false;
+  }
+  return true;
+}
+
+// The attachment of a layout that passed validation: what the sampler
+// needs to walk the process.
+void attach_with(const ProcessInterpreter& pi, uint64_t head, PythonLayout layout,
+                 const std::string& source, Attachment& out) {
+  out.status = AttachStatus::kAttached;
+  out.offsets_source = source;
+  out.info.mode = KRAIT_PROC_PYTHON;
+  out.info.interp_head_addr = head;
+  out.info.code_type_addr = pi.code_type_addr;
+  if (pi.image.version < PyVersion{3, 7, 0})
+    out.info.gil_current_addr = pi.current_tstate_addr;
+  else if (layout.runtime_tstate_current != KRAIT_OFFSET_NONE)
+    out.info.gil_current_addr = pi.runtime_addr + layout.runtime_tstate_current;
+  if (layout.bpf.gil_mode == KRAIT_GIL_CURRENT_PTR && out.info.gil_current_addr == 0)
+    layout.bpf.gil_mode = KRAIT_GIL_UNKNOWN;
+  out.info.layout = layout.bpf;
+  out.layout = std::move(layout);
+}
+
+// Validates each candidate's layout against the live process in turn; the
+// first that passes is used.
+void attach_first_valid(pid_t pid, proc::ProcessMemory& mem, const ProcessInterpreter& pi,
+                        const std::vector<Candidate>& candidates, Attachment& out) {
+  const PyVersion version = pi.image.version;
+  std::vector<std::string> failures;
+  for (const Candidate& c : candidates) {
+    auto layout = build_layout(*c.table, version);
+    if (!layout) {
+      failures.push_back(fmt::format("{}: {}", c.source, layout.error().message));
+      continue;
+    }
+    uint64_t head = pi.interp_head_var;
+    if (version >= PyVersion{3, 7, 0})
+      head = pi.runtime_addr + layout->runtime_interp_head;
+    Validation v = validate_layout(mem, pid, *layout, head, pi.code_type_addr);
+    if (v.status == AttachStatus::kNotYet) {
+      out.status = AttachStatus::kNotYet;
+      out.reason = v.reason;
+      return;
+    }
+    if (v.status != AttachStatus::kAttached) {
+      failures.push_back(fmt::format("{} failed validation: {}", c.source, v.reason));
+      continue;
+    }
+    attach_with(pi, head, std::move(*layout), c.source, out);
+    return;
+  }
+  out.status = AttachStatus::kRefused;
+  out.validation_failed = true;
+  out.reason = fmt::format("Python {}: ", version.str());
+  for (size_t i = 0; i < failures.size(); ++i)
+    out.reason += (i ? "; " : "") + failures[i];
+}
+
 }  // namespace
 
 Validation validate_layout(const proc::RemoteMemory& memory, pid_t pid, const PythonLayout& layout,
@@ -233,142 +406,19 @@ Validation validate_layout(const proc::RemoteMemory& memory, pid_t pid, const Py
 Attachment attach_process(pid_t pid, ImageCache& images, const AttachOptions& options) {
   Attachment out;
   FindResult found = images.find(pid);
-  switch (found.status) {
-    case FindStatus::kNotPython:
-      return out;
-    case FindStatus::kGone:
-      out.status = AttachStatus::kGone;
-      out.reason = found.reason;
-      return out;
-    case FindStatus::kNotYet:
-      out.status = AttachStatus::kNotYet;
-      out.reason = found.reason;
-      return out;
-    case FindStatus::kUnusable:
-      out.status = AttachStatus::kRefused;
-      out.reason = found.reason;
-      return out;
-    case FindStatus::kFound:
-      break;
-  }
+  if (!take_find_status(found, out))
+    return out;
   const ProcessInterpreter& pi = *found.interpreter;
-  const PyVersion version = pi.image.version;
-  out.version = version;
+  out.version = pi.image.version;
   out.image_path = pi.image.path;
   out.shared_library = pi.image.shared_library;
   out.stripped = pi.image.stripped;
   proc::ProcessMemory mem(pid);
 
-  // The candidate tables, most trusted first.
-  std::optional<OffsetTable> debug_table;
-  std::optional<OffsetTable> nearest;
-  std::vector<Candidate> candidates;
-  for (const auto& t : options.user_tables)
-    if (t.version == version)
-      candidates.push_back({&t, "user table " + t.source});
-  if (version >= PyVersion{3, 13, 0} && pi.runtime_addr) {
-    size_t size = debug_offsets_read_size(version.major, version.minor);
-    if (size == 0) {
-      out.status = AttachStatus::kRefused;
-      out.reason = fmt::format(
-          "Python {} is newer than this krait knows: no _Py_DebugOffsets layout for {}.{}",
-          version.str(), version.major, version.minor);
-      return out;
-    }
-    auto bytes = mem.read_bytes(pi.runtime_addr, size);
-    if (!bytes) {
-      out.status = AttachStatus::kGone;
-      out.reason = bytes.error().message;
-      return out;
-    }
-    auto decoded = decode_debug_offsets(*bytes);
-    if (!decoded) {
-      out.status = AttachStatus::kRefused;
-      out.reason = decoded.error().context("_Py_DebugOffsets").message;
-      return out;
-    }
-    debug_table = std::move(*decoded);
-    if (options.builtin_tables) {
-      if (const OffsetTable* builtin = find_table(version)) {
-        for (const auto& [name, value] : builtin->fields) {
-          auto other = debug_table->get(name);
-          if (other && *other != value)
-            spdlog::warn(
-                "pid {}: built-in offsets of Python {} disagree with its _Py_DebugOffsets "
-                "on {} ({} vs {}); using _Py_DebugOffsets",
-                pid, version.str(), name, value, *other);
-        }
-      }
-    }
-    candidates.push_back({&*debug_table, "_Py_DebugOffsets"});
-  }
-  if (options.builtin_tables) {
-    if (const OffsetTable* exact = find_table(version))
-      candidates.push_back({exact, "built-in table " + exact->version.str()});
-  }
-  // No table of its own: the closest table of the same minor version, from
-  // the user's or the built-in ones. Used only if validation passes.
-  if (candidates.empty() || candidates.back().table->version != version) {
-    std::vector<OffsetTable> pool(options.user_tables.begin(), options.user_tables.end());
-    if (options.builtin_tables)
-      pool.insert(pool.end(), builtin_offset_tables().begin(), builtin_offset_tables().end());
-    if (const OffsetTable* near = nearest_table_same_minor(pool, version);
-        near && near->version != version) {
-      nearest = *near;
-      candidates.push_back(
-          {&*nearest, fmt::format("table {} (nearest to {}; {})", near->version.str(),
-                                  version.str(), near->source)});
-    }
-  }
-  if (candidates.empty()) {
-    out.status = AttachStatus::kRefused;
-    out.reason = fmt::format(
-        "no offsets for Python {}: krait has no table for {}.{}; generate one with `krait "
-        "offsets generate` from a build with debug info and pass it with --offsets",
-        version.str(), version.major, version.minor);
+  Candidates candidates;
+  if (!collect_candidates(pid, mem, pi, options, candidates, out))
     return out;
-  }
-
-  std::vector<std::string> failures;
-  for (const Candidate& c : candidates) {
-    auto layout = build_layout(*c.table, version);
-    if (!layout) {
-      failures.push_back(fmt::format("{}: {}", c.source, layout.error().message));
-      continue;
-    }
-    uint64_t head = pi.interp_head_var;
-    if (version >= PyVersion{3, 7, 0})
-      head = pi.runtime_addr + layout->runtime_interp_head;
-    Validation v = validate_layout(mem, pid, *layout, head, pi.code_type_addr);
-    if (v.status == AttachStatus::kNotYet) {
-      out.status = AttachStatus::kNotYet;
-      out.reason = v.reason;
-      return out;
-    }
-    if (v.status != AttachStatus::kAttached) {
-      failures.push_back(fmt::format("{} failed validation: {}", c.source, v.reason));
-      continue;
-    }
-    out.status = AttachStatus::kAttached;
-    out.offsets_source = c.source;
-    out.info.mode = KRAIT_PROC_PYTHON;
-    out.info.interp_head_addr = head;
-    out.info.code_type_addr = pi.code_type_addr;
-    if (version < PyVersion{3, 7, 0})
-      out.info.gil_current_addr = pi.current_tstate_addr;
-    else if (layout->runtime_tstate_current != KRAIT_OFFSET_NONE)
-      out.info.gil_current_addr = pi.runtime_addr + layout->runtime_tstate_current;
-    if (layout->bpf.gil_mode == KRAIT_GIL_CURRENT_PTR && out.info.gil_current_addr == 0)
-      layout->bpf.gil_mode = KRAIT_GIL_UNKNOWN;
-    out.info.layout = layout->bpf;
-    out.layout = std::move(*layout);
-    return out;
-  }
-  out.status = AttachStatus::kRefused;
-  out.validation_failed = true;
-  out.reason = fmt::format("Python {}: ", version.str());
-  for (size_t i = 0; i < failures.size(); ++i)
-    out.reason += (i ? "; " : "") + failures[i];
+  attach_first_valid(pid, mem, pi, candidates.list, out);
   return out;
 }
 

@@ -83,23 +83,9 @@ Result<void> check_plausible(const PythonLayout& out, const OffsetTable& table) 
   return {};
 }
 
-}  // namespace
-
-Result<PythonLayout> build_layout(const OffsetTable& table, PyVersion v) {
-  PythonLayout out;
-  out.version = v;
-  FieldReader f(table);
-  krait_py_layout& b = out.bpf;
-  const bool py2 = v.major == 2;
-  const bool frame_objects = v < PyVersion{3, 11, 0};  // PyFrameObject chain
-
-  auto format = line_table_format(v.major, v.minor);
-  if (!format)
-    return make_error("Python {} has no known line table format", v.str());
-  out.line_format = *format;
-  out.instr_scale = (v.major == 3 && v.minor == 10) ? 2 : 1;
-  out.every_frame_is_entry = frame_objects;
-
+// The interpreter and thread state fields, and every optional field of the
+// sampler's layout set to "none" until a version-specific reader sets it.
+void read_thread_fields(FieldReader& f, krait_py_layout& b) {
   b.interp_next = f.need("PyInterpreterState.next");
   b.interp_tstate_head = f.need("PyInterpreterState.tstate_head");
   b.tstate_next = f.need("PyThreadState.next");
@@ -114,41 +100,47 @@ Result<PythonLayout> build_layout(const OffsetTable& table, PyVersion v) {
   b.gil_mode = KRAIT_GIL_UNKNOWN;
   b.interp_gil_locked = KRAIT_OFFSET_NONE;
   b.interp_gil_holder = KRAIT_OFFSET_NONE;
+}
 
+// The frame chain: frame objects before 3.11, interpreter frames after.
+void read_frame_fields(FieldReader& f, PyVersion v, bool frame_objects, krait_py_layout& b) {
   if (frame_objects) {
     b.tstate_frame = f.need("PyThreadState.frame");
     b.frame_back = f.need("PyFrameObject.f_back");
     b.frame_code = f.need("PyFrameObject.f_code");
     b.frame_instr = f.need("PyFrameObject.f_lasti");
     b.instr_kind = KRAIT_INSTR_LASTI;
-  } else {
-    if (v < PyVersion{3, 13, 0}) {
-      b.tstate_frame = f.need("PyThreadState.cframe");
-      b.cframe_frame = f.need("_PyCFrame.current_frame");
-    } else {
-      b.tstate_frame = f.need("PyThreadState.current_frame");
-      // The entry shim's executable is None rather than a code object.
-      b.skip_non_code = 1;
-    }
-    b.frame_back = f.need("_PyInterpreterFrame.previous");
-    b.frame_code = f.need("_PyInterpreterFrame.executable");
-    b.frame_instr = f.need("_PyInterpreterFrame.instr_ptr");
-    b.instr_kind = KRAIT_INSTR_POINTER;
-    b.code_adaptive = f.need("PyCodeObject.co_code_adaptive");
-    if (v.minor == 11) {
-      b.frame_is_entry = f.need("_PyInterpreterFrame.is_entry");
-    } else {
-      b.frame_owner = f.need("_PyInterpreterFrame.owner");
-      b.frame_owner_shim = kFrameOwnedByShim;
-    }
-    // 3.14 made f_executable a _PyStackRef whose low bits are tags. Objects
-    // are 8-byte aligned, so clearing them is a no-op where there are none:
-    // every 3.13+ version is read the same way, and a new minor version
-    // needs only its _Py_DebugOffsets layout (offsets/debug_offsets/).
-    if (v >= PyVersion{3, 13, 0})
-      b.code_tag_mask = 3;
+    return;
   }
+  if (v < PyVersion{3, 13, 0}) {
+    b.tstate_frame = f.need("PyThreadState.cframe");
+    b.cframe_frame = f.need("_PyCFrame.current_frame");
+  } else {
+    b.tstate_frame = f.need("PyThreadState.current_frame");
+    // The entry shim's executable is None rather than a code object.
+    b.skip_non_code = 1;
+  }
+  b.frame_back = f.need("_PyInterpreterFrame.previous");
+  b.frame_code = f.need("_PyInterpreterFrame.executable");
+  b.frame_instr = f.need("_PyInterpreterFrame.instr_ptr");
+  b.instr_kind = KRAIT_INSTR_POINTER;
+  b.code_adaptive = f.need("PyCodeObject.co_code_adaptive");
+  if (v.minor == 11) {
+    b.frame_is_entry = f.need("_PyInterpreterFrame.is_entry");
+  } else {
+    b.frame_owner = f.need("_PyInterpreterFrame.owner");
+    b.frame_owner_shim = kFrameOwnedByShim;
+  }
+  // 3.14 made f_executable a _PyStackRef whose low bits are tags. Objects
+  // are 8-byte aligned, so clearing them is a no-op where there are none:
+  // every 3.13+ version is read the same way, and a new minor version
+  // needs only its _Py_DebugOffsets layout (offsets/debug_offsets/).
+  if (v >= PyVersion{3, 13, 0})
+    b.code_tag_mask = 3;
+}
 
+void read_code_fields(FieldReader& f, PyVersion v, bool frame_objects, PythonLayout& out) {
+  krait_py_layout& b = out.bpf;
   b.code_type = f.optional("PyObject.ob_type", 8);
   b.code_firstlineno = f.need("PyCodeObject.co_firstlineno");
   b.code_filename = f.need("PyCodeObject.co_filename");
@@ -160,36 +152,44 @@ Result<PythonLayout> build_layout(const OffsetTable& table, PyVersion v) {
   out.code_varnames = frame_objects ? f.optional("PyCodeObject.co_varnames")
                                     : f.optional("PyCodeObject.co_localsplusnames");
   out.tuple_items = f.optional("PyTupleObject.ob_item", 24);
-  if (frame_objects) {
-    // Optional: without these fields methods keep their bare names.
-    MethodClassLayout& m = out.method_class;
-    m.frame_localsplus = f.optional("PyFrameObject.f_localsplus");
-    m.type_name = f.optional("PyTypeObject.tp_name");
-    m.type_mro = f.optional("PyTypeObject.tp_mro");
-    m.type_dict = f.optional("PyTypeObject.tp_dict");
-    m.py2_dict = py2;
-    m.dict_keys = f.optional("PyDictObject.ma_keys");
-    m.dict_mask = f.optional("PyDictObject.ma_mask");
-    m.dict_table = f.optional("PyDictObject.ma_table");
-    m.keys_size = f.optional("PyDictKeysObject.dk_size");
-    m.keys_nentries = f.optional("PyDictKeysObject.dk_nentries");
-    m.keys_indices = f.optional("PyDictKeysObject.dk_indices");
-    m.entry_size = f.optional("sizeof(PyDictKeyEntry)", 0);
-    m.entry_key = f.optional("PyDictKeyEntry.me_key");
-    m.entry_value = f.optional("PyDictKeyEntry.me_value");
-    m.func_code = f.optional("PyFunctionObject.func_code");
-    m.classmethod_callable = f.optional("classmethod.cm_callable");
-    const bool dict_ok =
-        py2 ? (m.dict_mask != KRAIT_OFFSET_NONE && m.dict_table != KRAIT_OFFSET_NONE)
-            : (m.dict_keys != KRAIT_OFFSET_NONE && m.keys_size != KRAIT_OFFSET_NONE &&
-               m.keys_nentries != KRAIT_OFFSET_NONE && m.keys_indices != KRAIT_OFFSET_NONE);
-    m.enabled = dict_ok && m.frame_localsplus != KRAIT_OFFSET_NONE &&
-                m.type_name != KRAIT_OFFSET_NONE && m.type_mro != KRAIT_OFFSET_NONE &&
-                m.type_dict != KRAIT_OFFSET_NONE && m.entry_size != 0 &&
-                m.entry_key != KRAIT_OFFSET_NONE && m.entry_value != KRAIT_OFFSET_NONE &&
-                m.func_code != KRAIT_OFFSET_NONE && out.code_argcount != KRAIT_OFFSET_NONE &&
-                out.code_varnames != KRAIT_OFFSET_NONE;
-  }
+}
+
+// Before 3.11, the class of a method, found through its first argument.
+// Optional: without these fields methods keep their bare names.
+void read_method_class(FieldReader& f, bool py2, PythonLayout& out) {
+  MethodClassLayout& m = out.method_class;
+  m.frame_localsplus = f.optional("PyFrameObject.f_localsplus");
+  m.type_name = f.optional("PyTypeObject.tp_name");
+  m.type_mro = f.optional("PyTypeObject.tp_mro");
+  m.type_dict = f.optional("PyTypeObject.tp_dict");
+  m.py2_dict = py2;
+  m.dict_keys = f.optional("PyDictObject.ma_keys");
+  m.dict_mask = f.optional("PyDictObject.ma_mask");
+  m.dict_table = f.optional("PyDictObject.ma_table");
+  m.keys_size = f.optional("PyDictKeysObject.dk_size");
+  m.keys_nentries = f.optional("PyDictKeysObject.dk_nentries");
+  m.keys_indices = f.optional("PyDictKeysObject.dk_indices");
+  m.entry_size = f.optional("sizeof(PyDictKeyEntry)", 0);
+  m.entry_key = f.optional("PyDictKeyEntry.me_key");
+  m.entry_value = f.optional("PyDictKeyEntry.me_value");
+  m.func_code = f.optional("PyFunctionObject.func_code");
+  m.classmethod_callable = f.optional("classmethod.cm_callable");
+  const bool dict_ok =
+      py2 ? (m.dict_mask != KRAIT_OFFSET_NONE && m.dict_table != KRAIT_OFFSET_NONE)
+          : (m.dict_keys != KRAIT_OFFSET_NONE && m.keys_size != KRAIT_OFFSET_NONE &&
+             m.keys_nentries != KRAIT_OFFSET_NONE && m.keys_indices != KRAIT_OFFSET_NONE);
+  m.enabled = dict_ok && m.frame_localsplus != KRAIT_OFFSET_NONE &&
+              m.type_name != KRAIT_OFFSET_NONE && m.type_mro != KRAIT_OFFSET_NONE &&
+              m.type_dict != KRAIT_OFFSET_NONE && m.entry_size != 0 &&
+              m.entry_key != KRAIT_OFFSET_NONE && m.entry_value != KRAIT_OFFSET_NONE &&
+              m.func_code != KRAIT_OFFSET_NONE && out.code_argcount != KRAIT_OFFSET_NONE &&
+              out.code_varnames != KRAIT_OFFSET_NONE;
+}
+
+// The interpreter a thread belongs to, the GIL, and the runtime's list of
+// interpreters.
+void read_runtime_fields(FieldReader& f, PyVersion v, PythonLayout& out) {
+  krait_py_layout& b = out.bpf;
   out.tstate_interp = f.optional("PyThreadState.interp");
   b.tstate_interp = out.tstate_interp;
   // The GIL: a label, never a reason to refuse a process, so every field is
@@ -210,31 +210,31 @@ Result<PythonLayout> build_layout(const OffsetTable& table, PyVersion v) {
   out.tstate_native_thread_id = f.optional("PyThreadState.native_thread_id");
   if (v >= PyVersion{3, 7, 0})
     out.runtime_interp_head = f.need("_PyRuntimeState.interpreters.head");
+}
 
-  StringLayout& s = out.strings;
+void read_string_layout(FieldReader& f, PyVersion v, StringLayout& s) {
   s.var_size = f.optional("PyVarObject.ob_size", 16);
-  if (py2) {
+  if (v.major == 2) {
     s.py2_bytes = true;
     s.bytes_data = f.need("PyStringObject.ob_sval");
-  } else {
-    s.bytes_data = f.need("PyBytesObject.ob_sval");
-    s.unicode_length = f.need("PyASCIIObject.length");
-    s.unicode_state = f.need("PyASCIIObject.state");
-    s.ascii_size = f.need("sizeof(PyASCIIObject)");
-    // _Py_DebugOffsets before 3.15 has no compact size: a compact object adds
-    // utf8_length and utf8 (and wstr_length before 3.12) to the ASCII header.
-    s.compact_size = f.optional("sizeof(PyCompactUnicodeObject)",
-                                static_cast<uint16_t>(s.ascii_size + (v.minor >= 12 ? 16 : 24)));
-    s.kind_bit = static_cast<uint8_t>(f.optional("PyASCIIObject.state.kind.bit", 2));
-    s.kind_bits = static_cast<uint8_t>(f.optional("PyASCIIObject.state.kind.bits", 3));
-    s.compact_bit = static_cast<uint8_t>(f.optional("PyASCIIObject.state.compact.bit", 5));
-    s.ascii_bit = static_cast<uint8_t>(f.optional("PyASCIIObject.state.ascii.bit", 6));
+    return;
   }
+  s.bytes_data = f.need("PyBytesObject.ob_sval");
+  s.unicode_length = f.need("PyASCIIObject.length");
+  s.unicode_state = f.need("PyASCIIObject.state");
+  s.ascii_size = f.need("sizeof(PyASCIIObject)");
+  // _Py_DebugOffsets before 3.15 has no compact size: a compact object adds
+  // utf8_length and utf8 (and wstr_length before 3.12) to the ASCII header.
+  s.compact_size = f.optional("sizeof(PyCompactUnicodeObject)",
+                              static_cast<uint16_t>(s.ascii_size + (v.minor >= 12 ? 16 : 24)));
+  s.kind_bit = static_cast<uint8_t>(f.optional("PyASCIIObject.state.kind.bit", 2));
+  s.kind_bits = static_cast<uint8_t>(f.optional("PyASCIIObject.state.kind.bits", 3));
+  s.compact_bit = static_cast<uint8_t>(f.optional("PyASCIIObject.state.compact.bit", 5));
+  s.ascii_bit = static_cast<uint8_t>(f.optional("PyASCIIObject.state.ascii.bit", 6));
+}
 
-  if (!f.missing().empty())
-    return make_error("the offsets for Python {} ({}) lack {}", v.str(), table.source, f.missing());
-  KRAIT_TRY(check_plausible(out, table));
-
+// How many bytes the sampler reads of each object, checked against its caps.
+Result<void> set_read_sizes(krait_py_layout& b) {
   auto tsize = read_size("PyThreadState", KRAIT_TSTATE_READ_CAP,
                          {b.tstate_next, b.tstate_thread_id, b.tstate_frame, b.tstate_interp});
   if (!tsize)
@@ -252,6 +252,38 @@ Result<PythonLayout> build_layout(const OffsetTable& table, PyVersion v) {
   b.tstate_read_size = *tsize;
   b.frame_read_size = *fsize;
   b.code_read_size = *csize;
+  return {};
+}
+
+}  // namespace
+
+// The readers run in this order: the first field missing is the one the
+// error names.
+Result<PythonLayout> build_layout(const OffsetTable& table, PyVersion v) {
+  PythonLayout out;
+  out.version = v;
+  FieldReader f(table);
+  const bool frame_objects = v < PyVersion{3, 11, 0};  // PyFrameObject chain
+
+  auto format = line_table_format(v.major, v.minor);
+  if (!format)
+    return make_error("Python {} has no known line table format", v.str());
+  out.line_format = *format;
+  out.instr_scale = (v.major == 3 && v.minor == 10) ? 2 : 1;
+  out.every_frame_is_entry = frame_objects;
+
+  read_thread_fields(f, out.bpf);
+  read_frame_fields(f, v, frame_objects, out.bpf);
+  read_code_fields(f, v, frame_objects, out);
+  if (frame_objects)
+    read_method_class(f, v.major == 2, out);
+  read_runtime_fields(f, v, out);
+  read_string_layout(f, v, out.strings);
+
+  if (!f.missing().empty())
+    return make_error("the offsets for Python {} ({}) lack {}", v.str(), table.source, f.missing());
+  KRAIT_TRY(check_plausible(out, table));
+  KRAIT_TRY(set_read_sizes(out.bpf));
   return out;
 }
 

@@ -29,6 +29,81 @@ int alias_rank(char type, std::string_view name) {
   return rank;
 }
 
+// A text symbol as read: its name is still a view into the text.
+struct Candidate {
+  uint64_t address;
+  std::string_view name;
+  uint16_t module;
+  int rank;
+};
+
+// One line of kallsyms: "<address> <type> <name>[\t[<module>]]".
+struct KallsymsLine {
+  uint64_t address = 0;
+  char type = 0;
+  std::string_view name;
+  std::string_view module;  // "" for the core kernel
+};
+
+Result<KallsymsLine> parse_line(std::string_view line, size_t line_number) {
+  KallsymsLine out;
+  auto [end, ec] = std::from_chars(line.data(), line.data() + line.size(), out.address, 16);
+  size_t pos = static_cast<size_t>(end - line.data());
+  if (ec != std::errc() || pos + 3 > line.size() || line[pos] != ' ' || line[pos + 2] != ' ')
+    return make_error("kallsyms line {} is not \"<address> <type> <name>\": {}", line_number,
+                      line.substr(0, 120));
+  out.type = line[pos + 1];
+  std::string_view rest = line.substr(pos + 3);
+  if (size_t tab = rest.find('\t'); tab != std::string_view::npos) {
+    std::string_view module = rest.substr(tab + 1);
+    rest = rest.substr(0, tab);
+    if (module.size() < 2 || module.front() != '[' || module.back() != ']')
+      return make_error("kallsyms line {} has a malformed module name: {}", line_number,
+                        line.substr(0, 120));
+    out.module = module.substr(1, module.size() - 2);
+  }
+  if (rest.empty())
+    return make_error("kallsyms line {} has no symbol name", line_number);
+  if (rest.size() > UINT16_MAX)
+    return make_error("kallsyms line {} has a name of {} bytes", line_number, rest.size());
+  out.name = rest;
+  return out;
+}
+
+// Every text symbol of `text`, with its module's index in `modules`
+// (which holds the core kernel, "", first; new modules are appended).
+Result<std::vector<Candidate>> read_candidates(std::string_view text,
+                                               std::vector<std::string>& modules) {
+  std::unordered_map<std::string_view, uint16_t> module_index;
+  std::vector<Candidate> candidates;
+  size_t line_number = 0;
+  while (!text.empty()) {
+    std::string_view line = take_line(text);
+    ++line_number;
+    if (line.empty())
+      continue;
+    auto parsed = parse_line(line, line_number);
+    if (!parsed)
+      return parsed.error();
+    if (!is_text_type(parsed->type))
+      continue;
+    uint16_t module_id = 0;
+    if (!parsed->module.empty()) {
+      auto [it, inserted] =
+          module_index.try_emplace(parsed->module, static_cast<uint16_t>(modules.size()));
+      if (inserted) {
+        if (modules.size() > UINT16_MAX)
+          return make_error("kallsyms names more than {} modules", UINT16_MAX);
+        modules.emplace_back(parsed->module);
+      }
+      module_id = it->second;
+    }
+    candidates.push_back(
+        {parsed->address, parsed->name, module_id, alias_rank(parsed->type, parsed->name)});
+  }
+  return candidates;
+}
+
 }  // namespace
 
 Result<KernelSymbols> KernelSymbols::load(const std::string& path) {
@@ -49,65 +124,17 @@ Result<KernelSymbols> KernelSymbols::load(const std::string& path) {
 }
 
 Result<KernelSymbols> KernelSymbols::parse(std::string_view text) {
-  // A text symbol as read: its name is still a view into `text`.
-  struct Candidate {
-    uint64_t address;
-    std::string_view name;
-    uint16_t module;
-    int rank;
-  };
   KernelSymbols out;
   out.modules_.emplace_back();
-  std::unordered_map<std::string_view, uint16_t> module_index;
-  std::vector<Candidate> candidates;
-  size_t line_number = 0;
-  while (!text.empty()) {
-    std::string_view line = take_line(text);
-    ++line_number;
-    if (line.empty())
-      continue;
-    uint64_t address = 0;
-    auto [end, ec] = std::from_chars(line.data(), line.data() + line.size(), address, 16);
-    size_t pos = static_cast<size_t>(end - line.data());
-    if (ec != std::errc() || pos + 3 > line.size() || line[pos] != ' ' || line[pos + 2] != ' ')
-      return make_error("kallsyms line {} is not \"<address> <type> <name>\": {}", line_number,
-                        line.substr(0, 120));
-    char type = line[pos + 1];
-    std::string_view rest = line.substr(pos + 3);
-    std::string_view module;
-    if (size_t tab = rest.find('\t'); tab != std::string_view::npos) {
-      module = rest.substr(tab + 1);
-      rest = rest.substr(0, tab);
-      if (module.size() < 2 || module.front() != '[' || module.back() != ']')
-        return make_error("kallsyms line {} has a malformed module name: {}", line_number,
-                          line.substr(0, 120));
-      module = module.substr(1, module.size() - 2);
-    }
-    if (rest.empty())
-      return make_error("kallsyms line {} has no symbol name", line_number);
-    if (rest.size() > UINT16_MAX)
-      return make_error("kallsyms line {} has a name of {} bytes", line_number, rest.size());
-    if (!is_text_type(type))
-      continue;
-    uint16_t module_id = 0;
-    if (!module.empty()) {
-      auto [it, inserted] =
-          module_index.try_emplace(module, static_cast<uint16_t>(out.modules_.size()));
-      if (inserted) {
-        if (out.modules_.size() > UINT16_MAX)
-          return make_error("kallsyms names more than {} modules", UINT16_MAX);
-        out.modules_.emplace_back(module);
-      }
-      module_id = it->second;
-    }
-    candidates.push_back({address, rest, module_id, alias_rank(type, rest)});
-  }
+  auto candidates = read_candidates(text, out.modules_);
+  if (!candidates)
+    return candidates.error();
   // One symbol per address: the best-ranked alias, the first on ties.
-  std::stable_sort(candidates.begin(), candidates.end(),
+  std::stable_sort(candidates->begin(), candidates->end(),
                    [](const Candidate& x, const Candidate& y) {
                      return x.address != y.address ? x.address < y.address : x.rank < y.rank;
                    });
-  for (const Candidate& c : candidates) {
+  for (const Candidate& c : *candidates) {
     if (!out.entries_.empty() && out.entries_.back().address == c.address)
       continue;
     if (out.names_.size() + c.name.size() > UINT32_MAX)

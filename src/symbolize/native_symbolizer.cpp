@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <unordered_map>
@@ -55,15 +56,28 @@ const elf::Symbol* split_from(const unwind::ModuleFile& file, const elf::ElfFile
 }  // namespace
 
 struct NativeSymbolizer::FileState {
+  // `held`: the symbolizer's count of cached addresses over all files,
+  // which this file's entries leave when it is closed.
+  FileState(size_t max_addresses, std::atomic<uint64_t>& held)
+      : addresses(max_addresses, std::numeric_limits<size_t>::max()), held_addresses(held) {}
+  FileState(const FileState&) = delete;
+  FileState& operator=(const FileState&) = delete;
+  ~FileState() { held_addresses.fetch_sub(addresses.size(), std::memory_order_relaxed); }
+
   std::mutex mutex;  // guards everything below
   bool dwarf_tried = false;
   std::optional<DwarfFile> dwarf;
-  std::unordered_map<uint64_t, std::shared_ptr<const NativeFrames>> addresses;
+  LruCache<uint64_t, std::shared_ptr<const NativeFrames>> addresses;
   uint64_t last_use = 0;
+  std::atomic<uint64_t>& held_addresses;
 };
 
 struct NativeSymbolizer::Shared {
   NativeSymbolizerOptions options;
+  // The address caches of every file, summed (LruCache counts per file,
+  // and files come and go). Declared before the maps: a closing file
+  // subtracts its entries from `addresses_held`.
+  std::atomic<uint64_t> address_misses{0}, address_evictions{0}, addresses_held{0};
   mutable std::mutex mutex;  // guards the maps and the clock
   std::unordered_map<std::string, std::shared_ptr<FileState>> by_identity;
   // ModuleFile::serial() -> state: the hot path skips hashing identities.
@@ -92,7 +106,7 @@ std::shared_ptr<NativeSymbolizer::FileState> NativeSymbolizer::file_state(
   }
   auto [it, inserted] = s.by_identity.try_emplace(file.identity());
   if (inserted) {
-    it->second = std::make_shared<FileState>();
+    it->second = std::make_shared<FileState>(s.options.max_addresses_per_file, s.addresses_held);
     ++s.opened;
     if (s.by_identity.size() > s.options.max_files) {
       // Close the least recently used file; callers still holding its
@@ -190,14 +204,18 @@ std::shared_ptr<const NativeFrames> NativeSymbolizer::lookup(const unwind::Modul
   s.lookups.fetch_add(1, std::memory_order_relaxed);
   std::shared_ptr<FileState> state = file_state(file);
   std::lock_guard lock(state->mutex);
-  if (auto it = state->addresses.find(file_vaddr); it != state->addresses.end()) {
+  if (const auto* cached = state->addresses.find(file_vaddr)) {
     s.hits.fetch_add(1, std::memory_order_relaxed);
-    return it->second;
+    return *cached;
   }
+  s.address_misses.fetch_add(1, std::memory_order_relaxed);
   auto frames = std::make_shared<const NativeFrames>(resolve(*state, file, file_vaddr));
-  if (state->addresses.size() >= s.options.max_addresses_per_file)
-    state->addresses.clear();
-  state->addresses.emplace(file_vaddr, frames);
+  const uint64_t evictions_before = state->addresses.stats().evictions;
+  const size_t size_before = state->addresses.size();
+  state->addresses.insert(file_vaddr, frames, sizeof(uint64_t) + sizeof(NativeFrames));
+  s.address_evictions.fetch_add(state->addresses.stats().evictions - evictions_before,
+                                std::memory_order_relaxed);
+  s.addresses_held.fetch_add(state->addresses.size() - size_before, std::memory_order_relaxed);
   return frames;
 }
 
@@ -215,7 +233,11 @@ NativeSymbolizerStats NativeSymbolizer::stats() const {
   return NativeSymbolizerStats{.lookups = s.lookups.load(),
                                .address_cache_hits = s.hits.load(),
                                .files_opened = s.opened.load(),
-                               .files_evicted = s.evicted.load()};
+                               .files_evicted = s.evicted.load(),
+                               .address_cache = CacheStats{.hits = s.hits.load(),
+                                                           .misses = s.address_misses.load(),
+                                                           .evictions = s.address_evictions.load(),
+                                                           .entries = s.addresses_held.load()}};
 }
 
 }  // namespace krait::symbolize

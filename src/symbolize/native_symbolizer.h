@@ -31,7 +31,7 @@
 // that claims another's build-id keeps its own names, and copies of one
 // library at different inodes (containers) are parsed once each. Both
 // levels are bounded (NativeSymbolizerOptions): the least recently used
-// file is closed, and a file's address cache is cleared when full.
+// file is closed, and a file's least recently used address is dropped.
 //
 // Threading: all member functions may be called concurrently. Lookups of
 // different files run in parallel; lookups of one file are serialised on
@@ -45,6 +45,7 @@
 #include <vector>
 
 #include "unwind/module_file.h"
+#include "util/lru_cache.h"
 
 namespace krait::symbolize {
 
@@ -73,6 +74,9 @@ struct NativeSymbolizerStats {
   uint64_t address_cache_hits = 0;
   uint64_t files_opened = 0;
   uint64_t files_evicted = 0;
+  // The per-file address caches, summed over the files (hits are
+  // address_cache_hits; entries are those of the files held now).
+  CacheStats address_cache;
 };
 
 class NativeSymbolizer {

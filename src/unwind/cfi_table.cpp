@@ -7,8 +7,13 @@
 #include <string_view>
 #include <unordered_map>
 
+#include "unwind/cfa_program.h"
+#include "unwind/cfi_reader.h"
+
 namespace krait::unwind {
 namespace {
+
+using cfi::Reader;
 
 // DW_EH_PE_* pointer encodings (LSB Core, "DWARF Extensions").
 constexpr uint8_t kPeOmit = 0xff;
@@ -31,90 +36,6 @@ constexpr size_t kMaxCies = size_t{1} << 18;
 // How many earlier FDEs find() inspects when the nearest one ends too soon
 // (overlapping FDEs are rare; a long scan would only hide garbage).
 constexpr int kOverlapLookBack = 4;
-
-// Bounds-checked little-endian reads over one section. Every read either
-// succeeds completely or leaves `ok` false; callers check once per entry.
-class Reader {
- public:
-  Reader(std::span<const uint8_t> bytes, size_t pos, size_t end)
-      : bytes_(bytes), pos_(pos), end_(std::min(end, bytes.size())) {}
-
-  size_t pos() const { return pos_; }
-  bool ok() const { return ok_; }
-  size_t remaining() const { return ok_ && pos_ < end_ ? end_ - pos_ : 0; }
-
-  template <typename T>
-  T fixed() {
-    T value{};
-    if (!ok_ || pos_ > end_ || end_ - pos_ < sizeof(T)) {
-      ok_ = false;
-      return value;
-    }
-    std::memcpy(&value, bytes_.data() + pos_, sizeof(T));
-    pos_ += sizeof(T);
-    return value;
-  }
-  uint64_t uleb() {
-    uint64_t value = 0;
-    for (unsigned shift = 0; ok_; shift += 7) {
-      uint8_t byte = fixed<uint8_t>();
-      if (shift < 64)
-        value |= static_cast<uint64_t>(byte & 0x7f) << shift;
-      if ((byte & 0x80) == 0)
-        return value;
-      if (shift > 70)
-        ok_ = false;  // longer than any 64-bit value
-    }
-    return 0;
-  }
-  int64_t sleb() {
-    uint64_t value = 0;
-    unsigned shift = 0;
-    uint8_t byte = 0;
-    do {
-      byte = fixed<uint8_t>();
-      if (!ok_)
-        return 0;
-      if (shift < 64)
-        value |= static_cast<uint64_t>(byte & 0x7f) << shift;
-      shift += 7;
-      if (shift > 77) {
-        ok_ = false;
-        return 0;
-      }
-    } while (byte & 0x80);
-    if (shift < 64 && (byte & 0x40))
-      value |= ~uint64_t{0} << shift;
-    return static_cast<int64_t>(value);
-  }
-  std::string_view cstring() {
-    if (!ok_ || pos_ >= end_) {
-      ok_ = false;
-      return {};
-    }
-    const auto* begin = reinterpret_cast<const char*>(bytes_.data() + pos_);
-    const void* nul = std::memchr(begin, '\0', end_ - pos_);
-    if (nul == nullptr) {
-      ok_ = false;
-      return {};
-    }
-    std::string_view out(begin, static_cast<const char*>(nul) - begin);
-    pos_ += out.size() + 1;
-    return out;
-  }
-  void skip(size_t n) {
-    if (!ok_ || pos_ > end_ || end_ - pos_ < n)
-      ok_ = false;
-    else
-      pos_ += n;
-  }
-
- private:
-  std::span<const uint8_t> bytes_;
-  size_t pos_;
-  size_t end_;
-  bool ok_ = true;
-};
 
 // The framing shared by CIEs and FDEs in both sections.
 struct EntryHeader {
@@ -198,99 +119,6 @@ std::optional<uint64_t> read_encoded(Reader& r, uint8_t encoding, uint64_t field
   }
 }
 
-// The x86-64 DWARF registers libunwind keeps a location for: 0-15, the
-// general registers, and 16, the return address. libunwind 1.6 indexes
-// those slots with register numbers taken from the CFI without checking
-// every one (DW_CFA_register's second operand), so a CIE or FDE whose
-// program names any other register, or an opcode GNU tools never emit for
-// x86-64, is dropped before libunwind sees it.
-constexpr uint64_t kDwarfRegisters = 17;
-constexpr uint64_t kReturnAddressRegister = 16;
-
-// Walks the call-frame instructions in [begin, end): true when every
-// opcode is known and every register it names is one of kDwarfRegisters.
-bool cfa_program_is_safe(std::span<const uint8_t> bytes, size_t begin, size_t end) {
-  Reader r(bytes, begin, end);
-  auto reg = [&] { return r.uleb() < kDwarfRegisters; };
-  while (r.ok() && r.remaining() > 0) {
-    const uint8_t op = r.fixed<uint8_t>();
-    const uint8_t low = op & 0x3f;
-    switch (op & 0xc0) {
-      case 0x40:  // DW_CFA_advance_loc
-        continue;
-      case 0x80:  // DW_CFA_offset
-        if (low >= kDwarfRegisters)
-          return false;
-        r.uleb();
-        continue;
-      case 0xc0:  // DW_CFA_restore
-        if (low >= kDwarfRegisters)
-          return false;
-        continue;
-      default:
-        break;
-    }
-    bool ok = true;
-    switch (op) {
-      case 0x00:  // nop
-      case 0x0a:  // remember_state
-      case 0x0b:  // restore_state
-        break;
-      case 0x02:  // advance_loc1
-        r.skip(1);
-        break;
-      case 0x03:  // advance_loc2
-        r.skip(2);
-        break;
-      case 0x04:  // advance_loc4
-        r.skip(4);
-        break;
-      case 0x05:  // offset_extended
-      case 0x0c:  // def_cfa
-      case 0x14:  // val_offset
-      case 0x2f:  // GNU_negative_offset_extended
-        ok = reg();
-        r.uleb();
-        break;
-      case 0x06:  // restore_extended
-      case 0x07:  // undefined
-      case 0x08:  // same_value
-      case 0x0d:  // def_cfa_register
-        ok = reg();
-        break;
-      case 0x09:  // register
-        ok = reg() && reg();
-        break;
-      case 0x0e:  // def_cfa_offset
-      case 0x2e:  // GNU_args_size
-        r.uleb();
-        break;
-      case 0x0f:  // def_cfa_expression
-        r.skip(r.uleb());
-        break;
-      case 0x10:  // expression
-      case 0x16:  // val_expression
-        ok = reg();
-        r.skip(r.uleb());
-        break;
-      case 0x11:  // offset_extended_sf
-      case 0x12:  // def_cfa_sf
-      case 0x15:  // val_offset_sf
-        ok = reg();
-        r.sleb();
-        break;
-      case 0x13:  // def_cfa_offset_sf
-        r.sleb();
-        break;
-      default:  // set_loc and vendor opcodes
-        return false;
-    }
-    if (!ok)
-      return false;
-  }
-  return r.ok();
-}
-
 // What an FDE needs from its .eh_frame CIE.
 struct EhCie {
   bool usable = false;
@@ -365,6 +193,71 @@ void patch_u32(std::vector<uint8_t>& out, size_t at, uint32_t v) {
   std::memcpy(out.data() + at, &v, sizeof v);
 }
 
+// The .debug_frame CIE at `offset`, appended to `out` in .eh_frame form;
+// its offset in `out`, or nullopt when it cannot be used.
+std::optional<uint32_t> convert_debug_cie(std::span<const uint8_t> bytes, size_t offset,
+                                          std::vector<uint8_t>& out) {
+  auto header = read_header(bytes, offset);
+  if (!header || header->terminator)
+    return std::nullopt;
+  uint64_t cie_id = header->dwarf64 ? ~uint64_t{0} : uint64_t{0xffffffff};
+  if (header->id != cie_id)
+    return std::nullopt;
+  Reader r(bytes, header->body, header->end);
+  uint8_t version = r.fixed<uint8_t>();
+  if (version != 1 && version != 3 && version != 4)
+    return std::nullopt;
+  std::string_view augmentation = r.cstring();
+  if (!r.ok() || !augmentation.empty())
+    return std::nullopt;
+  if (version == 4) {
+    uint8_t address_size = r.fixed<uint8_t>();
+    uint8_t segment_size = r.fixed<uint8_t>();
+    if (address_size != 8 || segment_size != 0)
+      return std::nullopt;
+  }
+  size_t fields = r.pos();
+  r.uleb();
+  r.sleb();
+  const uint64_t return_address = version == 1 ? r.fixed<uint8_t>() : r.uleb();
+  if (!r.ok() || return_address != kReturnAddressRegister ||
+      !cfa_program_is_safe(bytes, r.pos(), header->end))
+    return std::nullopt;
+  // .eh_frame knows versions 1 and 3; version 4 differs from 3 only by
+  // the two size bytes dropped above.
+  size_t at = out.size();
+  put_u32(out, 0);  // length, patched below
+  put_u32(out, 0);  // CIE id in .eh_frame
+  put_u8(out, version == 1 ? 1 : 3);
+  put_u8(out, 0);  // no augmentation: FDE addresses are 8-byte absolute
+  out.insert(out.end(), bytes.begin() + fields, bytes.begin() + header->end);
+  patch_u32(out, at, static_cast<uint32_t>(out.size() - at - 4));
+  return static_cast<uint32_t>(at);
+}
+
+// The .debug_frame FDE of `header`, appended to `out` in .eh_frame form with
+// a pointer to its converted CIE at `cie_at`; its index entry, or nullopt
+// (nothing appended) when it cannot be used.
+std::optional<FdeEntry> convert_debug_fde(std::span<const uint8_t> bytes, const EntryHeader& header,
+                                          uint32_t cie_at, std::vector<uint8_t>& out) {
+  Reader r(bytes, header.body, header.end);
+  uint64_t start = r.fixed<uint64_t>();
+  uint64_t range = r.fixed<uint64_t>();
+  if (!r.ok() || range == 0 || start + range < start ||
+      !cfa_program_is_safe(bytes, r.pos(), header.end))
+    return std::nullopt;
+  size_t at = out.size();
+  put_u32(out, 0);  // length, patched below
+  size_t pointer_at = out.size();
+  put_u32(out, static_cast<uint32_t>(pointer_at - cie_at));
+  put_u64(out, start);
+  put_u64(out, range);
+  out.insert(out.end(), bytes.begin() + r.pos(), bytes.begin() + header.end);
+  patch_u32(out, at, static_cast<uint32_t>(out.size() - at - 4));
+  return FdeEntry{
+      .start = start, .end = start + range, .offset = static_cast<uint32_t>(at), .absolute = true};
+}
+
 }  // namespace
 
 Result<CfiTable> CfiTable::from_eh_frame(std::span<const uint8_t> bytes, uint64_t vaddr) {
@@ -427,45 +320,6 @@ Result<CfiTable> CfiTable::from_debug_frame(std::span<const uint8_t> bytes) {
   // Converted CIEs by their offset in .debug_frame; nullopt when unusable.
   std::unordered_map<size_t, std::optional<uint32_t>> converted;
 
-  auto convert_cie = [&](size_t offset) -> std::optional<uint32_t> {
-    auto header = read_header(bytes, offset);
-    if (!header || header->terminator)
-      return std::nullopt;
-    uint64_t cie_id = header->dwarf64 ? ~uint64_t{0} : uint64_t{0xffffffff};
-    if (header->id != cie_id)
-      return std::nullopt;
-    Reader r(bytes, header->body, header->end);
-    uint8_t version = r.fixed<uint8_t>();
-    if (version != 1 && version != 3 && version != 4)
-      return std::nullopt;
-    std::string_view augmentation = r.cstring();
-    if (!r.ok() || !augmentation.empty())
-      return std::nullopt;
-    if (version == 4) {
-      uint8_t address_size = r.fixed<uint8_t>();
-      uint8_t segment_size = r.fixed<uint8_t>();
-      if (address_size != 8 || segment_size != 0)
-        return std::nullopt;
-    }
-    size_t fields = r.pos();
-    r.uleb();
-    r.sleb();
-    const uint64_t return_address = version == 1 ? r.fixed<uint8_t>() : r.uleb();
-    if (!r.ok() || return_address != kReturnAddressRegister ||
-        !cfa_program_is_safe(bytes, r.pos(), header->end))
-      return std::nullopt;
-    // .eh_frame knows versions 1 and 3; version 4 differs from 3 only by
-    // the two size bytes dropped above.
-    size_t at = out.size();
-    put_u32(out, 0);  // length, patched below
-    put_u32(out, 0);  // CIE id in .eh_frame
-    put_u8(out, version == 1 ? 1 : 3);
-    put_u8(out, 0);  // no augmentation: FDE addresses are 8-byte absolute
-    out.insert(out.end(), bytes.begin() + fields, bytes.begin() + header->end);
-    patch_u32(out, at, static_cast<uint32_t>(out.size() - at - 4));
-    return static_cast<uint32_t>(at);
-  };
-
   size_t pos = 0;
   while (pos < bytes.size()) {
     auto header = read_header(bytes, pos);
@@ -482,27 +336,11 @@ Result<CfiTable> CfiTable::from_debug_frame(std::span<const uint8_t> bytes) {
       break;
     auto [it, inserted] = converted.try_emplace(header->id);
     if (inserted)
-      it->second = convert_cie(header->id);
+      it->second = convert_debug_cie(bytes, header->id, out);
     if (!it->second)
       continue;
-    Reader r(bytes, header->body, header->end);
-    uint64_t start = r.fixed<uint64_t>();
-    uint64_t range = r.fixed<uint64_t>();
-    if (!r.ok() || range == 0 || start + range < start ||
-        !cfa_program_is_safe(bytes, r.pos(), header->end))
-      continue;
-    size_t at = out.size();
-    put_u32(out, 0);  // length, patched below
-    size_t pointer_at = out.size();
-    put_u32(out, static_cast<uint32_t>(pointer_at - *it->second));
-    put_u64(out, start);
-    put_u64(out, range);
-    out.insert(out.end(), bytes.begin() + r.pos(), bytes.begin() + header->end);
-    patch_u32(out, at, static_cast<uint32_t>(out.size() - at - 4));
-    table.entries_.push_back(FdeEntry{.start = start,
-                                      .end = start + range,
-                                      .offset = static_cast<uint32_t>(at),
-                                      .absolute = true});
+    if (auto entry = convert_debug_fde(bytes, *header, *it->second, out))
+      table.entries_.push_back(*entry);
   }
   put_u32(out, 0);  // terminator
   if (table.entries_.empty())

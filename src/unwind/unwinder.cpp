@@ -4,7 +4,8 @@
 
 #include <array>
 #include <cstring>
-#include <unordered_map>
+
+#include "unwind/cache_owners.h"
 
 // Exported by libunwind but not declared in its public headers (linux perf
 // declares it the same way): it decodes one FDE given a search table.
@@ -193,12 +194,6 @@ unw_accessors_t accessors() {
   return a;
 }
 
-struct CacheOwner {
-  uint64_t serial = 0;
-  uint64_t bias = 0;
-  bool operator==(const CacheOwner&) const = default;
-};
-
 }  // namespace
 
 std::string_view to_string(UnwindStop stop) {
@@ -222,26 +217,16 @@ std::string_view to_string(UnwindStop stop) {
 struct Unwinder::State {
   unw_accessors_t callbacks = accessors();
   AddressSpace as;
-  // libunwind caches decoded CFI by process address alone, but one Unwinder
-  // serves many processes, where one address can hold different code. Every
-  // address that may be in that cache is recorded with the (file, bias) that
-  // filled it; meeting it with another owner flushes the cache.
-  std::unordered_map<uint64_t, CacheOwner> owners;
+  // libunwind caches decoded CFI by process address alone; see
+  // cache_owners.h.
+  CacheOwners owners{kMaxTrackedAddresses};
   UnwinderStats stats;
 
   void claim_cache(uint64_t ip, const Module& module) {
-    CacheOwner owner{module.file->serial(), module.bias};
-    auto [it, inserted] = owners.try_emplace(ip, owner);
-    if (inserted) {
-      if (owners.size() <= kMaxTrackedAddresses)
-        return;
-    } else if (it->second == owner) {
+    if (!owners.claim(ip, CacheOwner{module.file->serial(), module.bias}))
       return;
-    }
     unw_flush_cache(as.get(), 0, 0);
     ++stats.cache_flushes;
-    owners.clear();
-    owners.emplace(ip, owner);
   }
 };
 
@@ -266,6 +251,7 @@ Unwinder& Unwinder::operator=(Unwinder&&) noexcept = default;
 Unwinder::~Unwinder() = default;
 
 const UnwinderStats& Unwinder::stats() const {
+  state_->stats.owner_cache = state_->owners.stats();
   return state_->stats;
 }
 

@@ -25,6 +25,7 @@
 
 #include "krait/abi.h"
 #include "unwind/process_modules.h"
+#include "util/lru_cache.h"
 #include "util/result.h"
 
 namespace krait::unwind {
@@ -80,6 +81,9 @@ struct UnwinderStats {
   uint64_t unwinds = 0;
   uint64_t frames = 0;
   uint64_t cache_flushes = 0;  // libunwind's per-address cache was dropped (address reuse)
+  // The record of which file filled libunwind's cache at each address
+  // (cache_owners.h): bounded, flushed with libunwind's cache when full.
+  CacheStats owner_cache;
 };
 
 // Ownership: owns one libunwind address space and its per-address cache of

@@ -621,6 +621,33 @@ TEST(SymbolizerCacheTest, BoundedCachesStayCorrect) {
   EXPECT_GT(tiny.stats().files_evicted, 0u);
 }
 
+// A file's address cache holds its bound whatever number of addresses is
+// looked up: the least recently used goes, and the counters show it.
+TEST(SymbolizerCacheTest, AddressCacheHoldsItsBound) {
+  auto paths = unwind_fixtures::fixture_paths();
+  auto file = unwind::ModuleFile::open(paths.lib);
+  ASSERT_TRUE(file.ok());
+  auto symbol = (*file)->elf().find_symbol("krait_unwind_lib_call");
+  ASSERT_TRUE(symbol);
+  constexpr size_t kBound = 4;
+  constexpr size_t kLookups = 3 * kBound;
+  NativeSymbolizer symbolizer(NativeSymbolizerOptions{.max_addresses_per_file = kBound});
+  for (size_t i = 0; i < kLookups; ++i) {
+    symbolizer.lookup(**file, symbol->value + i);
+    ASSERT_LE(symbolizer.stats().address_cache.entries, kBound) << i;
+  }
+  CacheStats s = symbolizer.stats().address_cache;
+  EXPECT_EQ(s.misses, kLookups);
+  EXPECT_EQ(s.hits, 0u);
+  EXPECT_EQ(s.entries, kBound);
+  EXPECT_EQ(s.evictions, kLookups - kBound);
+  // The most recent addresses are still there; the first one is gone.
+  symbolizer.lookup(**file, symbol->value + kLookups - 1);
+  EXPECT_EQ(symbolizer.stats().address_cache.hits, 1u);
+  symbolizer.lookup(**file, symbol->value);
+  EXPECT_EQ(symbolizer.stats().address_cache.misses, kLookups + 1);
+}
+
 TEST(SymbolizerCacheTest, ConcurrentLookupsAgree) {
   ASSERT_CAPTURE(capture, "python-main");
   unwind::ModuleCache cache;
