@@ -12,7 +12,8 @@
 #include <cstdlib>
 #include <set>
 
-#include "test_support.h"
+#include "support/files.h"
+#include "support/temp_dir.h"
 #include "util/files.h"
 
 namespace krait::test {
