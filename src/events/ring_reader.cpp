@@ -30,10 +30,17 @@ Result<uint64_t> RingReader::consume() {
   return static_cast<uint64_t>(n);
 }
 
+std::unique_ptr<RingReader> RingReader::without_ring(EventHandler& handler) {
+  return std::unique_ptr<RingReader>(new RingReader(handler));  // private constructor
+}
+
+void RingReader::handle_record(const void* data, size_t size) {
+  if (!dispatch_record(data, size, handler_))
+    ++malformed_;
+}
+
 int RingReader::on_record(void* ctx, void* data, size_t size) {
-  auto* reader = static_cast<RingReader*>(ctx);
-  if (!dispatch_record(data, size, reader->handler_))
-    ++reader->malformed_;
+  static_cast<RingReader*>(ctx)->handle_record(data, size);
   return 0;
 }
 

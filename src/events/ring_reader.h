@@ -45,6 +45,9 @@ bool dispatch_record(const void* data, size_t size, EventHandler& handler);
 class RingReader {
  public:
   static Result<std::unique_ptr<RingReader>> create(int events_map_fd, EventHandler& handler);
+  // A reader without a ring buffer, for tests: records reach it through
+  // handle_record() only (epoll_fd() and consume() must not be called).
+  static std::unique_ptr<RingReader> without_ring(EventHandler& handler);
   ~RingReader();
   RingReader(const RingReader&) = delete;
   RingReader& operator=(const RingReader&) = delete;
@@ -54,6 +57,9 @@ class RingReader {
   // Dispatches every record available now; returns how many.
   Result<uint64_t> consume();
   uint64_t malformed() const { return malformed_; }
+  // What the ring buffer's callback does with each record: dispatch_record,
+  // and a refused record counted in malformed().
+  void handle_record(const void* data, size_t size);
 
  private:
   explicit RingReader(EventHandler& handler) : handler_(handler) {}

@@ -94,9 +94,10 @@ class BudgetedReader {
   int left_;
 };
 
-// Follows one thread's frames the way the sampler does.
+// Follows one thread's frames the way the sampler does; the function name
+// of each frame checked goes to `functions` when given.
 Validation check_frames(BudgetedReader& mem, const PythonLayout& layout, uint64_t tstate,
-                        uint64_t code_type) {
+                        uint64_t code_type, std::vector<std::string>* functions = nullptr) {
   const krait_py_layout& b = layout.bpf;
   auto frame = mem.value<uint64_t>(tstate + b.tstate_frame);
   if (!frame)
@@ -142,6 +143,8 @@ Validation check_frames(BudgetedReader& mem, const PythonLayout& layout, uint64_
     auto fn = read_py_string(mem.memory(), layout.strings, *file);
     if (!fn)
       return refuse(fn.error().context("a file name does not decode").message);
+    if (functions)
+      functions->push_back(std::move(*n));
     f = *back;
   }
   return {};
@@ -401,6 +404,14 @@ Validation validate_layout(const proc::RemoteMemory& memory, pid_t pid, const Py
       return last;
   }
   return last;
+}
+
+FrameWalk walk_frames(const proc::RemoteMemory& memory, const PythonLayout& layout, uint64_t tstate,
+                      uint64_t code_type_addr) {
+  BudgetedReader reader(memory, kMaxValidationReads);
+  FrameWalk out;
+  out.validation = check_frames(reader, layout, tstate, code_type_addr, &out.functions);
+  return out;
 }
 
 Attachment attach_process(pid_t pid, ImageCache& images, const AttachOptions& options) {

@@ -66,4 +66,16 @@ struct Validation {
 Validation validate_layout(const proc::RemoteMemory& memory, pid_t pid, const PythonLayout& layout,
                            uint64_t interp_head_addr, uint64_t code_type_addr);
 
+// The frame walk of validate_layout for one thread state: its Python
+// frames the way the sampler follows them (shim frames skipped, tag bits
+// cleared, at most 64), each frame's function name, leaf first. Refused with
+// the reason where a frame does not check out (functions then holds the
+// frames before it). Exposed for tests.
+struct FrameWalk {
+  Validation validation;
+  std::vector<std::string> functions;
+};
+FrameWalk walk_frames(const proc::RemoteMemory& memory, const PythonLayout& layout, uint64_t tstate,
+                      uint64_t code_type_addr);
+
 }  // namespace krait::python

@@ -161,19 +161,6 @@ void require_root() {
     FAIL() << "runtime tests load BPF programs: run them as root (sudo scripts/test)";
 }
 
-TempDir::TempDir() {
-  const char* base = std::getenv("TMPDIR");
-  std::string tmpl = std::string(base && *base ? base : "/tmp") + "/krait-test-XXXXXX";
-  char* made = ::mkdtemp(tmpl.data());
-  path_ = made ? made : "";
-}
-
-TempDir::~TempDir() {
-  std::error_code ec;
-  if (!path_.empty())
-    std::filesystem::remove_all(path_, ec);
-}
-
 int64_t ProfileSample::pid() const {
   auto it = labels.find("pid");
   return it == labels.end() ? -1 : std::stoll(it->second);

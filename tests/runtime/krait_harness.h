@@ -17,6 +17,7 @@
 #include "export/profile.pb.h"
 #include "support/child_process.h"
 #include "support/json.h"
+#include "support/temp_dir.h"
 #include "support/truth.h"
 
 namespace krait::test {
@@ -31,20 +32,6 @@ Result<ChildProcess> start_ready_program(const std::vector<std::string>& argv);
 // utime + stime of a process (all its threads), in seconds, from
 // /proc/PID/stat; a zombie still has them.
 Result<double> cpu_seconds(pid_t pid);
-
-// A fresh directory under $TMPDIR, removed with its files on destruction.
-class TempDir {
- public:
-  TempDir();
-  ~TempDir();
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
 
 // One sample of the profile, decoded: labels and the stack, root first.
 struct ProfileSample {

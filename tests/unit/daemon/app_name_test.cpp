@@ -9,7 +9,8 @@
 #include <filesystem>
 
 #include "daemon/config.h"
-#include "test_support.h"
+#include "support/files.h"
+#include "support/temp_dir.h"
 
 namespace krait::test {
 namespace {

@@ -13,7 +13,8 @@
 #include <set>
 
 #include "cli/daemon_flags.h"
-#include "test_support.h"
+#include "support/files.h"
+#include "support/temp_dir.h"
 #include "util/files.h"
 
 namespace krait::test {

@@ -261,22 +261,6 @@ NmResult nm_defined(const std::string& path, bool dynamic) {
   return result;
 }
 
-TempDir::TempDir() {
-  const char* base = std::getenv("TMPDIR");
-  std::string pattern = std::string(base != nullptr ? base : "/tmp") + "/krait-elf-test-XXXXXX";
-  std::vector<char> buffer(pattern.begin(), pattern.end());
-  buffer.push_back('\0');
-  if (::mkdtemp(buffer.data()) != nullptr)
-    path_ = buffer.data();
-}
-
-TempDir::~TempDir() {
-  if (path_.empty())
-    return;
-  std::error_code ignored;
-  std::filesystem::remove_all(path_, ignored);
-}
-
 std::vector<uint8_t> read_bytes(const std::string& path) {
   std::vector<uint8_t> out;
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);

@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include "support/temp_dir.h"
+
 namespace krait::test {
 
 // Paths of build-time fixtures and tools, from compile definitions.
@@ -85,20 +87,6 @@ struct NmResult {
 NmResult nm_defined(const std::string& path, bool dynamic);
 
 // --- files --------------------------------------------------------------------
-
-// A fresh directory under $TMPDIR, removed with its contents on destruction.
-class TempDir {
- public:
-  TempDir();
-  ~TempDir();
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
 
 std::vector<uint8_t> read_bytes(const std::string& path);
 void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes, bool executable);

@@ -1,6 +1,7 @@
-// events::dispatch_record: which ring buffer records reach a handler, and
-// the views a sample's handler gets, against records laid out by hand from
-// include/krait/abi.h.
+// events::dispatch_record and RingReader's handling of each record: which
+// ring buffer records reach which handler, the views a sample's handler
+// gets, and the count of refused records, against records laid out by hand
+// from include/krait/abi.h.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -15,6 +16,7 @@ namespace {
 
 struct Seen {
   int samples = 0, execs = 0, exits = 0, unknown = 0, codes = 0;
+  std::vector<uint32_t> pids;  // hdr.pid of every record dispatched, in order
   std::vector<krait_py_frame> frames;
   std::vector<uint64_t> kernel_ips;
   std::vector<uint8_t> user_stack;
@@ -24,14 +26,28 @@ class Recorder final : public EventHandler {
  public:
   void on_sample(const SampleView& s) override {
     ++seen.samples;
+    seen.pids.push_back(s.sample.hdr.pid);
     seen.frames.assign(s.frames.begin(), s.frames.end());
     seen.kernel_ips.assign(s.kernel_ips.begin(), s.kernel_ips.end());
     seen.user_stack.assign(s.user_stack.begin(), s.user_stack.end());
   }
-  void on_exec(const krait_proc_event&) override { ++seen.execs; }
-  void on_exit(const krait_proc_event&) override { ++seen.exits; }
-  void on_unknown_process(const krait_proc_event&) override { ++seen.unknown; }
-  void on_code_capture(const krait_code_event&) override { ++seen.codes; }
+  void on_exec(const krait_proc_event& e) override {
+    ++seen.execs;
+    seen.pids.push_back(e.hdr.pid);
+  }
+  void on_exit(const krait_proc_event& e) override {
+    ++seen.exits;
+    seen.pids.push_back(e.hdr.pid);
+  }
+  void on_unknown_process(const krait_proc_event& e) override {
+    ++seen.unknown;
+    seen.pids.push_back(e.hdr.pid);
+  }
+  void on_code_capture(const krait_code_event& e) override {
+    ++seen.codes;
+    seen.pids.push_back(e.hdr.pid);
+  }
+  int total() const { return seen.samples + seen.execs + seen.exits + seen.unknown + seen.codes; }
   Seen seen;
 };
 
@@ -114,6 +130,109 @@ TEST(DispatchRecord, EveryWholeRecordTypeReachesItsHandler) {
   EXPECT_EQ(r.seen.exits, 1);
   EXPECT_EQ(r.seen.unknown, 1);
   EXPECT_EQ(r.seen.codes, 1);
+}
+
+// RingReader::handle_record is what the ring buffer's callback runs: each
+// kind of record reaches its own handler with its own contents, once.
+TEST(RingReaderRecords, EachKindReachesItsHandler) {
+  Recorder r;
+  auto reader = RingReader::without_ring(r);
+  auto sample = sample_record(2, 1, 3);
+  reinterpret_cast<krait_sample*>(sample.data())->hdr.pid = 10;
+  reader->handle_record(sample.data(), KRAIT_SAMPLE_SIZE(2, 1, 3));
+  EXPECT_EQ(r.seen.samples, 1);
+  EXPECT_EQ(r.total(), 1);
+
+  krait_proc_event exec{};
+  exec.hdr.type = KRAIT_EVENT_EXEC;
+  exec.hdr.pid = 11;
+  reader->handle_record(&exec, sizeof exec);
+  EXPECT_EQ(r.seen.execs, 1);
+  EXPECT_EQ(r.total(), 2);
+
+  krait_proc_event exit{};
+  exit.hdr.type = KRAIT_EVENT_EXIT;
+  exit.hdr.pid = 12;
+  reader->handle_record(&exit, sizeof exit);
+  EXPECT_EQ(r.seen.exits, 1);
+  EXPECT_EQ(r.total(), 3);
+
+  krait_proc_event unknown{};
+  unknown.hdr.type = KRAIT_EVENT_PROC_UNKNOWN;
+  unknown.hdr.pid = 13;
+  reader->handle_record(&unknown, sizeof unknown);
+  EXPECT_EQ(r.seen.unknown, 1);
+  EXPECT_EQ(r.total(), 4);
+
+  krait_code_event code{};
+  code.hdr.type = KRAIT_EVENT_CODE;
+  code.hdr.pid = 14;
+  reader->handle_record(&code, sizeof code);
+  EXPECT_EQ(r.seen.codes, 1);
+  EXPECT_EQ(r.total(), 5);
+
+  EXPECT_EQ(r.seen.pids, (std::vector<uint32_t>{10, 11, 12, 13, 14}));
+  ASSERT_EQ(r.seen.frames.size(), 2u);
+  EXPECT_EQ(r.seen.frames[1].code, 0x1001u);
+  EXPECT_EQ(r.seen.kernel_ips, (std::vector<uint64_t>{0xffffffff81000000ull}));
+  EXPECT_EQ(r.seen.user_stack, (std::vector<uint8_t>{0, 1, 2}));
+  EXPECT_EQ(reader->malformed(), 0u);
+}
+
+// Truncated records (shorter than their kind or their counts), records
+// whose counts exceed the caps, and records of an unknown kind are counted,
+// one each, and reach no handler; the reader goes on with the next record.
+TEST(RingReaderRecords, RefusedRecordsAreCountedNotDispatched) {
+  Recorder r;
+  auto reader = RingReader::without_ring(r);
+  uint64_t expected = 0;
+  auto refused = [&](const void* data, size_t size, const char* what) {
+    reader->handle_record(data, size);
+    ++expected;
+    EXPECT_EQ(reader->malformed(), expected) << what;
+    EXPECT_EQ(r.total(), 0) << what;
+  };
+
+  krait_event_header header{};
+  header.type = KRAIT_EVENT_EXEC;
+  refused(&header, sizeof header - 1, "shorter than a header");
+
+  auto sample = sample_record(3, 2, 5);
+  refused(sample.data(), KRAIT_SAMPLE_SIZE(3, 2, 5) - 1, "sample short of its stack bytes");
+  refused(sample.data(), KRAIT_SAMPLE_SIZE(0, 0, 0) - 1, "sample short of its fixed part");
+  {
+    auto over = sample_record(3, 2, 5);
+    reinterpret_cast<krait_sample*>(over.data())->py_nframes = KRAIT_PY_FRAMES_CAP + 1;
+    refused(over.data(), over.size() * 8, "Python frames over the cap");
+  }
+  {
+    auto over = sample_record(3, 2, 5);
+    reinterpret_cast<krait_sample*>(over.data())->kernel_nframes = KRAIT_KERNEL_FRAMES_CAP + 1;
+    refused(over.data(), over.size() * 8, "kernel frames over the cap");
+  }
+  {
+    auto over = sample_record(3, 2, 5);
+    reinterpret_cast<krait_sample*>(over.data())->user_stack_size = KRAIT_USER_STACK_CAP + 1;
+    refused(over.data(), over.size() * 8, "stack copy over the cap");
+  }
+  for (uint32_t type : {KRAIT_EVENT_EXEC, KRAIT_EVENT_EXIT, KRAIT_EVENT_PROC_UNKNOWN}) {
+    krait_proc_event event{};
+    event.hdr.type = type;
+    refused(&event, sizeof event - 1, "process event one byte short");
+  }
+  krait_code_event code{};
+  code.hdr.type = KRAIT_EVENT_CODE;
+  refused(&code, sizeof code - 1, "code capture one byte short");
+  krait_proc_event unknown_kind{};
+  unknown_kind.hdr.type = 99;
+  refused(&unknown_kind, sizeof unknown_kind, "unknown kind");
+  unknown_kind.hdr.type = KRAIT_EVENT_SAMPLE + 1000;
+  refused(&unknown_kind, sizeof unknown_kind, "unknown kind");
+
+  // A good record after all that is dispatched, and not counted.
+  reader->handle_record(sample.data(), KRAIT_SAMPLE_SIZE(3, 2, 5));
+  EXPECT_EQ(r.seen.samples, 1);
+  EXPECT_EQ(reader->malformed(), expected);
 }
 
 }  // namespace

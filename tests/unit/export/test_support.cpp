@@ -44,29 +44,6 @@ class SpawnActions {
 
 }  // namespace
 
-TempDir::TempDir() {
-  const char* base = std::getenv("TMPDIR");
-  std::string pattern = std::string(base && *base ? base : "/tmp") + "/krait-export-test-XXXXXX";
-  if (::mkdtemp(pattern.data()) != nullptr)
-    path_ = pattern;
-}
-
-TempDir::~TempDir() {
-  if (!path_.empty()) {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-}
-
-std::vector<std::string> TempDir::list() const {
-  std::vector<std::string> names;
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(path_, ec))
-    names.push_back(entry.path().filename().string());
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
 Result<ChildOutput> run_child(const std::vector<std::string>& argv,
                               const std::vector<std::string>& env) {
   if (argv.empty())

@@ -6,26 +6,10 @@
 #include <string>
 #include <vector>
 
+#include "support/temp_dir.h"
 #include "util/result.h"
 
 namespace krait::test {
-
-// A fresh directory under $TMPDIR (or /tmp), removed with its contents on
-// destruction.
-class TempDir {
- public:
-  TempDir();
-  ~TempDir();
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  const std::string& path() const { return path_; }
-  bool ok() const { return !path_.empty(); }
-  std::vector<std::string> list() const;  // file names directly inside, sorted
-
- private:
-  std::string path_;
-};
 
 struct ChildOutput {
   int exit_code = -1;  // -1 when the child died from a signal

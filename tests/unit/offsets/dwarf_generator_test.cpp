@@ -10,6 +10,7 @@
 #include <set>
 
 #include "python/offsets/debug_offsets.h"
+#include "support/temp_dir.h"
 #include "test_support.h"
 
 namespace krait::python {
@@ -281,23 +282,7 @@ TEST(AgreesWithGdbRenamed, CanonicalAliasesPointAtTheRenamedMembers) {
 // ---------------------------------------------------------------------------
 // Failures are reported, not papered over.
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "krait-offsets-XXXXXX").string();
-    if (::mkdtemp(tmpl.data()))
-      path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    if (!path_.empty())
-      fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using test::TempDir;
 
 TEST(GenerateOffsetTable, FileWithoutDwarfIsAnError) {
   std::string lib = testing::pyenv_libpython("3.12.1");

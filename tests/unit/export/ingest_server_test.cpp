@@ -8,7 +8,7 @@
 #include <thread>
 
 #include "export/push.pb.h"
-#include "test_support.h"
+#include "upload_support.h"
 
 namespace krait::test {
 namespace {

@@ -8,7 +8,8 @@
 
 #include <filesystem>
 
-#include "test_support.h"
+#include "support/files.h"
+#include "support/temp_dir.h"
 
 namespace krait::test {
 namespace {

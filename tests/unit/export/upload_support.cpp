@@ -1,4 +1,4 @@
-#include "test_support.h"
+#include "upload_support.h"
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
@@ -84,26 +84,6 @@ int response_status(std::string_view response) {
   if (space == std::string_view::npos)
     return 0;
   return std::atoi(std::string(response.substr(space + 1, 3)).c_str());
-}
-
-TempDir::TempDir() {
-  const char* base = std::getenv("TMPDIR");
-  std::string pattern = std::string(base && *base ? base : "/tmp") + "/krait-daemon-test-XXXXXX";
-  if (::mkdtemp(pattern.data()) == nullptr)
-    ADD_FAILURE() << "mkdtemp " << pattern << ": " << std::strerror(errno);
-  path_ = pattern;
-}
-
-TempDir::~TempDir() {
-  std::error_code ec;
-  std::filesystem::remove_all(path_, ec);
-}
-
-void write_text_file(const std::string& path, std::string_view data) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(data.data(), static_cast<std::streamsize>(data.size()));
-  out.close();
-  ASSERT_TRUE(out) << "writing " << path;
 }
 
 }  // namespace krait::test

@@ -10,7 +10,7 @@
 #include <filesystem>
 #include <set>
 
-#include "test_support.h"
+#include "upload_support.h"
 #include "util/files.h"
 
 namespace krait::test {

@@ -1,6 +1,7 @@
-// Helpers for the daemon building-block tests: small real profiles, uploads,
-// a raw HTTP/1.1 client independent of the code under test, and temporary
-// directories.
+// Helpers for the tests of the daemon's outputs (src/export: the Pyroscope
+// sender, the upload queue, the directory output): small real profiles,
+// uploads, and a raw HTTP/1.1 client independent of the code under test.
+// Scratch directories and files: support/temp_dir.h, support/files.h.
 #pragma once
 
 #include <cstdint>
@@ -8,6 +9,8 @@
 #include <string_view>
 
 #include "export/upload_queue.h"
+#include "support/files.h"
+#include "support/temp_dir.h"
 #include "util/result.h"
 
 namespace krait::test {
@@ -28,23 +31,5 @@ Result<std::string> raw_http_exchange(uint16_t port, std::string_view request);
 
 // The status code of a raw HTTP response ("HTTP/1.1 200 OK..."), 0 if none.
 int response_status(std::string_view response);
-
-// A fresh directory under $TMPDIR (or /tmp), removed with its contents on
-// destruction.
-class TempDir {
- public:
-  TempDir();
-  ~TempDir();
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-  std::string file(std::string_view name) const { return path_ + "/" + std::string(name); }
-
- private:
-  std::string path_;
-};
-
-// Writes `data` to `path` (test setup; fails the test on error).
-void write_text_file(const std::string& path, std::string_view data);
 
 }  // namespace krait::test

@@ -8,7 +8,7 @@
 
 #include "export/push.pb.h"
 #include "support/ingest_server.h"
-#include "test_support.h"
+#include "upload_support.h"
 
 namespace krait::test {
 namespace {

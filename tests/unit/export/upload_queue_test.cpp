@@ -11,7 +11,7 @@
 
 #include "export/pyroscope.h"
 #include "support/ingest_server.h"
-#include "test_support.h"
+#include "upload_support.h"
 
 namespace krait::test {
 namespace {
