@@ -169,7 +169,7 @@ KPOD_ = '2c7d8a7e_2b1f_4c6a_9b1e_8d5f4c3b2a19'
 def seeds_proc_cgroup(args):
     d = corpus_dir('proc_cgroup')
     v1 = ['name=systemd', 'pids', 'memory', 'cpu,cpuacct', 'blkio', 'devices']
-    # The layouts of tests/unit/daemon/container_test.cpp, as runtimes write them.
+    # The layouts of tests/unit/proc/container_test.cpp, as runtimes write them.
     cgroups = {
         'docker-v2-systemd': '0::/system.slice/docker-%s.scope\n' % KID,
         'docker-v2-cgroupfs': '0::/docker/%s\n' % KID,
