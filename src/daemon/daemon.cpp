@@ -115,11 +115,14 @@ class RunLoop {
 
   void log_health() {
     const engine::EngineHealth h = engine_.health();
+    const uint64_t lookups = h.frame_cache.hits + h.frame_cache.misses;
     spdlog::info(
         "health: {} Python processes profiled, {} samples (+{}), {} lost (ring full), {} dropped "
-        "(builder behind); {}; {}",
+        "(builder behind), frame names {:.1f}% cached ({} evicted); {}; {}",
         h.python_processes, h.samples, h.samples - last_samples_, h.ring_full, h.queue_full,
-        h.inspection, outputs_.health());
+        lookups ? 100.0 * static_cast<double>(h.frame_cache.hits) / static_cast<double>(lookups)
+                : 0.0,
+        h.frame_cache.evictions, h.inspection, outputs_.health());
     last_samples_ = h.samples;
   }
 

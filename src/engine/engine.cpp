@@ -279,6 +279,7 @@ EngineHealth Engine::health() {
   const PipelineStats& ps = pipeline_->stats();
   h.samples = ps.samples;
   h.queue_full = ps.queue_full;
+  h.frame_cache = ps.frame_cache;
   h.ring_full = sampler_->counters()[KRAIT_CNT_RINGBUF_FULL];
   h.inspection = inspection_health();
   return h;

@@ -60,6 +60,7 @@ struct EngineHealth {
   uint64_t ring_full = 0;         // lost in the kernel: ring buffer full
   uint64_t queue_full = 0;        // dropped: the stack builder fell behind
   std::string inspection;         // refused, throttled and stalled processes
+  CacheStats frame_cache;         // named Python frames
 };
 
 class Engine {

@@ -343,20 +343,27 @@ void ProcessTracker::apply(uint64_t key, std::shared_ptr<Outcome> outcome) {
       break;
   }
 
-  p.name = outcome->name.empty() ? proc::comm_or_unknown(pid) : outcome->name;
+  decide(p, *outcome, now);
+}
+
+// An attach decided: attached (its samples are walked from now on) or
+// refused, written into the sampler's map.
+void ProcessTracker::decide(TrackedProcess& p, Outcome& outcome, uint64_t now) {
+  const pid_t pid = p.pid;
+  p.name = outcome.name.empty() ? proc::comm_or_unknown(pid) : outcome.name;
   p.generation = next_generation_++;
-  p.attachment = std::move(a);
+  p.attachment = std::move(outcome.attachment);
   if (p.attachment.status == python::AttachStatus::kAttached) {
     p.state = ProcessState::kPython;
     p.reason.clear();
     if (!p.memory)
       p.memory = std::make_shared<proc::ProcessMemory>(pid);
-    p.attach_modules = outcome->modules;
+    p.attach_modules = outcome.modules;
     p.attached_ns = now;
     ++attached_;
-    if (outcome->naming) {
-      p.series = outcome->naming->series;
-      p.extra_labels = outcome->naming->sample_labels;
+    if (outcome.naming) {
+      p.series = outcome.naming->series;
+      p.extra_labels = outcome.naming->sample_labels;
     }
     spdlog::debug("pid {} ({}): Python {} from {}, offsets: {}", pid, p.name,
                   p.attachment.version->str(), p.attachment.image_path,

@@ -208,6 +208,7 @@ class ProcessTracker {
   void retire(pid_t pid);
   void post_attach(TrackedProcess& p);
   void apply(uint64_t key, std::shared_ptr<Outcome> outcome);
+  void decide(TrackedProcess& p, Outcome& outcome, uint64_t now);
   void write(TrackedProcess& p, const krait_proc_info& info);
   void ignore_for(TrackedProcess& p, uint64_t delay_ns, uint64_t now_ns);
   void finish(TrackedProcess& p);

@@ -233,6 +233,49 @@ std::vector<std::string> summary_text(const RunSummary& s) {
   return out;
 }
 
+namespace {
+
+// One process of the JSON summary.
+void process_json(JsonWriter& w, const ProcessSummary& p) {
+  w.begin_object();
+  w.key("pid").value(static_cast<int64_t>(p.pid));
+  w.key("name").value(p.name);
+  w.key("python_version").value(p.python_version);
+  w.key("image").value(p.image);
+  w.key("profiled").value(p.profiled);
+  w.key("exited").value(p.exited);
+  w.key("offsets").value(p.offsets);
+  w.key("reason").value(p.reason);
+  w.key("throttled").value(static_cast<int64_t>(p.throttled));
+  w.key("throttle_reason").value(p.throttle_reason);
+  w.key("inspection").begin_object();
+  w.key("tasks").value(static_cast<int64_t>(p.inspection.tasks));
+  w.key("cpu_ns").value(static_cast<int64_t>(p.inspection.cpu_ns));
+  w.key("wall_ns").value(static_cast<int64_t>(p.inspection.wall_ns));
+  w.key("bytes").value(static_cast<int64_t>(p.inspection.bytes));
+  w.end_object();
+  w.key("samples").value(static_cast<int64_t>(p.stats.samples));
+  w.key("truncated").value(static_cast<int64_t>(p.stats.truncated));
+  w.key("unsymbolized_frames").value(static_cast<int64_t>(p.stats.unsymbolized_frames));
+  w.key("code_from_capture").value(static_cast<int64_t>(p.stats.frames_from_capture));
+  w.key("frames_named_early").value(static_cast<int64_t>(p.stats.frames_named_early));
+  w.key("samples_parked").value(static_cast<int64_t>(p.stats.samples_parked));
+  w.key("native_unwinds").value(static_cast<int64_t>(p.unwinding.unwinds));
+  w.key("native_unwinds_to_root").value(static_cast<int64_t>(p.unwinding.reached_root));
+  w.key("native_unwind_stops").begin_object();
+  for (const auto& [stop, n] : p.unwinding.stops)
+    w.key(stop).value(static_cast<int64_t>(n));
+  w.end_object();
+  w.key("by_status").begin_object();
+  for (uint32_t st = 0; st < KRAIT_PY_STATUS_COUNT; ++st)
+    if (p.stats.by_status[st])
+      w.key(py_status_description(st)).value(static_cast<int64_t>(p.stats.by_status[st]));
+  w.end_object();
+  w.end_object();
+}
+
+}  // namespace
+
 std::string summary_json(const RunSummary& s) {
   JsonWriter w;
   w.begin_object();
@@ -256,43 +299,8 @@ std::string summary_json(const RunSummary& s) {
     w.end_object();
   }
   w.key("processes").begin_array();
-  for (const auto& p : s.processes) {
-    w.begin_object();
-    w.key("pid").value(static_cast<int64_t>(p.pid));
-    w.key("name").value(p.name);
-    w.key("python_version").value(p.python_version);
-    w.key("image").value(p.image);
-    w.key("profiled").value(p.profiled);
-    w.key("exited").value(p.exited);
-    w.key("offsets").value(p.offsets);
-    w.key("reason").value(p.reason);
-    w.key("throttled").value(static_cast<int64_t>(p.throttled));
-    w.key("throttle_reason").value(p.throttle_reason);
-    w.key("inspection").begin_object();
-    w.key("tasks").value(static_cast<int64_t>(p.inspection.tasks));
-    w.key("cpu_ns").value(static_cast<int64_t>(p.inspection.cpu_ns));
-    w.key("wall_ns").value(static_cast<int64_t>(p.inspection.wall_ns));
-    w.key("bytes").value(static_cast<int64_t>(p.inspection.bytes));
-    w.end_object();
-    w.key("samples").value(static_cast<int64_t>(p.stats.samples));
-    w.key("truncated").value(static_cast<int64_t>(p.stats.truncated));
-    w.key("unsymbolized_frames").value(static_cast<int64_t>(p.stats.unsymbolized_frames));
-    w.key("code_from_capture").value(static_cast<int64_t>(p.stats.frames_from_capture));
-    w.key("frames_named_early").value(static_cast<int64_t>(p.stats.frames_named_early));
-    w.key("samples_parked").value(static_cast<int64_t>(p.stats.samples_parked));
-    w.key("native_unwinds").value(static_cast<int64_t>(p.unwinding.unwinds));
-    w.key("native_unwinds_to_root").value(static_cast<int64_t>(p.unwinding.reached_root));
-    w.key("native_unwind_stops").begin_object();
-    for (const auto& [stop, n] : p.unwinding.stops)
-      w.key(stop).value(static_cast<int64_t>(n));
-    w.end_object();
-    w.key("by_status").begin_object();
-    for (uint32_t st = 0; st < KRAIT_PY_STATUS_COUNT; ++st)
-      if (p.stats.by_status[st])
-        w.key(py_status_description(st)).value(static_cast<int64_t>(p.stats.by_status[st]));
-    w.end_object();
-    w.end_object();
-  }
+  for (const auto& p : s.processes)
+    process_json(w, p);
   w.end_array();
   const inspect::InspectorStats& in = s.run.inspector;
   w.key("inspector").begin_object();

@@ -35,6 +35,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cinttypes>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <filesystem>
@@ -1082,6 +1084,50 @@ TEST(Daemon, SigtermDeliversThePartialIntervalAndExitsZero) {
   std::cout << fmt::format(
       "[ stats    ] SIGTERM to exit {:.2f} s; {} samples for {:.2f} s of CPU\n", exit_seconds,
       samples, cpu_used);
+}
+
+// The health line operators read: every --health-interval, the samples
+// so far (growing while a process burns CPU), and how often frames were
+// named from the cache.
+TEST(Daemon, HealthLineReportsSamplesAndTheFrameCache) {
+  require_root();
+  auto run = FailureRun::start();
+  ASSERT_TRUE(run.ok()) << run.error().message;
+  FailureRun& r = **run;
+  auto args = long_interval_args(*r.server, r.staged.selector());
+  args.insert(args.end(), {"--health-interval", "1"});
+  auto daemon = Daemon::start(args);
+  ASSERT_TRUE(daemon.ok()) << daemon.error().message;
+  let_time_pass(4s);
+  auto status = daemon->stop(SIGTERM, nullptr);
+  ASSERT_TRUE(status.ok()) << status.error().message;
+  EXPECT_TRUE(status->success()) << status->describe() << "\n" << daemon->log();
+
+  std::vector<std::pair<int64_t, double>> lines;  // samples, cached %
+  std::istringstream log(daemon->log());
+  for (std::string line; std::getline(log, line);) {
+    const size_t at = line.find("health: ");
+    if (at == std::string::npos)
+      continue;
+    int64_t processes = 0, samples = 0;
+    double cached = -1;
+    const std::string text = line.substr(at);
+    ASSERT_EQ(std::sscanf(text.c_str(), "health: %" SCNd64 " Python processes profiled, %" SCNd64,
+                          &processes, &samples),
+              2)
+        << line;
+    const size_t names = text.find("frame names ");
+    ASSERT_NE(names, std::string::npos) << line;
+    ASSERT_EQ(std::sscanf(text.c_str() + names, "frame names %lf%%", &cached), 1) << line;
+    EXPECT_GE(processes, 1) << line;
+    lines.emplace_back(samples, cached);
+  }
+  ASSERT_GE(lines.size(), 2u) << daemon->log();
+  EXPECT_GT(lines.back().first, lines.front().first) << "samples grow while chain.py runs";
+  // chain.py spins in one stack: after the first samples every frame is
+  // named from the cache.
+  EXPECT_GT(lines.back().second, 50.0) << daemon->log();
+  EXPECT_LE(lines.back().second, 100.0);
 }
 
 TEST(Daemon, SigtermWithTheServerDownExitsZeroAfterTheFlushDeadline) {

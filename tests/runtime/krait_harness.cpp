@@ -161,6 +161,15 @@ void require_root() {
     FAIL() << "runtime tests load BPF programs: run them as root (sudo scripts/test)";
 }
 
+Interpreter interpreter_named(const std::string& name) {
+  for (auto& i : load_manifest())
+    if (i.name == name)
+      return i;
+  ADD_FAILURE() << "interpreter " << name << " is not in " << manifest_path()
+                << ": run scripts/provision-pythons";
+  return {};
+}
+
 int64_t ProfileSample::pid() const {
   auto it = labels.find("pid");
   return it == labels.end() ? -1 : std::stoll(it->second);

@@ -7,6 +7,7 @@
 // reader `go tool pprof -raw` has accepted it.
 #pragma once
 
+#include <gtest/gtest.h>
 #include <signal.h>
 
 #include <chrono>
@@ -17,6 +18,7 @@
 #include "export/profile.pb.h"
 #include "support/child_process.h"
 #include "support/json.h"
+#include "support/manifest.h"
 #include "support/temp_dir.h"
 #include "support/truth.h"
 
@@ -24,6 +26,24 @@ namespace krait::test {
 
 // Fails the current test unless the process can load BPF programs.
 void require_root();
+
+// The interpreter of the manifest with this name; a test failure if absent.
+Interpreter interpreter_named(const std::string& name);
+
+// A test run once per interpreter of the manifest, named by the parameter;
+// it fails unless run as root with that interpreter provisioned.
+class InterpreterTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    require_root();
+    if (HasFatalFailure())
+      return;
+    interp_ = interpreter_named(GetParam());
+    if (interp_.executable.empty())
+      FAIL() << "no interpreter " << GetParam();
+  }
+  Interpreter interp_;
+};
 
 // Starts `argv` (a test program such as krait_busy_loop) and waits for its
 // "ready" line; the error carries its stderr.

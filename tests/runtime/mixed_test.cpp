@@ -393,16 +393,6 @@ Result<int> check_names_against_nm(const perftools::profiles::Profile& p, int64_
 // ---------------------------------------------------------------------------
 // Interpreters and the extension.
 
-// The interpreter of the manifest with this name; a test failure if absent.
-Interpreter interpreter_named(const std::string& name) {
-  for (auto& i : load_manifest())
-    if (i.name == name)
-      return i;
-  ADD_FAILURE() << "interpreter " << name << " is not in " << manifest_path()
-                << ": run scripts/provision-pythons";
-  return {};
-}
-
 // Where the interpreter itself says its headers are: sysconfig from 2.7 on,
 // distutils as a fallback for a build whose sysconfig cannot tell.
 constexpr const char* kIncludeQuery = R"(
@@ -464,18 +454,7 @@ int64_t truth_int(const Truth& truth, const std::string& a, const std::string& b
   return v && v->is_int() ? v->integer : -1;
 }
 
-class PerInterpreter : public ::testing::TestWithParam<std::string> {
- protected:
-  void SetUp() override {
-    require_root();
-    if (HasFatalFailure())
-      return;
-    interp_ = interpreter_named(GetParam());
-    if (interp_.executable.empty())
-      FAIL() << "no interpreter " << GetParam();
-  }
-  Interpreter interp_;
-};
+using PerInterpreter = InterpreterTest;
 
 // ---------------------------------------------------------------------------
 // 1 and 5a: Python -> C, C -> Python, and a thread of C only.

@@ -18,21 +18,7 @@ using namespace std::chrono_literals;
 
 constexpr double kExactFraction = 0.95;
 
-class PerInterpreter : public ::testing::TestWithParam<std::string> {
- protected:
-  void SetUp() override {
-    require_root();
-    if (HasFatalFailure())
-      return;
-    for (auto& i : load_manifest())
-      if (i.name == GetParam())
-        interp_ = i;
-    if (interp_.executable.empty())
-      FAIL() << "interpreter " << GetParam() << " is not in " << manifest_path()
-             << ": run scripts/provision-pythons";
-  }
-  Interpreter interp_;
-};
+using PerInterpreter = InterpreterTest;
 
 TEST_P(PerInterpreter, ChainStackAndLinesAreExact) {
   auto w = start_workload(interp_, "chain.py", {"--depth", "20"});

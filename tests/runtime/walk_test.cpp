@@ -40,21 +40,7 @@ std::string code_name(const std::string& function, bool qualified) {
   return dot == std::string::npos ? function : function.substr(dot + 1);
 }
 
-class WalkAgreement : public ::testing::TestWithParam<std::string> {
- protected:
-  void SetUp() override {
-    require_root();
-    if (HasFatalFailure())
-      return;
-    for (auto& i : load_manifest())
-      if (i.name == GetParam())
-        interp_ = i;
-    if (interp_.executable.empty())
-      FAIL() << "interpreter " << GetParam() << " is not in " << manifest_path()
-             << ": run scripts/provision-pythons";
-  }
-  Interpreter interp_;
-};
+using WalkAgreement = InterpreterTest;
 
 TEST_P(WalkAgreement, BpfAndUserSpaceWalksNameTheSameFrames) {
   auto w = start_workload(interp_, "native_libs.py", {});
