@@ -164,13 +164,12 @@ void Pipeline::on_sample(const events::SampleView& view) {
     ++stats_.stale_samples;
     return;
   }
-  ProcessStats& counts = processes_[p->key].stats;
-  ++counts.samples;
+  PerProcess* pp = &processes_[p->key];
+  ++pp->stats.samples;
   const uint32_t status =
       s.py_status < KRAIT_PY_STATUS_COUNT ? s.py_status : KRAIT_PY_STATUS_COUNT - 1;
-  ++counts.by_status[status];
-  PerProcess* pp = status == KRAIT_PY_PROC_REFUSED ? nullptr : naming_state(*p);
-  if (!pp)
+  ++pp->stats.by_status[status];
+  if (status == KRAIT_PY_PROC_REFUSED || !ready_to_name(*p, *pp))
     return;  // counted; the summary names the reason
   if (s.cost_ns && stats_.sampler_cost_ns.size() < kMaxCostSamples)
     stats_.sampler_cost_ns.push_back(s.cost_ns);

@@ -204,9 +204,9 @@ class Pipeline final : public events::EventHandler {
     uint64_t modules_loaded_ns = 0;
     bool modules_loading = false;
   };
-  // The naming state of an attached process, made at its first use; null
-  // for a process that is not attached.
-  PerProcess* naming_state(const TrackedProcess& p);
+  // Whether `p` is attached; its naming state in `pp` is made at the first
+  // use (one hash lookup per sample: the caller's).
+  bool ready_to_name(const TrackedProcess& p, PerProcess& pp);
   PerProcess* current(uint64_t key);
   void retired(uint64_t key);
   FrameRef python_frame(const TrackedProcess& p, PerProcess& pp, const krait_py_frame& frame,

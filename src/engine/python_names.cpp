@@ -41,10 +41,9 @@ class ChargedMemory final : public proc::RemoteMemory {
 
 }  // namespace
 
-Pipeline::PerProcess* Pipeline::naming_state(const TrackedProcess& p) {
+bool Pipeline::ready_to_name(const TrackedProcess& p, PerProcess& pp) {
   if (p.attachment.status != python::AttachStatus::kAttached || !p.attachment.layout)
-    return nullptr;
-  PerProcess& pp = processes_[p.key];
+    return false;
   if (!pp.codes) {
     pp.codes = std::make_unique<LruCache<CodeKey, CodeEntry, CodeKeyHash>>(kMaxCodesPerProcess,
                                                                            kMaxCodeBytesPerProcess);
@@ -54,7 +53,7 @@ Pipeline::PerProcess* Pipeline::naming_state(const TrackedProcess& p) {
       pp.modules_loaded_ns = p.attached_ns;
     }
   }
-  return &pp;
+  return true;
 }
 
 Pipeline::PerProcess* Pipeline::current(uint64_t key) {
@@ -310,8 +309,10 @@ void Pipeline::release_key(uint64_t key, uint64_t now_ns, bool all) {
 void Pipeline::on_code_capture(const krait_code_event& event) {
   ++stats_.code_captures;
   const TrackedProcess* p = tracker_.find(static_cast<pid_t>(event.hdr.pid));
-  PerProcess* pp = p ? naming_state(*p) : nullptr;
-  if (!pp)
+  if (!p)
+    return;
+  PerProcess* pp = &processes_[p->key];
+  if (!ready_to_name(*p, *pp))
     return;
   const python::PythonLayout& layout = *p->attachment.layout;
   const CodeKey key{event.code, event.token};
