@@ -19,21 +19,14 @@
 #include <vector>
 
 #include "fixture_support.h"
+#include "module_test_support.h"
 #include "unwind/module_file.h"
 
 namespace krait::unwind {
 namespace {
 
+using module_test::run_tool;
 using unwind_fixtures::TempDir;
-
-Result<std::string> run_tool(const std::vector<std::string>& argv) {
-  auto run = unwind_fixtures::run_program(argv);
-  if (!run)
-    return run.error();
-  if (run->exit_code != 0)
-    return make_error("{} failed: {}", argv[0], run->err);
-  return run->out;
-}
 
 // This process's address space in bytes (/proc/self/statm, first field).
 uint64_t address_space() {

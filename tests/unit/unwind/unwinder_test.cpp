@@ -14,6 +14,7 @@
 #include <set>
 
 #include "fixture_support.h"
+#include "module_test_support.h"
 #include "unwind/module_cache.h"
 #include "unwind/process_modules.h"
 #include "unwind/unwinder.h"
@@ -21,6 +22,8 @@
 namespace krait::unwind {
 namespace {
 
+using module_test::run_tool;
+using module_test::with_file_replaced;
 using unwind_fixtures::Capture;
 using unwind_fixtures::TempDir;
 
@@ -42,36 +45,9 @@ std::string describe(const UnwindResult& r) {
   return out;
 }
 
-// The captured maps with every mapping of `old_path` pointing at
-// `new_path` instead (its own inode), as if the process had mapped it.
-std::vector<proc::MapEntry> with_file_replaced(std::vector<proc::MapEntry> maps,
-                                               const std::string& old_path,
-                                               const std::string& new_path) {
-  struct stat st {};
-  EXPECT_EQ(::stat(new_path.c_str(), &st), 0) << new_path;
-  for (proc::MapEntry& entry : maps) {
-    if (entry.path != old_path)
-      continue;
-    entry.path = new_path;
-    entry.inode = st.st_ino;
-    entry.dev_major = major(st.st_dev);
-    entry.dev_minor = minor(st.st_dev);
-  }
-  return maps;
-}
-
 std::string copy_file(const std::string& from, const std::string& to) {
   std::filesystem::copy_file(from, to, std::filesystem::copy_options::overwrite_existing);
   return to;
-}
-
-Result<std::string> run_tool(const std::vector<std::string>& argv) {
-  auto run = unwind_fixtures::run_program(argv);
-  if (!run)
-    return run.error();
-  if (run->exit_code != 0)
-    return make_error("{} failed: {}", argv[0], run->err);
-  return run->out;
 }
 
 // The outermost function addr2line names at frame `i` of `r` (the fixture's
