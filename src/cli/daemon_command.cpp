@@ -16,7 +16,8 @@ Runner add_daemon_command(CLI::App& app) {
       "interval (Pyroscope and/or a directory); SIGHUP reloads the configuration");
   flags->add(*cmd);
   cmd->add_option("--ready-fd", *ready_fd,
-                  "Write \"ready\" to this fd once sampling runs (for service managers and tests)");
+                  "Write \"ready\" to this fd once sampling runs (for service managers and tests)")
+      ->type_name("FD");
   return [flags, ready_fd]() -> Result<int> {
     const daemon::DaemonFlags& given = flags->collect();
     auto config = daemon::resolve_config(given);

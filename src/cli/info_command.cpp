@@ -10,7 +10,8 @@ Runner add_info_command(CLI::App& app) {
       app.add_subcommand("info", "Show kernel features, permissions and the Python processes seen");
   cmd->add_flag("--json", *json, "Machine-readable output");
   cmd->add_option("-p,--pid", *pids,
-                  "Only these processes (also shows why a pid is not profilable)");
+                  "Only these processes (also shows why a pid is not profilable)")
+      ->type_name("PID");
   return [json, pids]() -> Result<int> {
     const info::HostReport report = info::survey_host(*pids);
     if (*json)

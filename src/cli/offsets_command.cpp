@@ -16,8 +16,11 @@ Runner add_offsets_command(CLI::App& app) {
       "generate", "Write the offsets table of a Python build from its DWARF (for --offsets)");
   gen->add_option("binary", *binary, "python executable or libpython with debug info")
       ->required()
-      ->check(CLI::ExistingFile);
-  gen->add_option("-o,--output", *output, "Output file (default: standard output)");
+      ->type_name("FILE")
+      // Checked, but not described: help shows "FILE", not "TEXT:FILE".
+      ->check(CLI::Validator(CLI::ExistingFile).description(""));
+  gen->add_option("-o,--output", *output, "Output file (default: standard output)")
+      ->type_name("FILE");
   return [binary, output]() -> Result<int> {
     auto table = python::generate_offset_table(*binary);
     if (!table)

@@ -17,10 +17,17 @@ void OptionFlags::add(CLI::App& command, const options::Spec& spec,
       spec.kind == Kind::kList || spec.kind == Kind::kIntegers || spec.kind == Kind::kLabels;
   if (entry.toggle) {
     entry.option = command.add_flag(spec.flags, help);
-  } else if (list || style.repeatable) {
+  } else if (list) {
     entry.option = command.add_option(spec.flags, entry.values, help);
     if (style.repeatable)
       entry.option->allow_extra_args(false);
+  } else if (style.repeatable) {
+    // One value per flag, every occurrence kept (the last wins later): help
+    // then shows "--rate HZ", not the "HZ ..." of a list.
+    entry.option = command.add_option(spec.flags, entry.values, help)
+                       ->expected(1)
+                       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+                       ->allow_extra_args(false);
   } else {
     entry.single = true;
     entry.option = command.add_option(spec.flags, entry.value, help);

@@ -1,7 +1,13 @@
 // What a user sees when something is wrong, and `krait info`.
 #include <gtest/gtest.h>
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include <algorithm>
+#include <sstream>
+#include <string>
+#include <vector>
 
 #include "runtime/krait_harness.h"
 #include "support/manifest.h"
@@ -50,6 +56,55 @@ TEST(Cli, WithoutCapabilitiesTheErrorNamesThem) {
   EXPECT_EQ(lines(r->stderr_text), 1u) << r->stderr_text;
   for (const char* cap : {"CAP_BPF", "CAP_PERFMON", "CAP_SYS_PTRACE"})
     EXPECT_NE(r->stderr_text.find(cap), std::string::npos) << r->stderr_text;
+}
+
+// The names listed under "Subcommands:" in a help text.
+std::vector<std::string> subcommands_in(const std::string& help) {
+  std::vector<std::string> names;
+  const size_t start = help.find("\nSubcommands:\n");
+  if (start == std::string::npos)
+    return names;
+  std::istringstream in(help.substr(start + 14));
+  std::string line;
+  while (std::getline(in, line) && line.starts_with("  ")) {
+    std::istringstream words(line);
+    std::string name;
+    words >> name;
+    names.push_back(name);
+  }
+  return names;
+}
+
+// Every command's --help, found by following "Subcommands:" from the top,
+// so a new command is checked without being listed here.
+TEST(Cli, EveryHelpReadsWithoutParserJargon) {
+  std::vector<std::vector<std::string>> pending = {{}};
+  size_t seen = 0;
+  while (!pending.empty()) {
+    std::vector<std::string> command = pending.back();
+    pending.pop_back();
+    std::vector<std::string> args = command;
+    args.push_back("--help");
+    auto r = run_krait(args);
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    ASSERT_TRUE(r->status.success()) << r->stderr_text;
+    const std::string& help = r->stdout_text;
+    ++seen;
+    // CLI11's own renderings of an enum, a default and a bare type: what
+    // a user should never have to decode.
+    for (const char* jargon :
+         {"ENUM", "{false}", "{true}", "} OR {", "->", "TEXT", " INT", "UINT", "FLOAT", "BOOLEAN"})
+      EXPECT_EQ(help.find(jargon), std::string::npos)
+          << "krait " << fmt::format("{}", fmt::join(command, " ")) << " --help shows \"" << jargon
+          << "\":\n"
+          << help;
+    for (const std::string& sub : subcommands_in(help)) {
+      std::vector<std::string> next = command;
+      next.push_back(sub);
+      pending.push_back(std::move(next));
+    }
+  }
+  EXPECT_GE(seen, 6u) << "record, info, offsets, offsets generate and daemon at least";
 }
 
 TEST(Cli, InfoJsonListsARunningInterpreter) {
