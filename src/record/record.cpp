@@ -19,6 +19,7 @@
 #include "export/pprof.h"
 #include "proc/processes.h"
 #include "profile/profile.h"
+#include "record/status_line.h"
 #include "util/clock.h"
 #include "util/files.h"
 #include "util/unique_fd.h"
@@ -103,8 +104,20 @@ Result<void> attach_running(Engine& engine, const std::vector<pid_t>& pids) {
   return {};
 }
 
+void show_status(Engine& engine, StatusLine& status, uint64_t start_mono,
+                 std::optional<double> duration_s) {
+  const engine::EngineHealth health = engine.health();
+  status.show({.elapsed_s = static_cast<double>(monotonic_ns() - start_mono) / 1e9,
+               .duration_s = duration_s,
+               .samples = health.samples,
+               .processes = health.python_processes,
+               .dropped = health.ring_full + health.queue_full});
+}
+
 // Runs until SIGINT/SIGTERM or the end of --duration.
-Result<void> run_until_stopped(Engine& engine, int sigfd, std::optional<double> duration_s) {
+Result<void> run_until_stopped(Engine& engine, int sigfd, std::optional<double> duration_s,
+                               StatusLine& status) {
+  const uint64_t start_mono = monotonic_ns();
   auto epfd = engine::epoll_fd();
   if (!epfd)
     return epfd.error();
@@ -117,6 +130,15 @@ Result<void> run_until_stopped(Engine& engine, int sigfd, std::optional<double> 
       return t.error();
     timer = std::move(*t);
     KRAIT_TRY(engine::epoll_add(epfd->get(), timer.get()));
+  }
+  UniqueFd tick;
+  if (status.live()) {
+    auto t = engine::timer_fd(1.0, /*repeat=*/true);
+    if (!t)
+      return t.error();
+    tick = std::move(*t);
+    KRAIT_TRY(engine::epoll_add(epfd->get(), tick.get()));
+    show_status(engine, status, start_mono, duration_s);
   }
   for (;;) {
     epoll_event events[8];
@@ -131,6 +153,10 @@ Result<void> run_until_stopped(Engine& engine, int sigfd, std::optional<double> 
       }
       if (fd == timer.get())
         return {};
+      if (fd == tick.get()) {
+        engine::drain_timer(fd);
+        show_status(engine, status, start_mono, duration_s);
+      }
     }
   }
 }
@@ -199,7 +225,10 @@ Result<int> run_record(const RecordOptions& o) {
                o.frequency_hz, engine.source_name(),
                o.duration_s ? fmt::format(" for {} s", *o.duration_s) : " until Ctrl-C");
   engine::signal_ready(o.ready_fd);
-  KRAIT_TRY(run_until_stopped(engine, sigfd->get(), o.duration_s));
+  {
+    StatusLine status(stderr);
+    KRAIT_TRY(run_until_stopped(engine, sigfd->get(), o.duration_s, status));
+  }
 
   // No new samples; then everything the kernel already holds; then the
   // builder finishes what is queued.

@@ -5,10 +5,12 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cctype>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "export/pprof.h"
 #include "runtime/krait_harness.h"
 #include "support/manifest.h"
 #include "support/workloads.h"
@@ -105,6 +107,60 @@ TEST(Cli, EveryHelpReadsWithoutParserJargon) {
     }
   }
   EXPECT_GE(seen, 6u) << "record, info, offsets, offsets generate and daemon at least";
+}
+
+// The sample counts of the live status lines ("krait: recording 1/3 s, 88
+// samples, ...") in what a terminal received.
+std::vector<int64_t> status_sample_counts(const std::string& screen) {
+  std::vector<int64_t> counts;
+  const std::string mark = "krait: recording ";
+  for (size_t at = screen.find(mark); at != std::string::npos; at = screen.find(mark, at + 1)) {
+    const size_t comma = screen.find(", ", at);
+    if (comma == std::string::npos)
+      break;
+    std::string digits;
+    for (size_t i = comma + 2; i < screen.size() && (std::isdigit(screen[i]) || screen[i] == ',');
+         ++i)
+      if (screen[i] != ',')
+        digits += screen[i];
+    if (!digits.empty())
+      counts.push_back(std::stoll(digits));
+  }
+  return counts;
+}
+
+// On a terminal, record keeps one live line whose counts grow and never
+// pass what it finally writes; into a pipe, it writes no such line.
+TEST(Cli, RecordShowsALiveStatusOnlyOnATerminal) {
+  require_root();
+  auto interps = load_manifest();
+  ASSERT_FALSE(interps.empty());
+  auto w = start_workload(interps.front(), "chain.py", {});
+  ASSERT_TRUE(w.ok()) << w.error().message;
+  TempDir dir;
+  const std::string out = dir.path() + "/p.pb.gz";
+  const std::vector<std::string> args = {"record", "-d", "3", "-p", std::to_string(w->truth.pid),
+                                         "-o",     out};
+  // Python's pty.spawn gives krait a terminal and copies the screen to stdout.
+  auto tty = run_krait(args, 60s,
+                       {"/usr/bin/python3", "-c",
+                        "import os, pty, sys; "
+                        "sys.exit(os.waitstatus_to_exitcode(pty.spawn(sys.argv[1:])))"});
+  ASSERT_TRUE(tty.ok()) << tty.error().message;
+  ASSERT_TRUE(tty->status.success()) << tty->stdout_text << tty->stderr_text;
+  const std::vector<int64_t> counts = status_sample_counts(tty->stdout_text);
+  ASSERT_GE(counts.size(), 2u) << tty->stdout_text;
+  EXPECT_TRUE(std::is_sorted(counts.begin(), counts.end())) << tty->stdout_text;
+  EXPECT_GT(counts.back(), 0) << tty->stdout_text;
+  auto pprof = exporter::read_pprof_file(out);
+  ASSERT_TRUE(pprof.ok()) << pprof.error().message;
+  EXPECT_LE(counts.back(), total(decode_samples(*pprof))) << tty->stdout_text;
+
+  auto piped = run_krait(args);
+  ASSERT_TRUE(piped.ok()) << piped.error().message;
+  ASSERT_TRUE(piped->status.success()) << piped->stderr_text;
+  EXPECT_TRUE(status_sample_counts(piped->stderr_text).empty()) << piped->stderr_text;
+  EXPECT_EQ(piped->stderr_text.find('\r'), std::string::npos) << piped->stderr_text;
 }
 
 TEST(Cli, InfoJsonListsARunningInterpreter) {
