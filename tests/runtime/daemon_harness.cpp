@@ -78,7 +78,7 @@ std::string text_of(const std::string& path) {
 Result<CommandResult> run_tool(const std::vector<std::string>& argv, const std::string& package,
                                std::chrono::seconds timeout) {
   if (::access(argv.front().c_str(), X_OK) != 0)
-    return make_error("{} is missing: install the Debian package '{}' (scripts/setup)",
+    return make_error("{} is missing: install the Debian package '{}' (scripts/setup --tests)",
                       argv.front(), package);
   SpawnOptions options;
   options.argv = argv;

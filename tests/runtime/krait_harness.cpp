@@ -52,7 +52,7 @@ Result<std::string> go_pprof_raw(const std::string& profile, const TempDir& dir)
   const std::string go = find_go();
   if (go.empty())
     return make_error(
-        "`go` is missing: install golang-go (scripts/setup does) to read pprof files");
+        "`go` is missing: install golang-go (scripts/setup --tests does) to read pprof files");
   SpawnOptions opts;
   opts.argv = {go, "tool", "pprof", "-raw", profile};
   const std::string home = dir.file("gohome");

@@ -26,7 +26,7 @@ namespace {
 Result<std::string> tool(const std::string& name, const std::string& package) {
   const std::string path = "/usr/bin/" + name;
   if (::access(path.c_str(), X_OK) != 0)
-    return make_error("{} is missing: install {} (scripts/setup does)", path, package);
+    return make_error("{} is missing: install {} (scripts/setup --tests does)", path, package);
   return path;
 }
 

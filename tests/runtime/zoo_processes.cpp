@@ -119,7 +119,7 @@ Result<std::string> tool(const std::string& name, const std::string& package) {
     if (::access(path.c_str(), X_OK) == 0)
       return path;
   }
-  return make_error("{} is missing: install the Debian package '{}' (scripts/setup)", name,
+  return make_error("{} is missing: install the Debian package '{}' (scripts/setup --tests)", name,
                     package);
 }
 

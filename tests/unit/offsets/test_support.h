@@ -11,7 +11,7 @@
 
 namespace krait::python::testing {
 
-// The pyenv interpreters every machine of this kind has (scripts/setup provisions them).
+// The pyenv interpreters every machine of this kind has, under $(pyenv root)/versions.
 const std::vector<std::string>& pyenv_versions();
 std::string pyenv_root();                                 // $PYENV_ROOT, else $HOME/.pyenv
 std::string pyenv_python(const std::string& version);     // .../versions/V/bin/python
