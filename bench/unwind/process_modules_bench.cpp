@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "check.h"
 #include "fixture_support.h"
 #include "unwind/module_cache.h"
 #include "unwind/process_modules.h"
@@ -82,7 +83,7 @@ std::vector<proc::MapEntry> with_extra_mappings(const ManyMappings& m, size_t ex
 void BM_FromMapsManyMappingsOfOneFile(benchmark::State& state) {
   const ManyMappings& m = many_mappings();
   if (!m.error.empty()) {
-    state.SkipWithError(m.error.c_str());
+    bench::check(state, false, m.error.c_str());
     return;
   }
   const size_t extra = static_cast<size_t>(state.range(0));
@@ -92,7 +93,8 @@ void BM_FromMapsManyMappingsOfOneFile(benchmark::State& state) {
     const unwind::Module* lib = modules.find(m.lib_start);
     if (modules.modules().size() != m.plain_modules + extra || lib == nullptr ||
         lib->bias != m.lib_bias) {
-      state.SkipWithError("from_maps gave other modules or another bias than for the plain map");
+      bench::check(state, false,
+                   "from_maps gave other modules or another bias than for the plain map");
       return;
     }
     benchmark::DoNotOptimize(modules);

@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 
+#include "check.h"
 #include "fixture_support.h"
 #include "symbolize/native_symbolizer.h"
 #include "unwind/module_cache.h"
@@ -121,7 +122,7 @@ bool process(unwind::Unwinder& unwinder, symbolize::NativeSymbolizer& symbolizer
 void BM_UnwindAndSymbolize(benchmark::State& state, const char* name) {
   Fixtures& f = fixtures();
   if (!f.error.empty()) {
-    state.SkipWithError(f.error.c_str());
+    bench::check(state, false, f.error.c_str());
     return;
   }
   const Sample& s = f.samples.at(name);
@@ -133,7 +134,7 @@ void BM_UnwindAndSymbolize(benchmark::State& state, const char* name) {
     process(*unwinder, symbolizer, s, r, named);
   for (auto _ : state) {
     if (!process(*unwinder, symbolizer, s, r, named)) {
-      state.SkipWithError("wrong unwind or symbolization result");
+      bench::check(state, false, "wrong unwind or symbolization result");
       return;
     }
   }
@@ -148,7 +149,7 @@ void BM_UnwindAndSymbolize(benchmark::State& state, const char* name) {
 void BM_UnwindOnly(benchmark::State& state, const char* name) {
   Fixtures& f = fixtures();
   if (!f.error.empty()) {
-    state.SkipWithError(f.error.c_str());
+    bench::check(state, false, f.error.c_str());
     return;
   }
   const Sample& s = f.samples.at(name);
@@ -158,7 +159,7 @@ void BM_UnwindOnly(benchmark::State& state, const char* name) {
   for (auto _ : state) {
     unwinder->unwind(s.capture.file.snapshot(), s.modules, 256, r);
     if (r.stop != unwind::UnwindStop::kRoot || r.pcs.size() != s.frames) {
-      state.SkipWithError("wrong unwind result");
+      bench::check(state, false, "wrong unwind result");
       return;
     }
   }
@@ -170,7 +171,7 @@ void BM_UnwindOnly(benchmark::State& state, const char* name) {
 void BM_UnwindAndSymbolizeInterleaved(benchmark::State& state) {
   Fixtures& f = fixtures();
   if (!f.error.empty()) {
-    state.SkipWithError(f.error.c_str());
+    bench::check(state, false, f.error.c_str());
     return;
   }
   const Sample* samples[] = {&f.samples.at("python-main"), &f.samples.at("c-main"),
@@ -186,7 +187,7 @@ void BM_UnwindAndSymbolizeInterleaved(benchmark::State& state) {
   for (auto _ : state) {
     const Sample& s = *samples[i++ % 4];
     if (!process(*unwinder, symbolizer, s, r, named)) {
-      state.SkipWithError("wrong unwind or symbolization result");
+      bench::check(state, false, "wrong unwind or symbolization result");
       return;
     }
     frames += s.frames;
@@ -205,5 +206,3 @@ BENCHMARK_CAPTURE(BM_UnwindOnly, c_main, "c-main");
 BENCHMARK(BM_UnwindAndSymbolizeInterleaved);
 
 }  // namespace
-
-BENCHMARK_MAIN();

@@ -33,7 +33,7 @@ int main(int argc, char** argv) {
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   if (krait::bench::any_check_failed()) {
-    std::fprintf(stderr, "krait_micro_bench: a benchmark's check failed (see its error above)\n");
+    std::fprintf(stderr, "%s: a benchmark's check failed (see its error above)\n", argv[0]);
     return 1;
   }
   return 0;
