@@ -17,6 +17,10 @@ namespace {
 using namespace std::chrono_literals;
 
 constexpr double kExactFraction = 0.95;
+// Of the samples whose functions and files are right, the share whose every
+// line is right too: a bar of its own, so line numbers cannot pass on the
+// strength of the stack check.
+constexpr double kLineFraction = 0.99;
 
 using PerInterpreter = InterpreterTest;
 
@@ -51,7 +55,7 @@ TEST_P(PerInterpreter, ChainStackAndLinesAreExact) {
     if (same)
       same_functions += s.count;
   }
-  EXPECT_GE(exact, kExactFraction * same_functions)
+  EXPECT_GE(exact, kLineFraction * same_functions)
       << "samples with the truth's functions but other lines\n"
       << describe_mismatches(mine, expected);
   const JsonValue* p = stats_process(r->stats, pid);
