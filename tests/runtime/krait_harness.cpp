@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "export/pprof.h"
+#include "runtime/go_raw.h"
 #include "util/files.h"
 #include "util/text.h"
 
@@ -228,6 +229,8 @@ Result<RecordingResult> Recording::collect(ExitStatus status, bool require_succe
   if (!pprof)
     return pprof.error();
   r.pprof = std::move(*pprof);
+  // go read the same samples, stack by stack, not only the same file.
+  KRAIT_TRY(same_samples_as_go(r.go_raw, r.pprof));
   r.samples = decode_samples(r.pprof);
   auto stats = parse_json(slurp(stats_));
   if (!stats)

@@ -1,0 +1,185 @@
+#include "runtime/go_raw.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <map>
+#include <sstream>
+#include <vector>
+
+namespace krait::test {
+namespace {
+
+using perftools::profiles::Profile;
+
+// One sample reduced to what both readers print, with its location ids
+// resolved to their printed text: go may renumber locations and merge equal
+// samples, so samples are keyed by content and their values added.
+using SampleKey = std::string;  // labels + "\n" + location texts joined by "\n"
+using SampleValues = std::vector<int64_t>;
+
+std::string trim(const std::string& s) {
+  const size_t b = s.find_first_not_of(' ');
+  const size_t e = s.find_last_not_of(' ');
+  return b == std::string::npos ? "" : s.substr(b, e - b + 1);
+}
+
+void add(std::map<SampleKey, SampleValues>& to, const SampleKey& key, const SampleValues& values) {
+  SampleValues& sum = to[key];
+  sum.resize(std::max(sum.size(), values.size()));
+  for (size_t i = 0; i < values.size(); ++i)
+    sum[i] += values[i];
+}
+
+// The text go prints for a location after "<id>: " (its first line only:
+// krait writes one Line per location).
+std::string location_text(const Profile& p, const perftools::profiles::Location& loc) {
+  auto str = [&](int64_t i) {
+    return i >= 0 && i < p.string_table_size() ? p.string_table(static_cast<int>(i))
+                                               : std::string("?");
+  };
+  std::string text = fmt::format("{:#x} ", loc.address());
+  // By file: go renumbers mappings when it merges its one input.
+  if (loc.mapping_id() != 0)
+    for (const auto& m : p.mapping())
+      if (m.id() == loc.mapping_id())
+        text += fmt::format("M={} ", str(m.filename()));
+  if (loc.line_size() == 0)
+    return trim(text);
+  for (const auto& fn : p.function())
+    if (fn.id() == loc.line(0).function_id()) {
+      text += fmt::format("{} {}:{} s={}", str(fn.name()), str(fn.filename()), loc.line(0).line(),
+                          fn.start_line());
+      if (str(fn.name()) != str(fn.system_name()))
+        text += "(" + str(fn.system_name()) + ")";
+      return trim(text);
+    }
+  return trim(text + "??");
+}
+
+std::string labels_text(const Profile& p, const perftools::profiles::Sample& s) {
+  std::map<std::string, std::vector<std::string>> by_key;
+  for (const auto& label : s.label())
+    if (label.str() != 0)
+      by_key[p.string_table(static_cast<int>(label.key()))].push_back(
+          p.string_table(static_cast<int>(label.str())));
+  std::string text;
+  for (const auto& [key, values] : by_key)
+    text += fmt::format("{}{}:[{}]", text.empty() ? "" : " ", key, fmt::join(values, " "));
+  return text;
+}
+
+std::map<SampleKey, SampleValues> krait_view(const Profile& p) {
+  std::map<uint64_t, std::string> locations;
+  for (const auto& loc : p.location())
+    locations[loc.id()] = location_text(p, loc);
+  std::map<SampleKey, SampleValues> out;
+  for (const auto& s : p.sample()) {
+    SampleKey key = labels_text(p, s);
+    for (uint64_t id : s.location_id())
+      key += "\n" + locations[id];
+    add(out, key, SampleValues(s.value().begin(), s.value().end()));
+  }
+  return out;
+}
+
+Result<std::map<SampleKey, SampleValues>> go_view(const std::string& raw) {
+  std::vector<std::string> lines;
+  {
+    std::istringstream in(raw);
+    for (std::string line; std::getline(in, line);)
+      lines.push_back(line);
+  }
+  auto find = [&](const std::string& header) {
+    return std::find(lines.begin(), lines.end(), header) - lines.begin();
+  };
+  const size_t samples_at = static_cast<size_t>(find("Samples:"));
+  const size_t locations_at = static_cast<size_t>(find("Locations"));
+  if (samples_at >= lines.size() || locations_at >= lines.size() || locations_at < samples_at)
+    return make_error("go tool pprof -raw printed no Samples:/Locations sections");
+  // "1: 0x41f000/0x6d2000/0x41f000 /usr/bin/python3.11 571d98e0... [FN]"
+  const size_t mappings_at = static_cast<size_t>(find("Mappings"));
+  std::map<std::string, std::string> mapping_files;  // "M=1 " -> "M=/usr/bin/python3.11 "
+  for (size_t i = mappings_at + 1; i < lines.size(); ++i) {
+    std::istringstream words(lines[i]);
+    std::string id, range, file;
+    if (words >> id >> range >> file && id.ends_with(':'))
+      mapping_files["M=" + id.substr(0, id.size() - 1) + " "] = "M=" + file + " ";
+  }
+  // "     12: 0x5236ba M=1 PyEval_EvalCode :0 s=0"
+  std::map<uint64_t, std::string> locations;
+  for (size_t i = locations_at + 1; i < mappings_at && i < lines.size(); ++i) {
+    const std::string& line = lines[i];
+    const size_t colon = line.find(": ");
+    const std::string id = trim(line.substr(0, colon == std::string::npos ? 0 : colon));
+    if (id.empty() || !std::all_of(id.begin(), id.end(), ::isdigit))
+      continue;  // a further (inlined) line of the location above
+    std::string text = trim(line.substr(colon + 2));
+    const size_t m = text.find(" M=");
+    const size_t m_end = m == std::string::npos ? m : text.find(' ', m + 1);
+    if (m_end != std::string::npos) {
+      auto file = mapping_files.find(text.substr(m + 1, m_end - m));
+      if (file != mapping_files.end())
+        text.replace(m + 1, m_end - m, file->second);
+    }
+    locations[std::stoull(id)] = text;
+  }
+  // "        278 2808080780: 1 2 3 " then an indented label line
+  std::map<SampleKey, SampleValues> out;
+  for (size_t i = samples_at + 2; i < locations_at; ++i) {
+    const std::string& line = lines[i];
+    const size_t colon = line.find(": ");
+    if (colon == std::string::npos || line.find(":[") != std::string::npos)
+      return make_error("unexpected sample line in go's output: '{}'", line);
+    SampleValues values;
+    std::istringstream value_text(line.substr(0, colon));
+    for (int64_t v; value_text >> v;)
+      values.push_back(v);
+    std::string labels;
+    if (i + 1 < locations_at && lines[i + 1].find(":[") != std::string::npos)
+      labels = trim(lines[++i]);
+    SampleKey key = labels;
+    std::istringstream ids(line.substr(colon + 2));
+    for (uint64_t id; ids >> id;) {
+      auto it = locations.find(id);
+      if (it == locations.end())
+        return make_error("go's sample '{}' names location {}, which it did not list", line, id);
+      key += "\n" + it->second;
+    }
+    add(out, key, values);
+  }
+  return out;
+}
+
+std::string describe(const SampleKey& key, const SampleValues& values) {
+  return fmt::format("values [{}] labels {}", fmt::join(values, " "), [&] {
+    std::string k = key;
+    std::replace(k.begin(), k.end(), '\n', '|');
+    return k;
+  }());
+}
+
+}  // namespace
+
+Result<void> same_samples_as_go(const std::string& go_raw, const Profile& p) {
+  auto go = go_view(go_raw);
+  if (!go)
+    return go.error();
+  const auto mine = krait_view(p);
+  for (const auto& [key, values] : mine) {
+    auto it = go->find(key);
+    if (it == go->end())
+      return make_error("go tool pprof -raw does not show krait's sample: {}",
+                        describe(key, values));
+    if (it->second != values)
+      return make_error("go tool pprof -raw shows other values ({}) for krait's sample: {}",
+                        fmt::join(it->second, " "), describe(key, values));
+  }
+  for (const auto& [key, values] : *go)
+    if (!mine.contains(key))
+      return make_error("go tool pprof -raw shows a sample krait's decoder does not: {}",
+                        describe(key, values));
+  return {};
+}
+
+}  // namespace krait::test

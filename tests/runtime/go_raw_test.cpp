@@ -1,0 +1,66 @@
+// The comparison every recording goes through (krait_harness.cpp): krait's
+// decoder and `go tool pprof -raw` must read the same samples. Shown here to
+// accept an honest reading and to catch a changed count, a changed frame
+// and a missing sample.
+#include "runtime/go_raw.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "export/pprof.h"
+#include "profile/profile.h"
+#include "runtime/krait_harness.h"
+#include "support/temp_dir.h"
+
+namespace krait::test {
+namespace {
+
+std::string replace_once(std::string text, const std::string& from, const std::string& to) {
+  const size_t at = text.find(from);
+  EXPECT_NE(at, std::string::npos) << from << " not in:\n" << text;
+  if (at != std::string::npos)
+    text.replace(at, from.size(), to);
+  return text;
+}
+
+TEST(GoRaw, AgreesWithTheDecoderAndCatchesEachDifference) {
+  profile::Profile prof;
+  prof.meta().period_ns = 10'000'000;
+  const uint32_t lib =
+      prof.intern_mapping({.file = "/usr/lib/libz.so.1", .start = 0x1000, .limit = 0x9000});
+  const auto hot =
+      prof.intern_frame({.function = "hot", .file = "app.py", .start_line = 3, .line = 7});
+  const auto main_frame =
+      prof.intern_frame({.function = "<module>", .file = "app.py", .start_line = 1, .line = 20});
+  const auto deflate = prof.intern_frame({.kind = profile::FrameKind::kNative,
+                                          .function = "deflate",
+                                          .address = 0x1234,
+                                          .mapping = lib});
+  const auto a = prof.intern_labels({{"pid", "42"}, {"thread_name", "main thread"}});
+  const auto b = prof.intern_labels({{"pid", "43"}});
+  const profile::FrameId s1[] = {hot, main_frame};
+  const profile::FrameId s2[] = {deflate, hot, main_frame};
+  prof.add_sample(s1, a, 278);
+  prof.add_sample(s2, b, 3);
+  TempDir dir;
+  const std::string file = dir.file("p.pb.gz");
+  ASSERT_TRUE(exporter::write_pprof_file(prof, file).ok());
+  auto raw = go_pprof_raw(file, dir);
+  ASSERT_TRUE(raw.ok()) << raw.error().message;
+  auto pprof = exporter::read_pprof_file(file);
+  ASSERT_TRUE(pprof.ok()) << pprof.error().message;
+
+  auto same = same_samples_as_go(*raw, *pprof);
+  EXPECT_TRUE(same.ok()) << same.error().message << "\n" << *raw;
+  // A count go read differently.
+  EXPECT_FALSE(same_samples_as_go(replace_once(*raw, "        278 ", "        277 "), *pprof).ok());
+  // A frame go named differently.
+  EXPECT_FALSE(same_samples_as_go(replace_once(*raw, " deflate ", " inflate "), *pprof).ok());
+  // A sample go did not see: its line and its labels gone.
+  const std::string no_second = replace_once(*raw, "pid:[43]", "pid:[44]");
+  EXPECT_FALSE(same_samples_as_go(no_second, *pprof).ok());
+}
+
+}  // namespace
+}  // namespace krait::test
