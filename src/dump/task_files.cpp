@@ -160,10 +160,10 @@ std::vector<std::string> parse_kernel_stack(std::string_view text) {
     // kptr_restrict allows it.
     if (!line.starts_with("[<"))
       continue;
-    const size_t bracket = line.find("] ");
+    const size_t bracket = line.find(">] ");
     if (bracket == std::string_view::npos)
       continue;
-    std::string_view symbol = line.substr(bracket + 2);
+    std::string_view symbol = line.substr(bracket + 3);
     symbol = symbol.substr(0, symbol.find_first_of("+ "));
     if (symbol.empty() || symbol.size() > 256)
       continue;

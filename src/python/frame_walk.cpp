@@ -23,6 +23,31 @@ T load(const std::array<uint8_t, N>& block, size_t size, uint16_t offset) {
   return value;
 }
 
+struct Field {
+  uint16_t offset;
+  uint8_t size;
+  bool required;
+};
+
+// Reads a struct as one block, as the sampler does. Where the block is not
+// readable whole (a struct at the end of a mapping, or a recorded image
+// holding only the fields that were read), the fields are read one by one;
+// false when a required one is unreadable. Fields not read stay zero.
+template <size_t N>
+bool read_struct(BudgetedReader& reader, uint64_t address, std::array<uint8_t, N>& block,
+                 size_t size, std::initializer_list<Field> fields) {
+  if (reader.read(address, std::span(block.data(), size)))
+    return true;
+  block.fill(0);
+  for (const Field& f : fields) {
+    if (f.offset == KRAIT_OFFSET_NONE || size_t{f.offset} + f.size > size)
+      continue;
+    if (!reader.read(address + f.offset, std::span(block.data() + f.offset, f.size)) && f.required)
+      return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 FrameChain walk_frame_chain(BudgetedReader& reader, const PythonLayout& layout, uint64_t tstate,
@@ -61,7 +86,13 @@ FrameChain walk_frame_chain(BudgetedReader& reader, const PythonLayout& layout, 
     if (!visited.insert(f).second)
       return stop(KRAIT_PY_READ_FAULT_FRAME,
                   fmt::format("the frame chain is cyclic (frame {:#x} again)", f));
-    if (!reader.read(f, std::span(frame.data(), frame_size)))
+    if (!read_struct(reader, f, frame, frame_size,
+                     {{b.frame_back, 8, true},
+                      {b.frame_code, 8, true},
+                      {b.frame_owner, 1, false},
+                      {b.frame_instr,
+                       static_cast<uint8_t>(b.instr_kind == KRAIT_INSTR_LASTI ? 4 : 8), false},
+                      {b.frame_is_entry, 1, false}}))
       return stop(KRAIT_PY_READ_FAULT_FRAME, fmt::format("frame at {:#x} is unreadable", f));
     const uint64_t back = load<uint64_t>(frame, frame_size, b.frame_back);
     const uint64_t code_addr =
@@ -72,7 +103,12 @@ FrameChain walk_frame_chain(BudgetedReader& reader, const PythonLayout& layout, 
       f = back;
       continue;
     }
-    const bool code_read = reader.read(code_addr, std::span(code.data(), code_size)).ok();
+    const bool code_read = read_struct(reader, code_addr, code, code_size,
+                                       {{b.code_type, 8, true},
+                                        {b.code_name, 8, true},
+                                        {b.code_filename, 8, true},
+                                        {b.code_linetable, 8, false},
+                                        {b.code_firstlineno, 4, false}});
     if (!code_read || load<uint64_t>(code, code_size, b.code_type) != code_type) {
       if (b.skip_non_code) {
         // 3.13+: the shim's executable is None, not a code object.
