@@ -297,6 +297,33 @@ void read_task(pid_t pid, ThreadDump& t, std::optional<TaskSyscall>& syscall, st
   }
 }
 
+// The bytes of [from, to), or of its longest readable start that reaches
+// past `sp`'s page: the stacks of neighbouring threads can share one
+// mapping, with guard pages between them that no map shows (madvise guard
+// regions). A binary search over pages: a few reads.
+Result<std::vector<uint8_t>> readable_prefix(const proc::RemoteMemory& memory, uint64_t from,
+                                             uint64_t sp, uint64_t to) {
+  auto whole = memory.read_bytes(from, to - from);
+  if (whole)
+    return whole;
+  constexpr uint64_t kPage = 4096;
+  uint64_t good = std::min(to, (sp | (kPage - 1)) + 1);
+  auto first = memory.read_bytes(from, good - from);
+  if (!first)
+    return first;
+  uint64_t bad = to;
+  while (bad - good > kPage) {
+    const uint64_t mid = good + (((bad - good) / 2) & ~(kPage - 1));
+    if (mid == good)
+      break;
+    if (memory.read_bytes(from, mid - from))
+      good = mid;
+    else
+      bad = mid;
+  }
+  return memory.read_bytes(from, good - from);
+}
+
 // The merge of `record`'s mixed stacks, on one thread: its user stack
 // copied from the sp of its syscall file, unwound and merged with its
 // Python frames by the engine's StackBuilder.
@@ -334,7 +361,7 @@ class NativeStacks {
     const bool red_zone = sys.sp - stack->start >= KRAIT_RED_ZONE_BYTES;
     const uint64_t from = red_zone ? sys.sp - KRAIT_RED_ZONE_BYTES : sys.sp;
     const uint64_t to = std::min<uint64_t>(stack->end, sys.sp + KRAIT_USER_STACK_CAP);
-    auto bytes = memory.read_bytes(from, to - from);
+    auto bytes = readable_prefix(memory, from, sys.sp, to);
     if (!bytes)
       return bytes.error().context("user stack");
     engine::SampleJob job;
