@@ -13,6 +13,7 @@ turns (so a change in the machine's load hits every mode alike):
     krait dump -p PID --json            Python frames
     krait dump -p PID --json --native   + kernel stacks, native unwinding, merge
     krait dump -p PID                   text output
+    krait --version                     the binary's start and exit alone
 
 and checks every run: exit 0, every thread of the process listed (the
 workers blocked in futex with their Python frames, leaf `Condition.wait` or
@@ -69,6 +70,10 @@ def cpu_model():
 
 def check(mode, out, pid, nthreads):
     """The run's output lists every thread with its Python frames."""
+    if mode == "startup":
+        if not out.startswith("krait "):
+            raise SystemExit("krait --version printed %r" % out)
+        return
     if mode == "text":
         workers = out.count('  Thread ')
         if workers != nthreads + 1:
@@ -97,7 +102,9 @@ def check(mode, out, pid, nthreads):
 
 def run_once(krait, mode, pid):
     args = [krait, "dump", "-p", str(pid)]
-    if mode != "text":
+    if mode == "startup":
+        args = [krait, "--version"]
+    elif mode != "text":
         args.append("--json")
     if mode == "native":
         args.append("--native")
@@ -139,7 +146,7 @@ def main():
                 raise SystemExit("%s: no ready line" % exe)
             version = subprocess.run([exe, "-c", "import sys; print(sys.version.split()[0])"],
                                      capture_output=True, text=True).stdout.strip()
-            modes = ["python", "native", "text"]
+            modes = ["startup", "python", "native", "text"]
             runs = {m: [] for m in modes}
             run_once(args.krait, "python", p.pid)  # warm the page cache
             for _ in range(args.runs):

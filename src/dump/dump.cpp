@@ -492,6 +492,11 @@ ProcessDump dump_one(pid_t pid, python::ImageCache& images, unwind::ModuleCache&
   out.command = command_line(pid);
   if (a.status != python::AttachStatus::kAttached || !a.layout) {
     out.error = attach_failure(a.status);
+    // A process krait may not read (another user namespace, a ptrace
+    // restriction) looks gone to the attach: it is not.
+    if (a.status == python::AttachStatus::kGone &&
+        ::access(fmt::format("/proc/{}", pid).c_str(), F_OK) == 0)
+      out.error = "cannot read the process";
     if (!a.reason.empty())
       out.error += ": " + a.reason;
     return out;
@@ -658,7 +663,8 @@ DumpReport dump_processes(const DumpOptions& options) {
     if (!f.dump.error.empty()) {
       if (named)
         report.failures.push_back(fmt::format("pid {}: {}", pid, f.dump.error));
-      else if (f.python && f.dump.error.rfind("the process exited", 0) != 0)
+      else if (f.python && f.dump.error.rfind("the process exited", 0) != 0 &&
+               f.dump.error.rfind("cannot read the process", 0) != 0)
         report.processes.push_back(std::move(f.dump));
       continue;
     }
