@@ -47,6 +47,10 @@ constexpr size_t kMaxTasks = 16'384;
 // is used only when it is a thread of the process.
 constexpr uint64_t kPthreadTidOffset = 0x2d0;
 constexpr size_t kCommandBytes = 1024;
+// Distinct code objects named per process: real processes share their code
+// between threads; a hostile one cannot make the names grow without end
+// (each holds at most two names of kMaxStringChars and a bounded line table).
+constexpr size_t kMaxCodeObjects = 16'384;
 constexpr auto kProcessDeadline = std::chrono::seconds(60);
 
 std::string task_file(pid_t pid, int64_t tid, std::string_view name) {
@@ -216,6 +220,12 @@ class CodeNames {
   DumpFrame name(const python::WalkedFrame& w) {
     const auto key = std::make_pair(w.record.code, w.record.token);
     auto it = codes_.find(key);
+    if (it == codes_.end() && codes_.size() >= kMaxCodeObjects) {
+      DumpFrame f;
+      f.kind = FrameKind::kNote;
+      f.function = fmt::format("[unknown Python code: more than {} code objects]", kMaxCodeObjects);
+      return f;
+    }
     if (it == codes_.end()) {
       Entry e;
       auto read =
@@ -593,9 +603,9 @@ ProcessDump dump_one(pid_t pid, python::ImageCache& images, unwind::ModuleCache&
     std::vector<std::string> kernel;
     read_task(pid, t, sys, sys_error, kernel, kernel_stacks);
     t.gil = states.gil_known ? Gil::kNotHeld : Gil::kUnknown;
+    fill_stack(t, python::FrameChain{}, names, layout, sys, sys_error, kernel,
+               native ? &*native : nullptr, native_setup_error, memory);
     t.error = "no Python thread state";
-    for (const std::string& k : kernel)
-      t.frames.push_back({FrameKind::kKernel, k, "", 0});
     python_threads.push_back(std::move(t));
   }
   std::sort(python_threads.begin(), python_threads.end(),

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <map>
 #include <set>
 #include <string>
@@ -42,6 +43,7 @@ struct DumpedFrame {
 
 struct DumpedThread {
   std::string name;
+  bool python = false;  // has a Python thread state
   std::string state;
   std::string syscall;  // "" for null
   std::string gil;
@@ -81,6 +83,7 @@ Result<std::map<int64_t, DumpedThread>> parse_dump(const std::string& text, int6
         continue;
       DumpedThread d;
       d.name = json_string(t, "name").value();
+      d.python = json_bool(t, "python").value();
       d.state = json_string(t, "state").value();
       const JsonValue* sys = t.find("syscall");
       d.syscall = sys && sys->is_string() ? sys->string : "";
@@ -203,8 +206,25 @@ TEST_P(DumpThreads, EachThreadHasItsFramesStateAndGil) {
   ASSERT_TRUE(threads.contains(truth.pid));
   EXPECT_EQ(threads.at(truth.pid).gil, "not_held");
   EXPECT_EQ(threads.at(truth.pid).state, "blocked");
-  for (const auto& [tid, d] : threads)
-    EXPECT_TRUE(d.error.empty()) << tid << ": " << d.error;
+  // Every thread of the process is listed, those with no Python thread
+  // state (faulthandler's watchdog) as such.
+  std::set<int64_t> tasks, dumped;
+  for (const auto& entry :
+       std::filesystem::directory_iterator(fmt::format("/proc/{}/task", truth.pid)))
+    tasks.insert(std::stoll(entry.path().filename().string()));
+  int64_t native = 0;
+  for (const auto& [tid, d] : threads) {
+    dumped.insert(tid);
+    if (d.python) {
+      EXPECT_TRUE(d.error.empty()) << tid << ": " << d.error;
+    } else {
+      ++native;
+      EXPECT_EQ(d.error, "no Python thread state");
+      EXPECT_EQ(d.gil, "not_held");
+    }
+  }
+  EXPECT_EQ(dumped, tasks);
+  EXPECT_EQ(native, json_int(truth.json, "native_threads").value());
 
   // The text output names every thread with its id and state.
   auto text = run_krait({"dump", "-p", std::to_string(truth.pid)});

@@ -6,7 +6,9 @@ its own stack.
 "dump-sleep" sleeps in time.sleep, "dump-recv" blocks in socket.recv on one
 end of a socketpair nobody writes to (a method, "Receiver.wait_recv", so
 names before 3.11 need the class from the frame), and "dump-spin" burns CPU
-in a one-line loop. The main thread parks in time.sleep.
+in a one-line loop. The main thread parks in time.sleep. From 3.3 on,
+faulthandler's watchdog adds a thread of C only, with no Python thread
+state: the truth's "native_threads" says how many such threads there are.
 
 Once each thread is about to wait (the spinner: has run one lap), one JSON
 line (the truth) lists the three with their stacks, root first, read from
@@ -275,10 +277,19 @@ def main():
         t.daemon = True
         t.start()
 
+    native_threads = 0
+    try:
+        import faulthandler
+        if hasattr(faulthandler, "dump_traceback_later"):
+            faulthandler.dump_traceback_later(10 ** 6)
+            native_threads = 1
+    except ImportError:
+        pass
+
     with ready:
         while None in truths:
             ready.wait()
-    emit_truth("dump_threads", truths)
+    emit_truth("dump_threads", truths, {"native_threads": native_threads})
     while True:
         time.sleep(3600)
 
