@@ -181,5 +181,30 @@ TEST(FrameWalk, TheCheckEndsTheWalkWhereItSays) {
   EXPECT_EQ(seen, 2);
 }
 
+TEST(FrameWalk, StructsNotReadableWholeAreReadFieldByField) {
+  // As in a recorded process image that holds only the fields read: the
+  // frame's back and code pointers, the code object's type, name and file.
+  Fixture f;
+  f.tstate(0x2000);
+  f.memory.add_value<uint64_t>(0x2000, 0);       // f_back
+  f.memory.add_value<uint64_t>(0x2008, 0x3000);  // f_code
+  f.memory.add_value<uint64_t>(0x3008, kCodeType);
+  f.memory.add_value<uint64_t>(0x3010, 0x3100);  // co_filename
+  f.memory.add_value<uint64_t>(0x3018, 0x3200);  // co_name
+  FrameChain c = walk(f, test_layout());
+  ASSERT_EQ(c.status, KRAIT_PY_OK) << c.reason;
+  ASSERT_EQ(c.frames.size(), 1u);
+  EXPECT_EQ(c.frames[0].name, 0x3200u);
+  EXPECT_EQ(c.frames[0].file, 0x3100u);
+  EXPECT_EQ(c.frames[0].record.instr, 0u);
+  EXPECT_EQ(c.frames[0].record.token, krait_code_token(0x3100, 0x3200, 0, 0));
+
+  Fixture g;  // the code pointer itself is missing: the frame is unreadable
+  g.tstate(0x2000);
+  g.memory.add_value<uint64_t>(0x2000, 0);
+  FrameChain bad = walk(g, test_layout());
+  EXPECT_EQ(bad.status, KRAIT_PY_READ_FAULT_FRAME);
+}
+
 }  // namespace
 }  // namespace krait::python
