@@ -17,6 +17,8 @@ Runner add_dump_command(CLI::App& app) {
   cmd->add_flag("--native", options->native,
                 "Native and kernel frames too, merged with the Python frames (blocked threads)");
   cmd->add_flag("--json", *json, "Machine-readable output");
+  cmd->add_option("--max-depth", options->max_depth, "Python frames shown per thread")
+      ->check(CLI::Range(1, KRAIT_PY_FRAMES_CAP));
   return [options, json]() -> Result<int> {
     const dump::DumpReport report = dump::dump_processes(*options);
     std::fputs((*json ? dump::dump_json(report) : dump::dump_text(report)).c_str(), stdout);

@@ -621,7 +621,11 @@ ProcessDump dump_one(pid_t pid, python::ImageCache& images, unwind::ModuleCache&
 DumpReport dump_processes(const DumpOptions& options) {
   DumpReport report;
   const bool named = !options.pids.empty();
-  const std::vector<pid_t> pids = named ? options.pids : proc::list_pids();
+  std::vector<pid_t> pids;
+  std::set<pid_t> unique;
+  for (pid_t pid : named ? options.pids : proc::list_pids())
+    if (unique.insert(pid).second)
+      pids.push_back(pid);
   inspect::InspectorOptions io;
   io.stall_ns = std::chrono::nanoseconds(kProcessDeadline).count();
   // The user asked for these processes: a large one may take seconds of CPU.
@@ -663,10 +667,19 @@ DumpReport dump_processes(const DumpOptions& options) {
     auto it = found.find(pid);
     if (it == found.end()) {
       auto s = stalled.find(static_cast<uint64_t>(pid));
-      report.failures.push_back(fmt::format(
-          "pid {}: {}", pid,
-          s != stalled.end() ? s->second
-                             : fmt::format("not read within {} s", kProcessDeadline.count())));
+      const std::string why = s != stalled.end()
+                                  ? s->second
+                                  : fmt::format("not read within {} s", kProcessDeadline.count());
+      if (named) {
+        report.failures.push_back(fmt::format("pid {}: {}", pid, why));
+      } else {
+        // Python or not is unknown: listed, so a stuck process is seen.
+        ProcessDump stuck;
+        stuck.pid = pid;
+        stuck.name = proc::comm_or_unknown(pid);
+        stuck.error = why;
+        report.processes.push_back(std::move(stuck));
+      }
       continue;
     }
     Found& f = it->second;
