@@ -7,6 +7,7 @@
 #include <set>
 
 #include "python/code_reader.h"
+#include "python/frame_walk.h"
 #include "python/offsets/debug_offsets.h"
 #include "util/files.h"
 #include "util/text.h"
@@ -74,80 +75,31 @@ Validation refuse(std::string reason) {
   return {AttachStatus::kRefused, std::move(reason)};
 }
 
-// Remote reads with a budget: a validation that would need more reads than
-// any real process does (cycles, absurd list lengths) ends with a refusal.
-class BudgetedReader {
- public:
-  BudgetedReader(const proc::RemoteMemory& memory, int budget) : memory_(memory), left_(budget) {}
-  template <typename T>
-  Result<T> value(uint64_t address) {
-    if (left_ <= 0)
-      return make_error("validation read budget ({} reads) used up", kMaxValidationReads);
-    --left_;
-    return memory_.read_value<T>(address);
-  }
-  bool exhausted() const { return left_ <= 0; }
-  const proc::RemoteMemory& memory() const { return memory_; }
-
- private:
-  const proc::RemoteMemory& memory_;
-  int left_;
-};
-
-// Follows one thread's frames the way the sampler does; the function name
-// of each frame checked goes to `functions` when given.
+// Follows one thread's frames the way the sampler does (frame_walk.h) and
+// checks that every frame's names decode; the function name of each frame
+// checked goes to `functions` when given.
 Validation check_frames(BudgetedReader& mem, const PythonLayout& layout, uint64_t tstate,
                         uint64_t code_type, std::vector<std::string>* functions = nullptr) {
-  const krait_py_layout& b = layout.bpf;
-  auto frame = mem.value<uint64_t>(tstate + b.tstate_frame);
-  if (!frame)
-    return refuse(frame.error().context("thread state").message);
-  uint64_t f = *frame;
-  if (f && b.cframe_frame != KRAIT_OFFSET_NONE) {
-    auto cur = mem.value<uint64_t>(f + b.cframe_frame);
-    if (!cur)
-      return refuse(cur.error().context("_PyCFrame").message);
-    f = *cur;
-  }
-  std::set<uint64_t> visited;
-  for (int depth = 0; f != 0 && depth < kMaxFramesChecked; ++depth) {
-    if (!visited.insert(f).second)
-      return refuse(fmt::format("the frame chain is cyclic (frame {:#x} again)", f));
-    auto back = mem.value<uint64_t>(f + b.frame_back);
-    auto code = mem.value<uint64_t>(f + b.frame_code);
-    if (!back || !code)
-      return refuse(fmt::format("frame at {:#x} is unreadable", f));
-    uint64_t code_addr = *code & ~static_cast<uint64_t>(b.code_tag_mask);
-    if (b.frame_owner_shim != KRAIT_OWNER_NONE) {
-      auto owner = mem.value<uint8_t>(f + b.frame_owner);
-      if (owner && *owner == b.frame_owner_shim) {
-        f = *back;
-        continue;
-      }
+  Validation names;
+  auto decode = [&](const WalkedFrame& w) {
+    auto n = read_py_string(mem.memory(), layout.strings, w.name);
+    if (!n) {
+      names = refuse(n.error().context("a function name does not decode").message);
+      return false;
     }
-    auto type = mem.value<uint64_t>(code_addr + b.code_type);
-    if (!type || *type != code_type) {
-      if (b.skip_non_code) {
-        f = *back;
-        continue;
-      }
-      return refuse(fmt::format("frame at {:#x} does not point to a code object", f));
+    auto fn = read_py_string(mem.memory(), layout.strings, w.file);
+    if (!fn) {
+      names = refuse(fn.error().context("a file name does not decode").message);
+      return false;
     }
-    auto name = mem.value<uint64_t>(code_addr + b.code_name);
-    auto file = mem.value<uint64_t>(code_addr + b.code_filename);
-    if (!name || !file)
-      return refuse("a code object is unreadable");
-    auto n = read_py_string(mem.memory(), layout.strings, *name);
-    if (!n)
-      return refuse(n.error().context("a function name does not decode").message);
-    auto fn = read_py_string(mem.memory(), layout.strings, *file);
-    if (!fn)
-      return refuse(fn.error().context("a file name does not decode").message);
     if (functions)
       functions->push_back(std::move(*n));
-    f = *back;
-  }
-  return {};
+    return true;
+  };
+  FrameChain chain = walk_frame_chain(mem, layout, tstate, code_type, kMaxFramesChecked, decode);
+  if (chain.status != KRAIT_PY_OK)
+    return refuse(std::move(chain.reason));
+  return names;
 }
 
 Validation validate_once(BudgetedReader& mem, pid_t pid, const PythonLayout& layout,

@@ -17,8 +17,12 @@ std::string basename(const std::string& path) {
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
+// Extension modules ("_socket.cpython-311-x86_64-linux-gnu.so", PEP 3149)
+// are never the interpreter: a process imports dozens, and counted as
+// candidates they would use up kMaxCandidates before libpython, which
+// dlopen'ed modules precede in the map (mmap places them below it).
 bool looks_like_python_file(const std::string& name) {
-  return name.find("python") != std::string::npos;
+  return name.find("python") != std::string::npos && name.find(".cpython-") == std::string::npos;
 }
 
 bool is_digit(uint8_t c) {

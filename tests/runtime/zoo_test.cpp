@@ -68,10 +68,7 @@ class Zoo : public ::testing::Test {
   static void TearDownTestSuite() { zoo_.reset(); }
 
   void run_mode(Mode mode) {
-    ASSERT_NO_FATAL_FAILURE(require_root());
-    if (!zoo_ && setup_error_.empty())
-      setup_error_ = start_zoo();
-    ASSERT_TRUE(setup_error_.empty()) << setup_error_;
+    ASSERT_NO_FATAL_FAILURE(start_once());
     zoo_->forget_pid_reuse();
     const KraitRun result = mode == Mode::kRecord ? run_record(*zoo_) : run_daemon(*zoo_);
     judge(*zoo_, result);
@@ -108,6 +105,15 @@ class Zoo : public ::testing::Test {
 
   static inline std::unique_ptr<ZooProcesses> zoo_;
   static inline std::string setup_error_;
+
+ protected:
+  void start_once() {
+    ASSERT_NO_FATAL_FAILURE(require_root());
+    if (!zoo_ && setup_error_.empty())
+      setup_error_ = start_zoo();
+    ASSERT_TRUE(setup_error_.empty()) << setup_error_;
+  }
+  ZooProcesses& zoo() { return *zoo_; }
 };
 
 TEST_F(Zoo, RecordSurvivesTheZooAndKeepsTheNormalProcess) {
@@ -116,6 +122,45 @@ TEST_F(Zoo, RecordSurvivesTheZooAndKeepsTheNormalProcess) {
 
 TEST_F(Zoo, DaemonSurvivesTheZooAndKeepsTheNormalProcess) {
   run_mode(Mode::kDaemon);
+}
+
+// `krait dump` reads every process of the host from user space: the zoo
+// must not make it hang, crash or lose the normal process, whose main
+// thread (a one-line hot loop) must show the truth's exact stack.
+TEST_F(Zoo, DumpSurvivesTheZooAndShowsTheNormalProcess) {
+  ASSERT_NO_FATAL_FAILURE(start_once());
+  const Member* normal = zoo().find(Kind::kNormal);
+  ASSERT_TRUE(normal && normal->truth && normal->truth->threads.size() == 1);
+  const ThreadTruth& truth = normal->truth->threads[0];
+  std::string last;
+  // A dump catches the loop's rare bookkeeping line now and then: a few
+  // tries, each of which must succeed in time.
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    const auto start = Clock::now();
+    auto r = run_krait({"dump", "--json"}, 120s);
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    ASSERT_TRUE(r->status.success()) << r->status.describe() << ": " << r->stderr_text;
+    auto json = parse_json(r->stdout_text);
+    ASSERT_TRUE(json.ok()) << json.error().message;
+    std::cout << fmt::format("[ zoo      ] krait dump of the host: {:.1f} s\n",
+                             std::chrono::duration<double>(Clock::now() - start).count());
+    std::vector<Frame> stack;
+    for (const JsonValue& p : json->find("processes")->items) {
+      if (p.find("pid")->integer != normal->pid)
+        continue;
+      for (const JsonValue& t : p.find("threads")->items) {
+        if (!t.find("tid")->is_int() || t.find("tid")->integer != truth.tid)
+          continue;
+        for (const JsonValue& f : t.find("frames")->items)
+          stack.insert(stack.begin(), Frame{f.find("function")->string, f.find("file")->string,
+                                            f.find("line")->integer});
+      }
+    }
+    if (stack == truth.stack)
+      return;
+    last = format_stack(stack);
+  }
+  ADD_FAILURE() << "the normal process's stack: " << last << "\nwant " << format_stack(truth.stack);
 }
 
 }  // namespace

@@ -1,0 +1,32 @@
+// `krait dump [-p PID ...] [--native] [--json]`: every thread's current
+// stack of the named (or every) Python process, without stopping them.
+#include <cstdio>
+
+#include "cli/commands.h"
+#include "dump/dump.h"
+
+namespace krait::cli {
+
+Runner add_dump_command(CLI::App& app) {
+  auto options = std::make_shared<dump::DumpOptions>();
+  auto json = std::make_shared<bool>(false);
+  CLI::App* cmd = app.add_subcommand(
+      "dump", "Print the current stack of every thread of Python processes, without stopping them");
+  cmd->add_option("-p,--pid", options->pids,
+                  "Only these processes (exit 1 if one is not Python or cannot be read)");
+  cmd->add_flag("--native", options->native,
+                "Native and kernel frames too, merged with the Python frames (blocked threads)");
+  cmd->add_flag("--json", *json, "Machine-readable output");
+  cmd->add_option("--max-depth", options->max_depth, "Python frames shown per thread")
+      ->check(CLI::Range(1, KRAIT_PY_FRAMES_CAP));
+  return [options, json]() -> Result<int> {
+    const dump::DumpReport report = dump::dump_processes(*options);
+    std::fputs((*json ? dump::dump_json(report) : dump::dump_text(report)).c_str(), stdout);
+    std::fflush(stdout);
+    for (const std::string& failure : report.failures)
+      std::fprintf(stderr, "krait: dump: %s\n", failure.c_str());
+    return report.failures.empty() ? 0 : 1;
+  };
+}
+
+}  // namespace krait::cli
