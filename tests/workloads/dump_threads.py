@@ -24,6 +24,7 @@ import time
 
 # --- common (identical in every workload) -----------------------------------
 import dis
+import gc
 import json
 import os
 import threading
@@ -48,14 +49,23 @@ def frame_name(frame):
     """The name a profiler should report for `frame`.
 
     From 3.11 co_qualname. Before, a method (first argument self or cls) is
-    named after the class that defines it, as co_qualname would: the first
-    class of the argument's MRO whose __dict__ holds a function with this
-    very code object (so Base.helper called on a Derived is Base.helper).
+    named after the class that defines it, as co_qualname would; that class
+    is read from the function's own __qualname__ (3.3+), which the compiler
+    wrote, not worked out from the argument's type the way a profiler must.
+    2.7 has no __qualname__: there the first class of the argument's MRO
+    whose __dict__ holds a function with this very code object.
     """
     code = frame.f_code
     if hasattr(code, "co_qualname"):
         return code.co_qualname
     if code.co_argcount >= 1 and code.co_varnames[0] in ("self", "cls"):
+        qualname = _qualname_of(code)
+        if qualname is not None:
+            # "outer.<locals>.Class.method" -> "Class.method"
+            parts = qualname.rsplit("<locals>.", 1)[-1].split(".")
+            if len(parts) >= 2:
+                return parts[-2] + "." + parts[-1]
+            return code.co_name
         first = frame.f_locals.get(code.co_varnames[0])
         klass = first if code.co_varnames[0] == "cls" else type(first)
         for c in getattr(klass, "__mro__", ()):
@@ -64,6 +74,21 @@ def frame_name(frame):
             if getattr(f, "__code__", None) is code:
                 return c.__name__ + "." + code.co_name
     return code.co_name
+
+
+_qualnames = {}
+
+
+def _qualname_of(code):
+    """__qualname__ of the function running `code`; None before 3.3."""
+    if code not in _qualnames:
+        name = None
+        for ref in gc.get_referrers(code):
+            if getattr(ref, "__code__", None) is code:
+                name = getattr(ref, "__qualname__", None)
+                break
+        _qualnames[code] = name
+    return _qualnames[code]
 
 
 def stack_of(frame):
