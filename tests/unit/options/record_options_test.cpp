@@ -103,6 +103,12 @@ TEST(RecordOptionsTest, EveryFlagSetsItsField) {
   EXPECT_FALSE(o->builtin_offsets);
 }
 
+TEST(RecordOptionsTest, FormatAcceptsEveryOutputFormat) {
+  EXPECT_EQ(parse({"-f", "speedscope"})->format, record::OutputFormat::kSpeedscope);
+  EXPECT_EQ(parse({"--format", "HTML"})->format, record::OutputFormat::kHtml);
+  EXPECT_FALSE(parse({"-f", "svg"}).ok());
+}
+
 TEST(RecordOptionsTest, OutOfRangeIsOneLineNamingTheFlag) {
   EXPECT_EQ(error_of({"--rate", "0"}), "--rate: must be between 1 and 10000, got 0");
   EXPECT_EQ(error_of({"-r", "20000"}), "--rate: must be between 1 and 10000, got 20000");
