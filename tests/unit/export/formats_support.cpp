@@ -50,7 +50,40 @@ std::string kind_name(FrameKind kind) {
   return "?";
 }
 
+bool unsymbolized(const std::string& name) {
+  return name.size() > 2 && name[0] == '[' &&
+         (name.find("+0x") != std::string::npos || name.rfind("[0x", 0) == 0);
+}
+
 }  // namespace
+
+ThreadStacks without_addresses(const ThreadStacks& stacks) {
+  ThreadStacks out;
+  for (const auto& [thread, by_stack] : stacks) {
+    for (const auto& [shown, weight] : by_stack) {
+      std::vector<ShownFrame> stack = shown;
+      for (auto& f : stack) {
+        if (unsymbolized(std::get<0>(f)))
+          f = ShownFrame{"[address]", "", 0};
+      }
+      out[thread][stack] += weight;
+    }
+  }
+  return out;
+}
+
+PageStacks without_addresses(const PageStacks& stacks) {
+  PageStacks out;
+  for (const auto& [shown, count] : stacks) {
+    auto key = shown;
+    for (auto& f : std::get<2>(key)) {
+      if (unsymbolized(std::get<0>(f)))
+        f = PageFrame{"[address]", "", 0, std::get<3>(f)};
+    }
+    out[key] += count;
+  }
+  return out;
+}
 
 std::map<std::pair<std::vector<FrameFacts>, profile::Labels>, uint64_t> facts_of(
     const profile::Profile& p) {

@@ -51,4 +51,11 @@ Result<std::string> page_data_text(const std::string& html);
 // Self counts of the page's call tree, by path; an error when malformed.
 Result<PageStacks> page_stacks(const JsonValue& data);
 
+// The same stacks with every unsymbolized name ("[libc.so.6+0x1234]",
+// "[0x...]", with or without "_[k]") written "[address]", for recordings
+// whose mappings the oracle does not know; weights of stacks that become
+// equal are added.
+ThreadStacks without_addresses(const ThreadStacks& stacks);
+PageStacks without_addresses(const PageStacks& stacks);
+
 }  // namespace krait::test
