@@ -56,7 +56,9 @@ TEST(Speedscope, WithoutAPeriodWeightsAreCounts) {
 TEST(Speedscope, HostileNamesStayTextAndTheDocumentStaysJson) {
   profile::Profile p({0, 0, 1000, {}});
   const std::string hostile[] = {"</script><script>alert(1)</script>", "a\"b\\c", "line\nbreak",
-                                 "bad \xff\xfe utf8", "sep\xe2\x80\xa8" "ar"};
+                                 "bad \xff\xfe utf8",
+                                 "sep\xe2\x80\xa8"
+                                 "ar"};
   std::vector<profile::FrameId> stack;
   for (const auto& name : hostile)
     stack.push_back(p.intern_frame({profile::FrameKind::kPython, name, "", name, 1, 2, 0, 0}));
