@@ -16,5 +16,6 @@ Runner add_info_command(CLI::App& app);
 Runner add_offsets_command(CLI::App& app);
 Runner add_daemon_command(CLI::App& app);
 Runner add_dump_command(CLI::App& app);
+Runner add_convert_command(CLI::App& app);
 
 }  // namespace krait::cli

@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   auto offsets = krait::cli::add_offsets_command(app);
   auto daemon = krait::cli::add_daemon_command(app);
   auto dump = krait::cli::add_dump_command(app);
+  auto convert = krait::cli::add_convert_command(app);
 
   try {
     app.parse(argc, argv);
@@ -44,6 +45,8 @@ int main(int argc, char** argv) {
     result = daemon();
   else if (app.got_subcommand("dump"))
     result = dump();
+  else if (app.got_subcommand("convert"))
+    result = convert();
   if (!result) {
     std::fprintf(stderr, "krait: error: %s\n", result.error().message.c_str());
     return 1;

@@ -15,8 +15,6 @@
 #include "engine/engine.h"
 #include "engine/loop_support.h"
 #include "export/atomic_file.h"
-#include "export/folded.h"
-#include "export/pprof.h"
 #include "proc/processes.h"
 #include "profile/profile.h"
 #include "record/status_line.h"
@@ -170,9 +168,7 @@ Result<void> write_outputs(const RecordOptions& o, const std::string& output,
   profile.meta().start_time_unix_ns = start_unix;
   profile.meta().duration_ns = static_cast<int64_t>(duration_ns);
   profile.meta().comments = summary;
-  Result<void> written = o.format == OutputFormat::kPprof
-                             ? exporter::write_pprof_file(profile, output)
-                             : exporter::write_folded_file(profile, output);
+  Result<void> written = exporter::write_profile_file(profile, o.format, output);
   for (const auto& line : summary)
     fmt::print(stderr, "{}\n", line);
   if (!written)
@@ -195,8 +191,7 @@ std::string default_output_name(OutputFormat format) {
   localtime_r(&t, &tm);
   char stamp[32];
   std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", &tm);
-  return fmt::format("krait-{}-{}.{}", host, stamp,
-                     format == OutputFormat::kPprof ? "pb.gz" : "folded");
+  return fmt::format("krait-{}-{}.{}", host, stamp, exporter::output_format_info(format).extension);
 }
 
 Result<int> run_record(const RecordOptions& o) {

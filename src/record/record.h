@@ -13,11 +13,13 @@
 #include <vector>
 
 #include "bpf/sampler.h"
+#include "export/write_profile.h"
 #include "util/result.h"
 
 namespace krait::record {
 
-enum class OutputFormat : uint8_t { kPprof, kFolded };
+// pprof, folded, speedscope, html: one list for record and convert.
+using OutputFormat = exporter::OutputFormat;
 using bpf::StackMode;
 
 struct RecordOptions {

@@ -23,6 +23,14 @@ Spec text(const char* flags, const char* type, const char* help) {
   return {.flags = flags, .type = type, .help = help, .kind = Kind::kText};
 }
 
+// Every format export/write_profile.h knows, by the names it parses.
+std::vector<options::Choice> format_choices() {
+  std::vector<options::Choice> choices;
+  for (const auto& info : exporter::output_formats())
+    choices.push_back({std::string(info.name), static_cast<int>(info.format)});
+  return choices;
+}
+
 std::vector<options::Option<RecordOptions>> make_options() {
   namespace sampling = options::sampling;
   using R = RecordOptions;
@@ -36,7 +44,8 @@ std::vector<options::Option<RecordOptions>> make_options() {
                     .min_exclusive = true},
                    &R::duration_s));
   o.push_back(bind(
-      text("-o,--output", "FILE", "Output file (default: krait-<host>-<time>.pb.gz or .folded)"),
+      text("-o,--output", "FILE",
+           "Output file (default: krait-<host>-<time>.pb.gz, .folded, .speedscope.json or .html)"),
       &R::output));
   o.push_back(bind({.flags = "-p,--pid",
                     .type = "PID",
@@ -47,10 +56,10 @@ std::vector<options::Option<RecordOptions>> make_options() {
                    &R::pids));
   o.push_back(bind(sampling::rate_hz(), &R::frequency_hz).with_default_shown());
   o.push_back(bind({.flags = "-f,--format",
-                    .help = "pprof (gzipped profile.proto) or folded text",
+                    .help = "pprof (gzipped profile.proto), folded text, speedscope JSON or html "
+                            "(a self-contained flame graph page)",
                     .kind = Kind::kChoice,
-                    .choices = {{"pprof", static_cast<int>(OutputFormat::kPprof)},
-                                {"folded", static_cast<int>(OutputFormat::kFolded)}},
+                    .choices = format_choices(),
                     .ignore_case = true},
                    &R::format));
   o.push_back(bind(sampling::max_depth(), &R::max_depth).with_default_shown());

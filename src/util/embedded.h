@@ -18,4 +18,8 @@ std::span<const EmbeddedFile> offset_tables();
 // CPython minor version, named <major>.<minor>.txt).
 std::span<const EmbeddedFile> debug_offset_layouts();
 
+// The HTML flame graph's page under src/export/flamegraph/: template.html,
+// flamegraph.js, flamegraph.css.
+std::span<const EmbeddedFile> flamegraph_files();
+
 }  // namespace krait::embedded

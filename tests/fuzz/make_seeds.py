@@ -607,6 +607,28 @@ def seeds_http_reply(args):
         write_seed(d, 'retry-after-%d' % i, struct.pack('<Q', now) + v.encode())
 
 
+# --- pprof_import: gunzipped pprof of real recordings ------------------------
+
+def seeds_pprof_import(args):
+    """krait records chain.py and threads.py (python-only and mixed stacks);
+    the seeds are the messages inside the .pb.gz files. Needs root and the
+    plain build's krait (KRAIT_BINARY, default <repo>/build/src/cli/krait)."""
+    d = corpus_dir('pprof_import')
+    krait = os.environ.get('KRAIT_BINARY', os.path.join(ROOT, 'build', 'src', 'cli', 'krait'))
+    workloads = os.path.join(ROOT, 'tests', 'workloads')
+    runs = [('chain', ['chain.py', '--depth', '5'], ['--stacks', 'python']),
+            ('chain-mixed', ['chain.py', '--depth', '5'], []),
+            ('threads-mixed', ['threads.py'], [])]
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, script, flags in runs:
+            with Started([sys.executable, os.path.join(workloads, script[0])] + script[1:]) as w:
+                out = os.path.join(tmp, label + '.pb.gz')
+                subprocess.run([krait, 'record', '-p', str(w.pid), '-d', '1', '-r', '49', '-o', out]
+                               + flags, check=True, stderr=subprocess.DEVNULL)
+            with gzip.open(out, 'rb') as f:
+                write_seed(d, label + '.pb', f.read())
+
+
 SEEDERS = {
     'line_table': seeds_line_table,
     'proc_maps': seeds_proc_maps,
@@ -622,6 +644,7 @@ SEEDERS = {
     'ring_record': seeds_ring_record,
     'config_toml': seeds_config_toml,
     'http_reply': seeds_http_reply,
+    'pprof_import': seeds_pprof_import,
 }
 
 

@@ -103,6 +103,12 @@ TEST(RecordOptionsTest, EveryFlagSetsItsField) {
   EXPECT_FALSE(o->builtin_offsets);
 }
 
+TEST(RecordOptionsTest, FormatAcceptsEveryOutputFormat) {
+  EXPECT_EQ(parse({"-f", "speedscope"})->format, record::OutputFormat::kSpeedscope);
+  EXPECT_EQ(parse({"--format", "HTML"})->format, record::OutputFormat::kHtml);
+  EXPECT_FALSE(parse({"-f", "svg"}).ok());
+}
+
 TEST(RecordOptionsTest, OutOfRangeIsOneLineNamingTheFlag) {
   EXPECT_EQ(error_of({"--rate", "0"}), "--rate: must be between 1 and 10000, got 0");
   EXPECT_EQ(error_of({"-r", "20000"}), "--rate: must be between 1 and 10000, got 20000");
@@ -111,7 +117,8 @@ TEST(RecordOptionsTest, OutOfRangeIsOneLineNamingTheFlag) {
   EXPECT_EQ(error_of({"--user-stack-size", "512"}),
             "--user-stack-size: must be between 1024 and 65536, got 512");
   EXPECT_EQ(error_of({"-d", "0"}), "--duration: must be more than 0 seconds, got 0");
-  EXPECT_EQ(error_of({"-f", "xml"}), "--format: expected one of pprof|folded, got \"xml\"");
+  EXPECT_EQ(error_of({"-f", "xml"}),
+            "--format: expected one of pprof|folded|speedscope|html, got \"xml\"");
   EXPECT_EQ(error_of({"--stacks", "native"}),
             "--stacks,--stack-mode: expected one of python|mixed, got \"native\"");
   EXPECT_EQ(error_of({"-p", "0"}), "--pid: must be between 1 and 2147483647, got 0");
