@@ -15,5 +15,6 @@ Runner add_record_command(CLI::App& app);
 Runner add_info_command(CLI::App& app);
 Runner add_offsets_command(CLI::App& app);
 Runner add_daemon_command(CLI::App& app);
+Runner add_top_command(CLI::App& app);
 
 }  // namespace krait::cli

@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   auto info = krait::cli::add_info_command(app);
   auto offsets = krait::cli::add_offsets_command(app);
   auto daemon = krait::cli::add_daemon_command(app);
+  auto top = krait::cli::add_top_command(app);
 
   try {
     app.parse(argc, argv);
@@ -41,6 +42,8 @@ int main(int argc, char** argv) {
     result = offsets();
   else if (app.got_subcommand("daemon"))
     result = daemon();
+  else if (app.got_subcommand("top"))
+    result = top();
   if (!result) {
     std::fprintf(stderr, "krait: error: %s\n", result.error().message.c_str());
     return 1;
