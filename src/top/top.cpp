@@ -413,6 +413,9 @@ Result<int> run_top(const TopOptions& o) {
   KRAIT_TRY(loop.prepare(screen ? screen->input_fd() : -1));
   KRAIT_TRY(engine.start());
   loop.started();
+  // signal_ready() closes its fd: stdout (the snapshot's) stays open
+  // through a copy.
+  engine::signal_ready(options.ready_fd == STDOUT_FILENO ? ::dup(STDOUT_FILENO) : options.ready_fd);
   // The screen goes (and the terminal is restored) before any error is
   // printed, whichever way the loop ends.
   Result<void> ran = screen ? loop.run_screen(*screen) : loop.run_plain();

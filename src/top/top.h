@@ -38,6 +38,7 @@ struct TopOptions {
   StackMode stacks = StackMode::kMixed;
   bool kernel_stacks = true;
   uint32_t user_stack_bytes = KRAIT_USER_STACK_DEFAULT;
+  int ready_fd = -1;  // written "ready\n" once sampling runs (tests)
 };
 
 // Returns the exit status; an Error for what stops it before it starts.

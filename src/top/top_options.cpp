@@ -86,6 +86,13 @@ std::vector<options::Option<TopOptions>> make_options() {
   o.push_back(bind(sampling::max_depth(), &T::max_depth).with_default_shown());
   o.push_back(bind(sampling::event(), &T::event));
   o.push_back(bind(sampling::user_stack_size(), &T::user_stack_bytes).with_default_shown());
+  Spec ready{.flags = "--ready-fd",
+             .type = "FD",
+             .help = "Write \"ready\" to this fd once sampling runs (for scripts and tests)",
+             .kind = Kind::kInteger,
+             .min = -1,
+             .max = std::numeric_limits<int>::max()};
+  o.push_back(bind(std::move(ready), &T::ready_fd));
   return o;
 }
 
