@@ -414,9 +414,11 @@ std::vector<std::string> header_lines(const HeaderFacts& f, const ViewSettings& 
 Columns columns_for_width(size_t width) {
   const size_t rest = width > kFixedWidth + 12 ? width - kFixedWidth : 12;
   Columns c;
-  c.name = rest * 2 / 5;
-  c.location = rest * 7 / 20;
-  c.process = rest - c.name - c.location;
+  // A process column that holds "python3.12 (1234567)", then the rest
+  // shared by function names and file paths.
+  c.process = std::clamp<size_t>(rest / 4, std::min<size_t>(18, rest / 3), 28);
+  c.name = (rest - c.process) / 2;
+  c.location = rest - c.process - c.name;
   return c;
 }
 
