@@ -190,12 +190,8 @@ class TopLoop {
     if (!epfd)
       return epfd.error();
     epfd_ = std::move(*epfd);
-    auto timer = engine::timer_fd(o_.interval_s, /*repeat=*/true);
-    if (!timer)
-      return timer.error();
-    timer_ = std::move(*timer);
     KRAIT_TRY(engine_.add_to(epfd_.get()));
-    for (int fd : {sigfd_, timer_.get(), mailbox_.fd()})
+    for (int fd : {sigfd_, mailbox_.fd()})
       KRAIT_TRY(engine::epoll_add(epfd_.get(), fd));
     if (input_fd >= 0)
       KRAIT_TRY(engine::epoll_add(epfd_.get(), input_fd));
@@ -203,12 +199,19 @@ class TopLoop {
     return {};
   }
 
-  // Call right after the engine starts: the first interval begins here.
-  void started() {
+  // Call right after the engine starts: the first interval begins here,
+  // and lasts the whole --interval.
+  Result<void> started() {
+    auto timer = engine::timer_fd(o_.interval_s, /*repeat=*/true);
+    if (!timer)
+      return timer.error();
+    timer_ = std::move(*timer);
+    KRAIT_TRY(engine::epoll_add(epfd_.get(), timer_.get()));
     last_end_ns_ = monotonic_ns();
     start_ns_ = last_end_ns_;
     last_cpu_s_ = cpu_seconds_of_self();
     last_cpu_wall_ns_ = last_end_ns_;
+    return {};
   }
 
   // Plain mode: `iterations` snapshots on stdout, then returns.
@@ -412,7 +415,7 @@ Result<int> run_top(const TopOptions& o) {
   TopLoop loop(options, engine, **mailbox, log.sink(), sigfd->get());
   KRAIT_TRY(loop.prepare(screen ? screen->input_fd() : -1));
   KRAIT_TRY(engine.start());
-  loop.started();
+  KRAIT_TRY(loop.started());
   // signal_ready() closes its fd: stdout (the snapshot's) stays open
   // through a copy.
   engine::signal_ready(options.ready_fd == STDOUT_FILENO ? ::dup(STDOUT_FILENO) : options.ready_fd);
