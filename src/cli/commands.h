@@ -17,5 +17,6 @@ Runner add_offsets_command(CLI::App& app);
 Runner add_daemon_command(CLI::App& app);
 Runner add_dump_command(CLI::App& app);
 Runner add_convert_command(CLI::App& app);
+Runner add_top_command(CLI::App& app);
 
 }  // namespace krait::cli

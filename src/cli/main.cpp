@@ -6,6 +6,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <utility>
 
 #include "cli/commands.h"
 
@@ -16,12 +17,17 @@ int main(int argc, char** argv) {
   bool verbose = false;
   app.add_flag("-v,--verbose", verbose, "Debug logging (includes libbpf and attach decisions)");
 
-  auto record = krait::cli::add_record_command(app);
-  auto info = krait::cli::add_info_command(app);
-  auto offsets = krait::cli::add_offsets_command(app);
-  auto daemon = krait::cli::add_daemon_command(app);
-  auto dump = krait::cli::add_dump_command(app);
-  auto convert = krait::cli::add_convert_command(app);
+  // In --help order: the everyday commands first.
+  using krait::cli::Runner;
+  const std::pair<const char*, Runner> commands[] = {
+      {"record", krait::cli::add_record_command(app)},
+      {"top", krait::cli::add_top_command(app)},
+      {"dump", krait::cli::add_dump_command(app)},
+      {"convert", krait::cli::add_convert_command(app)},
+      {"daemon", krait::cli::add_daemon_command(app)},
+      {"info", krait::cli::add_info_command(app)},
+      {"offsets", krait::cli::add_offsets_command(app)},
+  };
 
   try {
     app.parse(argc, argv);
@@ -35,18 +41,9 @@ int main(int argc, char** argv) {
   spdlog::set_level(verbose ? spdlog::level::debug : spdlog::level::info);
 
   krait::Result<int> result = 0;
-  if (app.got_subcommand("record"))
-    result = record();
-  else if (app.got_subcommand("info"))
-    result = info();
-  else if (app.got_subcommand("offsets"))
-    result = offsets();
-  else if (app.got_subcommand("daemon"))
-    result = daemon();
-  else if (app.got_subcommand("dump"))
-    result = dump();
-  else if (app.got_subcommand("convert"))
-    result = convert();
+  for (const auto& [name, run] : commands)
+    if (app.got_subcommand(name))
+      result = run();
   if (!result) {
     std::fprintf(stderr, "krait: error: %s\n", result.error().message.c_str());
     return 1;
