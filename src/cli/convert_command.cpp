@@ -73,10 +73,16 @@ Runner add_convert_command(CLI::App& app) {
     names += fmt::format("{}{}", names.empty() ? "" : ", ", info.name);
   CLI::App* cmd = app.add_subcommand(
       "convert", "Convert a recorded pprof file to another format (" + names + ")");
-  cmd->add_option("input", args->input, "pprof file (.pb.gz) to read")->required();
-  cmd->add_option("-f,--format", args->format, "Output format: " + names)->required();
+  std::string choices;
+  for (const auto& info : exporter::output_formats())
+    choices += fmt::format("{}{}", choices.empty() ? "" : "|", info.name);
+  cmd->add_option("input", args->input, "pprof file (.pb.gz) to read")
+      ->required()
+      ->type_name("FILE");
+  cmd->add_option("-f,--format", args->format, "Output format")->required()->type_name(choices);
   cmd->add_option("-o,--output", args->output,
-                  "Output file (default: the input's name with the format's extension)");
+                  "Output file (default: the input's name with the format's extension)")
+      ->type_name("FILE");
   return [args]() { return convert(*args); };
 }
 

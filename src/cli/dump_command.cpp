@@ -1,6 +1,9 @@
 // `krait dump [-p PID ...] [--native] [--json]`: every thread's current
 // stack of the named (or every) Python process, without stopping them.
+#include <fmt/format.h>
+
 #include <cstdio>
+#include <string>
 
 #include "cli/commands.h"
 #include "dump/dump.h"
@@ -13,12 +16,17 @@ Runner add_dump_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "dump", "Print the current stack of every thread of Python processes, without stopping them");
   cmd->add_option("-p,--pid", options->pids,
-                  "Only these processes (exit 1 if one is not Python or cannot be read)");
+                  "Only these processes (exit 1 if one is not Python or cannot be read)")
+      ->type_name("PID");
   cmd->add_flag("--native", options->native,
                 "Native and kernel frames too, merged with the Python frames (blocked threads)");
   cmd->add_flag("--json", *json, "Machine-readable output");
-  cmd->add_option("--max-depth", options->max_depth, "Python frames shown per thread")
-      ->check(CLI::Range(1, KRAIT_PY_FRAMES_CAP));
+  cmd->add_option("--max-depth", options->max_depth,
+                  fmt::format("Python frames shown per thread (1 to {})", KRAIT_PY_FRAMES_CAP))
+      ->type_name("FRAMES")
+      ->default_str(std::to_string(options->max_depth))
+      // Checked, but not described: the help says the range in words.
+      ->check(CLI::Validator(CLI::Range(1, KRAIT_PY_FRAMES_CAP)).description(""));
   return [options, json]() -> Result<int> {
     const dump::DumpReport report = dump::dump_processes(*options);
     std::fputs((*json ? dump::dump_json(report) : dump::dump_text(report)).c_str(), stdout);
