@@ -299,4 +299,17 @@ RunFacts Engine::facts(double seconds) {
   return f;
 }
 
+Result<void> attach_running(Engine& engine, const std::vector<pid_t>& pids) {
+  KRAIT_TRY(engine.scan(pids));
+  engine.await_scan(std::chrono::steady_clock::now() + std::chrono::seconds(pids.empty() ? 3 : 10));
+  for (pid_t pid : pids) {
+    auto status = engine.scan_result(pid);
+    if (status == python::AttachStatus::kNotPython)
+      return make_error("pid {} ({}) is not a Python process", pid, proc::comm_or_unknown(pid));
+    if (status == python::AttachStatus::kGone)
+      return make_error("process {} exited before it could be profiled", pid);
+  }
+  return {};
+}
+
 }  // namespace krait::engine

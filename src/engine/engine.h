@@ -146,4 +146,11 @@ class Engine {
   std::vector<pid_t> scanned_;
 };
 
+// Attaches to what runs already (every Python process, or just `pids`)
+// before sampling starts, so its first samples count: scan(), then
+// await_scan() for a bounded time (a process that does not answer means
+// "not yet", not "no"; named processes get longer). An error names the
+// first of `pids` that is not Python or has exited.
+Result<void> attach_running(Engine& engine, const std::vector<pid_t>& pids);
+
 }  // namespace krait::engine

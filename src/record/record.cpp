@@ -82,26 +82,6 @@ Result<EngineOptions> engine_options(const RecordOptions& o) {
   return e;
 }
 
-// Attaches to what runs already (on the Inspector's workers: a process
-// that does not answer cannot hold the recording up); later processes
-// arrive through exec events and the sampler's unknown-pid reports.
-Result<void> attach_running(Engine& engine, const std::vector<pid_t>& pids) {
-  KRAIT_TRY(engine.scan(pids));
-  // What runs already is attached before sampling starts, so its first
-  // samples count; for a bounded time (one that does not answer means "not
-  // yet", not "no"), and the named processes of -p get longer.
-  engine.await_scan(std::chrono::steady_clock::now() + std::chrono::seconds(pids.empty() ? 3 : 10));
-  // The named processes must be Python.
-  for (pid_t pid : pids) {
-    auto status = engine.scan_result(pid);
-    if (status == python::AttachStatus::kNotPython)
-      return make_error("pid {} ({}) is not a Python process", pid, proc::comm_or_unknown(pid));
-    if (status == python::AttachStatus::kGone)
-      return make_error("process {} exited before it could be profiled", pid);
-  }
-  return {};
-}
-
 void show_status(Engine& engine, StatusLine& status, uint64_t start_mono,
                  std::optional<double> duration_s) {
   const engine::EngineHealth health = engine.health();
@@ -209,7 +189,7 @@ Result<int> run_record(const RecordOptions& o) {
   if (!created)
     return created.error();
   Engine& engine = **created;
-  KRAIT_TRY(attach_running(engine, o.pids));
+  KRAIT_TRY(engine::attach_running(engine, o.pids));
 
   KRAIT_TRY(engine.start());
   const int64_t start_unix = unix_now_ns();

@@ -55,21 +55,6 @@ engine::EngineOptions engine_options(const TopOptions& o) {
   return e;
 }
 
-// Attaches to what runs already before sampling starts (bounded), and
-// checks that the processes of -p are Python.
-Result<void> attach_running(Engine& engine, const std::vector<pid_t>& pids) {
-  KRAIT_TRY(engine.scan(pids));
-  engine.await_scan(std::chrono::steady_clock::now() + std::chrono::seconds(pids.empty() ? 3 : 10));
-  for (pid_t pid : pids) {
-    auto status = engine.scan_result(pid);
-    if (status == python::AttachStatus::kNotPython)
-      return make_error("pid {} ({}) is not a Python process", pid, proc::comm_or_unknown(pid));
-    if (status == python::AttachStatus::kGone)
-      return make_error("process {} exited before it could be profiled", pid);
-  }
-  return {};
-}
-
 // The builder thread's door to the run loop: each interval's profiles,
 // merged into one, wait here until the loop takes them; the eventfd wakes
 // the loop. The builder holds the lock only to append.
@@ -402,7 +387,7 @@ Result<int> run_top(const TopOptions& o) {
   engine.set_interval_sink([box = mailbox->get()](std::vector<engine::SeriesProfile> series) {
     box->post(std::move(series));
   });
-  KRAIT_TRY(attach_running(engine, options.pids));
+  KRAIT_TRY(engine::attach_running(engine, options.pids));
 
   std::unique_ptr<Screen> screen;
   if (!plain) {

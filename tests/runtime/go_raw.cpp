@@ -31,19 +31,27 @@ void add(std::map<SampleKey, SampleValues>& to, const SampleKey& key, const Samp
     sum[i] += values[i];
 }
 
-// The text go prints for a location after "<id>: " (its first line only:
-// krait writes one Line per location).
+std::string place_text(uint64_t address, uint64_t start, uint64_t offset, const std::string& file) {
+  if (start != 0 && address >= start)
+    address = address - start + offset;
+  return fmt::format("{}+{:#x} ", file, address);
+}
+
+// What go prints for a location after "<id>: " (its first line only: krait
+// writes one Line per location), with the address and mapping id as
+// place_text() puts them.
 std::string location_text(const Profile& p, const perftools::profiles::Location& loc) {
   auto str = [&](int64_t i) {
     return i >= 0 && i < p.string_table_size() ? p.string_table(static_cast<int>(i))
                                                : std::string("?");
   };
+  // An address by its mapping's file and the offset in it: go renumbers
+  // mappings when it merges its one input, and merges mappings of one file
+  // (libc of two processes), moving their addresses to the one it keeps.
   std::string text = fmt::format("{:#x} ", loc.address());
-  // By file: go renumbers mappings when it merges its one input.
-  if (loc.mapping_id() != 0)
-    for (const auto& m : p.mapping())
-      if (m.id() == loc.mapping_id())
-        text += fmt::format("M={} ", str(m.filename()));
+  for (const auto& m : p.mapping())
+    if (loc.mapping_id() != 0 && m.id() == loc.mapping_id())
+      text = place_text(loc.address(), m.memory_start(), m.file_offset(), str(m.filename()));
   if (loc.line_size() == 0)
     return trim(text);
   for (const auto& fn : p.function())
@@ -99,12 +107,23 @@ Result<std::map<SampleKey, SampleValues>> go_view(const std::string& raw) {
     return make_error("go tool pprof -raw printed no Samples:/Locations sections");
   // "1: 0x41f000/0x6d2000/0x41f000 /usr/bin/python3.11 571d98e0... [FN]"
   const size_t mappings_at = static_cast<size_t>(find("Mappings"));
-  std::map<std::string, std::string> mapping_files;  // "M=1 " -> "M=/usr/bin/python3.11 "
+  struct GoMapping {
+    uint64_t start = 0, offset = 0;
+    std::string file;
+  };
+  std::map<std::string, GoMapping> mappings;  // by id
   for (size_t i = mappings_at + 1; i < lines.size(); ++i) {
     std::istringstream words(lines[i]);
-    std::string id, range, file;
-    if (words >> id >> range >> file && id.ends_with(':'))
-      mapping_files["M=" + id.substr(0, id.size() - 1) + " "] = "M=" + file + " ";
+    std::string id, range;
+    GoMapping m;
+    if (!(words >> id >> range >> m.file) || !id.ends_with(':'))
+      continue;
+    // "0x41f000/0x6d2000/0x41f000": start, limit, file offset
+    std::replace(range.begin(), range.end(), '/', ' ');
+    std::istringstream numbers(range);
+    uint64_t limit = 0;
+    numbers >> std::hex >> m.start >> limit >> m.offset;
+    mappings[id.substr(0, id.size() - 1)] = m;
   }
   // "     12: 0x5236ba M=1 PyEval_EvalCode :0 s=0"
   std::map<uint64_t, std::string> locations;
@@ -115,12 +134,17 @@ Result<std::map<SampleKey, SampleValues>> go_view(const std::string& raw) {
     if (id.empty() || !std::all_of(id.begin(), id.end(), ::isdigit))
       continue;  // a further (inlined) line of the location above
     std::string text = trim(line.substr(colon + 2));
-    const size_t m = text.find(" M=");
-    const size_t m_end = m == std::string::npos ? m : text.find(' ', m + 1);
-    if (m_end != std::string::npos) {
-      auto file = mapping_files.find(text.substr(m + 1, m_end - m));
-      if (file != mapping_files.end())
-        text.replace(m + 1, m_end - m, file->second);
+    // "0x5236ba M=1 rest" -> "<file>+<offset> rest"
+    std::istringstream words(text);
+    std::string address, mapping;
+    if (words >> address >> mapping && mapping.starts_with("M=")) {
+      auto m = mappings.find(mapping.substr(2));
+      if (m != mappings.end()) {
+        const size_t rest = text.find(' ', text.find(" M=") + 1);
+        text = place_text(std::stoull(address, nullptr, 16), m->second.start, m->second.offset,
+                          m->second.file) +
+               (rest == std::string::npos ? "" : text.substr(rest + 1));
+      }
     }
     locations[std::stoull(id)] = text;
   }

@@ -37,12 +37,23 @@ TEST(GoRaw, AgreesWithTheDecoderAndCatchesEachDifference) {
                                           .function = "deflate",
                                           .address = 0x1234,
                                           .mapping = lib});
+  // The same library in a second process, at another address: go keeps one
+  // mapping of the two and moves this one's addresses into it.
+  const uint32_t lib_elsewhere =
+      prof.intern_mapping({.file = "/usr/lib/libz.so.1", .start = 0x71000, .limit = 0x79000});
+  const auto deflate_elsewhere = prof.intern_frame({.kind = profile::FrameKind::kNative,
+                                                    .function = "deflate",
+                                                    .address = 0x71234,
+                                                    .mapping = lib_elsewhere});
   const auto a = prof.intern_labels({{"pid", "42"}, {"thread_name", "main thread"}});
   const auto b = prof.intern_labels({{"pid", "43"}});
+  const auto c = prof.intern_labels({{"pid", "44"}});
   const profile::FrameId s1[] = {hot, main_frame};
   const profile::FrameId s2[] = {deflate, hot, main_frame};
+  const profile::FrameId s3[] = {deflate_elsewhere, hot, main_frame};
   prof.add_sample(s1, a, 278);
   prof.add_sample(s2, b, 3);
+  prof.add_sample(s3, c, 5);
   TempDir dir;
   const std::string file = dir.file("p.pb.gz");
   ASSERT_TRUE(exporter::write_pprof_file(prof, file).ok());
@@ -58,7 +69,7 @@ TEST(GoRaw, AgreesWithTheDecoderAndCatchesEachDifference) {
   // A frame go named differently.
   EXPECT_FALSE(same_samples_as_go(replace_once(*raw, " deflate ", " inflate "), *pprof).ok());
   // A sample go did not see: its line and its labels gone.
-  const std::string no_second = replace_once(*raw, "pid:[43]", "pid:[44]");
+  const std::string no_second = replace_once(*raw, "pid:[43]", "pid:[45]");
   EXPECT_FALSE(same_samples_as_go(no_second, *pprof).ok());
 }
 
