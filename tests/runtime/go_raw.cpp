@@ -31,6 +31,13 @@ void add(std::map<SampleKey, SampleValues>& to, const SampleKey& key, const Samp
     sum[i] += values[i];
 }
 
+// How go tells mappings apart when it merges them: by build-id where there
+// is one (sid's three interpreters map one libc from three paths), else by
+// file.
+std::string mapping_key(const std::string& build_id, const std::string& file) {
+  return build_id.empty() ? file : "build-id:" + build_id;
+}
+
 std::string place_text(uint64_t address, uint64_t start, uint64_t offset, const std::string& file) {
   if (start != 0 && address >= start)
     address = address - start + offset;
@@ -51,7 +58,8 @@ std::string location_text(const Profile& p, const perftools::profiles::Location&
   std::string text = fmt::format("{:#x} ", loc.address());
   for (const auto& m : p.mapping())
     if (loc.mapping_id() != 0 && m.id() == loc.mapping_id())
-      text = place_text(loc.address(), m.memory_start(), m.file_offset(), str(m.filename()));
+      text = place_text(loc.address(), m.memory_start(), m.file_offset(),
+                        mapping_key(str(m.build_id()), str(m.filename())));
   if (loc.line_size() == 0)
     return trim(text);
   for (const auto& fn : p.function())
@@ -114,10 +122,13 @@ Result<std::map<SampleKey, SampleValues>> go_view(const std::string& raw) {
   std::map<std::string, GoMapping> mappings;  // by id
   for (size_t i = mappings_at + 1; i < lines.size(); ++i) {
     std::istringstream words(lines[i]);
-    std::string id, range;
+    std::string id, range, build_id;
     GoMapping m;
     if (!(words >> id >> range >> m.file) || !id.ends_with(':'))
       continue;
+    // Then the build-id, when there is one, and the flags ("[FN][FL]").
+    if (words >> build_id && !build_id.starts_with('['))
+      m.file = mapping_key(build_id, m.file);
     // "0x41f000/0x6d2000/0x41f000": start, limit, file offset
     std::replace(range.begin(), range.end(), '/', ' ');
     std::istringstream numbers(range);

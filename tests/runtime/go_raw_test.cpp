@@ -41,6 +41,20 @@ TEST(GoRaw, AgreesWithTheDecoderAndCatchesEachDifference) {
   // mapping of the two and moves this one's addresses into it.
   const uint32_t lib_elsewhere =
       prof.intern_mapping({.file = "/usr/lib/libz.so.1", .start = 0x71000, .limit = 0x79000});
+  // One libc, by build-id, under two paths (two roots of one distribution):
+  // go keeps the first path for both.
+  const uint32_t libc_here = prof.intern_mapping(
+      {.file = "/a/libc.so.6", .build_id = "93ac61ec", .start = 0x5000, .limit = 0x6000});
+  const uint32_t libc_there = prof.intern_mapping(
+      {.file = "/b/libc.so.6", .build_id = "93ac61ec", .start = 0x8000, .limit = 0x9000});
+  const auto start_here = prof.intern_frame({.kind = profile::FrameKind::kNative,
+                                             .function = "__libc_start_main",
+                                             .address = 0x5100,
+                                             .mapping = libc_here});
+  const auto start_there = prof.intern_frame({.kind = profile::FrameKind::kNative,
+                                              .function = "__libc_start_main",
+                                              .address = 0x8100,
+                                              .mapping = libc_there});
   const auto deflate_elsewhere = prof.intern_frame({.kind = profile::FrameKind::kNative,
                                                     .function = "deflate",
                                                     .address = 0x71234,
@@ -48,9 +62,9 @@ TEST(GoRaw, AgreesWithTheDecoderAndCatchesEachDifference) {
   const auto a = prof.intern_labels({{"pid", "42"}, {"thread_name", "main thread"}});
   const auto b = prof.intern_labels({{"pid", "43"}});
   const auto c = prof.intern_labels({{"pid", "44"}});
-  const profile::FrameId s1[] = {hot, main_frame};
+  const profile::FrameId s1[] = {hot, main_frame, start_here};
   const profile::FrameId s2[] = {deflate, hot, main_frame};
-  const profile::FrameId s3[] = {deflate_elsewhere, hot, main_frame};
+  const profile::FrameId s3[] = {deflate_elsewhere, hot, main_frame, start_there};
   prof.add_sample(s1, a, 278);
   prof.add_sample(s2, b, 3);
   prof.add_sample(s3, c, 5);
