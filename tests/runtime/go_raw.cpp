@@ -38,6 +38,14 @@ std::string mapping_key(const std::string& build_id, const std::string& file) {
   return build_id.empty() ? file : "build-id:" + build_id;
 }
 
+// Whether a frame's function text is compared, not only its place: Python
+// and synthetic frames, which krait names. go rewrites native names (it
+// demangles Rust and C++ symbols krait leaves as they are), so a native or
+// kernel frame is compared by its file and offset alone.
+bool named_by_krait(const std::string& place) {
+  return place.starts_with("[python]+") || place.starts_with("[synthetic]+");
+}
+
 std::string place_text(uint64_t address, uint64_t start, uint64_t offset, const std::string& file) {
   if (start != 0 && address >= start)
     address = address - start + offset;
@@ -60,7 +68,7 @@ std::string location_text(const Profile& p, const perftools::profiles::Location&
     if (loc.mapping_id() != 0 && m.id() == loc.mapping_id())
       text = place_text(loc.address(), m.memory_start(), m.file_offset(),
                         mapping_key(str(m.build_id()), str(m.filename())));
-  if (loc.line_size() == 0)
+  if (loc.line_size() == 0 || !named_by_krait(text))
     return trim(text);
   for (const auto& fn : p.function())
     if (fn.id() == loc.line(0).function_id()) {
@@ -121,14 +129,25 @@ Result<std::map<SampleKey, SampleValues>> go_view(const std::string& raw) {
   };
   std::map<std::string, GoMapping> mappings;  // by id
   for (size_t i = mappings_at + 1; i < lines.size(); ++i) {
+    // "<id>: <range> <file> <build-id> <flags>": the file may hold spaces
+    // ("/memfd:x (deleted)"), the build-id and the flags do not, and either
+    // may be empty.
     std::istringstream words(lines[i]);
-    std::string id, range, build_id;
+    std::string id, range;
     GoMapping m;
-    if (!(words >> id >> range >> m.file) || !id.ends_with(':'))
+    if (!(words >> id >> range) || !id.ends_with(':'))
       continue;
-    // Then the build-id, when there is one, and the flags ("[FN][FL]").
-    if (words >> build_id && !build_id.starts_with('['))
-      m.file = mapping_key(build_id, m.file);
+    std::string rest = lines[i].substr(lines[i].find(range) + range.size());
+    if (rest.starts_with(' '))
+      rest.erase(0, 1);
+    const size_t flags = rest.rfind(' ');
+    if (flags == std::string::npos)
+      continue;
+    rest.erase(flags);  // " [FN][FL]", or " " when there are no flags
+    const size_t build = rest.rfind(' ');
+    if (build == std::string::npos)
+      continue;
+    m.file = mapping_key(rest.substr(build + 1), rest.substr(0, build));
     // "0x41f000/0x6d2000/0x41f000": start, limit, file offset
     std::replace(range.begin(), range.end(), '/', ' ');
     std::istringstream numbers(range);
@@ -152,9 +171,11 @@ Result<std::map<SampleKey, SampleValues>> go_view(const std::string& raw) {
       auto m = mappings.find(mapping.substr(2));
       if (m != mappings.end()) {
         const size_t rest = text.find(' ', text.find(" M=") + 1);
-        text = place_text(std::stoull(address, nullptr, 16), m->second.start, m->second.offset,
-                          m->second.file) +
-               (rest == std::string::npos ? "" : text.substr(rest + 1));
+        const std::string place = place_text(std::stoull(address, nullptr, 16), m->second.start,
+                                             m->second.offset, m->second.file);
+        text = trim(place + (rest == std::string::npos || !named_by_krait(place)
+                                 ? ""
+                                 : text.substr(rest + 1)));
       }
     }
     locations[std::stoull(id)] = text;

@@ -43,6 +43,13 @@ TEST(GoRaw, AgreesWithTheDecoderAndCatchesEachDifference) {
       prof.intern_mapping({.file = "/usr/lib/libz.so.1", .start = 0x71000, .limit = 0x79000});
   // One libc, by build-id, under two paths (two roots of one distribution):
   // go keeps the first path for both.
+  // A file name with spaces in it, as the kernel names a deleted one.
+  const uint32_t deleted =
+      prof.intern_mapping({.file = "/memfd:jit (deleted)", .start = 0xa000, .limit = 0xb000});
+  const auto jitted = prof.intern_frame({.kind = profile::FrameKind::kNative,
+                                         .function = "jit code",
+                                         .address = 0xa010,
+                                         .mapping = deleted});
   const uint32_t libc_here = prof.intern_mapping(
       {.file = "/a/libc.so.6", .build_id = "93ac61ec", .start = 0x5000, .limit = 0x6000});
   const uint32_t libc_there = prof.intern_mapping(
@@ -63,7 +70,7 @@ TEST(GoRaw, AgreesWithTheDecoderAndCatchesEachDifference) {
   const auto b = prof.intern_labels({{"pid", "43"}});
   const auto c = prof.intern_labels({{"pid", "44"}});
   const profile::FrameId s1[] = {hot, main_frame, start_here};
-  const profile::FrameId s2[] = {deflate, hot, main_frame};
+  const profile::FrameId s2[] = {jitted, deflate, hot, main_frame};
   const profile::FrameId s3[] = {deflate_elsewhere, hot, main_frame, start_there};
   prof.add_sample(s1, a, 278);
   prof.add_sample(s2, b, 3);
@@ -80,8 +87,13 @@ TEST(GoRaw, AgreesWithTheDecoderAndCatchesEachDifference) {
   EXPECT_TRUE(same.ok()) << same.error().message << "\n" << *raw;
   // A count go read differently.
   EXPECT_FALSE(same_samples_as_go(replace_once(*raw, "        278 ", "        277 "), *pprof).ok());
-  // A frame go named differently.
-  EXPECT_FALSE(same_samples_as_go(replace_once(*raw, " deflate ", " inflate "), *pprof).ok());
+  // A Python frame go named differently, or at another line.
+  EXPECT_FALSE(
+      same_samples_as_go(replace_once(*raw, " hot app.py:7 ", " cold app.py:7 "), *pprof).ok());
+  EXPECT_FALSE(
+      same_samples_as_go(replace_once(*raw, " hot app.py:7 ", " hot app.py:8 "), *pprof).ok());
+  // A native frame at another place.
+  EXPECT_FALSE(same_samples_as_go(replace_once(*raw, ": 0x1234 ", ": 0x1235 "), *pprof).ok());
   // A sample go did not see: its line and its labels gone.
   const std::string no_second = replace_once(*raw, "pid:[43]", "pid:[45]");
   EXPECT_FALSE(same_samples_as_go(no_second, *pprof).ok());
