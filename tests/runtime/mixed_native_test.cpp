@@ -4,7 +4,7 @@
 //    own function names, checked against nm -D of the very files the process
 //    maps (address and name);
 //  - native unwinding to the thread's root for every interpreter, from both
-//    --stats-json and the root frame of each stack; the rates are printed;
+//    --stats-json and the root frame of each stack;
 //  - a non-Python process (tests/fixtures/cext/busy_loop.c) under
 //    --all-processes.
 #include <gtest/gtest.h>
@@ -145,6 +145,9 @@ TEST(Mixed, DebianZlibAndLibcryptoShowTheirOwnFunctions) {
 // ---------------------------------------------------------------------------
 // 4: native unwinding reaches the root of the thread, for every interpreter.
 
+// The root bar of Debian sid's 3.14 and 3.15 (see below).
+constexpr double kSidRootFraction = 0.97;
+
 TEST(Mixed, NativeUnwindingReachesTheThreadRoot) {
   require_root();
   const std::vector<Interpreter> interps = load_manifest();
@@ -158,7 +161,7 @@ TEST(Mixed, NativeUnwindingReachesTheThreadRoot) {
     children.push_back(std::move(*child));
   }
   std::vector<int64_t> pids;
-  std::vector<std::string> args = {"-d", "4", "-r", "999"};
+  std::vector<std::string> args = {"-d", "8", "-r", "999"};
   for (size_t k = 0; k < children.size(); ++k) {
     auto line = children[k].read_line(60s);
     ASSERT_TRUE(line.ok()) << interps[k].name << ": " << line.error().message;
@@ -169,7 +172,8 @@ TEST(Mixed, NativeUnwindingReachesTheThreadRoot) {
     args.insert(args.end(), {"-p", std::to_string(truth->pid)});
   }
   // Every interpreter at once, at a rate that gives each a few hundred
-  // samples on two CPUs.
+  // samples on two CPUs: enough that the 1% a bar of 99% forgives is a few
+  // samples, not one.
   TempDir dir;
   auto rec = Recording::start(args, dir);
   ASSERT_TRUE(rec.ok()) << rec.error().message;
@@ -208,12 +212,20 @@ TEST(Mixed, NativeUnwindingReachesTheThreadRoot) {
     table += fmt::format("{:<16} {:>7} {:>8} {:>8} {:>8.1f}% {:>8.1f}%  {}\n", interp.name,
                          total(mine), unwinds->integer, to_root->integer, 100 * stats_rate,
                          100 * roots.fraction(), ends);
-    EXPECT_GE(total(mine), 100) << "too few samples to judge\n" << r->stderr_text;
-    if (interp.origin == "pyenv" &&
-        (interp.version.rfind("3.11.", 0) == 0 || interp.version.rfind("3.12.", 0) == 0)) {
-      EXPECT_GE(stats_rate, kRootFraction) << "--stats-json: " << ends;
-      EXPECT_GE(roots.fraction(), kRootFraction) << roots.describe();
-    }
+    EXPECT_GE(total(mine), 200) << "too few samples to judge\n" << r->stderr_text;
+    // Every interpreter, 2.7 to 3.15, shared or static, stripped or not,
+    // reaches the root of >= 99% of its samples (100% when measured, over
+    // ~6000 samples each) but Debian sid's 3.14 and 3.15. A few of their
+    // samples end in bad-frame (a CFI step gave an impossible frame): 0.1%
+    // of them on average, but from one process to the next anywhere from
+    // none to 1.1% (14 processes of each measured, 1800-6400 samples each).
+    // At the few hundred samples of this run, 99% would fail such a process
+    // often; 97% fails it once in hundreds of runs, and still fails an
+    // unwinder that loses its way more than rarely.
+    const bool sid_pgo = interp.origin == "debian-sid" && interp.major_minor() >= std::pair{3, 14};
+    const double bar = sid_pgo ? kSidRootFraction : kRootFraction;
+    EXPECT_GE(stats_rate, bar) << "--stats-json: " << ends;
+    EXPECT_GE(roots.fraction(), bar) << roots.describe();
   }
   std::printf(
       "native unwinding to the thread's root, chain.py --depth 20, default "
