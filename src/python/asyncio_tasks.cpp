@@ -43,13 +43,14 @@ T load(const std::vector<uint8_t>& block, uint64_t offset) {
   return value;
 }
 
-// A NUL-terminated string (a type's tp_name), at most `max` bytes, read a
-// page at a time so a name at the end of a mapping is still read.
+// A NUL-terminated string (a type's tp_name), at most `max` bytes, read in
+// aligned 16-byte pieces, so a name at the very end of a mapping is read
+// and a short name costs one or two reads.
 Result<std::string> read_c_string(BudgetedReader& reader, uint64_t address, size_t max) {
   std::string out;
   uint64_t at = address;
   while (out.size() < max) {
-    const size_t chunk = std::min<size_t>(max - out.size(), 4096 - (at & 4095));
+    const size_t chunk = std::min<size_t>(max - out.size(), 16 - (at & 15));
     std::vector<uint8_t> bytes(chunk);
     if (auto r = reader.read(at, bytes); !r)
       return r.error();
