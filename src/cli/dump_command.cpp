@@ -1,4 +1,4 @@
-// `krait dump [-p PID ...] [--native] [--json]`: every thread's current
+// `krait dump [-p PID ...] [--native] [--tasks] [--json]`: every thread's current
 // stack of the named (or every) Python process, without stopping them.
 #include <fmt/format.h>
 
@@ -20,6 +20,9 @@ Runner add_dump_command(CLI::App& app) {
       ->type_name("PID");
   cmd->add_flag("--native", options->native,
                 "Native and kernel frames too, merged with the Python frames (blocked threads)");
+  cmd->add_flag("--tasks,--asyncio", options->tasks,
+                "The asyncio tasks of each event-loop thread: name, state, coroutine chain, who "
+                "awaits whom (Python 3.14+)");
   cmd->add_flag("--json", *json, "Machine-readable output");
   cmd->add_option("--max-depth", options->max_depth,
                   fmt::format("Python frames shown per thread (1 to {})", KRAIT_PY_FRAMES_CAP))

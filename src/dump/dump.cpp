@@ -20,6 +20,7 @@
 #include "proc/maps.h"
 #include "proc/memory.h"
 #include "proc/processes.h"
+#include "python/asyncio_tasks.h"
 #include "python/attach.h"
 #include "python/code_reader.h"
 #include "python/frame_walk.h"
@@ -490,6 +491,116 @@ void fill_stack(ThreadDump& t, const python::FrameChain& chain, CodeNames& names
   t.frames.insert(t.frames.end(), python.begin(), python.end());
 }
 
+// The asyncio layout of the process, or (`why`) the reason there is none.
+std::optional<python::AsyncioLayout> asyncio_layout(pid_t pid, const proc::RemoteMemory& memory,
+                                                    const python::Attachment& a, std::string& why) {
+  if (!a.version || !a.table) {
+    why = "no offsets to read asyncio tasks with";
+    return std::nullopt;
+  }
+  if (*a.version < python::PyVersion{3, 14, 0}) {
+    why = fmt::format(
+        "asyncio tasks are read from Python 3.14 on (earlier versions publish no asyncio "
+        "layout); this is {}",
+        a.version->str());
+    return std::nullopt;
+  }
+  auto found = python::find_asyncio_debug(pid, memory, a.image_path);
+  if (!found) {
+    why = found.error().context("asyncio").message;
+    return std::nullopt;
+  }
+  if (!*found) {
+    why = "asyncio is not imported (no mapped _asyncio module has an .AsyncioDebug section)";
+    return std::nullopt;
+  }
+  auto layout = python::build_asyncio_layout(**found, *a.table, *a.version);
+  if (!layout) {
+    why = layout.error().context("asyncio").message;
+    return std::nullopt;
+  }
+  return *layout;
+}
+
+TaskDump task_dump(const python::AsyncTask& t, CodeNames& names) {
+  TaskDump d;
+  d.id = t.address;
+  d.name = t.name;
+  d.state = python::task_state_name(t.state);
+  for (const python::WalkedFrame& w : t.coroutine.frames)
+    d.frames.push_back(names.name(w));
+  d.truncated = t.coroutine.truncated;
+  d.awaited_by = t.awaited_by;
+  d.waiting_on = t.waiter_type;
+  d.error = t.error;
+  if (t.coroutine.status != KRAIT_PY_OK)
+    d.error += (d.error.empty() ? "coroutine: " : "; coroutine: ") + t.coroutine.reason;
+  if (t.awaited_by_cut)
+    d.error += (d.error.empty() ? "" : "; ") + std::string("awaited by more tasks than listed");
+  return d;
+}
+
+AsyncioDump loop_dump(const python::LoopTasks& lt, CodeNames& names,
+                      std::map<uint64_t, uint64_t>& waiters) {
+  AsyncioDump d;
+  d.loop = lt.loop;
+  d.running_task = lt.running_task;
+  d.truncated = lt.cut;
+  d.error = lt.error;
+  for (const python::AsyncTask& t : lt.tasks) {
+    d.tasks.push_back(task_dump(t, names));
+    waiters[t.address] = t.waiter;
+  }
+  return d;
+}
+
+// Tasks of threads that exited go to the thread running their loop; then
+// each task's awaited_by is kept to the tasks listed and turned around
+// into what each task awaits (with the task its fut_waiter names, if any).
+void link_tasks(std::vector<ThreadDump*> threads, const std::vector<python::LoopTasks>& orphans,
+                CodeNames& names, std::map<uint64_t, uint64_t>& waiters,
+                std::vector<std::string>& notes) {
+  size_t unplaced = 0;
+  for (const python::LoopTasks& list : orphans) {
+    for (const python::AsyncTask& t : list.tasks) {
+      auto owner = std::find_if(threads.begin(), threads.end(), [&t](const ThreadDump* d) {
+        return d->asyncio && d->asyncio->loop != 0 && d->asyncio->loop == t.loop;
+      });
+      if (owner == threads.end()) {
+        ++unplaced;
+        continue;
+      }
+      (*owner)->asyncio->tasks.push_back(task_dump(t, names));
+      waiters[t.address] = t.waiter;
+    }
+    if (!list.error.empty())
+      notes.push_back("asyncio tasks of exited threads: " + list.error);
+  }
+  if (unplaced > 0)
+    notes.push_back(fmt::format(
+        "{} asyncio tasks created by threads that exited run on no running loop: not listed",
+        unplaced));
+  std::map<uint64_t, TaskDump*> by_id;
+  for (ThreadDump* t : threads)
+    if (t->asyncio)
+      for (TaskDump& task : t->asyncio->tasks)
+        by_id.emplace(task.id, &task);
+  for (auto& [id, task] : by_id) {
+    std::erase_if(task->awaited_by, [&by_id](uint64_t a) { return !by_id.contains(a); });
+    for (uint64_t a : task->awaited_by)
+      by_id[a]->awaits.push_back(id);
+  }
+  for (auto& [id, task] : by_id) {
+    auto w = waiters.find(id);
+    if (w != waiters.end() && by_id.contains(w->second))
+      task->awaits.push_back(w->second);
+    for (auto* list : {&task->awaits, &task->awaited_by}) {
+      std::sort(list->begin(), list->end());
+      list->erase(std::unique(list->begin(), list->end()), list->end());
+    }
+  }
+}
+
 ProcessDump dump_one(pid_t pid, python::ImageCache& images, unwind::ModuleCache& modules,
                      const DumpOptions& options, bool& python_process) {
   ProcessDump out;
@@ -540,6 +651,12 @@ ProcessDump dump_one(pid_t pid, python::ImageCache& images, unwind::ModuleCache&
   const bool kernel_stacks = options.native;
 
   CodeNames names(memory, layout, a.info.code_type_addr);
+  std::optional<python::AsyncioLayout> asyncio;
+  if (options.tasks)
+    asyncio = asyncio_layout(pid, memory, a, out.tasks_error);
+  python::TaskLimits task_limits;
+  task_limits.max_depth = options.max_depth;
+  std::map<uint64_t, uint64_t> waiters;  // task -> the future it waits on
   std::set<int64_t> placed;
   std::vector<ThreadDump> python_threads, unknown_tid;
   for (const PyThread& pt : states.threads) {
@@ -585,7 +702,26 @@ ProcessDump dump_one(pid_t pid, python::ImageCache& images, unwind::ModuleCache&
                                                         a.info.code_type_addr, options.max_depth);
     fill_stack(t, chain, names, layout, sys, sys_error, kernel, native ? &*native : nullptr,
                native_setup_error, memory);
+    if (asyncio) {
+      const python::LoopTasks lt = python::read_thread_tasks(
+          reader, layout, *asyncio, a.info.code_type_addr, pt.tstate, task_limits);
+      if (lt.loop != 0 || !lt.tasks.empty() || !lt.error.empty())
+        t.asyncio = loop_dump(lt, names, waiters);
+    }
     (t.tid >= 0 ? python_threads : unknown_tid).push_back(std::move(t));
+  }
+  if (asyncio) {
+    std::vector<python::LoopTasks> orphans;
+    std::set<uint64_t> interps;
+    for (const PyThread& pt : states.threads)
+      if (interps.insert(pt.interp).second)
+        orphans.push_back(python::read_interpreter_tasks(
+            reader, layout, *asyncio, a.info.code_type_addr, pt.interp, task_limits));
+    std::vector<ThreadDump*> all;
+    for (auto* list : {&python_threads, &unknown_tid})
+      for (ThreadDump& t : *list)
+        all.push_back(&t);
+    link_tasks(all, orphans, names, waiters, out.notes);
   }
   if (reader.exhausted())
     out.notes.push_back(

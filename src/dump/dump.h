@@ -11,7 +11,9 @@
 // call it is blocked in, the kernel stack (root only). With `native`, a
 // blocked thread's user stack is copied from the sp its syscall file gives
 // and unwound and merged with the Python frames by the engine's
-// StackBuilder, the same merge as `record`'s mixed stacks.
+// StackBuilder, the same merge as `record`'s mixed stacks. With `tasks`
+// (3.14+), each thread that runs an asyncio event loop also gets its tasks
+// (python/asyncio_tasks.h): name, state, coroutine chain, who awaits whom.
 //
 // Threading: dump_processes() reads each process on an Inspector worker, so
 // a process whose reads block (a stuck mapping) costs a deadline, not a
@@ -23,6 +25,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,6 +36,7 @@ namespace krait::dump {
 struct DumpOptions {
   std::vector<pid_t> pids;  // empty: every Python process of the host
   bool native = false;      // native and kernel frames, merged
+  bool tasks = false;       // asyncio tasks of event-loop threads (3.14+)
   size_t max_threads = KRAIT_THREAD_WALK_DEFAULT;
   size_t max_depth = KRAIT_PY_DEPTH_DEFAULT;
 };
@@ -48,6 +52,28 @@ struct DumpFrame {
 
 enum class Gil : uint8_t { kUnknown, kHeld, kNotHeld };
 
+// One asyncio task (python/asyncio_tasks.h says where each part comes from).
+struct TaskDump {
+  uint64_t id = 0;                   // the task object's address
+  std::string name;                  // Task.get_name()
+  std::string state;                 // "running", "pending", "cancelled", "done", "unknown"
+  std::vector<DumpFrame> frames;     // its coroutine chain, leaf first
+  bool truncated = false;            // more frames than max_depth
+  std::vector<uint64_t> awaits;      // ids of the tasks it awaits
+  std::vector<uint64_t> awaited_by;  // ids of the tasks awaiting it
+  std::string waiting_on;            // type name of the future it waits on; "" none
+  std::string error;                 // what of it could not be read
+};
+
+// The event loop a thread runs, with its tasks.
+struct AsyncioDump {
+  uint64_t loop = 0;          // the running loop object, 0 none
+  uint64_t running_task = 0;  // 0 none
+  std::vector<TaskDump> tasks;
+  bool truncated = false;  // more tasks than the limit
+  std::string error;       // the task list could not be read to its end
+};
+
 struct ThreadDump {
   int64_t tid = -1;  // kernel thread id as the host sees it; -1: unknown (tid_error says why)
   std::string tid_error;
@@ -59,10 +85,11 @@ struct ThreadDump {
   char kernel_state = 0;  // the letter of /proc stat, 0 unknown
   std::string syscall;    // the system call a blocked thread is in; "" none or unknown
   Gil gil = Gil::kUnknown;
-  std::vector<DumpFrame> frames;  // leaf first
-  bool truncated = false;         // more Python frames than max_depth
-  std::string error;              // why the Python stack is missing or incomplete
-  std::string native_error;       // with native: why native frames are missing
+  std::vector<DumpFrame> frames;       // leaf first
+  bool truncated = false;              // more Python frames than max_depth
+  std::string error;                   // why the Python stack is missing or incomplete
+  std::string native_error;            // with native: why native frames are missing
+  std::optional<AsyncioDump> asyncio;  // with tasks: the thread runs an event loop or has tasks
 };
 
 struct ProcessDump {
@@ -73,6 +100,7 @@ struct ProcessDump {
   std::vector<ThreadDump> threads;
   std::string error;               // the process could not be dumped; threads then empty
   std::vector<std::string> notes;  // limits hit (threads cut, read budget)
+  std::string tasks_error;         // with tasks: why no thread's tasks could be read
 };
 
 struct DumpReport {

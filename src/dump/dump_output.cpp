@@ -73,6 +73,99 @@ std::string frame_text(const DumpFrame& f) {
   return printable(f.function);
 }
 
+std::string task_label(const AsyncioDump& loop, uint64_t id) {
+  for (const TaskDump& t : loop.tasks)
+    if (t.id == id)
+      return "\"" + printable(t.name) + "\"";
+  return fmt::format("{:#x}", id);
+}
+
+std::string task_list(const AsyncioDump& loop, const std::vector<uint64_t>& ids) {
+  std::string out;
+  for (uint64_t id : ids)
+    out += (out.empty() ? "" : ", ") + task_label(loop, id);
+  return out;
+}
+
+// A thread's event loop: each task with its state, what it waits on, who
+// awaits it, and its coroutine chain leaf first.
+void loop_text(const AsyncioDump& loop, std::string& out) {
+  std::string running = "no task running";
+  if (loop.running_task != 0)
+    running = "running " + task_label(loop, loop.running_task);
+  out += fmt::format("    asyncio: {} tasks, {}\n", loop.tasks.size(), running);
+  for (const TaskDump& t : loop.tasks) {
+    out += fmt::format("      Task \"{}\" {}", printable(t.name), t.state);
+    if (!t.waiting_on.empty() || !t.awaits.empty()) {
+      out += ", waits on";
+      if (!t.waiting_on.empty())
+        out += " " + printable(t.waiting_on);
+      if (!t.awaits.empty())
+        out += (t.waiting_on.empty() ? " " : ": ") + task_list(loop, t.awaits);
+    }
+    if (!t.awaited_by.empty())
+      out += ", awaited by " + task_list(loop, t.awaited_by);
+    out += "\n";
+    for (const DumpFrame& f : t.frames)
+      out += "        " + frame_text(f) + "\n";
+    if (t.truncated)
+      out += "        [more frames than the depth limit]\n";
+    if (!t.error.empty())
+      out += "        (" + printable(t.error) + ")\n";
+  }
+  if (loop.truncated)
+    out += "      [more tasks than the limit]\n";
+  if (!loop.error.empty())
+    out += "      (" + printable(loop.error) + ")\n";
+}
+
+void frames_json(JsonWriter& w, const std::vector<DumpFrame>& frames) {
+  w.key("frames").begin_array();
+  for (const DumpFrame& f : frames) {
+    w.begin_object();
+    w.key("function").value(f.function);
+    w.key("file").value(f.file);
+    w.key("line").value(f.line);
+    w.key("kind").value(kind_name(f.kind));
+    w.end_object();
+  }
+  w.end_array();
+}
+
+void ids_json(JsonWriter& w, const char* key, const std::vector<uint64_t>& ids) {
+  w.key(key).begin_array();
+  for (uint64_t id : ids)
+    w.value(static_cast<int64_t>(id));
+  w.end_array();
+}
+
+void loop_json(JsonWriter& w, const AsyncioDump& loop) {
+  w.begin_object();
+  w.key("loop").value(static_cast<int64_t>(loop.loop));
+  if (loop.running_task != 0)
+    w.key("running_task").value(static_cast<int64_t>(loop.running_task));
+  else
+    w.key("running_task").null();
+  w.key("tasks").begin_array();
+  for (const TaskDump& t : loop.tasks) {
+    w.begin_object();
+    w.key("id").value(static_cast<int64_t>(t.id));
+    w.key("name").value(t.name);
+    w.key("state").value(t.state);
+    frames_json(w, t.frames);
+    w.key("truncated").value(t.truncated);
+    ids_json(w, "awaits", t.awaits);
+    ids_json(w, "awaited_by", t.awaited_by);
+    w.key("waiting_on").value(t.waiting_on);
+    w.key("error").value(t.error);
+    w.end_object();
+  }
+  w.end_array();
+  w.key("truncated").value(loop.truncated);
+  w.key("error").value(loop.error);
+  w.end_object();
+}
+
 }  // namespace
 
 std::string dump_text(const DumpReport& report) {
@@ -88,6 +181,8 @@ std::string dump_text(const DumpReport& report) {
       out += "  " + printable(p.error) + "\n";
     for (const std::string& n : p.notes)
       out += "  note: " + printable(n) + "\n";
+    if (!p.tasks_error.empty())
+      out += "  asyncio tasks: " + printable(p.tasks_error) + "\n";
     for (const ThreadDump& t : p.threads) {
       const std::string id = t.tid >= 0 ? std::to_string(t.tid) : "?";
       out += fmt::format("  Thread {} \"{}\"  {}  GIL: {}\n", id, printable(t.name), activity(t),
@@ -102,6 +197,8 @@ std::string dump_text(const DumpReport& report) {
         out += "    (" + printable(t.error) + ")\n";
       if (!t.native_error.empty())
         out += "    (native frames unavailable: " + printable(t.native_error) + ")\n";
+      if (t.asyncio)
+        loop_text(*t.asyncio, out);
     }
     out += "\n";
   }
@@ -119,6 +216,7 @@ std::string dump_json(const DumpReport& report) {
     w.key("python_version").value(p.version);
     w.key("command").value(p.command);
     w.key("error").value(p.error);
+    w.key("tasks_error").value(p.tasks_error);
     w.key("notes").begin_array();
     for (const std::string& n : p.notes)
       w.value(n);
@@ -142,19 +240,14 @@ std::string dump_json(const DumpReport& report) {
       w.key("gil").value(t.gil == Gil::kHeld      ? "held"
                          : t.gil == Gil::kNotHeld ? "not_held"
                                                   : "unknown");
-      w.key("frames").begin_array();
-      for (const DumpFrame& f : t.frames) {
-        w.begin_object();
-        w.key("function").value(f.function);
-        w.key("file").value(f.file);
-        w.key("line").value(f.line);
-        w.key("kind").value(kind_name(f.kind));
-        w.end_object();
-      }
-      w.end_array();
+      frames_json(w, t.frames);
       w.key("truncated").value(t.truncated);
       w.key("error").value(t.error);
       w.key("native_error").value(t.native_error);
+      if (t.asyncio) {
+        w.key("asyncio");
+        loop_json(w, *t.asyncio);
+      }
       w.end_object();
     }
     w.end_array();

@@ -335,6 +335,7 @@ void attach_first_valid(pid_t pid, proc::ProcessMemory& mem, const ProcessInterp
       continue;
     }
     attach_with(pi, head, std::move(*layout), c.source, out);
+    out.table = *c.table;
     return;
   }
   out.status = AttachStatus::kRefused;

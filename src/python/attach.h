@@ -51,6 +51,9 @@ struct Attachment {
   // kAttached only.
   std::string offsets_source;
   std::optional<PythonLayout> layout;
+  // The table the layout was built from: fields the layout leaves out
+  // (generator and set objects, for the asyncio reader) are looked up here.
+  std::optional<OffsetTable> table;
   krait_proc_info info{};  // generation is the caller's to set
 };
 

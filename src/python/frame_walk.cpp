@@ -54,21 +54,34 @@ FrameChain walk_frame_chain(BudgetedReader& reader, const PythonLayout& layout, 
                             uint64_t code_type, size_t max_frames, const FrameCheck& check) {
   const krait_py_layout& b = layout.bpf;
   FrameChain out;
+  auto first = reader.value<uint64_t>(tstate + b.tstate_frame);
+  if (!first) {
+    out.status = KRAIT_PY_READ_FAULT_STATE;
+    out.reason = first.error().context("thread state").message;
+    return out;
+  }
+  uint64_t f = *first;
+  if (f && b.cframe_frame != KRAIT_OFFSET_NONE) {
+    auto current = reader.value<uint64_t>(f + b.cframe_frame);
+    if (!current) {
+      out.status = KRAIT_PY_READ_FAULT_FRAME;
+      out.reason = current.error().context("_PyCFrame").message;
+      return out;
+    }
+    f = *current;
+  }
+  return walk_frames_from(reader, layout, f, code_type, max_frames, check);
+}
+
+FrameChain walk_frames_from(BudgetedReader& reader, const PythonLayout& layout, uint64_t f,
+                            uint64_t code_type, size_t max_frames, const FrameCheck& check) {
+  const krait_py_layout& b = layout.bpf;
+  FrameChain out;
   auto stop = [&out](uint32_t status, std::string reason) {
     out.status = status;
     out.reason = std::move(reason);
     return std::move(out);
   };
-  auto first = reader.value<uint64_t>(tstate + b.tstate_frame);
-  if (!first)
-    return stop(KRAIT_PY_READ_FAULT_STATE, first.error().context("thread state").message);
-  uint64_t f = *first;
-  if (f && b.cframe_frame != KRAIT_OFFSET_NONE) {
-    auto current = reader.value<uint64_t>(f + b.cframe_frame);
-    if (!current)
-      return stop(KRAIT_PY_READ_FAULT_FRAME, current.error().context("_PyCFrame").message);
-    f = *current;
-  }
   const size_t frame_size = std::min<size_t>(b.frame_read_size, KRAIT_FRAME_READ_CAP);
   const size_t code_size = std::min<size_t>(b.code_read_size, KRAIT_CODE_READ_CAP);
   std::array<uint8_t, KRAIT_FRAME_READ_CAP> frame{};

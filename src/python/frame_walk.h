@@ -84,4 +84,10 @@ FrameChain walk_frame_chain(BudgetedReader& reader, const PythonLayout& layout, 
                             uint64_t code_type, size_t max_frames,
                             const FrameCheck& check = nullptr);
 
+// The same walk from the frame at `frame` (a frame object before 3.11, an
+// interpreter frame from 3.11: a suspended coroutine's own frame, for one).
+FrameChain walk_frames_from(BudgetedReader& reader, const PythonLayout& layout, uint64_t frame,
+                            uint64_t code_type, size_t max_frames,
+                            const FrameCheck& check = nullptr);
+
 }  // namespace krait::python

@@ -6,7 +6,7 @@
 //     "threads": [{"tid": 4242, "ident": 1403..., "name": "python3.11",
 //                  "stack": [{"function": "<module>", "file": "/abs/chain.py",
 //                             "line": 210}, ..., {"function": "hot", ...}]}],
-//     ...workload-specific members ("depth", "ms", "generated")}
+//     ...workload-specific members ("depth", "ms", "generated", "tasks")}
 //    Stacks are root first. "function" is co_qualname on 3.11+, else co_name;
 //    "file" is co_filename; the leaf's "line" is the line of the hot loop.
 //    "tid" is the kernel thread id, "ident" threading.get_ident() (the
@@ -17,6 +17,9 @@
 //     "first_line": {"k_times": 7, "plus": 1}, "hot_line": {...},
 //     "last_line": {...}, "k_min": 1, "k_max": 500}
 //    (name and file encode the same K, line = k_times * K + plus).
+//    asyncio_tasks.py adds "tasks": [{"name": "sleeper", "state": "pending",
+//     "stack": [...root first...], "awaited_by": ["..."], "waiting_on":
+//     "Future"}, ...] (see the workload's docstring).
 //
 //  "observation" (only with KRAIT_WORKLOAD_SELFCHECK=1): the truth threads'
 //    stacks as sys._current_frames() saw them at one moment:

@@ -97,5 +97,80 @@ TEST(DumpJson, EveryFieldParsesBack) {
   EXPECT_EQ(json->find("failures")->items.at(0).string, "pid 7: not a Python process");
 }
 
+// A thread running an event loop: two tasks, one awaiting the other, one
+// named by a hostile process.
+DumpReport loop_report() {
+  DumpReport r;
+  ProcessDump p;
+  p.pid = 50;
+  p.name = "python3.14";
+  p.version = "3.14.10";
+  ThreadDump t;
+  t.tid = 50;
+  t.python = true;
+  t.state = "running";
+  AsyncioDump loop;
+  loop.loop = 0x5000;
+  loop.running_task = 0x100;
+  TaskDump worker;
+  worker.id = 0x100;
+  worker.name = "work\x1b[2J";
+  worker.state = "running";
+  worker.frames = {{FrameKind::kPython, "crunch", "/app.py", 7}};
+  worker.awaited_by = {0x200};
+  TaskDump main;
+  main.id = 0x200;
+  main.name = "main";
+  main.state = "pending";
+  main.frames = {{FrameKind::kPython, "main", "/app.py", 12}};
+  main.awaits = {0x100};
+  main.waiting_on = "_asyncio.Task";
+  loop.tasks = {worker, main};
+  t.asyncio = loop;
+  p.threads = {t};
+  r.processes.push_back(p);
+  ProcessDump old;
+  old.pid = 60;
+  old.tasks_error = "asyncio tasks are read from Python 3.14 on";
+  r.processes.push_back(old);
+  return r;
+}
+
+TEST(DumpText, TasksWithWhatTheyWaitOnAndTheirAwaiters) {
+  const std::string text = dump_text(loop_report());
+  EXPECT_NE(text.find("    asyncio: 2 tasks, running \"work\\x1b[2J\"\n"
+                      "      Task \"work\\x1b[2J\" running, awaited by \"main\"\n"
+                      "        crunch (/app.py:7)\n"
+                      "      Task \"main\" pending, waits on _asyncio.Task: \"work\\x1b[2J\"\n"
+                      "        main (/app.py:12)\n"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("  asyncio tasks: asyncio tasks are read from Python 3.14 on\n"),
+            std::string::npos)
+      << text;
+  EXPECT_EQ(text.find('\x1b'), std::string::npos);
+}
+
+TEST(DumpJson, TasksAreObjectsWithIds) {
+  auto json = test::parse_json(dump_json(loop_report()));
+  ASSERT_TRUE(json) << json.error().message;
+  const auto& processes = json->find("processes")->items;
+  const test::JsonValue* loop = processes.at(0).find("threads")->items.at(0).find("asyncio");
+  ASSERT_NE(loop, nullptr);
+  EXPECT_EQ(loop->find("running_task")->integer, 0x100);
+  const auto& tasks = loop->find("tasks")->items;
+  ASSERT_EQ(tasks.size(), 2u);
+  EXPECT_EQ(tasks[0].find("name")->string, "work\x1b[2J");
+  EXPECT_EQ(tasks[0].find("awaited_by")->items.at(0).integer, 0x200);
+  EXPECT_EQ(tasks[1].find("awaits")->items.at(0).integer, 0x100);
+  EXPECT_EQ(tasks[1].find("waiting_on")->string, "_asyncio.Task");
+  EXPECT_EQ(tasks[1].find("frames")->items.at(0).find("line")->integer, 12);
+  EXPECT_EQ(processes.at(1).find("tasks_error")->string,
+            "asyncio tasks are read from Python 3.14 on");
+  // A thread without a loop has no "asyncio" member.
+  const std::string plain = dump_json(sample_report());
+  EXPECT_EQ(plain.find("\"asyncio\""), std::string::npos);
+}
+
 }  // namespace
 }  // namespace krait::dump

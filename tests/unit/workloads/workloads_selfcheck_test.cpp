@@ -121,9 +121,9 @@ TEST(WorkloadSources, ShareOneCommonBlock) {
   // Each workload is one self-contained file; the block they share must not
   // drift apart, or their truths would differ in subtle ways.
   std::string reference;
-  for (const char* script :
-       {"chain.py", "threads.py", "churn.py", "short.py", "embedded_lane.py", "gil.py",
-        "methods.py", "cext.py", "kernel_read.py", "native_libs.py", "dump_threads.py"}) {
+  for (const char* script : {"chain.py", "threads.py", "churn.py", "short.py", "embedded_lane.py",
+                             "gil.py", "methods.py", "cext.py", "kernel_read.py", "native_libs.py",
+                             "dump_threads.py", "asyncio_tasks.py"}) {
     SCOPED_TRACE(script);
     auto text = read_file(workload_path(script));
     ASSERT_TRUE(text) << text.error().message;
