@@ -80,12 +80,12 @@ struct ProfileMeta {
   int64_t start_time_unix_ns = 0;
   int64_t duration_ns = 0;
   int64_t period_ns = 0;  // CPU time one sample stands for
+  std::vector<std::string> comments;  // free text: losses, versions, command line
   // Off-CPU and wall modes: samples carry the time their thread spent off
   // the CPU (Sample::off_cpu_ns), and a stack weighs its time, not its
   // count (see weight()). on_cpu: whether on-CPU samples were taken too.
   bool off_cpu = false;
   bool on_cpu = true;
-  std::vector<std::string> comments;  // free text: losses, versions, command line
 };
 
 class Profile {
