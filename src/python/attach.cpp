@@ -372,9 +372,19 @@ Validation validate_layout(const proc::RemoteMemory& memory, pid_t pid, const Py
   BudgetedReader reader(memory, kMaxValidationReads);
   Validation last;
   for (int attempt = 0; attempt < kValidationAttempts && !reader.exhausted(); ++attempt) {
-    last = validate_once(reader, pid, layout, interp_head_addr, code_type_addr);
-    if (last.status != AttachStatus::kRefused)
-      return last;
+    Validation v = validate_once(reader, pid, layout, interp_head_addr, code_type_addr);
+    if (v.status != AttachStatus::kRefused)
+      return v;
+    if (reader.exhausted()) {
+      // The budget ran out during this attempt, which then failed at the
+      // read that was refused, not at a check: an earlier attempt says why
+      // the layout was refused, or else the budget is the reason.
+      if (attempt == 0)
+        last = refuse(fmt::format("checking its lists takes more than {} reads of its memory",
+                                  kMaxValidationReads));
+      break;
+    }
+    last = std::move(v);
   }
   return last;
 }

@@ -149,6 +149,21 @@ TEST(Daemon, ServerErrorsAreRetried) {
 
   // Three failed attempts (backoff 0.5-1 s, then 1-2 s), then the server heals.
   ASSERT_TRUE(r.server->wait_for_requests(3, 30s)) << daemon->log();
+  // Each retry waited at least the shorter end of its backoff (the initial
+  // 1 s, doubled per failure in a row, with jitter down to half), timed by
+  // the server from its 500 to the next arrival.
+  {
+    const auto failed = r.server->requests();
+    double floor_s = 0.5;
+    std::string gaps;
+    for (size_t i = 0; i + 1 < 3; ++i, floor_s *= 2) {
+      ASSERT_EQ(failed[i].status, 500) << "request " << i;
+      const double gap = seconds_between(failed[i].answered, failed[i + 1].arrived);
+      EXPECT_GE(gap, floor_s) << "retry " << i + 1 << " came " << gap << " s after a 500";
+      gaps += fmt::format(" {:.2f} s (>= {:.1f})", gap, floor_s);
+    }
+    std::cout << "[ stats    ] retries after a 500:" << gaps << "\n";
+  }
   ASSERT_TRUE(r.server->accept_normally().ok());
   ASSERT_TRUE(r.wait_for_delivery_of_cut(1)) << daemon->log();
   ASSERT_NO_FATAL_FAILURE(expect_clean_stop(*daemon));
@@ -179,21 +194,21 @@ TEST(Daemon, RetryAfterIsHonoured) {
   auto daemon = Daemon::start(r.args());
   ASSERT_TRUE(daemon.ok()) << daemon.error().message;
 
-  ASSERT_TRUE(r.server->wait_for_requests(1, 30s)) << daemon->log();
-  const auto first = SteadyClock::now();
   ASSERT_TRUE(r.server->wait_for_requests(2, 30s)) << daemon->log();
-  const double gap = seconds_since(first);
   ASSERT_TRUE(r.server->accept_normally().ok());
   ASSERT_TRUE(r.wait_for_delivery_of_cut(1)) << daemon->log();
   ASSERT_NO_FATAL_FAILURE(expect_clean_stop(*daemon));
 
   // The first request was answered 429; the next came no sooner than the
-  // server asked (less the time the test took to notice the first).
+  // server asked. The server timed both (the answer before the daemon can
+  // have read it, the retry after the daemon sent it), so the gap can only
+  // be longer than the daemon's wait, never shorter: no margin.
   const auto requests = r.server->requests();
   ASSERT_GE(requests.size(), 2u);
   EXPECT_EQ(requests[0].status, 429);
-  EXPECT_GE(gap, kRetryAfter - 0.2)
-      << "the retry came " << gap << " s after a Retry-After of " << kRetryAfter << " s";
+  const double gap = seconds_between(requests[0].answered, requests[1].arrived);
+  EXPECT_GE(gap, kRetryAfter) << "the retry came " << gap << " s after a Retry-After of "
+                              << kRetryAfter << " s";
   auto received = decode_received(r.server->profiles());
   ASSERT_TRUE(received.ok()) << received.error().message;
   expect_every_cut_interval_delivered_once(r, *received);
@@ -214,6 +229,15 @@ TEST(Daemon, HangingServerTimesOutAndSamplingGoesOn) {
   // retried. Meanwhile intervals keep being cut.
   ASSERT_TRUE(r.server->wait_for_hanging(1, 30s)) << daemon->log();
   ASSERT_TRUE(r.server->wait_for_requests(2, 30s)) << daemon->log();
+  // Not sooner than the request's time limit (its clock starts when the
+  // daemon connects, just before the first arrival; the backoff after the
+  // timeout, at least 0.5 s, covers that).
+  {
+    const auto hung = r.server->requests();
+    const double gap = seconds_between(hung[0].arrived, hung[1].arrived);
+    EXPECT_GE(gap, 2.0) << "the second request came " << gap
+                        << " s after the first, under --pyroscope-timeout 2";
+  }
   ASSERT_TRUE(r.wait_for_cut(3)) << daemon->log();
   const size_t cut_while_hanging = cut_intervals(r.dir).size();
   ASSERT_TRUE(r.server->accept_normally().ok());

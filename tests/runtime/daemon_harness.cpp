@@ -34,6 +34,10 @@ double seconds_since(SteadyClock::time_point t) {
   return std::chrono::duration<double>(SteadyClock::now() - t).count();
 }
 
+double seconds_between(SteadyClock::time_point from, SteadyClock::time_point to) {
+  return std::chrono::duration<double>(to - from).count();
+}
+
 std::string this_host_name() {
   utsname u{};
   return ::uname(&u) == 0 ? u.nodename : "";
@@ -208,6 +212,7 @@ Result<std::vector<Delivered>> decode_received(const std::vector<ReceivedProfile
     d.labels = r.labels;
     d.id = r.id;
     d.bytes = r.raw_pprof.size();
+    d.arrived_unix_ns = r.arrived_unix_ns;
     auto pprof = exporter::decode_pprof(r.raw_pprof);
     if (!pprof)
       return pprof.error().context(what);

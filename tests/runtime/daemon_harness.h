@@ -44,6 +44,8 @@ constexpr int kRateHz = 99;  // the daemon's default
 
 int64_t unix_now_ns();
 double seconds_since(std::chrono::steady_clock::time_point t);
+double seconds_between(std::chrono::steady_clock::time_point from,
+                       std::chrono::steady_clock::time_point to);
 std::string this_host_name();
 std::string regex_escape(const std::string& text);
 
@@ -162,7 +164,8 @@ struct Delivered {
   int64_t until_ns = 0;
   perftools::profiles::Profile pprof;
   std::vector<ProfileSample> samples;
-  size_t bytes = 0;  // the gzipped pprof as sent
+  size_t bytes = 0;             // the gzipped pprof as sent
+  int64_t arrived_unix_ns = 0;  // when the server read its request's first byte
 };
 
 // Decodes every received profile; each must also pass `go tool pprof -raw`.

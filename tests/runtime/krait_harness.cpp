@@ -238,6 +238,11 @@ Result<RecordingResult> Recording::collect(ExitStatus status, bool require_succe
   if (!stats)
     return stats.error().context("--stats-json");
   r.stats = std::move(*stats);
+  // Every record the sampler wrote is well formed: user space refusing one
+  // means the two sides disagree on the ABI (include/krait/abi.h).
+  if (const JsonValue* losses = r.stats.find("losses"))
+    if (const JsonValue* malformed = losses->find("malformed ring buffer records"))
+      return make_error("krait refused {} malformed ring buffer records", malformed->integer);
   return r;
 }
 

@@ -4,11 +4,12 @@
 //    own function names, checked against nm -D of the very files the process
 //    maps (address and name);
 //  - native unwinding to the thread's root for every interpreter, from both
-//    --stats-json and the root frame of each stack; the rates are printed;
+//    --stats-json and the root frame of each stack;
 //  - a non-Python process (tests/fixtures/cext/busy_loop.c) under
 //    --all-processes.
 #include <gtest/gtest.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -145,6 +146,9 @@ TEST(Mixed, DebianZlibAndLibcryptoShowTheirOwnFunctions) {
 // ---------------------------------------------------------------------------
 // 4: native unwinding reaches the root of the thread, for every interpreter.
 
+// The root bar of Debian sid's 3.14 and 3.15 (see below).
+constexpr double kSidRootFraction = 0.97;
+
 TEST(Mixed, NativeUnwindingReachesTheThreadRoot) {
   require_root();
   const std::vector<Interpreter> interps = load_manifest();
@@ -158,7 +162,7 @@ TEST(Mixed, NativeUnwindingReachesTheThreadRoot) {
     children.push_back(std::move(*child));
   }
   std::vector<int64_t> pids;
-  std::vector<std::string> args = {"-d", "4", "-r", "999"};
+  std::vector<std::string> args = {"-d", "8", "-r", "999"};
   for (size_t k = 0; k < children.size(); ++k) {
     auto line = children[k].read_line(60s);
     ASSERT_TRUE(line.ok()) << interps[k].name << ": " << line.error().message;
@@ -169,7 +173,8 @@ TEST(Mixed, NativeUnwindingReachesTheThreadRoot) {
     args.insert(args.end(), {"-p", std::to_string(truth->pid)});
   }
   // Every interpreter at once, at a rate that gives each a few hundred
-  // samples on two CPUs.
+  // samples on two CPUs: enough that the 1% a bar of 99% forgives is a few
+  // samples, not one.
   TempDir dir;
   auto rec = Recording::start(args, dir);
   ASSERT_TRUE(rec.ok()) << rec.error().message;
@@ -208,12 +213,20 @@ TEST(Mixed, NativeUnwindingReachesTheThreadRoot) {
     table += fmt::format("{:<16} {:>7} {:>8} {:>8} {:>8.1f}% {:>8.1f}%  {}\n", interp.name,
                          total(mine), unwinds->integer, to_root->integer, 100 * stats_rate,
                          100 * roots.fraction(), ends);
-    EXPECT_GE(total(mine), 100) << "too few samples to judge\n" << r->stderr_text;
-    if (interp.origin == "pyenv" &&
-        (interp.version.rfind("3.11.", 0) == 0 || interp.version.rfind("3.12.", 0) == 0)) {
-      EXPECT_GE(stats_rate, kRootFraction) << "--stats-json: " << ends;
-      EXPECT_GE(roots.fraction(), kRootFraction) << roots.describe();
-    }
+    EXPECT_GE(total(mine), 200) << "too few samples to judge\n" << r->stderr_text;
+    // Every interpreter, 2.7 to 3.15, shared or static, stripped or not,
+    // reaches the root of >= 99% of its samples (100% when measured, over
+    // ~6000 samples each) but Debian sid's 3.14 and 3.15. A few of their
+    // samples end in bad-frame (a CFI step gave an impossible frame): 0.1%
+    // of them on average, but from one process to the next anywhere from
+    // none to 1.1% (14 processes of each measured, 1800-6400 samples each).
+    // At the few hundred samples of this run, 99% would fail such a process
+    // often; 97% fails it once in hundreds of runs, and still fails an
+    // unwinder that loses its way more than rarely.
+    const bool sid_pgo = interp.origin == "debian-sid" && interp.major_minor() >= std::pair{3, 14};
+    const double bar = sid_pgo ? kSidRootFraction : kRootFraction;
+    EXPECT_GE(stats_rate, bar) << "--stats-json: " << ends;
+    EXPECT_GE(roots.fraction(), bar) << roots.describe();
   }
   std::printf(
       "native unwinding to the thread's root, chain.py --depth 20, default "
@@ -224,6 +237,30 @@ TEST(Mixed, NativeUnwindingReachesTheThreadRoot) {
 
 // ---------------------------------------------------------------------------
 // 5b: a process that is not Python.
+
+// krait_busy_loop's own account of its CPU time (tests/fixtures/cext/
+// busy_loop.c): nanoseconds in the spinning part and in the reading part.
+struct BusyParts {
+  int64_t spin_ns = 0, read_ns = 0;
+};
+
+// Asks the program (SIGUSR1) for its account so far.
+Result<BusyParts> busy_parts(ChildProcess& busy) {
+  KRAIT_TRY(busy.signal(SIGUSR1));
+  auto line = busy.read_line(10s);
+  if (!line)
+    return make_error("krait_busy_loop did not report its parts: {}", line.error().message);
+  auto json = parse_json(*line);
+  if (!json)
+    return make_error("krait_busy_loop: {} in {}", json.error().message, *line);
+  auto spin = json_int(*json, "spin_ns");
+  auto read = json_int(*json, "read_ns");
+  if (!spin || !read)
+    return make_error("krait_busy_loop: not a report of its parts: {}", *line);
+  return BusyParts{*spin, *read};
+}
+
+constexpr double kShareMargin = 0.10;
 
 TEST(Mixed, AllProcessesRecordsANonPythonProcess) {
   require_root();
@@ -242,11 +279,22 @@ TEST(Mixed, AllProcessesRecordsANonPythonProcess) {
     EXPECT_EQ(total(samples_of_pid(r->samples, pid)), 0);
   }
 
+  // The program's account around the recording (a little wider than it:
+  // the parts alternate every 50 ms of CPU, so the shares are the same).
+  auto parts_before = busy_parts(*busy);
+  ASSERT_TRUE(parts_before.ok()) << parts_before.error().message;
   TempDir dir;
   auto rec = Recording::start({"-d", "3", "-r", "199", "--all-processes"}, dir);
   ASSERT_TRUE(rec.ok()) << rec.error().message;
   auto r = rec->wait(60s);
   ASSERT_TRUE(r.ok()) << r.error().message;
+  auto parts_after = busy_parts(*busy);
+  ASSERT_TRUE(parts_after.ok()) << parts_after.error().message;
+  const double spin_ns = static_cast<double>(parts_after->spin_ns - parts_before->spin_ns);
+  const double read_ns = static_cast<double>(parts_after->read_ns - parts_before->read_ns);
+  ASSERT_GT(spin_ns + read_ns, 0);
+  const double spin_share = spin_ns / (spin_ns + read_ns);
+  const double read_share = read_ns / (spin_ns + read_ns);
   const auto mine = samples_of_pid(r->samples, pid);
   Tally native, spin, read_in_kernel;
   for (const auto& s : mine) {
@@ -265,9 +313,20 @@ TEST(Mixed, AllProcessesRecordsANonPythonProcess) {
   }
   EXPECT_GE(native.total(), 60) << r->stderr_text;
   EXPECT_GE(native.fraction(), kInterleavedFraction) << native.describe();
-  // The program splits its time between the two; each shows in its share.
-  EXPECT_GE(spin.fraction(), 0.2) << spin.describe();
-  EXPECT_GE(read_in_kernel.fraction(), 0.2) << read_in_kernel.describe();
+  // The program splits its time between the two; each part shows in the
+  // share of samples the program's own account gives it. The margin covers
+  // the sampling's noise (~600 samples: 2 points) and the samples of the
+  // bookkeeping between the parts.
+  EXPECT_NEAR(spin.fraction(), spin_share, kShareMargin)
+      << spin.describe() << "\nspin: " << spin_ns / 1e9 << " s of CPU, read: " << read_ns / 1e9
+      << " s";
+  EXPECT_NEAR(read_in_kernel.fraction(), read_share, kShareMargin)
+      << read_in_kernel.describe() << "\nspin: " << spin_ns / 1e9
+      << " s of CPU, read: " << read_ns / 1e9 << " s";
+  std::printf(
+      "[ stats    ] krait_busy_loop: spin %.1f%% of samples (%.1f%% of its CPU), read in "
+      "the kernel %.1f%% (%.1f%%)\n",
+      100 * spin.fraction(), 100 * spin_share, 100 * read_in_kernel.fraction(), 100 * read_share);
   auto checked = check_names_against_nm(r->pprof, pid, exe, false);
   ASSERT_TRUE(checked.ok()) << checked.error().message;
   EXPECT_GE(*checked, 3);

@@ -82,6 +82,7 @@ IngestServer::Reply IngestServer::handle_push(const Request& request) {
       profile.raw_pprof = sample.raw_profile();
       profile.id = sample.id();
       profile.headers = request.headers;
+      profile.arrived_unix_ns = request.arrived_unix_ns;
       accepted.push_back(std::move(profile));
     }
   }
@@ -140,6 +141,7 @@ IngestServer::Reply IngestServer::handle_ingest(const Request& request) {
   profile.spy_name = query("spyName");
   profile.raw_pprof = std::move(raw);
   profile.headers = request.headers;
+  profile.arrived_unix_ns = request.arrived_unix_ns;
   {
     std::lock_guard guard(mutex_);
     profiles_.push_back(std::move(profile));

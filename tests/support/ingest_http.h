@@ -4,7 +4,9 @@
 // Private to the ingest server's sources.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
@@ -57,6 +59,8 @@ struct IngestServer::Request {
   std::map<std::string, std::string> query;
   std::string body;
   bool close = false;
+  std::chrono::steady_clock::time_point arrived{};  // first byte read
+  int64_t arrived_unix_ns = 0;
 
   std::string header(const std::string& name) const {
     auto it = headers.find(name);

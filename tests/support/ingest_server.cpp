@@ -37,6 +37,9 @@ struct IngestServer::Connection {
   UniqueFd fd;
   Ssl<SSL> ssl;
   std::string pending;
+  // When the last read that brought bytes returned.
+  std::chrono::steady_clock::time_point filled_at{};
+  int64_t filled_at_unix_ns = 0;
 
   ssize_t read_some(char* buf, size_t size) {
     if (ssl) {
@@ -72,6 +75,10 @@ struct IngestServer::Connection {
     const ssize_t n = read_some(buf, sizeof buf);
     if (n <= 0)
       return false;
+    filled_at = std::chrono::steady_clock::now();
+    filled_at_unix_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                            std::chrono::system_clock::now().time_since_epoch())
+                            .count();
     pending.append(buf, static_cast<size_t>(n));
     return true;
   }
@@ -303,12 +310,25 @@ void IngestServer::serve(std::shared_ptr<Connection> connection) {
   }
   for (;;) {
     Request request;
+    // Arrival: the read that brought the request's first byte, which may
+    // already be buffered behind the previous request.
+    bool arrived = !connection->pending.empty();
+    auto note_arrival = [&] {
+      request.arrived = connection->filled_at;
+      request.arrived_unix_ns = connection->filled_at_unix_ns;
+    };
+    if (arrived)
+      note_arrival();
     // Headers.
     size_t header_end;
     while ((header_end = connection->pending.find("\r\n\r\n")) == std::string::npos) {
       if (connection->pending.size() > kMaxHeaderBytes || !connection->fill()) {
         finish();
         return;
+      }
+      if (!arrived) {
+        arrived = true;
+        note_arrival();
       }
     }
     const std::string head = connection->pending.substr(0, header_end);
@@ -415,7 +435,13 @@ void IngestServer::serve(std::shared_ptr<Connection> connection) {
     Reply failure;
     {
       std::lock_guard guard(mutex_);
-      requests_.push_back({request.method, request.target, request.headers, 0});
+      requests_.push_back({request.method,
+                           request.target,
+                           request.headers,
+                           0,
+                           request.arrived,
+                           {},
+                           request.arrived_unix_ns});
       index = requests_.size() - 1;
       mode = mode_;
       failure = failure_;
@@ -452,6 +478,7 @@ void IngestServer::serve(std::shared_ptr<Connection> connection) {
     {
       std::lock_guard guard(mutex_);
       requests_[index].status = reply->status;
+      requests_[index].answered = std::chrono::steady_clock::now();
     }
     changed_.notify_all();
     if (!connection->write_all(response) || request.close) {

@@ -19,8 +19,9 @@
 //   at ',' or '}'). With format=pprof the body itself is the profile; with no
 //   format and a multipart/form-data body, the file field `profile` is.
 //   Anything else is 400. Success: 200, empty body.
-// Every request is recorded (method, target, headers, the status answered);
-// every accepted profile is recorded as a ReceivedProfile.
+// Every request is recorded (method, target, headers, the status answered,
+// when it arrived and was answered); every accepted profile is recorded as a
+// ReceivedProfile.
 //
 // Failure modes, switchable at any time from any thread:
 // - refuse_connections(): stops listening and closes open connections, so
@@ -68,13 +69,22 @@ struct ReceivedProfile {
   std::string raw_pprof;                           // the profile bytes as received
   std::string id;                                  // push: RawSample.ID
   std::map<std::string, std::string> headers;      // lower-case names
+  int64_t arrived_unix_ns = 0;  // system clock when its request's first byte was read
 };
 
+// Times are taken by the server's own threads, so a test that asks when a
+// client sent something is not off by how late the test thread noticed:
+// `arrived` is when the server read the request's first byte (at or after
+// the client sent it), `answered` when it began to write the answer (before
+// the client can have read it).
 struct ReceivedRequest {
   std::string method;
   std::string target;  // path and query, as sent
   std::map<std::string, std::string> headers;
   int status = 0;  // what the server answered; 0 while hanging or when never answered
+  std::chrono::steady_clock::time_point arrived{};
+  std::chrono::steady_clock::time_point answered{};  // unset while hanging or never answered
+  int64_t arrived_unix_ns = 0;                       // `arrived` on the system clock
 };
 
 struct IngestServerOptions {

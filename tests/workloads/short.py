@@ -7,9 +7,12 @@ loop starts, so a profiler can be pointed at the process while it lives:
 <module> -> main -> burn -> hot, the leaf at the hot loop's line. The loop
 then runs for about --ms milliseconds of CPU time (checked every lap of a few
 hundred microseconds; CPU time, so a loaded machine gives the same number of
-samples, only later) and the process exits 0. For tests of processes that come and
-go while the profiler runs. KRAIT_WORKLOAD_SELFCHECK=1 adds the observation
-lines described in chain.py, and the loop runs until the last of them too.
+samples, only later). Its last line, {"kind": "end", "loop_cpu_s": S}, gives
+the CPU seconds the hot loop ran from the truth to its end (what a profiler
+should find on the truth's stack), and the process exits 0. For tests of
+processes that come and go while the profiler runs. KRAIT_WORKLOAD_SELFCHECK=1
+adds the observation lines described in chain.py, and the loop runs until the
+last of them too.
 """
 
 from __future__ import print_function
@@ -250,6 +253,7 @@ class CpuLane(Lane):
         # take longer than the budget, and the loop must still be running
         # when it takes the last one.
         self.observer = None
+        self.loop_cpu = 0.0  # CPU seconds in the hot loop, set when it ends
 
     def lap(self):
         Lane.lap(self)
@@ -265,10 +269,12 @@ def hot(lane, announce):
     announce(sys._getframe())
     limit = LAP
     n = 0
+    started = cpu_seconds()
     while lane.running:
         n = 0
         while n < limit: n += 1  # krait:hot
         lane.lap()
+    lane.loop_cpu = cpu_seconds() - started
     return n
 
 
@@ -290,6 +296,7 @@ def main():
         lane.observer = start_selfcheck(threads)
 
     burn(lane, announce)
+    emit({"kind": "end", "loop_cpu_s": lane.loop_cpu})
     return 0
 
 

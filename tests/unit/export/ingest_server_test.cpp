@@ -204,6 +204,38 @@ TEST(IngestServerTest, AnswersWithTheConfiguredFailureStatusAndRetryAfter) {
   EXPECT_EQ(server->profiles().size(), 1u);
 }
 
+int64_t unix_ns_now() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// The server's own times fall inside the exchange, in order: arrival, then
+// answer; the profile carries its request's arrival on the system clock.
+TEST(IngestServerTest, TimesEachRequestsArrivalAndAnswer) {
+  auto server = start_server();
+  ASSERT_TRUE(server);
+  const auto sent = std::chrono::steady_clock::now();
+  const int64_t sent_unix = unix_ns_now();
+  auto response = raw_http_exchange(
+      server->port(),
+      post("/ingest?name=a&format=pprof", "application/octet-stream", tiny_pprof("f")));
+  const auto read = std::chrono::steady_clock::now();
+  const int64_t read_unix = unix_ns_now();
+  ASSERT_TRUE(response.ok()) << response.error().message;
+  EXPECT_EQ(response_status(*response), 200) << *response;
+  const auto requests = server->requests();
+  ASSERT_EQ(requests.size(), 1u);
+  EXPECT_LE(sent, requests[0].arrived);
+  EXPECT_LE(requests[0].arrived, requests[0].answered);
+  EXPECT_LE(requests[0].answered, read);
+  EXPECT_LE(sent_unix, requests[0].arrived_unix_ns);
+  EXPECT_LE(requests[0].arrived_unix_ns, read_unix);
+  const auto profiles = server->profiles();
+  ASSERT_EQ(profiles.size(), 1u);
+  EXPECT_EQ(profiles[0].arrived_unix_ns, requests[0].arrived_unix_ns);
+}
+
 TEST(IngestServerTest, RefusesConnectionsThenListensAgainOnTheSamePort) {
   auto server = start_server();
   ASSERT_TRUE(server);
@@ -235,6 +267,8 @@ TEST(IngestServerTest, HangsWithoutAnsweringUntilTheModeChanges) {
   ASSERT_TRUE(server->wait_for_hanging(1, 5s)) << "the request never reached the server";
   EXPECT_EQ(server->requests().size(), 1u);
   EXPECT_EQ(server->requests()[0].status, 0);
+  EXPECT_EQ(server->requests()[0].answered, std::chrono::steady_clock::time_point{})
+      << "a hanging request has no answer time";
   ASSERT_TRUE(server->accept_normally().ok());
   client.join();
   EXPECT_EQ(response, "") << "a hung request must be closed without any answer";

@@ -28,11 +28,11 @@ struct Version {
   int minor;
 };
 
-// Every version the profiler supports must have a fixture. 3.14 and 3.15 join
-// this list once their fixtures exist (Debian-unstable builds, listed in
-// /var/cache/krait/pythons/interpreters.json; see generate_fixtures.py).
-const Version kExpectedVersions[] = {{2, 7},  {3, 6},  {3, 7},  {3, 8}, {3, 9},
-                                     {3, 10}, {3, 11}, {3, 12}, {3, 13}};
+// Every version the profiler supports must have a fixture. 3.14 and 3.15
+// come from the Debian-unstable builds listed in
+// /var/cache/krait/pythons/interpreters.json (see generate_fixtures.py).
+const Version kExpectedVersions[] = {{2, 7},  {3, 6},  {3, 7},  {3, 8},  {3, 9}, {3, 10},
+                                     {3, 11}, {3, 12}, {3, 13}, {3, 14}, {3, 15}};
 
 constexpr size_t kMinCodeObjectsPerFixture = 300;
 
