@@ -13,6 +13,8 @@
 #include "python_walk.bpf.h"
 #include "sampler_state.bpf.h"
 
+#include "krait/off_cpu.h"
+
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* The incarnation of the current process (see krait_proc_identity). */
@@ -92,24 +94,23 @@ static __always_inline struct krait_proc_info* krait_classify(__u32 pid, __u64 p
   return 0;
 }
 
-SEC("perf_event")
-int krait_sample(struct bpf_perf_event_data* ctx) {
+/* The per-CPU scratch slot of a program: the perf event and the context
+ * switch each have their own, so a sampling NMI that lands inside the switch
+ * program (hardware events) cannot overwrite the record it is building. */
+#define KRAIT_SLOT_PERF 0
+#define KRAIT_SLOT_SWITCH 1
+
+/* Walks the current thread and sends one sample record: on CPU from the
+ * perf event, off CPU from the context switch (`ctx` is the program's own,
+ * for bpf_get_stack). Returns the record's ktime, 0 when nothing was sent. */
+static __always_inline __u64 krait_capture(void* ctx, __u32 slot, __u64 pid_tgid,
+                                           struct task_struct* task, struct krait_proc_info* proc,
+                                           __u8 state, __u8 reason, __u16 weight) {
   __u64 start_ns = cfg_measure_cost ? bpf_ktime_get_ns() : 0;
-  __u64 pid_tgid = bpf_get_current_pid_tgid();
   __u32 pid = pid_tgid >> 32;
   __u32 tid = (__u32)pid_tgid;
-
-  krait_count(KRAIT_CNT_RUNS);
-  if (pid == 0 || pid == cfg_self_pid)
-    return 0;
-
-  struct task_struct* task = bpf_get_current_task_btf();
-  struct krait_proc_info* proc = krait_classify(pid, pid_tgid, task);
-  if (!proc && !cfg_all_processes)
-    return 0;
-
-  __u32 cpu = bpf_get_smp_processor_id();
-  struct krait_scratch* s = bpf_map_lookup_elem(&scratch, &cpu);
+  __u32 index = bpf_get_smp_processor_id() * 2 + slot;
+  struct krait_scratch* s = bpf_map_lookup_elem(&scratch, &index);
   if (!s) {
     krait_count(KRAIT_CNT_SCRATCH_MISSING);
     return 0;
@@ -124,6 +125,10 @@ int krait_sample(struct bpf_perf_event_data* ctx) {
   sample->kernel_nframes = 0;
   sample->native_flags = 0;
   sample->user_stack_size = 0;
+  sample->cpu_state = state;
+  sample->off_cpu_reason = reason;
+  sample->weight = weight;
+  sample->_pad0 = 0;
   bpf_get_current_comm(sample->comm, sizeof(sample->comm));
 
   if (!proc) {
@@ -141,7 +146,8 @@ int krait_sample(struct bpf_perf_event_data* ctx) {
       sample->tstate = tstate;
       __u16 gil = krait_gil_state(s, proc, tstate);
       sample->py_flags |= gil;
-      if (cfg_gil_only && (gil & KRAIT_PYF_GIL_KNOWN) && !(gil & KRAIT_PYF_GIL_HELD)) {
+      if (state == KRAIT_STATE_ON_CPU && cfg_gil_only && (gil & KRAIT_PYF_GIL_KNOWN) &&
+          !(gil & KRAIT_PYF_GIL_HELD)) {
         krait_count(KRAIT_CNT_GIL_SKIPPED);
         return 0;
       }
@@ -160,10 +166,99 @@ int krait_sample(struct bpf_perf_event_data* ctx) {
   if (m > KRAIT_USER_STACK_CAP)
     m = KRAIT_USER_STACK_CAP;
   if (bpf_ringbuf_output(&events, sample, KRAIT_SAMPLE_SIZE(n, k, m), krait_wakeup_flag())) {
-    krait_count(KRAIT_CNT_RINGBUF_FULL);
+    krait_count(state == KRAIT_STATE_ON_CPU ? KRAIT_CNT_RINGBUF_FULL : KRAIT_CNT_SWITCHES_LOST);
     return 0;
   }
-  krait_count(KRAIT_CNT_SAMPLES);
+  krait_count(state == KRAIT_STATE_ON_CPU ? KRAIT_CNT_SAMPLES : KRAIT_CNT_SWITCHES);
+  return sample->hdr.ktime_ns;
+}
+
+SEC("perf_event")
+int krait_sample(struct bpf_perf_event_data* ctx) {
+  __u64 pid_tgid = bpf_get_current_pid_tgid();
+  __u32 pid = pid_tgid >> 32;
+
+  krait_count(KRAIT_CNT_RUNS);
+  if (pid == 0 || pid == cfg_self_pid)
+    return 0;
+
+  struct task_struct* task = bpf_get_current_task_btf();
+  struct krait_proc_info* proc = krait_classify(pid, pid_tgid, task);
+  if (!proc && !cfg_all_processes)
+    return 0;
+  krait_capture(ctx, KRAIT_SLOT_PERF, pid_tgid, task, proc, KRAIT_STATE_ON_CPU, 0, 1);
+  return 0;
+}
+
+/* Why `prev` leaves the CPU: preempted, or blocked in the system call its
+ * saved registers name. */
+static __always_inline __u8 krait_switch_reason(struct task_struct* prev, bool preempt,
+                                                unsigned int prev_state,
+                                                const struct krait_proc_info* proc) {
+  if (preempt || prev_state == 0 /* TASK_RUNNING: yielded */)
+    return KRAIT_OFF_RUNNABLE;
+  struct pt_regs* regs = (struct pt_regs*)bpf_task_pt_regs(prev);
+  __s64 nr = (__s64)BPF_CORE_READ(regs, orig_ax);
+  if (nr < 0)
+    return KRAIT_OFF_OTHER;
+  return krait_off_cpu_reason(nr, BPF_CORE_READ(regs, di), BPF_CORE_READ(regs, si), proc->gil_addr,
+                              proc->gil_size);
+}
+
+/* A thread whose off-CPU sample was sent is back: send how long it was
+ * away. Runs in `prev`'s context, so the header is filled by hand. */
+static __always_inline void krait_switch_in(struct task_struct* next) {
+  __u32 tid = BPF_CORE_READ(next, pid);
+  struct krait_blocked* b = bpf_map_lookup_elem(&blocked, &tid);
+  if (!b)
+    return;
+  struct krait_block_end* e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+  if (!e) {
+    krait_count(KRAIT_CNT_BLOCK_ENDS_LOST);
+  } else {
+    e->hdr.type = KRAIT_EVENT_BLOCK_END;
+    e->hdr.pid = BPF_CORE_READ(next, tgid);
+    e->hdr.tid = tid;
+    e->hdr.cpu = bpf_get_smp_processor_id();
+    e->hdr.ktime_ns = bpf_ktime_get_ns();
+    e->start_ns = b->start_ns;
+    e->weight = b->weight;
+    e->_pad0 = 0;
+    e->_pad1 = 0;
+    bpf_ringbuf_submit(e, krait_wakeup_flag());
+  }
+  bpf_map_delete_elem(&blocked, &tid);
+}
+
+/* Off-CPU and wall modes: a Python thread leaving the CPU is walked like a
+ * sample (it is `current` here), and the time until it runs again is sent
+ * when it does. Every other switch costs one hash lookup per side. */
+SEC("tp_btf/sched_switch")
+int BPF_PROG(krait_switch, bool preempt, struct task_struct* prev, struct task_struct* next,
+             unsigned int prev_state) {
+  krait_switch_in(next);
+
+  __u64 pid_tgid = bpf_get_current_pid_tgid();
+  __u32 pid = pid_tgid >> 32;
+  if (pid == 0 || pid == cfg_self_pid)
+    return 0;
+  struct task_struct* task = bpf_get_current_task_btf();
+  struct krait_proc_info* proc = krait_classify(pid, pid_tgid, task);
+  if (!proc || proc->mode != KRAIT_PROC_PYTHON)
+    return 0;
+  if (cfg_switch_every > 1 && bpf_get_prandom_u32() % cfg_switch_every != 0) {
+    krait_count(KRAIT_CNT_SWITCHES_SKIPPED);
+    return 0;
+  }
+  __u8 reason = krait_switch_reason(task, preempt, prev_state, proc);
+  __u16 weight = (__u16)cfg_switch_every;
+  __u64 start = krait_capture(ctx, KRAIT_SLOT_SWITCH, pid_tgid, task, proc, KRAIT_STATE_OFF_CPU,
+                              reason, weight);
+  if (start == 0)
+    return 0;
+  __u32 tid = (__u32)pid_tgid;
+  struct krait_blocked b = {.start_ns = start, .weight = weight};
+  bpf_map_update_elem(&blocked, &tid, &b, BPF_ANY);
   return 0;
 }
 

@@ -40,6 +40,8 @@ const volatile __u8 cfg_all_processes = 0;
 const volatile __u32 cfg_wakeup_bytes = 1 << 20;
 /* --pid mode: processes absent from `procs` are not reported. */
 const volatile __u8 cfg_listed_only = 0;
+/* Off-CPU and wall modes: one context switch in this many is captured. */
+const volatile __u32 cfg_switch_every = 1;
 
 /* LRU: entries of processes that exited without an exit event seen (a
  * full ring buffer, or a pid reported just before it exited) cannot fill
@@ -65,6 +67,23 @@ struct {
   __type(key, __u32);
   __type(value, struct krait_thread_entry);
 } threads SEC(".maps");
+
+/* Threads off the CPU whose off-CPU sample was sent: tid -> when. LRU: a
+ * thread that never runs again (its process was killed while it slept)
+ * cannot fill it. */
+struct krait_blocked {
+  __u64 start_ns;
+  __u16 weight;
+  __u16 _pad0;
+  __u32 _pad1;
+};
+
+struct {
+  __uint(type, BPF_MAP_TYPE_LRU_HASH);
+  __uint(max_entries, 65536);
+  __type(key, __u32);
+  __type(value, struct krait_blocked);
+} blocked SEC(".maps");
 
 struct {
   __uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -109,9 +128,10 @@ struct krait_scratch {
   __u8 code[KRAIT_CODE_READ_CAP + 8];
 };
 
-/* One slot per CPU (user space sizes it to the possible CPUs): the
- * record is built here, too large for a per-CPU map value. The program runs
- * in interrupt context, so a CPU's slot has one user at a time. */
+/* Two slots per CPU, one per program (user space sizes it to twice the
+ * possible CPUs): the record is built here, too large for a per-CPU map
+ * value. Each program runs with interrupts or preemption off, so a slot has
+ * one user at a time. */
 struct {
   __uint(type, BPF_MAP_TYPE_ARRAY);
   __uint(max_entries, 1);

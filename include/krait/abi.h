@@ -48,6 +48,8 @@
 /* A process user space has not classified yet (krait_proc_event). */
 #define KRAIT_EVENT_PROC_UNKNOWN 4
 #define KRAIT_EVENT_CODE 5 /* a code object seen for the first time (krait_code_event) */
+/* A thread whose off-CPU sample was sent runs again (krait_block_end). */
+#define KRAIT_EVENT_BLOCK_END 6
 
 struct krait_event_header {
   __u32 type;
@@ -89,6 +91,22 @@ struct krait_py_frame {
   __u32 instr; /* see KRAIT_FRAME_ENTRY */
 };
 
+/* krait_sample.cpu_state: where the thread was. An on-CPU sample comes from
+ * the perf event and stands for one sampling period; an off-CPU sample is
+ * taken when the thread leaves the CPU, and the time it stays off is sent
+ * when it runs again (krait_block_end). */
+#define KRAIT_STATE_ON_CPU 0
+#define KRAIT_STATE_OFF_CPU 1
+
+/* krait_sample.off_cpu_reason (see krait/off_cpu.h for how it is told). */
+#define KRAIT_OFF_OTHER 0
+#define KRAIT_OFF_SLEEP 1    /* a sleep: nanosleep, or select/poll with no descriptors */
+#define KRAIT_OFF_IO 2       /* waiting on a descriptor or the disk */
+#define KRAIT_OFF_LOCK 3     /* a futex that is not the GIL's */
+#define KRAIT_OFF_GIL 4      /* a futex inside the process's GIL */
+#define KRAIT_OFF_RUNNABLE 5 /* preempted: ready to run, waiting for a CPU */
+#define KRAIT_OFF_REASON_COUNT 6
+
 /* x86_64 user registers at the sample (from the task's saved pt_regs), the
  * ones DWARF CFI can refer to. This is the one list of them, in record
  * order and named as in struct pt_regs: the BPF program copies them with
@@ -129,6 +147,12 @@ struct krait_sample {
   __u16 py_flags;
   __u32 py_nframes; /* frames[] entries filled, leaf first */
   __u32 cost_ns;    /* sampler time spent on this sample (0 unless cost measurement is on) */
+  __u8 cpu_state;   /* KRAIT_STATE_* */
+  __u8 off_cpu_reason;
+  /* Off CPU: the context switches this one stands for (one in `weight` is
+   * captured, at random, when switches are sampled). */
+  __u16 weight;
+  __u32 _pad0;
   __u64 tstate;
   char comm[KRAIT_COMM_LEN]; /* the thread's name */
   /* Native stacks (mixed mode): the record continues after frames[py_nframes]
@@ -190,6 +214,17 @@ struct krait_code_event {
   /* The line table object's first bytes: whole for most functions, so even
    * a code object that died before user space read it gets exact lines. */
   __u8 linetable[KRAIT_CAPTURE_LINETABLE_BYTES];
+};
+
+/* KRAIT_EVENT_BLOCK_END: the thread of an off-CPU sample is back on a CPU
+ * at hdr.ktime_ns. start_ns is that sample's hdr.ktime_ns, so user space
+ * pairs the two by (tid, start_ns) whatever order they reach it in. */
+struct krait_block_end {
+  struct krait_event_header hdr;
+  __u64 start_ns;
+  __u16 weight; /* the sample's */
+  __u16 _pad0;
+  __u32 _pad1;
 };
 
 struct krait_seen_slot {
@@ -290,6 +325,11 @@ struct krait_proc_info {
   __u32 capture_tokens;
   __u32 _pad0;
   struct krait_py_layout layout;
+  /* The GIL's condition variables and mutexes: a futex wait inside
+   * [gil_addr, gil_addr + gil_size) is a wait for the GIL. 0: unknown. */
+  __u64 gil_addr;
+  __u32 gil_size;
+  __u32 _pad2;
 };
 
 /* ---- per-thread cache: the `threads` map (tid -> krait_thread_entry) ---- */
@@ -318,7 +358,11 @@ struct krait_thread_entry {
 #define KRAIT_CNT_CODE_CAPTURES_THROTTLED 9 /* captures over a process's budget (retried later) */
 #define KRAIT_CNT_STALE_PROCS 10            /* `procs` entries of another incarnation, replaced */
 #define KRAIT_CNT_PROCS_UPDATE_FAILED 11    /* a `procs` entry could not be created or replaced */
-#define KRAIT_CNT_COUNT 12
+#define KRAIT_CNT_SWITCHES 12               /* off-CPU samples sent */
+#define KRAIT_CNT_SWITCHES_LOST 13          /* ... lost: ring buffer full */
+#define KRAIT_CNT_BLOCK_ENDS_LOST 14        /* krait_block_end records lost: ring buffer full */
+#define KRAIT_CNT_SWITCHES_SKIPPED 15       /* switches not captured (one in --switch-every is) */
+#define KRAIT_CNT_COUNT 16
 
 /* ---- code object identity ---------------------------------------------- */
 

@@ -111,6 +111,11 @@ Result<std::unique_ptr<Sampler>> Sampler::open_and_load(const SamplerConfig& con
   if (config.user_stack_bytes > KRAIT_USER_STACK_CAP || config.user_stack_bytes % 8 != 0)
     return make_error("user stack copy size {} must be a multiple of 8 up to {}",
                       config.user_stack_bytes, KRAIT_USER_STACK_CAP);
+  if (!config.on_cpu && !config.off_cpu)
+    return make_error("nothing to sample: neither on-CPU nor off-CPU time was asked for");
+  if (config.switch_every == 0 || config.switch_every > UINT16_MAX)
+    return make_error("context-switch sampling 1 in {} is out of range (1-{})", config.switch_every,
+                      UINT16_MAX);
   if (config.max_depth == 0 || config.max_depth > KRAIT_PY_FRAMES_CAP)
     return make_error("stack depth limit {} is out of range (1-{})", config.max_depth,
                       KRAIT_PY_FRAMES_CAP);
@@ -131,12 +136,16 @@ Result<std::unique_ptr<Sampler>> Sampler::open_and_load(const SamplerConfig& con
   skel->rodata->cfg_kernel_stacks = config.kernel_stacks ? 1 : 0;
   skel->rodata->cfg_user_stack_bytes = config.user_stack_bytes;
   skel->rodata->cfg_all_processes = config.all_processes ? 1 : 0;
+  skel->rodata->cfg_switch_every = config.switch_every;
+  // Not loaded when unused: one program fewer for the verifier, and the
+  // tracepoint's BTF is not needed.
+  bpf_program__set_autoload(skel->progs.krait_switch, config.off_cpu);
   // A quarter full: early enough that a slow drain never overflows.
   skel->rodata->cfg_wakeup_bytes = config.ring_buffer_bytes / 4;
   const int cpus = libbpf_num_possible_cpus();
   if (cpus <= 0)
     return make_error("cannot count the possible CPUs: {}", errno_text(cpus));
-  if (int err = bpf_map__set_max_entries(skel->maps.scratch, static_cast<uint32_t>(cpus)))
+  if (int err = bpf_map__set_max_entries(skel->maps.scratch, 2 * static_cast<uint32_t>(cpus)))
     return make_error("sizing the per-CPU scratch map: {}", errno_text(err));
   if (int err = bpf_map__set_max_entries(skel->maps.events, config.ring_buffer_bytes))
     return make_error("ring buffer size {}: {}", config.ring_buffer_bytes, errno_text(err));
@@ -159,6 +168,7 @@ Result<std::unique_ptr<Sampler>> Sampler::open_and_load(const SamplerConfig& con
 }
 
 Sampler::~Sampler() {
+  switch_link_.reset();
   perf_links_.clear();
   tracepoint_links_.clear();
   sampler_bpf__destroy(skel_);
@@ -167,6 +177,14 @@ Sampler::~Sampler() {
 Result<void> Sampler::start() {
   if (tracepoint_links_.empty())
     KRAIT_TRY(attach_tracepoints());
+  if (config_.off_cpu && !switch_link_) {
+    bpf_link* link = bpf_program__attach(skel_->progs.krait_switch);
+    if (!link)
+      return make_error("cannot attach the sched_switch tracepoint: {}", errno_text(errno));
+    switch_link_.reset(link);
+  }
+  if (!config_.on_cpu)
+    return {};
   return attach_perf_events();
 }
 
@@ -237,6 +255,7 @@ Result<void> Sampler::attach_perf_events() {
 
 void Sampler::stop() {
   perf_links_.clear();
+  switch_link_.reset();
 }
 
 Result<void> Sampler::set_process(uint32_t pid, const krait_proc_info& info) {
@@ -279,11 +298,17 @@ const char* Sampler::source_name() const {
 }
 
 Sampler::RunStats Sampler::run_stats() const {
-  bpf_prog_info info{};
-  uint32_t len = sizeof info;
-  if (bpf_obj_get_info_by_fd(bpf_program__fd(skel_->progs.krait_sample), &info, &len))
-    return {};
-  return {info.run_cnt, info.run_time_ns};
+  RunStats total;
+  for (bpf_program* prog : {skel_->progs.krait_sample, skel_->progs.krait_switch}) {
+    const int fd = bpf_program__fd(prog);
+    bpf_prog_info info{};
+    uint32_t len = sizeof info;
+    if (fd < 0 || bpf_obj_get_info_by_fd(fd, &info, &len))
+      continue;
+    total.runs += info.run_cnt;
+    total.run_time_ns += info.run_time_ns;
+  }
+  return total;
 }
 
 }  // namespace krait::bpf

@@ -41,6 +41,11 @@ struct SamplerConfig {
   uint32_t user_stack_bytes = KRAIT_USER_STACK_DEFAULT;
   bool all_processes = false;  // also sample processes that are not Python
   EventSource source = EventSource::kAuto;
+  // What is sampled: threads on a CPU (the perf event), threads leaving it
+  // (the sched_switch tracepoint), or both (wall-clock time).
+  bool on_cpu = true;
+  bool off_cpu = false;
+  uint32_t switch_every = 1;  // off CPU: one switch in this many is captured (weighted by it)
 };
 
 using Counters = std::array<uint64_t, KRAIT_CNT_COUNT>;
@@ -55,10 +60,12 @@ class Sampler {
   // Attaches the exec/exit tracepoints (before a scan, so that no exec
   // after it goes unseen).
   Result<void> attach_tracepoints();
-  // Attaches one perf event per online CPU (and the tracepoints if not yet).
+  // Attaches one perf event per online CPU and the context-switch program,
+  // as the configuration asks (and the tracepoints if not yet).
   Result<void> start();
-  // Detaches the perf events (no new samples); tracepoints stay until
-  // destruction so exits during the final drain are still seen.
+  // Detaches the perf events and the context-switch program (no new
+  // samples); the exec/exit tracepoints stay until destruction so exits
+  // during the final drain are still seen.
   void stop();
 
   // Updates the entry the sampler created for pid; an Error when it has
@@ -72,7 +79,8 @@ class Sampler {
   EventSource source() const { return source_; }  // the event actually used (after start)
   const char* source_name() const;
   uint32_t cpus() const { return cpus_; }  // CPUs sampled by the last start()
-  // Kernel-measured cost of the sampler program so far (BPF_ENABLE_STATS is
+  // Kernel-measured cost of the sampler programs (perf event and context
+  // switch) so far (BPF_ENABLE_STATS is
   // held for the Sampler's lifetime, so this works without the sysctl).
   struct RunStats {
     uint64_t runs = 0;
@@ -96,6 +104,7 @@ class Sampler {
   UniqueFd stats_fd_;
   std::vector<Link> tracepoint_links_;
   std::vector<Link> perf_links_;
+  Link switch_link_;
 };
 
 // Routes libbpf's own messages into spdlog (debug level unless warnings).

@@ -15,4 +15,12 @@ inline constexpr uint32_t kMaxFrequencyHz = 10'000;
 // Python frames only, or with the native and kernel frames around them.
 enum class StackMode : uint8_t { kPython, kMixed };
 
+// Which time is sampled: on-CPU (the perf event), off-CPU (context
+// switches: the time a thread waits, at the stack where it waits), or wall
+// (both: a thread's samples add up to its wall-clock time).
+enum class TimeMode : uint8_t { kCpu, kOffCpu, kWall };
+
+// Off CPU: one context switch in N is captured, weighted by N.
+inline constexpr uint32_t kMaxSwitchEvery = 65'535;
+
 }  // namespace krait::bpf

@@ -151,6 +151,10 @@ std::vector<options::Option<DaemonConfig>> make_options() {
   o.push_back(bind(
       sampling::stack_mode(), [](auto& c) -> auto& { return c.stack_mode; }));
   o.push_back(bind(
+      sampling::time_mode(), [](auto& c) -> auto& { return c.time_mode; }));
+  o.push_back(bind(
+      sampling::switch_every(), [](auto& c) -> auto& { return c.switch_every; }));
+  o.push_back(bind(
       sampling::kernel_frames(), [](auto& c) -> auto& { return c.kernel_stacks; }));
   o.push_back(bind(
       sampling::all_processes(), [](auto& c) -> auto& { return c.all_processes; }));

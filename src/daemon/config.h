@@ -17,6 +17,11 @@
 //       -r, --rate HZ, 99 (1..10000)
 //   sampling.stack_mode
 //       --stacks, --stack-mode MODE, "mixed" (python | mixed)
+//   sampling.mode
+//       --mode MODE, "cpu" (cpu | off-cpu | wall)
+//   sampling.switch_every
+//       --switch-every N, 1 (off-cpu and wall: one context switch in N is
+//       walked, weighted by N; 1..65535)
 //   sampling.kernel
 //       --no-kernel, true (kernel frames in mixed stacks)
 //   sampling.all_processes
@@ -147,6 +152,8 @@ struct DaemonConfig {
   uint32_t health_interval_s = 60;
   uint32_t sampling_rate_hz = 99;
   StackMode stack_mode = StackMode::kMixed;
+  bpf::TimeMode time_mode = bpf::TimeMode::kCpu;
+  uint32_t switch_every = 1;
   bool kernel_stacks = true;
   bool all_processes = false;
   ProcessSelection processes;

@@ -39,6 +39,9 @@ engine::EngineOptions engine_options(const DaemonConfig& config, engine::Selecti
   e.sampler.frequency_hz = config.sampling_rate_hz;
   e.sampler.native = config.stack_mode == StackMode::kMixed;
   e.sampler.kernel_stacks = config.kernel_stacks;
+  e.sampler.on_cpu = config.time_mode != bpf::TimeMode::kOffCpu;
+  e.sampler.off_cpu = config.time_mode != bpf::TimeMode::kCpu;
+  e.sampler.switch_every = config.switch_every;
   e.sampler.all_processes = config.all_processes;
   e.selection = std::move(selection);
   return e;
@@ -137,7 +140,8 @@ class RunLoop {
       return;
     }
     if (reloaded->sampling_rate_hz != config_.sampling_rate_hz ||
-        reloaded->stack_mode != config_.stack_mode ||
+        reloaded->stack_mode != config_.stack_mode || reloaded->time_mode != config_.time_mode ||
+        reloaded->switch_every != config_.switch_every ||
         reloaded->kernel_stacks != config_.kernel_stacks ||
         reloaded->all_processes != config_.all_processes)
       spdlog::warn("sampling rate and stack mode changes need a restart of krait");

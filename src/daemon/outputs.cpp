@@ -22,6 +22,7 @@ Result<std::unique_ptr<Outputs>> Outputs::create(const DaemonConfig& config) {
   if (!config.directory.path.empty())
     out->directory_ = std::make_unique<exporter::DirectoryOutput>(directory_output_options(config));
   out->rate_hz_ = config.sampling_rate_hz;
+  out->time_mode_ = config.time_mode;
   return out;
 }
 
@@ -30,6 +31,8 @@ void Outputs::deliver(const engine::Series& series, profile::Profile profile, in
   profile.meta().start_time_unix_ns = from_ns;
   profile.meta().duration_ns = until_ns - from_ns;
   profile.meta().period_ns = static_cast<int64_t>(1'000'000'000ull / rate_hz_);
+  profile.meta().off_cpu = time_mode_ != bpf::TimeMode::kCpu;
+  profile.meta().on_cpu = time_mode_ != bpf::TimeMode::kOffCpu;
   auto bytes = exporter::encode_pprof(profile);
   std::lock_guard lock(mutex_);
   if (!bytes) {

@@ -43,6 +43,7 @@ class Outputs {
   std::unique_ptr<exporter::UploadQueue> queue_;
   std::unique_ptr<exporter::DirectoryOutput> directory_;
   uint32_t rate_hz_ = 99;
+  bpf::TimeMode time_mode_ = bpf::TimeMode::kCpu;
   uint64_t delivered_ = 0;
   uint64_t encode_failures_ = 0;
   std::string last_directory_error_;

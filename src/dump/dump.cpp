@@ -17,6 +17,7 @@
 #include "dump/task_files.h"
 #include "engine/stack_builder.h"
 #include "inspect/inspector.h"
+#include "krait/off_cpu.h"
 #include "proc/maps.h"
 #include "proc/memory.h"
 #include "proc/processes.h"
@@ -266,6 +267,15 @@ class CodeNames {
   uint64_t code_type_;
   std::map<std::pair<uint64_t, uint32_t>, Entry> codes_;
 };
+
+// What a thread blocked in a system call waits for, told as the off-CPU
+// sampler tells it (krait/off_cpu.h).
+std::string waiting_reason(const std::optional<TaskSyscall>& sys, const krait_proc_info& info) {
+  if (!sys || sys->kind != TaskSyscall::Kind::kSyscall)
+    return "";
+  return krait_off_cpu_reason_name(
+      krait_off_cpu_reason(sys->number, sys->args[0], sys->args[1], info.gil_addr, info.gil_size));
+}
 
 // A thread's view from /proc/PID/task/TID.
 void read_task(pid_t pid, ThreadDump& t, std::optional<TaskSyscall>& syscall, std::string& why,
@@ -698,6 +708,7 @@ ProcessDump dump_one(pid_t pid, python::ImageCache& images, unwind::ModuleCache&
     std::vector<std::string> kernel;
     if (t.tid >= 0)
       read_task(pid, t, sys, sys_error, kernel, kernel_stacks);
+    t.waiting = waiting_reason(sys, a.info);
     python::FrameChain chain = python::walk_frame_chain(reader, layout, pt.tstate,
                                                         a.info.code_type_addr, options.max_depth);
     fill_stack(t, chain, names, layout, sys, sys_error, kernel, native ? &*native : nullptr,
@@ -738,6 +749,7 @@ ProcessDump dump_one(pid_t pid, python::ImageCache& images, unwind::ModuleCache&
     std::string sys_error;
     std::vector<std::string> kernel;
     read_task(pid, t, sys, sys_error, kernel, kernel_stacks);
+    t.waiting = waiting_reason(sys, a.info);
     t.gil = states.gil_known ? Gil::kNotHeld : Gil::kUnknown;
     fill_stack(t, python::FrameChain{}, names, layout, sys, sys_error, kernel,
                native ? &*native : nullptr, native_setup_error, memory);

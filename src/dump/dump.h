@@ -84,6 +84,9 @@ struct ThreadDump {
   std::string state;
   char kernel_state = 0;  // the letter of /proc stat, 0 unknown
   std::string syscall;    // the system call a blocked thread is in; "" none or unknown
+  // Why it waits there, as off-CPU samples say it: sleep, io, lock, gil,
+  // other; "" when not blocked in a system call.
+  std::string waiting;
   Gil gil = Gil::kUnknown;
   std::vector<DumpFrame> frames;       // leaf first
   bool truncated = false;              // more Python frames than max_depth

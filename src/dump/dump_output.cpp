@@ -52,7 +52,9 @@ std::string activity(const ThreadDump& t) {
   if (t.state.empty())
     return "state unknown";
   if (t.state == "blocked")
-    return t.syscall.empty() ? "blocked" : "blocked in " + t.syscall;
+    return t.syscall.empty()   ? "blocked"
+           : t.waiting.empty() ? "blocked in " + t.syscall
+                               : "blocked in " + t.syscall + " (" + t.waiting + ")";
   return t.state;
 }
 
@@ -237,6 +239,10 @@ std::string dump_json(const DumpReport& report) {
         w.key("syscall").null();
       else
         w.key("syscall").value(t.syscall);
+      if (t.waiting.empty())
+        w.key("waiting").null();
+      else
+        w.key("waiting").value(t.waiting);
       w.key("gil").value(t.gil == Gil::kHeld      ? "held"
                          : t.gil == Gil::kNotHeld ? "not_held"
                                                   : "unknown");

@@ -139,9 +139,12 @@ Result<TaskSyscall> parse_syscall(std::string_view text) {
       return make_error("a system call number that is not a number in /proc syscall");
     out.kind = TaskSyscall::Kind::kSyscall;
     out.number = *number;
-    for (int arg = 0; arg < 6; ++arg)
-      if (!parse_hex(take_field(text)))
+    for (uint64_t& arg : out.args) {
+      auto value = parse_hex(take_field(text));
+      if (!value)
         return make_error("a system call argument that is not hexadecimal in /proc syscall");
+      arg = *value;
+    }
   }
   auto sp = parse_hex(take_field(text));
   auto pc = parse_hex(take_field(text));

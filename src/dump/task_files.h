@@ -39,7 +39,8 @@ struct TaskSyscall {
   };
   Kind kind = Kind::kRunning;
   int64_t number = -1;
-  uint64_t sp = 0;  // user stack pointer and pc at kernel entry (kSyscall, kNoSyscall)
+  uint64_t args[6] = {};  // kSyscall: its arguments
+  uint64_t sp = 0;        // user stack pointer and pc at kernel entry (kSyscall, kNoSyscall)
   uint64_t pc = 0;
 };
 Result<TaskSyscall> parse_syscall(std::string_view text);

@@ -80,6 +80,7 @@ Result<std::unique_ptr<Engine>> Engine::create(EngineOptions options) {
   PipelineOptions popts;
   popts.max_depth = c->options_.max_depth;
   popts.native = cfg.native;
+  popts.state_labels = cfg.off_cpu;
   popts.other_series = c->options_.selection.other_series;
   c->pipeline_ =
       std::make_unique<Pipeline>(*c->tracker_, *c->inspector_, *c->queue_, popts, c->modules_);

@@ -5,6 +5,7 @@
 
 #include <cstring>
 
+#include "krait/off_cpu.h"
 #include "util/clock.h"
 
 namespace krait::engine {
@@ -72,12 +73,17 @@ FrameRef Pipeline::synthetic_frame(const std::string& name) {
 
 LabelsRef Pipeline::labels_for(uint64_t key, int pid, const std::string& process_name,
                                const std::string* python_version, uint32_t tid, const char* comm,
-                               uint16_t py_flags, const profile::Labels* extra) {
+                               uint16_t py_flags, const profile::Labels* extra,
+                               const krait_sample* state) {
   std::string thread(comm, strnlen(comm, KRAIT_COMM_LEN));
   const char* gil = !(py_flags & KRAIT_PYF_GIL_KNOWN) ? ""
                     : (py_flags & KRAIT_PYF_GIL_HELD) ? "held"
                                                       : "released";
-  std::string cache_key = fmt::format("{}/{}/{}/{}", key, tid, gil, thread);
+  const bool off_cpu = state && state->cpu_state == KRAIT_STATE_OFF_CPU;
+  const char* cpu_state = !options_.state_labels || !state ? "" : off_cpu ? "off-cpu" : "on-cpu";
+  const char* reason = off_cpu ? krait_off_cpu_reason_name(state->off_cpu_reason) : "";
+  std::string cache_key =
+      fmt::format("{}/{}/{}/{}/{}/{}", key, tid, gil, cpu_state, reason, thread);
   if (LabelsRef* hit = labels_.find(cache_key))
     return *hit;
   auto labels = std::make_shared<profile::Labels>(profile::Labels{{"pid", std::to_string(pid)},
@@ -88,6 +94,10 @@ LabelsRef Pipeline::labels_for(uint64_t key, int pid, const std::string& process
     labels->emplace_back("python_version", *python_version);
   if (*gil)
     labels->emplace_back("gil", gil);
+  if (*cpu_state)
+    labels->emplace_back("state", cpu_state);
+  if (*reason && options_.state_labels)
+    labels->emplace_back("reason", reason);
   if (extra)
     labels->insert(labels->end(), extra->begin(), extra->end());
   std::sort(labels->begin(), labels->end());
@@ -145,6 +155,19 @@ void Pipeline::add_native(const events::SampleView& view, SampleJob& job,
     request_modules(key, pid, slot, loading);
 }
 
+void Pipeline::on_block_end(const krait_block_end& event) {
+  ++stats_.block_ends;
+  // The builder pairs it with its sample, whichever reaches it first (the
+  // sample may be parked for its names).
+  SampleJob job;
+  job.block_end = true;
+  job.ktime_ns = event.hdr.ktime_ns;
+  job.tid = event.hdr.tid;
+  job.block_start_ns = event.start_ns;
+  job.weight = event.weight == 0 ? 1 : event.weight;
+  submit(std::move(job));
+}
+
 void Pipeline::submit(SampleJob job) {
   if (!queue_.push(std::move(job)))
     ++stats_.queue_full;
@@ -166,6 +189,8 @@ void Pipeline::on_sample(const events::SampleView& view) {
   }
   PerProcess* pp = &processes_[p->key];
   ++pp->stats.samples;
+  if (s.cpu_state == KRAIT_STATE_OFF_CPU)
+    ++pp->stats.off_cpu_samples;
   const uint32_t status =
       s.py_status < KRAIT_PY_STATUS_COUNT ? s.py_status : KRAIT_PY_STATUS_COUNT - 1;
   ++pp->stats.by_status[status];
@@ -186,7 +211,13 @@ void Pipeline::on_sample(const events::SampleView& view) {
     version = &version_text;
   }
   job.labels = labels_for(p->generation, p->pid, p->name, version, s.hdr.tid, s.comm, s.py_flags,
-                          &p->extra_labels);
+                          &p->extra_labels, &s);
+  if (s.cpu_state == KRAIT_STATE_OFF_CPU) {
+    job.off_cpu = true;
+    job.tid = s.hdr.tid;
+    job.block_start_ns = s.hdr.ktime_ns;
+    job.weight = s.weight == 0 ? 1 : s.weight;
+  }
   if (s.py_flags & KRAIT_PYF_TRUNCATED) {
     ++pp->stats.truncated;
     job.python_truncated = true;

@@ -48,7 +48,8 @@
 namespace krait::engine {
 
 struct ProcessStats {
-  uint64_t samples = 0;  // every sample record of the process
+  uint64_t samples = 0;          // every sample record of the process
+  uint64_t off_cpu_samples = 0;  // of those, taken as a thread left the CPU
   std::array<uint64_t, KRAIT_PY_STATUS_COUNT> by_status{};
   uint64_t truncated = 0;
   uint64_t unsymbolized_frames = 0;  // no name at all: gone before it could be read
@@ -104,6 +105,7 @@ struct PipelineStats {
   uint64_t exit_events = 0;
   uint64_t unknown_events = 0;
   uint64_t code_captures = 0;
+  uint64_t block_ends = 0;      // off-CPU blocks that ended
   uint64_t native_samples = 0;  // --all-processes: samples of processes that are not Python
   uint64_t unwanted_native_samples = 0;  // of those, from processes other_series refused
   uint64_t parked = 0;                   // samples held for a read, in all
@@ -124,7 +126,10 @@ using OtherSeriesFn = std::function<SeriesRef(pid_t pid, const std::string& name
 
 struct PipelineOptions {
   uint32_t max_depth = KRAIT_PY_DEPTH_DEFAULT;
-  bool native = false;         // mixed stacks: jobs carry the native material
+  bool native = false;  // mixed stacks: jobs carry the native material
+  // Off-CPU and wall modes: every sample is labelled state=on-cpu|off-cpu,
+  // and off CPU reason=sleep|io|lock|gil|runnable|other.
+  bool state_labels = false;
   OtherSeriesFn other_series;  // unset: every such process in the default series
 };
 
@@ -148,6 +153,7 @@ class Pipeline final : public events::EventHandler {
   void on_exit(const krait_proc_event& event) override;
   void on_unknown_process(const krait_proc_event& event) override;
   void on_code_capture(const krait_code_event& event) override;
+  void on_block_end(const krait_block_end& event) override;
 
   // Sends on parked samples whose wait is over; the run loop calls it at
   // every turn (after the Inspector's completions).
@@ -219,7 +225,8 @@ class Pipeline final : public events::EventHandler {
                   std::string method_class, bool read_ok);
   LabelsRef labels_for(uint64_t key, int pid, const std::string& process_name,
                        const std::string* python_version, uint32_t tid, const char* comm,
-                       uint16_t py_flags, const profile::Labels* extra = nullptr);
+                       uint16_t py_flags, const profile::Labels* extra = nullptr,
+                       const krait_sample* state = nullptr);
   void request_modules(uint64_t key, pid_t pid, std::shared_ptr<ModulesSlot> slot, bool& loading);
   void add_native(const events::SampleView& view, SampleJob& job,
                   const std::shared_ptr<ModulesSlot>& slot, uint64_t& loaded_ns, uint64_t key,

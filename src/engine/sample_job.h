@@ -60,6 +60,15 @@ struct SampleJob {
   LabelsRef labels;
   // Not a sample: the end of an interval at `ktime_ns` (daemon).
   bool interval_end = false;
+  // Off-CPU and wall modes. An off-CPU sample (off_cpu) is held by the
+  // builder until its thread runs again; block_end (not a sample) is that
+  // moment, `ktime_ns`, for the sample of (tid, block_start_ns). Each stands
+  // for `weight` context switches.
+  bool off_cpu = false;
+  bool block_end = false;
+  uint32_t tid = 0;
+  uint64_t block_start_ns = 0;
+  uint16_t weight = 1;
   std::vector<PythonFrameRef> python;  // leaf first
   // Why the Python part is incomplete or absent, root side ("[...]"); empty
   // when complete. truncated: the Python walk hit the depth limit.

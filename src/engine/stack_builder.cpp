@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstring>
 
 namespace krait::engine {
@@ -29,6 +30,18 @@ bool is_eval_function(std::string_view name) {
 template <typename Entry>
 size_t native_entry_bytes(const Entry& entry) {
   return sizeof(Entry) + entry.frames.size() * sizeof(profile::FrameId);
+}
+
+// Threads off the CPU at once whose blocks are tracked: past it the oldest
+// go (their end was lost, or their thread is long gone).
+constexpr size_t kMaxOpenBlocks = 65536;
+
+// Time off the CPU from `from` to `to`, for `weight` switches.
+uint64_t blocked_ns(uint64_t from, uint64_t to, uint16_t weight) {
+  if (to <= from)
+    return 0;
+  const uint64_t d = to - from;
+  return d > UINT64_MAX / weight ? UINT64_MAX : d * weight;
 }
 
 std::string basename(const std::string& path) {
@@ -69,12 +82,24 @@ StackBuilder::SeriesState& StackBuilder::state_for(const SeriesRef& series) {
 }
 
 std::vector<SeriesProfile> StackBuilder::take_profiles(int64_t end_ktime_ns) {
+  const auto end = static_cast<uint64_t>(end_ktime_ns);
+  for (auto& [tid, block] : open_) {
+    state_for(block.series)
+        .profile.add_sample(block.stack, block.labels, 0,
+                            blocked_ns(block.charged_ns, end, block.weight));
+    block.charged_ns = std::max(block.charged_ns, end);
+  }
   std::vector<SeriesProfile> out;
+  std::map<const Series*, const profile::Profile*> old;
   for (auto& [key, st] : series_) {
-    if (st->profile.total_count() == 0)
+    if (st->profile.total_count() == 0 && st->profile.total_off_cpu_ns() == 0) {
+      old[key] = &st->profile;
       continue;
+    }
     out.push_back({st->series, std::move(st->profile), interval_start_ns_, end_ktime_ns});
   }
+  for (const SeriesProfile& p : out)
+    old[p.series.get()] = &p.profile;
   // The counts of the caches that go outlive them, for the summary.
   for (const auto& [key, st] : series_) {
     CacheStats native = st->native.stats();
@@ -82,12 +107,72 @@ std::vector<SeriesProfile> StackBuilder::take_profiles(int64_t end_ktime_ns) {
     native.bytes = 0;
     retired_native_frames_ += native;
   }
-  // New profiles mean new ids: every cache of ids goes with the old ones.
-  series_.clear();
-  refresh_cache_stats();
+  // New profiles mean new ids: every cache of ids goes with the old ones,
+  // and the open blocks take theirs along. The empty profiles skipped above
+  // live in series_ until it is cleared, so carry over first.
+  std::map<const Series*, std::unique_ptr<SeriesState>> ended;
+  ended.swap(series_);
   frame_bytes_ = 0;
+  for (auto& [tid, block] : open_)
+    carry_over(block, *old.at(block.series.get()));
+  ended.clear();
+  refresh_cache_stats();
   interval_start_ns_ = end_ktime_ns;
   return out;
+}
+
+void StackBuilder::carry_over(OpenBlock& block, const profile::Profile& old) {
+  SeriesState& st = state_for(block.series);
+  for (profile::FrameId& id : block.stack) {
+    profile::Frame frame = old.frames()[id];
+    if (frame.mapping != 0)
+      frame.mapping = st.profile.intern_mapping(old.mappings()[frame.mapping - 1]);
+    id = intern(st, frame);
+  }
+  block.labels = st.profile.intern_labels(old.label_sets()[block.labels]);
+}
+
+void StackBuilder::open_block(SeriesState& st, const SampleJob& job, profile::LabelSetId labels) {
+  ++stats_.off_cpu_samples;
+  auto early = early_ends_.find(job.tid);
+  if (early != early_ends_.end() && early->second.start_ns == job.block_start_ns) {
+    // Its end came first: the sample was held for its names.
+    st.profile.add_sample(stack_, labels, 0,
+                          blocked_ns(job.block_start_ns, early->second.end_ns, job.weight));
+    early_ends_.erase(early);
+    return;
+  }
+  auto it = open_.find(job.tid);
+  if (it != open_.end()) {
+    ++stats_.blocks_without_end;  // the thread left the CPU again: that end was lost
+  } else if (open_.size() >= kMaxOpenBlocks) {
+    ++stats_.blocks_without_end;
+    open_.erase(open_.begin());
+  }
+  open_[job.tid] =
+      OpenBlock{job.series, stack_, labels, job.block_start_ns, job.block_start_ns, job.weight};
+}
+
+void StackBuilder::end_block(const SampleJob& job) {
+  auto it = open_.find(job.tid);
+  if (it == open_.end() || it->second.start_ns != job.block_start_ns) {
+    // The sample is still on its way (held for its names), or was lost.
+    if (early_ends_.size() >= kMaxOpenBlocks) {
+      stats_.ends_without_block += early_ends_.size();
+      early_ends_.clear();
+    }
+    auto [e, inserted] = early_ends_.insert_or_assign(
+        job.tid, EarlyEnd{job.block_start_ns, job.ktime_ns, job.weight});
+    (void)e;
+    if (!inserted)
+      ++stats_.ends_without_block;
+    return;
+  }
+  OpenBlock& block = it->second;
+  state_for(block.series)
+      .profile.add_sample(block.stack, block.labels, 0,
+                          blocked_ns(block.charged_ns, job.ktime_ns, block.weight));
+  open_.erase(it);
 }
 
 profile::FrameId StackBuilder::frame_id(SeriesState& st, const FrameRef& frame) {
@@ -281,6 +366,10 @@ void StackBuilder::add(const SampleJob& job) {
       sink_(std::move(profiles));
     return;
   }
+  if (job.block_end) {
+    end_block(job);
+    return;
+  }
   ++stats_.samples;
   SeriesState& st = state_for(job.series);
   stack_.clear();
@@ -306,6 +395,10 @@ void StackBuilder::add(const SampleJob& job) {
     stack_.push_back(frame_id(st, r));
   if (stack_.empty())
     stack_.push_back(synthetic(st, "[no frames]"));
+  if (job.off_cpu) {
+    open_block(st, job, labels_id(st, job.labels));
+    return;
+  }
   st.profile.add_sample(stack_, labels_id(st, job.labels));
 }
 

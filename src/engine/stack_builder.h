@@ -40,6 +40,12 @@ struct UnwindStats {
 
 struct BuilderStats {
   uint64_t samples = 0;
+  // Off-CPU and wall modes: samples taken as a thread left the CPU; blocks
+  // whose end never came (the record was lost) or whose sample never came
+  // (dropped), and open blocks let go at the cap.
+  uint64_t off_cpu_samples = 0;
+  uint64_t blocks_without_end = 0;
+  uint64_t ends_without_block = 0;
   std::map<std::string, uint64_t> reasons;    // incomplete or unmatched stacks
   std::map<uint64_t, UnwindStats> unwinding;  // per process key
   // Mixed stacks: the caches behind naming native frames. native_frames:
@@ -80,9 +86,11 @@ class StackBuilder {
   static Result<std::unique_ptr<StackBuilder>> create(BuilderOptions options);
   StackBuilder(Key, BuilderOptions options, unwind::Unwinder unwinder);
   // Adds a sample, or ends an interval (job.interval_end): the profiles of
-  // every series go to the sink, and new ones start.
+  // every series go to the sink, and new ones start. An off-CPU sample is
+  // held until its block ends (job.block_end), then added with that time.
   void add(const SampleJob& job);
-  // The profiles gathered since the last interval end, taken out.
+  // The profiles gathered since the last interval end, taken out. Blocks
+  // still open are charged up to `end_ktime_ns` and go on in the next.
   std::vector<SeriesProfile> take_profiles(int64_t end_ktime_ns);
   void set_interval_sink(IntervalSink sink) { sink_ = std::move(sink); }
   const BuilderStats& stats() const { return stats_; }
@@ -118,7 +126,27 @@ class StackBuilder {
     std::unordered_map<std::string, uint32_t> mappings;
   };
 
+  // An off-CPU sample waiting for its thread to run again.
+  struct OpenBlock {
+    SeriesRef series;
+    std::vector<profile::FrameId> stack;  // ids in the series' current profile
+    profile::LabelSetId labels = 0;
+    uint64_t start_ns = 0;    // the sample's ktime: pairs it with its end
+    uint64_t charged_ns = 0;  // charged up to here (an interval cut)
+    uint16_t weight = 1;
+  };
+  struct EarlyEnd {
+    uint64_t start_ns = 0;
+    uint64_t end_ns = 0;
+    uint16_t weight = 1;
+  };
+
   SeriesState& state_for(const SeriesRef& series);
+  void open_block(SeriesState& st, const SampleJob& job, profile::LabelSetId labels);
+  void end_block(const SampleJob& job);
+  // Re-interns an open block's stack and labels from the profile of the
+  // interval that ended into its series' new one.
+  void carry_over(OpenBlock& block, const profile::Profile& old);
   profile::FrameId frame_id(SeriesState& st, const FrameRef& frame);
   profile::FrameId synthetic(SeriesState& st, const std::string& name);
   profile::FrameId intern(SeriesState& st, const profile::Frame& frame);
@@ -144,6 +172,8 @@ class StackBuilder {
   int64_t interval_start_ns_ = 0;
   size_t frame_bytes_ = 0;  // names of the frames interned since the interval began
   IntervalSink sink_;
+  std::unordered_map<uint32_t, OpenBlock> open_;       // by tid
+  std::unordered_map<uint32_t, EarlyEnd> early_ends_;  // by tid
 };
 
 // Runs a StackBuilder on its own thread, fed by a JobQueue.

@@ -122,6 +122,15 @@ RunSummary build_summary(const RunFacts& run, const ProcessTracker& tracker, Pip
     s.losses["lost: ring buffer full"] += run.counters[KRAIT_CNT_RINGBUF_FULL];
   if (run.counters[KRAIT_CNT_EVENTS_LOST])
     s.losses["process events lost: ring buffer full"] += run.counters[KRAIT_CNT_EVENTS_LOST];
+  if (run.counters[KRAIT_CNT_SWITCHES_LOST])
+    s.losses["off-CPU samples lost: ring buffer full"] += run.counters[KRAIT_CNT_SWITCHES_LOST];
+  if (run.counters[KRAIT_CNT_BLOCK_ENDS_LOST])
+    s.losses["ends of off-CPU waits lost: ring buffer full (those waits are not charged)"] +=
+        run.counters[KRAIT_CNT_BLOCK_ENDS_LOST];
+  if (builder.blocks_without_end)
+    s.losses["off-CPU waits whose end never came (not charged)"] += builder.blocks_without_end;
+  if (builder.ends_without_block)
+    s.losses["ends of off-CPU waits whose sample never came"] += builder.ends_without_block;
   if (pipeline.stale_samples)
     s.losses["from a process that re-executed before its sample was read"] +=
         pipeline.stale_samples;

@@ -80,6 +80,11 @@ bool dispatch_record(const void* data, size_t size, EventHandler& handler) {
         return false;
       handler.on_code_capture(*static_cast<const krait_code_event*>(data));
       return true;
+    case KRAIT_EVENT_BLOCK_END:
+      if (size < sizeof(krait_block_end))
+        return false;
+      handler.on_block_end(*static_cast<const krait_block_end*>(data));
+      return true;
     case KRAIT_EVENT_PROC_UNKNOWN:
       if (size < sizeof(krait_proc_event))
         return false;

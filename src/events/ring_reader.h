@@ -33,6 +33,8 @@ class EventHandler {
   virtual void on_exit(const krait_proc_event& event) = 0;
   virtual void on_unknown_process(const krait_proc_event& event) = 0;
   virtual void on_code_capture(const krait_code_event& event) = 0;
+  // Off-CPU and wall modes only; handlers that never run in them ignore it.
+  virtual void on_block_end(const krait_block_end& /*event*/) {}
 };
 
 // Checks one ring buffer record against its size and, when it is well

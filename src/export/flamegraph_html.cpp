@@ -76,11 +76,12 @@ class TreeBuilder {
       thread = intern({t.empty() ? "[unknown thread]" : std::move(t), "", 0, kThread});
     }
     uint32_t node = 0;
-    nodes_[0].count += sample.count;
-    node = child(node, process, sample.count);
-    node = child(node, thread, sample.count);
+    const uint64_t weight = profile_.weight(sample);
+    nodes_[0].count += weight;
+    node = child(node, process, weight);
+    node = child(node, thread, weight);
     for (auto it = sample.stack.rbegin(); it != sample.stack.rend(); ++it)
-      node = child(node, frame(*it), sample.count);
+      node = child(node, frame(*it), weight);
   }
 
   std::vector<PageFrame>& frames() { return frames_; }
@@ -163,7 +164,10 @@ std::string data_json(const profile::Profile& profile, std::string_view title, s
   JsonWriter w;
   w.begin_object();
   w.key("title").value(title);
-  w.key("unit").value(meta.period_ns > 0 ? "nanoseconds" : "samples");
+  w.key("unit").value(meta.off_cpu || meta.period_ns > 0 ? "nanoseconds" : "samples");
+  // Off-CPU and wall: node values are nanoseconds, not sample counts.
+  w.key("weighted_by_time").value(meta.off_cpu);
+  w.key("on_cpu").value(meta.on_cpu);
   w.key("period_ns").value(meta.period_ns);
   w.key("start_time_unix_ns").value(meta.start_time_unix_ns);
   w.key("duration_ns").value(meta.duration_ns);

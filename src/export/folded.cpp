@@ -123,7 +123,8 @@ std::string encode_folded(const profile::Profile& profile) {
       text.pop_back();
     uint64_t& count = lines[text];
     const uint64_t room = std::numeric_limits<uint64_t>::max() - count;
-    count += sample.count < room ? sample.count : room;
+    const uint64_t weight = profile.weight(sample);
+    count += weight < room ? weight : room;
   }
   std::string out;
   for (const auto& [line, count] : lines)

@@ -83,6 +83,17 @@ void add_types(pb::Profile& out, StringTable& strings, const profile::ProfileMet
   auto* cpu_type = out.add_sample_type();
   cpu_type->set_type(strings.index("cpu"));
   cpu_type->set_unit(strings.index("nanoseconds"));
+  if (meta.off_cpu) {
+    // `go tool pprof -sample_index=off_cpu` (or wall) and Pyroscope show
+    // each; the default is the one the mode was asked for.
+    auto* off_type = out.add_sample_type();
+    off_type->set_type(strings.index("off_cpu"));
+    off_type->set_unit(strings.index("nanoseconds"));
+    auto* wall_type = out.add_sample_type();
+    wall_type->set_type(strings.index("wall"));
+    wall_type->set_unit(strings.index("nanoseconds"));
+    out.set_default_sample_type(strings.index(meta.on_cpu ? "wall" : "off_cpu"));
+  }
   out.mutable_period_type()->set_type(strings.index("cpu"));
   out.mutable_period_type()->set_unit(strings.index("nanoseconds"));
   out.set_period(meta.period_ns);
@@ -238,6 +249,10 @@ void add_samples(pb::Profile& out, StringTable& strings, const profile::Profile&
       ps->add_location_id(uint64_t{id} + 1);
     ps->add_value(clamp_count(sample.count));
     ps->add_value(saturating_product(sample.count, period_ns));
+    if (in.meta().off_cpu) {
+      ps->add_value(clamp_count(sample.off_cpu_ns));
+      ps->add_value(clamp_count(in.weight(sample)));
+    }
     for (const auto& [key, value] : label_sets.at(sample.labels)) {
       auto* label = ps->add_label();
       label->set_key(strings.index(key));

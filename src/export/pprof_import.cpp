@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <optional>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
@@ -36,7 +37,13 @@ class Importer {
     for (int i = 0; i < in_.function_size(); ++i)
       functions_.emplace(in_.function(i).id(), i);
     KRAIT_TRY(map_locations());
-    const int value_index = count_index();
+    const int value_index = value_of("samples", "count").value_or(0);
+    // krait's off-CPU and wall profiles carry off_cpu/nanoseconds too.
+    const std::optional<int> off_index = value_of("off_cpu", "nanoseconds");
+    if (off_index) {
+      out_.meta().off_cpu = true;
+      out_.meta().on_cpu = value_of("wall", "nanoseconds").has_value();
+    }
     std::vector<profile::FrameId> stack;
     profile::Labels labels;
     uint64_t expanded = 0;
@@ -44,7 +51,9 @@ class Importer {
       if (value_index >= sample.value_size())
         return make_error("a sample has no value for its count");
       const int64_t count = sample.value(value_index);
-      if (count <= 0)
+      const int64_t off_cpu_ns =
+          off_index && *off_index < sample.value_size() ? sample.value(*off_index) : 0;
+      if (count <= 0 && off_cpu_ns <= 0)
         continue;
       stack.clear();
       for (uint64_t id : sample.location_id()) {
@@ -63,7 +72,9 @@ class Importer {
         std::string value = label.str() != 0 ? str(label.str()) : fmt::format("{}", label.num());
         labels.emplace_back(str(label.key()), std::move(value));
       }
-      out_.add_sample(stack, out_.intern_labels(labels), static_cast<uint64_t>(count));
+      out_.add_sample(stack, out_.intern_labels(labels),
+                      count > 0 ? static_cast<uint64_t>(count) : 0,
+                      off_cpu_ns > 0 ? static_cast<uint64_t>(off_cpu_ns) : 0);
     }
     return std::move(out_);
   }
@@ -85,14 +96,15 @@ class Importer {
     return m;
   }
 
-  // The value that holds the sample count: krait writes samples/count first
-  // and cpu/nanoseconds second; other writers may have only one type.
-  int count_index() const {
+  // The index of a value by its type: krait writes samples/count first and
+  // cpu/nanoseconds second (then off_cpu and wall); other writers may have
+  // only one type, which is then taken as the count.
+  std::optional<int> value_of(std::string_view type, std::string_view unit) const {
     for (int i = 0; i < in_.sample_type_size(); ++i) {
-      if (str(in_.sample_type(i).type()) == "samples" && str(in_.sample_type(i).unit()) == "count")
+      if (str(in_.sample_type(i).type()) == type && str(in_.sample_type(i).unit()) == unit)
         return i;
     }
-    return 0;
+    return std::nullopt;
   }
 
   void map_mappings() {

@@ -89,7 +89,8 @@ std::string thread_profile_name(const profile::Labels& labels) {
 }  // namespace
 
 std::string encode_speedscope(const profile::Profile& profile, std::string_view title) {
-  const int64_t period = profile.meta().period_ns;
+  // Off-CPU and wall profiles weigh stacks in nanoseconds already.
+  const int64_t period = profile.meta().off_cpu ? 1 : profile.meta().period_ns;
   FrameTable frames(profile);
   std::map<std::string, Thread> by_title;
   std::vector<uint32_t> stack;
@@ -102,7 +103,7 @@ std::string encode_speedscope(const profile::Profile& profile, std::string_view 
     for (auto it = sample.stack.rbegin(); it != sample.stack.rend(); ++it)
       stack.push_back(frames.index(*it));
     uint64_t& count = thread.stacks[stack];
-    count = saturating_add(count, sample.count);
+    count = saturating_add(count, profile.weight(sample));
   }
   std::vector<Thread*> threads;
   for (auto& [name, thread] : by_title) {

@@ -48,6 +48,31 @@ Spec all_processes() {
           .kind = Kind::kToggle};
 }
 
+Spec time_mode() {
+  return {.key = "sampling.mode",
+          .flags = "--mode",
+          .help =
+              "cpu: threads on a CPU; off-cpu: the time threads wait, where they wait (labelled "
+              "reason=sleep|io|lock|gil|runnable|other); wall: both, so each thread's samples add "
+              "up to its wall-clock time",
+          .kind = Kind::kChoice,
+          .choices = {choice("cpu", bpf::TimeMode::kCpu), choice("off-cpu", bpf::TimeMode::kOffCpu),
+                      choice("wall", bpf::TimeMode::kWall)},
+          .ignore_case = true};
+}
+
+Spec switch_every() {
+  return {.key = "sampling.switch_every",
+          .flags = "--switch-every",
+          .type = "N",
+          .help =
+              "Off-CPU and wall modes: walk one context switch in N, at random, and count it N "
+              "times (for hosts that switch very often)",
+          .kind = Kind::kInteger,
+          .min = 1,
+          .max = bpf::kMaxSwitchEvery};
+}
+
 Spec event() {
   return {.flags = "--event",
           .help = "Sampling event: auto (cycles where the host has a PMU, else cpu-clock)",

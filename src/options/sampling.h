@@ -15,6 +15,8 @@ Spec rate_hz();        // sampling.rate_hz, -r,--rate
 Spec stack_mode();     // sampling.stack_mode, --stacks,--stack-mode (python|mixed)
 Spec kernel_frames();  // sampling.kernel, --no-kernel (sets false)
 Spec all_processes();  // sampling.all_processes, --all-processes
+Spec time_mode();      // sampling.mode, --mode (cpu|off-cpu|wall)
+Spec switch_every();   // sampling.switch_every, --switch-every
 
 // Only `krait record` has these so far, hence no TOML key.
 Spec event();            // --event (auto|cycles|cpu-clock)

@@ -96,18 +96,20 @@ LabelSetId Profile::intern_labels(Labels labels) {
 }
 
 void Profile::add_sample(std::span<const FrameId> stack_leaf_first, LabelSetId labels,
-                         uint64_t count) {
-  if (count == 0)
+                         uint64_t count, uint64_t off_cpu_ns) {
+  if (count == 0 && off_cpu_ns == 0)
     return;
   total_count_ = saturating_add(total_count_, count);
+  total_off_cpu_ns_ = saturating_add(total_off_cpu_ns_, off_cpu_ns);
   auto it = entry_index_.find(EntryView{stack_leaf_first, labels});
   if (it != entry_index_.end()) {
     Entry& entry = *entries_[it->second];
     entry.count = saturating_add(entry.count, count);
+    entry.off_cpu_ns = saturating_add(entry.off_cpu_ns, off_cpu_ns);
     return;
   }
   auto entry = std::make_unique<Entry>(
-      Entry{{stack_leaf_first.begin(), stack_leaf_first.end()}, labels, count});
+      Entry{{stack_leaf_first.begin(), stack_leaf_first.end()}, labels, count, off_cpu_ns});
   entry_index_.emplace(EntryView{entry->stack, labels}, static_cast<uint32_t>(entries_.size()));
   entries_.push_back(std::move(entry));
 }
@@ -116,17 +118,29 @@ std::vector<Profile::Sample> Profile::samples() const {
   std::vector<Sample> out;
   out.reserve(entries_.size());
   for (const auto& entry : entries_)
-    out.push_back(Sample{entry->stack, entry->labels, entry->count});
+    out.push_back(Sample{entry->stack, entry->labels, entry->count, entry->off_cpu_ns});
   return out;
+}
+
+uint64_t Profile::weight(const Sample& sample) const {
+  if (!meta_.off_cpu)
+    return sample.count;
+  const uint64_t period = meta_.period_ns > 0 ? static_cast<uint64_t>(meta_.period_ns) : 0;
+  const uint64_t on_cpu =
+      period != 0 && sample.count > UINT64_MAX / period ? UINT64_MAX : sample.count * period;
+  return saturating_add(on_cpu, sample.off_cpu_ns);
 }
 
 void Profile::merge(const Profile& other) {
   if (&other == this) {
     // Re-interning our own tables would read them while growing them.
     total_count_ = 0;
+    total_off_cpu_ns_ = 0;
     for (auto& entry : entries_) {
       entry->count = saturating_add(entry->count, entry->count);
+      entry->off_cpu_ns = saturating_add(entry->off_cpu_ns, entry->off_cpu_ns);
       total_count_ = saturating_add(total_count_, entry->count);
+      total_off_cpu_ns_ = saturating_add(total_off_cpu_ns_, entry->off_cpu_ns);
     }
     return;
   }
@@ -150,7 +164,7 @@ void Profile::merge(const Profile& other) {
     stack.clear();
     for (FrameId id : entry->stack)
       stack.push_back(frame_map[id]);
-    add_sample(stack, labels_map[entry->labels], entry->count);
+    add_sample(stack, labels_map[entry->labels], entry->count, entry->off_cpu_ns);
   }
 }
 
@@ -164,6 +178,7 @@ void Profile::clear() {
   entry_index_.clear();
   entries_.clear();
   total_count_ = 0;
+  total_off_cpu_ns_ = 0;
 }
 
 }  // namespace krait::profile

@@ -79,8 +79,13 @@ struct LabelsHash {
 struct ProfileMeta {
   int64_t start_time_unix_ns = 0;
   int64_t duration_ns = 0;
-  int64_t period_ns = 0;              // CPU time one sample stands for
+  int64_t period_ns = 0;  // CPU time one sample stands for
   std::vector<std::string> comments;  // free text: losses, versions, command line
+  // Off-CPU and wall modes: samples carry the time their thread spent off
+  // the CPU (Sample::off_cpu_ns), and a stack weighs its time, not its
+  // count (see weight()). on_cpu: whether on-CPU samples were taken too.
+  bool off_cpu = false;
+  bool on_cpu = true;
 };
 
 class Profile {
@@ -88,7 +93,8 @@ class Profile {
   struct Sample {
     std::vector<FrameId> stack;  // leaf first
     LabelSetId labels = 0;
-    uint64_t count = 0;
+    uint64_t count = 0;       // on-CPU samples
+    uint64_t off_cpu_ns = 0;  // time off the CPU
   };
 
   explicit Profile(ProfileMeta meta = {});
@@ -107,10 +113,12 @@ class Profile {
   // Sorts `labels` (key, then value) and returns the id of that set.
   LabelSetId intern_labels(Labels labels);
 
-  // Adds `count` samples of one stack. Every id must come from this profile.
-  // Samples with equal (stack, labels) share one count; count 0 is a no-op.
-  // Counts saturate at UINT64_MAX rather than wrap.
-  void add_sample(std::span<const FrameId> stack_leaf_first, LabelSetId labels, uint64_t count = 1);
+  // Adds `count` on-CPU samples and `off_cpu_ns` of off-CPU time to one
+  // stack. Every id must come from this profile. Samples with equal (stack,
+  // labels) share one entry; adding nothing is a no-op. Values saturate at
+  // UINT64_MAX rather than wrap.
+  void add_sample(std::span<const FrameId> stack_leaf_first, LabelSetId labels, uint64_t count = 1,
+                  uint64_t off_cpu_ns = 0);
 
   const std::vector<Mapping>& mappings() const { return mappings_; }
   const std::vector<Frame>& frames() const { return frames_; }
@@ -121,6 +129,13 @@ class Profile {
   std::vector<Sample> samples() const;
   size_t distinct_samples() const { return entries_.size(); }
   uint64_t total_count() const { return total_count_; }
+  uint64_t total_off_cpu_ns() const { return total_off_cpu_ns_; }
+  // What one sample weighs where a single number per stack is drawn: its
+  // count, or with off-CPU time (meta().off_cpu) its time in nanoseconds,
+  // on-CPU samples standing for one period each.
+  uint64_t weight(const Sample& sample) const;
+  // The unit of weight(): "samples" or "nanoseconds".
+  const char* weight_unit() const { return meta_.off_cpu ? "nanoseconds" : "samples"; }
 
   ProfileMeta& meta() { return meta_; }
   const ProfileMeta& meta() const { return meta_; }
@@ -136,6 +151,7 @@ class Profile {
     std::vector<FrameId> stack;
     LabelSetId labels = 0;
     uint64_t count = 0;
+    uint64_t off_cpu_ns = 0;
   };
   // Borrows the stack of an Entry (heap-allocated, so it never moves) or of
   // the caller during lookup, so adding a known stack allocates nothing.
@@ -160,6 +176,7 @@ class Profile {
   std::vector<std::unique_ptr<Entry>> entries_;  // first-added order
   std::unordered_map<EntryView, uint32_t, EntryViewHash, EntryViewEqual> entry_index_;
   uint64_t total_count_ = 0;
+  uint64_t total_off_cpu_ns_ = 0;
 };
 
 }  // namespace krait::profile

@@ -292,6 +292,26 @@ bool collect_candidates(pid_t pid, proc::ProcessMemory& mem, const ProcessInterp
 
 // The attachment of a layout that passed validation: what the sampler
 // needs to walk the process.
+// Where the GIL's futexes are, so a wait on them reads as reason=gil; 0
+// when unknown (before 3.7, or a table without the fields). From 3.12 on
+// each interpreter has its own; the main one's is taken (subinterpreters
+// sharing it, the default, wait on the same).
+void locate_gil(proc::ProcessMemory& mem, const ProcessInterpreter& pi, uint64_t head,
+                const PythonLayout& layout, krait_proc_info& info) {
+  uint64_t holder = 0;
+  if (layout.runtime_gil_holder != KRAIT_OFFSET_NONE) {
+    holder = pi.runtime_addr + layout.runtime_gil_holder;
+  } else if (layout.bpf.gil_mode == KRAIT_GIL_INTERP_LOCK) {
+    uint64_t interp = 0;
+    if (mem.read(head, {reinterpret_cast<uint8_t*>(&interp), sizeof interp}) && interp != 0)
+      holder = interp + layout.bpf.interp_gil_holder;
+  }
+  if (holder < kGilHolderOffset)
+    return;
+  info.gil_addr = holder - kGilHolderOffset;
+  info.gil_size = kGilStateBytes;
+}
+
 void attach_with(const ProcessInterpreter& pi, uint64_t head, PythonLayout layout,
                  const std::string& source, Attachment& out) {
   out.status = AttachStatus::kAttached;
@@ -336,6 +356,7 @@ void attach_first_valid(pid_t pid, proc::ProcessMemory& mem, const ProcessInterp
     }
     attach_with(pi, head, std::move(*layout), c.source, out);
     out.table = *c.table;
+    locate_gil(mem, pi, head, *out.layout, out.info);
     return;
   }
   out.status = AttachStatus::kRefused;

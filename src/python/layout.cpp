@@ -198,6 +198,7 @@ void read_runtime_fields(FieldReader& f, PyVersion v, PythonLayout& out) {
     b.gil_mode = KRAIT_GIL_CURRENT_PTR;  // the caller supplies &_PyThreadState_Current
   } else if (v < PyVersion{3, 12, 0}) {
     out.runtime_tstate_current = f.optional("_PyRuntimeState.gilstate.tstate_current");
+    out.runtime_gil_holder = f.optional("_PyRuntimeState.ceval.gil.last_holder");
     if (out.runtime_tstate_current != KRAIT_OFFSET_NONE)
       b.gil_mode = KRAIT_GIL_CURRENT_PTR;
   } else {

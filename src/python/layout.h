@@ -76,7 +76,17 @@ struct PythonLayout {
   // 3.7-3.11, bpf.gil_mode KRAIT_GIL_CURRENT_PTR: the current thread state in
   // _PyRuntimeState (2.7/3.6 keep it in the _PyThreadState_Current symbol).
   uint16_t runtime_tstate_current = KRAIT_OFFSET_NONE;
+  // 3.7-3.11: _PyRuntimeState.ceval.gil.last_holder, which finds the GIL's
+  // condition variables and mutexes (krait_proc_info.gil_addr).
+  uint16_t runtime_gil_holder = KRAIT_OFFSET_NONE;
 };
+
+// struct _gil_runtime_state (3.2+): interval, last_holder, locked,
+// switch_number, then the condition variables and mutexes a waiting thread
+// sleeps on (two of each with FORCE_SWITCHING, every Linux build). Its
+// start is last_holder's offset less 8.
+inline constexpr uint32_t kGilStateBytes = 8 + 8 + 8 + 8 + 2 * (48 + 40);
+inline constexpr uint32_t kGilHolderOffset = 8;
 
 // Fails with a message naming the missing field when the table lacks one the
 // version needs, or when an offset would not fit the sampler's read limits.

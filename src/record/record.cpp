@@ -79,6 +79,9 @@ Result<EngineOptions> engine_options(const RecordOptions& o) {
   cfg.kernel_stacks = o.kernel_stacks;
   cfg.user_stack_bytes = o.user_stack_bytes;
   cfg.all_processes = o.all_processes;
+  cfg.on_cpu = o.mode != bpf::TimeMode::kOffCpu;
+  cfg.off_cpu = o.mode != bpf::TimeMode::kCpu;
+  cfg.switch_every = o.switch_every;
   return e;
 }
 
@@ -145,6 +148,8 @@ Result<void> write_outputs(const RecordOptions& o, const std::string& output,
                            int64_t start_unix, uint64_t duration_ns) {
   auto summary = engine::summary_text(run_summary);
   profile.meta().period_ns = static_cast<int64_t>(1'000'000'000ull / o.frequency_hz);
+  profile.meta().off_cpu = o.mode != bpf::TimeMode::kCpu;
+  profile.meta().on_cpu = o.mode != bpf::TimeMode::kOffCpu;
   profile.meta().start_time_unix_ns = start_unix;
   profile.meta().duration_ns = static_cast<int64_t>(duration_ns);
   profile.meta().comments = summary;
@@ -156,8 +161,13 @@ Result<void> write_outputs(const RecordOptions& o, const std::string& output,
   if (!o.stats_json.empty())
     KRAIT_TRY(
         exporter::write_file_atomically(o.stats_json, engine::summary_json(run_summary) + "\n"));
-  fmt::print(stderr, "krait: wrote {} ({} samples, {} stacks)\n", output, profile.total_count(),
-             profile.samples().size());
+  if (profile.meta().off_cpu)
+    fmt::print(stderr, "krait: wrote {} ({} samples on CPU, {:.3f} s off CPU, {} stacks)\n", output,
+               profile.total_count(), static_cast<double>(profile.total_off_cpu_ns()) / 1e9,
+               profile.distinct_samples());
+  else
+    fmt::print(stderr, "krait: wrote {} ({} samples, {} stacks)\n", output, profile.total_count(),
+               profile.distinct_samples());
   return {};
 }
 

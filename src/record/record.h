@@ -30,14 +30,16 @@ struct RecordOptions {
   uint32_t frequency_hz = 99;
   uint32_t max_depth = KRAIT_PY_DEPTH_DEFAULT;
   bpf::EventSource event = bpf::EventSource::kAuto;
-  std::vector<std::string> offsets_files;  // --offsets
-  bool builtin_offsets = true;             // tests: simulate a release with no table
-  int ready_fd = -1;                       // written "ready\n" once sampling runs
-  std::string stats_json;                  // write the run summary as JSON here
-  bool measure_cost = false;               // time every walk (benchmarks)
-  bool gil_only = false;                   // only samples of threads holding the GIL
-  StackMode stacks = StackMode::kMixed;    // Python frames only, or with native and kernel
-  bool kernel_stacks = true;               // mixed: kernel frames too
+  std::vector<std::string> offsets_files;    // --offsets
+  bool builtin_offsets = true;               // tests: simulate a release with no table
+  int ready_fd = -1;                         // written "ready\n" once sampling runs
+  std::string stats_json;                    // write the run summary as JSON here
+  bool measure_cost = false;                 // time every walk (benchmarks)
+  bool gil_only = false;                     // only samples of threads holding the GIL
+  StackMode stacks = StackMode::kMixed;      // Python frames only, or with native and kernel
+  bpf::TimeMode mode = bpf::TimeMode::kCpu;  // on-CPU, off-CPU or wall-clock time
+  uint32_t switch_every = 1;                 // off CPU: one context switch in N is walked
+  bool kernel_stacks = true;                 // mixed: kernel frames too
   uint32_t user_stack_bytes = KRAIT_USER_STACK_DEFAULT;
   bool all_processes = false;  // also processes that are not Python
 };

@@ -78,6 +78,8 @@ std::vector<options::Option<RecordOptions>> make_options() {
                     .min = -1,
                     .max = std::numeric_limits<int>::max()},
                    &R::ready_fd));
+  o.push_back(bind(sampling::time_mode(), &R::mode));
+  o.push_back(bind(sampling::switch_every(), &R::switch_every));
   o.push_back(bind(sampling::stack_mode(), &R::stacks));
   o.push_back(bind(sampling::kernel_frames(), &R::kernel_stacks));
   o.push_back(bind(sampling::all_processes(), &R::all_processes));

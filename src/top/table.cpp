@@ -298,11 +298,14 @@ Table build_table(const profile::Profile& profile, const ViewSettings& view, int
     if (sample.labels >= infos.size())
       continue;
     const LabelInfo& info = infos[sample.labels];
-    table.all_samples += sample.count;
+    // Off-CPU and wall: nanoseconds, not counts (see Profile::weight).
+    const uint64_t weight = profile.weight(sample);
+    table.all_samples += weight;
+    table.on_cpu_samples += sample.count;
     pids.insert(info.pid);
     if (!info.passes)
       continue;
-    table.samples += sample.count;
+    table.samples += weight;
     Row base{.process = info.process, .pid = info.pid};
     if (view.grouping == Grouping::kProcesses || view.grouping == Grouping::kThreads) {
       const bool processes = view.grouping == Grouping::kProcesses;
@@ -313,8 +316,8 @@ Table build_table(const profile::Profile& profile, const ViewSettings& view, int
       Row& r = rows[rows.find_or_add(
           processes ? fmt::format("{}", info.pid) : fmt::format("{}/{}", info.pid, info.tid),
           std::move(row))];
-      r.own += sample.count;
-      r.total += sample.count;
+      r.own += weight;
+      r.total += weight;
       threads_of[info.pid].insert(info.tid);
       continue;
     }
@@ -343,18 +346,17 @@ Table build_table(const profile::Profile& profile, const ViewSettings& view, int
       row.name = view.native_frames ? "[no frames]" : "[no Python frames]";
       on_stack.push_back(rows.find_or_add(fmt::format("{}\x1f[none]", info.pid), std::move(row)));
     }
-    rows[on_stack.front()].own += sample.count;
+    rows[on_stack.front()].own += weight;
     // Each row once per stack: recursion does not count a function twice.
     std::sort(on_stack.begin(), on_stack.end());
     on_stack.erase(std::unique(on_stack.begin(), on_stack.end()), on_stack.end());
     for (size_t row : on_stack)
-      rows[row].total += sample.count;
+      rows[row].total += weight;
   }
   table.processes = pids.size();
   table.rows = rows.take();
-  const double scale =
-      interval_ns > 0 ? 100.0 * static_cast<double>(period_ns) / static_cast<double>(interval_ns)
-                      : 0.0;
+  const double unit = profile.meta().off_cpu ? 1.0 : static_cast<double>(period_ns);
+  const double scale = interval_ns > 0 ? 100.0 * unit / static_cast<double>(interval_ns) : 0.0;
   for (Row& row : table.rows) {
     row.own_pct = static_cast<double>(row.own) * scale;
     row.total_pct = static_cast<double>(row.total) * scale;

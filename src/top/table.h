@@ -56,7 +56,8 @@ struct Table {
   std::vector<Row> rows;  // sorted by the view's key
   uint64_t samples = 0;   // in the filter
   uint64_t all_samples = 0;
-  size_t processes = 0;  // distinct pids in the profile
+  uint64_t on_cpu_samples = 0;  // every on-CPU sample (all_samples is time off CPU)
+  size_t processes = 0;         // distinct pids in the profile
 };
 
 // The rows of `profile` (one interval of `interval_ns`, each sample

@@ -51,6 +51,9 @@ engine::EngineOptions engine_options(const TopOptions& o) {
   cfg.source = o.event;
   cfg.native = o.stacks == StackMode::kMixed;
   cfg.kernel_stacks = o.kernel_stacks;
+  cfg.on_cpu = o.mode != bpf::TimeMode::kOffCpu;
+  cfg.off_cpu = o.mode != bpf::TimeMode::kCpu;
+  cfg.switch_every = o.switch_every;
   cfg.user_stack_bytes = o.user_stack_bytes;
   return e;
 }
@@ -299,6 +302,8 @@ class TopLoop {
         krait_cpu_pct_ = 100.0 * (cpu - last_cpu_s_) / wall;
       last_cpu_s_ = cpu;
       last_cpu_wall_ns_ = now_cpu_wall;
+      set_meta(interval);
+      set_meta(cumulative_);
       cumulative_.merge(interval);
       const uint64_t start = last_end_ns_;
       last_end_ns_ = end;
@@ -316,6 +321,13 @@ class TopLoop {
     return any;
   }
 
+  // Off-CPU and wall: rows weigh time, not samples (Profile::weight).
+  void set_meta(profile::Profile& p) const {
+    p.meta().period_ns = static_cast<int64_t>(1'000'000'000ull / o_.frequency_hz);
+    p.meta().off_cpu = o_.mode != bpf::TimeMode::kCpu;
+    p.meta().on_cpu = o_.mode != bpf::TimeMode::kOffCpu;
+  }
+
   void rebuild() {
     const int64_t period = static_cast<int64_t>(1'000'000'000ull / o_.frequency_hz);
     table_ = ui_.cumulative ? build_table(cumulative_, view_, period,
@@ -331,7 +343,8 @@ class TopLoop {
     f.interval_s =
         static_cast<double>(ui_.cumulative ? last_end_ns_ - start_ns_ : interval_ns_) / 1e9;
     f.rate_hz = o_.frequency_hz;
-    f.samples_per_s = f.interval_s > 0 ? static_cast<double>(table_.all_samples) / f.interval_s : 0;
+    f.samples_per_s =
+        f.interval_s > 0 ? static_cast<double>(table_.on_cpu_samples) / f.interval_s : 0;
     f.python_processes = table_.processes;
     f.krait_cpu_pct = krait_cpu_pct_;
     f.drops = health.ring_full + health.queue_full;

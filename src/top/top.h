@@ -36,6 +36,8 @@ struct TopOptions {
   uint32_t max_depth = KRAIT_PY_DEPTH_DEFAULT;
   bpf::EventSource event = bpf::EventSource::kAuto;
   StackMode stacks = StackMode::kMixed;
+  bpf::TimeMode mode = bpf::TimeMode::kCpu;  // wall/off-cpu: shares of a thread's time
+  uint32_t switch_every = 1;
   bool kernel_stacks = true;
   uint32_t user_stack_bytes = KRAIT_USER_STACK_DEFAULT;
   int ready_fd = -1;  // written "ready\n" once sampling runs (tests)

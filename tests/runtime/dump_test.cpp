@@ -46,6 +46,7 @@ struct DumpedThread {
   bool python = false;  // has a Python thread state
   std::string state;
   std::string syscall;  // "" for null
+  std::string waiting;  // "" for null
   std::string gil;
   std::vector<DumpedFrame> frames;  // leaf first, as dumped
   std::string error;
@@ -87,6 +88,8 @@ Result<std::map<int64_t, DumpedThread>> parse_dump(const std::string& text, int6
       d.state = json_string(t, "state").value();
       const JsonValue* sys = t.find("syscall");
       d.syscall = sys && sys->is_string() ? sys->string : "";
+      const JsonValue* waiting = t.find("waiting");
+      d.waiting = waiting && waiting->is_string() ? waiting->string : "";
       d.gil = json_string(t, "gil").value();
       d.error = json_string(t, "error").value();
       d.native_error = json_string(t, "native_error").value();
@@ -146,6 +149,10 @@ std::string judge(const Interpreter& interp, const Truth& truth,
           t.name == "dump-sleep" ? sleep_syscalls(interp) : std::set<std::string>{"recvfrom"};
       if (d.state != "blocked" || !want.contains(d.syscall))
         wrong += fmt::format("{}: state {} in '{}'; ", t.name, d.state, d.syscall);
+      // The reason off-CPU samples give the same wait.
+      const std::string reason = t.name == "dump-sleep" ? "sleep" : "io";
+      if (d.waiting != reason)
+        wrong += fmt::format("{}: waiting for '{}', want {}; ", t.name, d.waiting, reason);
       if (d.gil != "not_held")
         wrong += fmt::format("{}: GIL {}; ", t.name, d.gil);
     }

@@ -96,6 +96,8 @@ std::vector<ProfileSample> decode_samples(const perftools::profiles::Profile& p)
   for (const auto& s : p.sample()) {
     ProfileSample ps;
     ps.count = s.value_size() > 0 ? s.value(0) : 0;
+    for (int i = 0; i < s.value_size() && i < p.sample_type_size(); ++i)
+      ps.values[str(p.sample_type(i).type())] = s.value(i);
     for (const auto& l : s.label())
       ps.labels[str(l.key())] = str(l.str());
     for (int i = s.location_id_size() - 1; i >= 0; --i) {

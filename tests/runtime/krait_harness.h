@@ -64,6 +64,8 @@ struct ProfileSample {
   std::vector<Frame> full_stack;
   std::vector<std::string> mappings;
   int64_t count = 0;
+  // Every value by its sample type ("samples", "cpu", "off_cpu", "wall").
+  std::map<std::string, int64_t> values;
   int64_t pid() const;
   int64_t tid() const;
 };

@@ -51,10 +51,18 @@
   function percent(part, whole) {
     return whole > 0 ? (100 * part / whole).toFixed(2) + "%" : "0%";
   }
-  function cpuTime(samples) {
-    if (!(data.period_ns > 0)) return "";
-    var ns = samples * data.period_ns;
+  function timeText(ns) {
     return ns >= 1e9 ? (ns / 1e9).toFixed(2) + " s" : (ns / 1e6).toFixed(1) + " ms";
+  }
+  function cpuTime(samples) {
+    if (data.weighted_by_time || !(data.period_ns > 0)) return "";
+    return timeText(samples * data.period_ns);
+  }
+  // Off-CPU and wall profiles weigh each stack by its time in nanoseconds.
+  function amount(v) {
+    if (data.weighted_by_time) return timeText(v);
+    var time = cpuTime(v);
+    return v + " samples" + (time ? " (" + time + ")" : "");
   }
   function where(node) {
     var file = fileOf(node), line = lineOf(node);
@@ -155,7 +163,7 @@
       }
       Array.prototype.push.apply(todo, children[node2]);
     }
-    out.textContent = "Matched: " + percent(hit, nodeValue[state.base]) + " (" + hit + " samples)";
+    out.textContent = "Matched: " + percent(hit, nodeValue[state.base]) + " (" + amount(hit) + ")";
     out.setAttribute("data-matched-samples", String(hit));
   }
 
@@ -171,11 +179,10 @@
     add(KIND_LABELS[kindOf(node)] || kindOf(node));
     if (where(node)) add(where(node));
     var v = nodeValue[node];
-    var time = cpuTime(v);
-    add(v + " samples" + (time ? " (" + time + ")" : "") + ", " + percent(v, nodeValue[state.base]) +
+    add(amount(v) + ", " + percent(v, nodeValue[state.base]) +
         (state.base !== 0 ? " of selection, " + percent(v, nodeValue[0]) + " of all" : ""));
     var self = selfOf(node);
-    if (self > 0) add("self: " + self + " samples, " + percent(self, nodeValue[state.base]));
+    if (self > 0) add("self: " + amount(self) + ", " + percent(self, nodeValue[state.base]));
     tooltip.hidden = false;
     var x = Math.min(event.clientX + 12, window.innerWidth - tooltip.offsetWidth - 4);
     var y = event.clientY + 16;
@@ -219,9 +226,14 @@
     var processes = children[0];
     var threads = 0;
     processes.forEach(function (p) { threads += children[p].length; });
-    var summary = nodeValue[0] + " samples";
-    var time = cpuTime(nodeValue[0]);
-    if (time) summary += " (" + time + " CPU)";
+    var summary;
+    if (data.weighted_by_time) {
+      summary = timeText(nodeValue[0]) + (data.on_cpu ? " of wall-clock time" : " off CPU");
+    } else {
+      summary = nodeValue[0] + " samples";
+      var time = cpuTime(nodeValue[0]);
+      if (time) summary += " (" + time + " CPU)";
+    }
     summary += " in " + processes.length + " process" + (processes.length === 1 ? "" : "es") +
                ", " + threads + " thread" + (threads === 1 ? "" : "s");
     if (data.start_time_unix_ns > 0) {

@@ -7,6 +7,8 @@
 
 #include <string>
 
+#include "krait/off_cpu.h"
+
 namespace krait::dump {
 namespace {
 
@@ -88,6 +90,32 @@ TEST(Names, SyscallsAndStates) {
   EXPECT_EQ(state_name('S'), "sleeping");
   EXPECT_EQ(state_name('R'), "running");
   EXPECT_EQ(state_name('Q'), "state Q");
+}
+
+// The reason a wait is given, from the system call and its arguments: the
+// same function the sampler runs at a context switch.
+TEST(Waiting, ReasonsFromTheSystemCallAndItsArguments) {
+  auto reason = [](std::string_view line, uint64_t gil_addr = 0, uint32_t gil_size = 0) {
+    auto sys = parse_syscall(line);
+    EXPECT_TRUE(sys.ok()) << line;
+    return std::string(krait_off_cpu_reason_name(
+        krait_off_cpu_reason(sys->number, sys->args[0], sys->args[1], gil_addr, gil_size)));
+  };
+  const char* futex = "202 0x7f0000001040 0x89 0x0 0x0 0x0 0x0 0x7ffd5c0 0x7f12aa";
+  EXPECT_EQ(reason(futex, 0x7f0000001000, 0x100), "gil");
+  EXPECT_EQ(reason(futex, 0x7f0000001000, 0x40), "lock");  // one byte past the GIL
+  EXPECT_EQ(reason(futex), "lock");
+  EXPECT_EQ(reason("230 0x1 0x0 0x7ffd 0x7ffd 0x0 0x0 0x7ffd5c0 0x7f12aa"), "sleep");
+  // select: time.sleep before 3.11 has no descriptors.
+  EXPECT_EQ(reason("23 0x0 0x0 0x0 0x0 0x7ffd 0x0 0x7ffd5c0 0x7f12aa"), "sleep");
+  EXPECT_EQ(reason("23 0x6 0x7ffd 0x0 0x0 0x7ffd 0x0 0x7ffd5c0 0x7f12aa"), "io");
+  // poll: the count is the second argument.
+  EXPECT_EQ(reason("7 0x7ffd 0x0 0x3e8 0x0 0x0 0x0 0x7ffd5c0 0x7f12aa"), "sleep");
+  EXPECT_EQ(reason("7 0x7ffd 0x2 0x3e8 0x0 0x0 0x0 0x7ffd5c0 0x7f12aa"), "io");
+  EXPECT_EQ(reason("0 0x3 0x7ffd 0x1 0x0 0x0 0x0 0x7ffd5c0 0x7f12aa"), "io");
+  EXPECT_EQ(reason("45 0x3 0x7ffd 0x1 0x0 0x0 0x0 0x7ffd5c0 0x7f12aa"), "io");
+  EXPECT_EQ(reason("61 0xffffffffffffffff 0x7ffd 0x0 0x0 0x0 0x0 0x7ffd5c0 0x7f12aa"), "other");
+  EXPECT_STREQ(krait_off_cpu_reason_name(KRAIT_OFF_RUNNABLE), "runnable");
 }
 
 }  // namespace

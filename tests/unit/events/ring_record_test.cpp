@@ -15,7 +15,8 @@ namespace krait::events {
 namespace {
 
 struct Seen {
-  int samples = 0, execs = 0, exits = 0, unknown = 0, codes = 0;
+  int samples = 0, execs = 0, exits = 0, unknown = 0, codes = 0, block_ends = 0;
+  uint64_t block_start_ns = 0;
   std::vector<uint32_t> pids;  // hdr.pid of every record dispatched, in order
   std::vector<krait_py_frame> frames;
   std::vector<uint64_t> kernel_ips;
@@ -45,6 +46,11 @@ class Recorder final : public EventHandler {
   }
   void on_code_capture(const krait_code_event& e) override {
     ++seen.codes;
+    seen.pids.push_back(e.hdr.pid);
+  }
+  void on_block_end(const krait_block_end& e) override {
+    ++seen.block_ends;
+    seen.block_start_ns = e.start_ns;
     seen.pids.push_back(e.hdr.pid);
   }
   int total() const { return seen.samples + seen.execs + seen.exits + seen.unknown + seen.codes; }
@@ -126,10 +132,19 @@ TEST(DispatchRecord, EveryWholeRecordTypeReachesItsHandler) {
   krait_code_event code{};
   code.hdr.type = KRAIT_EVENT_CODE;
   EXPECT_TRUE(dispatch_record(&code, sizeof code, r));
+  krait_block_end end{};
+  end.hdr.type = KRAIT_EVENT_BLOCK_END;
+  end.start_ns = 12345;
+  EXPECT_TRUE(dispatch_record(&end, sizeof end, r));
   EXPECT_EQ(r.seen.execs, 1);
   EXPECT_EQ(r.seen.exits, 1);
   EXPECT_EQ(r.seen.unknown, 1);
   EXPECT_EQ(r.seen.codes, 1);
+  EXPECT_EQ(r.seen.block_ends, 1);
+  EXPECT_EQ(r.seen.block_start_ns, 12345u);
+  // One byte short of a whole record: refused.
+  EXPECT_FALSE(dispatch_record(&end, sizeof end - 1, r));
+  EXPECT_EQ(r.seen.block_ends, 1);
 }
 
 // RingReader::handle_record is what the ring buffer's callback runs: each

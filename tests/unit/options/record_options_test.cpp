@@ -144,7 +144,8 @@ TEST(RecordOptionsTest, SamplingOptionsAreTheDaemons) {
     EXPECT_EQ(o.spec.max, it->second->max);
     EXPECT_EQ(o.spec.type_name(), it->second->type_name());
   }
-  EXPECT_EQ(shared, 4);  // --rate, --stacks, --no-kernel, --all-processes
+  // --rate, --stacks, --no-kernel, --all-processes, --mode, --switch-every
+  EXPECT_EQ(shared, 6);
 }
 
 }  // namespace
