@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "test_layout.h"
+
 namespace krait::python {
 namespace {
 
@@ -59,33 +61,6 @@ constexpr uint64_t kTstate = 0x10000;
 constexpr uint64_t kCoroType = 0x20000, kStrType = 0x20400, kIntType = 0x20800,
                    kFutureType = 0x20c00, kTaskType = 0x21000;
 
-// A frame-object model like frame_walk_test's: back, code, lasti, owner.
-PythonLayout frame_layout() {
-  PythonLayout l;
-  krait_py_layout& b = l.bpf;
-  std::memset(&b, 0xff, sizeof b);
-  b.tstate_frame = 8;
-  b.cframe_frame = KRAIT_OFFSET_NONE;
-  b.frame_back = 0;
-  b.frame_code = 8;
-  b.frame_instr = 16;
-  b.frame_owner = 20;
-  b.frame_is_entry = KRAIT_OFFSET_NONE;
-  b.frame_read_size = 24;
-  b.code_type = 8;
-  b.code_filename = 16;
-  b.code_name = 24;
-  b.code_linetable = 32;
-  b.code_firstlineno = 40;
-  b.code_adaptive = KRAIT_OFFSET_NONE;
-  b.code_read_size = 48;
-  b.instr_kind = KRAIT_INSTR_LASTI;
-  b.frame_owner_shim = KRAIT_OWNER_NONE;
-  b.code_tag_mask = 0;
-  b.skip_non_code = 0;
-  return l;
-}
-
 template <typename T>
 void put(std::vector<uint8_t>& block, size_t at, T value) {
   std::memcpy(block.data() + at, &value, sizeof value);
@@ -94,7 +69,7 @@ void put(std::vector<uint8_t>& block, size_t at, T value) {
 struct Fixture {
   proc::FakeMemory memory;
   AsyncioLayout a = layout_314();
-  PythonLayout layout = frame_layout();
+  PythonLayout layout = frame_object_test_layout();
 
   Fixture() {
     type(kCoroType, 0, "coroutine");

@@ -10,6 +10,8 @@
 
 #include <cstring>
 
+#include "test_layout.h"
+
 namespace krait::python {
 namespace {
 
@@ -17,33 +19,6 @@ using ::testing::HasSubstr;
 
 constexpr uint64_t kTstate = 0x1000;
 constexpr uint64_t kCodeType = 0xc0de;
-
-// A frame-object model (<= 3.10 style) with optional shim owners.
-PythonLayout test_layout() {
-  PythonLayout l;
-  krait_py_layout& b = l.bpf;
-  std::memset(&b, 0xff, sizeof b);
-  b.tstate_frame = 8;
-  b.cframe_frame = KRAIT_OFFSET_NONE;
-  b.frame_back = 0;
-  b.frame_code = 8;
-  b.frame_instr = 16;
-  b.frame_owner = 20;
-  b.frame_is_entry = KRAIT_OFFSET_NONE;
-  b.frame_read_size = 24;
-  b.code_type = 8;
-  b.code_filename = 16;
-  b.code_name = 24;
-  b.code_linetable = 32;
-  b.code_firstlineno = 40;
-  b.code_adaptive = KRAIT_OFFSET_NONE;
-  b.code_read_size = 48;
-  b.instr_kind = KRAIT_INSTR_LASTI;
-  b.frame_owner_shim = KRAIT_OWNER_NONE;
-  b.code_tag_mask = 0;
-  b.skip_non_code = 0;
-  return l;
-}
 
 struct Fixture {
   proc::FakeMemory memory;
@@ -81,7 +56,7 @@ TEST(FrameWalk, GivesTheSamplersRecordsLeafFirst) {
   f.frame(0x2200, 0, 0x3000, 6);
   f.code(0x3000, kCodeType, 10);
   f.code(0x3400, kCodeType, 20);
-  FrameChain c = walk(f, test_layout());
+  FrameChain c = walk(f, frame_object_test_layout());
   ASSERT_EQ(c.status, KRAIT_PY_OK) << c.reason;
   ASSERT_EQ(c.frames.size(), 3u);
   EXPECT_FALSE(c.truncated);
@@ -98,7 +73,7 @@ TEST(FrameWalk, GivesTheSamplersRecordsLeafFirst) {
 
 TEST(FrameWalk, ShimFramesMarkTheFrameTheyEnter) {
   Fixture f;
-  PythonLayout l = test_layout();
+  PythonLayout l = frame_object_test_layout();
   l.bpf.frame_owner_shim = 3;
   f.tstate(0x2000);
   f.frame(0x2000, 0x2100, 0x3000, 2);
@@ -121,7 +96,7 @@ TEST(FrameWalk, NotACodeObjectStopsOrIsSkippedAsTheLayoutSays) {
   f.frame(0x2200, 0, 0x3000, 8);
   f.code(0x3000, kCodeType, 1);
   f.code(0x3400, 0xbad, 1);
-  PythonLayout l = test_layout();
+  PythonLayout l = frame_object_test_layout();
   FrameChain strict = walk(f, l);
   EXPECT_EQ(strict.status, KRAIT_PY_BAD_CODE_OBJECT);
   EXPECT_THAT(strict.reason, HasSubstr("does not point to a code object"));
@@ -139,17 +114,17 @@ TEST(FrameWalk, HostileChainsEndWithAReason) {
   f.frame(0x2000, 0x2100, 0x3000, 0);
   f.frame(0x2100, 0x2000, 0x3000, 0);  // back to the first
   f.code(0x3000, kCodeType, 1);
-  FrameChain cyclic = walk(f, test_layout());
+  FrameChain cyclic = walk(f, frame_object_test_layout());
   EXPECT_EQ(cyclic.status, KRAIT_PY_READ_FAULT_FRAME);
   EXPECT_THAT(cyclic.reason, HasSubstr("cyclic"));
   EXPECT_EQ(cyclic.frames.size(), 2u);
 
-  FrameChain cut = walk(f, test_layout(), 1);
+  FrameChain cut = walk(f, frame_object_test_layout(), 1);
   EXPECT_EQ(cut.status, KRAIT_PY_OK);
   EXPECT_TRUE(cut.truncated);
   EXPECT_EQ(cut.frames.size(), 1u);
 
-  FrameChain broke = walk(f, test_layout(), 64, 3);
+  FrameChain broke = walk(f, frame_object_test_layout(), 64, 3);
   EXPECT_NE(broke.status, KRAIT_PY_OK);
   EXPECT_THAT(broke.reason, HasSubstr("unreadable"));
 
@@ -157,12 +132,12 @@ TEST(FrameWalk, HostileChainsEndWithAReason) {
   g.tstate(0x2000);
   g.frame(0x2000, 0x9999000, 0x3000, 0);  // the next frame is unmapped
   g.code(0x3000, kCodeType, 1);
-  FrameChain unmapped = walk(g, test_layout());
+  FrameChain unmapped = walk(g, frame_object_test_layout());
   EXPECT_EQ(unmapped.status, KRAIT_PY_READ_FAULT_FRAME);
   EXPECT_EQ(unmapped.frames.size(), 1u);
 
   Fixture h;  // no thread state at all
-  FrameChain no_state = walk(h, test_layout());
+  FrameChain no_state = walk(h, frame_object_test_layout());
   EXPECT_EQ(no_state.status, KRAIT_PY_READ_FAULT_STATE);
 }
 
@@ -174,7 +149,7 @@ TEST(FrameWalk, TheCheckEndsTheWalkWhereItSays) {
   f.code(0x3000, kCodeType, 1);
   BudgetedReader reader(f.memory, 100);
   int seen = 0;
-  FrameChain c = walk_frame_chain(reader, test_layout(), kTstate, kCodeType, 64,
+  FrameChain c = walk_frame_chain(reader, frame_object_test_layout(), kTstate, kCodeType, 64,
                                   [&](const WalkedFrame&) { return ++seen < 2; });
   EXPECT_EQ(c.status, KRAIT_PY_OK);
   EXPECT_EQ(c.frames.size(), 1u);
@@ -191,7 +166,7 @@ TEST(FrameWalk, StructsNotReadableWholeAreReadFieldByField) {
   f.memory.add_value<uint64_t>(0x3008, kCodeType);
   f.memory.add_value<uint64_t>(0x3010, 0x3100);  // co_filename
   f.memory.add_value<uint64_t>(0x3018, 0x3200);  // co_name
-  FrameChain c = walk(f, test_layout());
+  FrameChain c = walk(f, frame_object_test_layout());
   ASSERT_EQ(c.status, KRAIT_PY_OK) << c.reason;
   ASSERT_EQ(c.frames.size(), 1u);
   EXPECT_EQ(c.frames[0].name, 0x3200u);
@@ -202,7 +177,7 @@ TEST(FrameWalk, StructsNotReadableWholeAreReadFieldByField) {
   Fixture g;  // the code pointer itself is missing: the frame is unreadable
   g.tstate(0x2000);
   g.memory.add_value<uint64_t>(0x2000, 0);
-  FrameChain bad = walk(g, test_layout());
+  FrameChain bad = walk(g, frame_object_test_layout());
   EXPECT_EQ(bad.status, KRAIT_PY_READ_FAULT_FRAME);
 }
 
