@@ -257,6 +257,25 @@ TEST_F(MergeNativeTest, FewerEvalFramesThanPythonGroups) {
   EXPECT_EQ(stack, expected) << describe(stack);
 }
 
+// A stack copy cut short: the unwind stops before the eval frames, so every
+// Python frame goes to the root end after the native frames reached, and
+// the reason says the native stack is incomplete (not a mismatch).
+TEST_F(MergeNativeTest, AStackCutShortPlacesThePythonFramesAndSaysWhy) {
+  ASSERT_CAPTURE(capture, "python-nested");
+  auto j = job(*capture, {py("inner", false), py("middle", true), py("outer", true)});
+  j.user_stack.resize(std::min<size_t>(j.user_stack.size(), 256));
+  j.native_flags |= KRAIT_NATIVE_STACK_SHORT;
+  auto stack = build(j);
+  ASSERT_GE(stack.size(), 4u) << describe(stack);
+  EXPECT_EQ(count_eval(stack), 0u) << describe(stack);
+  const Named& why = stack.back();
+  EXPECT_EQ(why.kind, profile::FrameKind::kSynthetic) << describe(stack);
+  EXPECT_TRUE(why.function.starts_with("[native stack incomplete:")) << describe(stack);
+  const std::vector<Named> python(stack.end() - 4, stack.end() - 1);
+  EXPECT_EQ(python, (std::vector<Named>{named_py("inner"), named_py("middle"), named_py("outer")}))
+      << describe(stack);
+}
+
 // Kernel frames come first (leaf side), in the sampled order, above the
 // merged user stack.
 TEST_F(MergeNativeTest, KernelFramesStayOnTop) {
