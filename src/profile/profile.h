@@ -79,7 +79,7 @@ struct LabelsHash {
 struct ProfileMeta {
   int64_t start_time_unix_ns = 0;
   int64_t duration_ns = 0;
-  int64_t period_ns = 0;  // CPU time one sample stands for
+  int64_t period_ns = 0;              // CPU time one sample stands for
   std::vector<std::string> comments;  // free text: losses, versions, command line
   // Off-CPU and wall modes: samples carry the time their thread spent off
   // the CPU (Sample::off_cpu_ns), and a stack weighs its time, not its
