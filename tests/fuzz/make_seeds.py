@@ -629,7 +629,64 @@ def seeds_pprof_import(args):
                 write_seed(d, label + '.pb', f.read())
 
 
+def seeds_asyncio_tasks(args):
+    """Task lists laid out as sid's 3.14 and 3.15 lay them out (the memory
+    the unit tests of python/asyncio_tasks build): a thread with a running
+    loop and two tasks, one named by its number and one by a str, one
+    awaiting the other, each with a suspended coroutine."""
+    d = corpus_dir('asyncio_tasks')
+    code_type, tstate, interp = 0xc0de, 0x10000, 0x90000
+    coro_t, str_t, int_t, fut_t, task_t = 0x20000, 0x20400, 0x20800, 0x20c00, 0x21000
+
+    def block(size, fields):
+        b = bytearray(size)
+        for at, fmt, value in fields:
+            struct.pack_into('<' + fmt, b, at, value)
+        return bytes(b)
+
+    for flags, running_loop, running_task, head, interp_head in ((0, 864, 872, 880, 10880),
+                                                                 (1, 1024, 1032, 1048, 10856)):
+        regions = []
+        for at, flags_t, name in ((coro_t, 0, b'coroutine'), (str_t, 1 << 28, b'str'),
+                                  (int_t, 1 << 24, b'int'), (fut_t, 0, b'_asyncio.Future'),
+                                  (task_t, 0, b'_asyncio.Task')):
+            regions.append((at, block(176, [(24, 'Q', at + 0x200), (168, 'Q', flags_t)])))
+            regions.append((at + 0x200, name + b'\0' * (16 - len(name) % 16)))
+        for at, line in ((0x30000, 1), (0x30100, 2)):
+            regions.append((at, block(48, [(8, 'Q', code_type), (16, 'Q', at + 0x10000),
+                                           (24, 'Q', at + 0x20000), (32, 'Q', at + 0x30000),
+                                           (40, 'I', line)])))
+        t1, t2, c1, c2, n1, n2, fut = 0x40000, 0x41000, 0x50000, 0x51000, 0x60000, 0x61000, 0x70000
+        # The thread: loop, no running task, the list head -> t1 -> t2 -> head.
+        regions.append((tstate + running_loop,
+                        block(head + 16 - running_loop,
+                              [(0, 'Q', 0x5000), (running_task - running_loop, 'Q', 0),
+                               (head - running_loop, 'Q', t1 + 152),
+                               (head + 8 - running_loop, 'Q', t2 + 152)])))
+        regions.append((interp + interp_head, block(16, [(0, 'Q', interp + interp_head)])))
+        for task, nxt, name, coro, awaited_by in ((t1, t2 + 152, n1, c1, 0),
+                                                  (t2, tstate + head, n2, c2, t1)):
+            regions.append((task, block(168, [(8, 'Q', task_t), (16, 'Q', 0x5000),
+                                              (96, 'Q', awaited_by), (104, 'i', 0), (108, 'B', 1),
+                                              (120, 'Q', fut), (128, 'Q', coro), (136, 'Q', name),
+                                              (152, 'Q', nxt), (160, 'Q', 0)])))
+        regions.append((n1, block(32, [(8, 'Q', int_t), (16, 'Q', 1 << 3), (24, 'I', 7)])))
+        regions.append((n2, block(56, [(8, 'Q', str_t), (16, 'q', 6), (32, 'I', 0x64)]) [:48] + b'worker\0'))
+        for coro, code in ((c1, 0x30000), (c2, 0x30100)):
+            regions.append((coro, block(120, [(8, 'Q', coro_t), (48, 'b', -1 if flags == 0 else 2),
+                                              (72, 'Q', code), (80, 'i', 4), (84, 'B', 1),
+                                              (88, 'Q', coro + 112), (104, 'Q', fut),
+                                              (96, 'Q', fut)])))
+        regions.append((fut, block(32, [(8, 'Q', fut_t)])))
+        data = struct.pack('<B', flags | 2) + b'\0' * 104
+        data += struct.pack('<QQQB', code_type, tstate, interp, len(regions))
+        for at, b in regions:
+            data += struct.pack('<QI', at, len(b)) + b
+        write_seed(d, 'sid-3.1%d-two-tasks' % (4 + flags), data)
+
+
 SEEDERS = {
+    'asyncio_tasks': seeds_asyncio_tasks,
     'line_table': seeds_line_table,
     'proc_maps': seeds_proc_maps,
     'proc_cgroup': seeds_proc_cgroup,

@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "test_layout.h"
+#include "support/python_test_layout.h"
 
 namespace krait::python {
 namespace {
@@ -23,35 +23,16 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-// The sections of sid's python3.14 _asyncio module and python3.15 binary.
-constexpr uint64_t kSection314[13] = {168,    136,   96,  108, 109, 128, 152,
-                                      225864, 10880, 936, 864, 872, 880};
-constexpr uint64_t kSection315[13] = {168,    136,   96,   108,  109,  128, 152,
-                                      226240, 10856, 1104, 1024, 1032, 1048};
-
 std::vector<uint8_t> bytes_of(const uint64_t (&values)[13]) {
   std::vector<uint8_t> out(sizeof values);
   std::memcpy(out.data(), values, sizeof values);
   return out;
 }
 
-OffsetTable generic_table() {
-  OffsetTable t;
-  t.version = {3, 14, 0};
-  t.fields = {{"PyObject.ob_type", 8},           {"sizeof(PyObject)", 16},
-              {"PyTypeObject.tp_name", 24},      {"PyTypeObject.tp_flags", 168},
-              {"PyGenObject.gi_iframe", 64},     {"PyGenObject.gi_frame_state", 48},
-              {"_PyInterpreterFrame.owner", 20}, {"_PyInterpreterFrame.stackpointer", 24},
-              {"PySetObject.used", 24},          {"PySetObject.mask", 32},
-              {"PySetObject.table", 40},         {"PyLongObject.lv_tag", 16},
-              {"PyLongObject.ob_digit", 24},     {"llist_node.next", 0}};
-  return t;
-}
-
 AsyncioLayout layout_314() {
-  auto debug = decode_asyncio_debug(bytes_of(kSection314));
+  auto debug = decode_asyncio_debug(bytes_of(kAsyncioSection314));
   EXPECT_TRUE(debug) << debug.error().message;
-  auto a = build_asyncio_layout(*debug, generic_table(), {3, 14, 10});
+  auto a = build_asyncio_layout(*debug, asyncio_test_table({3, 14, 0}), {3, 14, 10});
   EXPECT_TRUE(a) << a.error().message;
   return *a;
 }
@@ -180,13 +161,13 @@ struct Fixture {
 };
 
 TEST(AsyncioDebug, DecodesTheSectionsOfSid314And315) {
-  auto d = decode_asyncio_debug(bytes_of(kSection315));
+  auto d = decode_asyncio_debug(bytes_of(kAsyncioSection315));
   ASSERT_TRUE(d) << d.error().message;
   EXPECT_EQ(d->task_size, 168u);
   EXPECT_EQ(d->task_coro, 128u);
   EXPECT_EQ(d->tstate_running_task, 1032u);
   EXPECT_EQ(d->tstate_tasks_head, 1048u);
-  auto a15 = build_asyncio_layout(*d, generic_table(), {3, 15, 2});
+  auto a15 = build_asyncio_layout(*d, asyncio_test_table({3, 14, 0}), {3, 15, 2});
   ASSERT_TRUE(a15) << a15.error().message;
   EXPECT_EQ(a15->awaited_slot, 2);
   EXPECT_EQ(a15->state_yield_from, 2);
@@ -200,33 +181,34 @@ TEST(AsyncioDebug, DecodesTheSectionsOfSid314And315) {
 }
 
 TEST(AsyncioDebug, RefusesWhatItDoesNotKnow) {
-  std::vector<uint8_t> bytes = bytes_of(kSection314);
+  std::vector<uint8_t> bytes = bytes_of(kAsyncioSection314);
   EXPECT_THAT(decode_asyncio_debug(std::span(bytes).first(96)).error().message, HasSubstr("bytes"));
   uint64_t bad[13];
-  std::memcpy(bad, kSection314, sizeof bad);
+  std::memcpy(bad, kAsyncioSection314, sizeof bad);
   bad[0] = 0;  // task size
   EXPECT_FALSE(decode_asyncio_debug(bytes_of(bad)));
-  std::memcpy(bad, kSection314, sizeof bad);
+  std::memcpy(bad, kAsyncioSection314, sizeof bad);
   bad[6] = 160;  // task_node past the task's end
   EXPECT_FALSE(decode_asyncio_debug(bytes_of(bad)));
-  std::memcpy(bad, kSection314, sizeof bad);
+  std::memcpy(bad, kAsyncioSection314, sizeof bad);
   bad[12] = 930;  // the thread's task list past the thread state
   EXPECT_FALSE(decode_asyncio_debug(bytes_of(bad)));
 
   auto d = decode_asyncio_debug(bytes);
   ASSERT_TRUE(d);
-  EXPECT_THAT(build_asyncio_layout(*d, generic_table(), {3, 13, 0}).error().message,
+  EXPECT_THAT(build_asyncio_layout(*d, asyncio_test_table({3, 14, 0}), {3, 13, 0}).error().message,
               HasSubstr("from Python 3.14 on"));
-  EXPECT_THAT(build_asyncio_layout(*d, generic_table(), {3, 16, 0}).error().message,
+  EXPECT_THAT(build_asyncio_layout(*d, asyncio_test_table({3, 14, 0}), {3, 16, 0}).error().message,
               HasSubstr("newer"));
-  OffsetTable missing = generic_table();
+  OffsetTable missing = asyncio_test_table({3, 14, 0});
   missing.fields.erase("PyGenObject.gi_iframe");
   EXPECT_THAT(build_asyncio_layout(*d, missing, {3, 14, 0}).error().message,
               HasSubstr("PyGenObject.gi_iframe"));
   AsyncioDebugOffsets moved = *d;
   moved.task_is_task = 112;
-  EXPECT_THAT(build_asyncio_layout(moved, generic_table(), {3, 14, 0}).error().message,
-              HasSubstr("not laid out"));
+  EXPECT_THAT(
+      build_asyncio_layout(moved, asyncio_test_table({3, 14, 0}), {3, 14, 0}).error().message,
+      HasSubstr("not laid out"));
 }
 
 TEST(AsyncioTasks, ReadsNamesStatesChainsAndAwaiters) {

@@ -10,7 +10,7 @@
 
 #include <cstring>
 
-#include "test_layout.h"
+#include "support/python_test_layout.h"
 
 namespace krait::python {
 namespace {
