@@ -89,6 +89,18 @@ std::string task_list(const AsyncioDump& loop, const std::vector<uint64_t>& ids)
   return out;
 }
 
+// A stack's lines at `indent`, leaf first, then whether it was cut and why
+// it stops: the same for a thread and for a task's coroutine chain.
+void stack_text(const std::vector<DumpFrame>& frames, bool truncated, const std::string& error,
+                std::string_view indent, std::string& out) {
+  for (const DumpFrame& f : frames)
+    out += fmt::format("{}{}\n", indent, frame_text(f));
+  if (truncated)
+    out += fmt::format("{}[more frames than the depth limit]\n", indent);
+  if (!error.empty())
+    out += fmt::format("{}({})\n", indent, printable(error));
+}
+
 // A thread's event loop: each task with its state, what it waits on, who
 // awaits it, and its coroutine chain leaf first.
 void loop_text(const AsyncioDump& loop, std::string& out) {
@@ -108,12 +120,7 @@ void loop_text(const AsyncioDump& loop, std::string& out) {
     if (!t.awaited_by.empty())
       out += ", awaited by " + task_list(loop, t.awaited_by);
     out += "\n";
-    for (const DumpFrame& f : t.frames)
-      out += "        " + frame_text(f) + "\n";
-    if (t.truncated)
-      out += "        [more frames than the depth limit]\n";
-    if (!t.error.empty())
-      out += "        (" + printable(t.error) + ")\n";
+    stack_text(t.frames, t.truncated, t.error, "        ", out);
   }
   if (loop.truncated)
     out += "      [more tasks than the limit]\n";
@@ -191,12 +198,7 @@ std::string dump_text(const DumpReport& report) {
                          gil_name(t.gil));
       if (t.tid < 0)
         out += "    (thread id unknown: " + printable(t.tid_error) + ")\n";
-      for (const DumpFrame& f : t.frames)
-        out += "    " + frame_text(f) + "\n";
-      if (t.truncated)
-        out += "    [more frames than the depth limit]\n";
-      if (!t.error.empty())
-        out += "    (" + printable(t.error) + ")\n";
+      stack_text(t.frames, t.truncated, t.error, "    ", out);
       if (!t.native_error.empty())
         out += "    (native frames unavailable: " + printable(t.native_error) + ")\n";
       if (t.asyncio)

@@ -161,10 +161,12 @@ void StackBuilder::end_block(const SampleJob& job) {
       stats_.ends_without_block += early_ends_.size();
       early_ends_.clear();
     }
-    auto [e, inserted] = early_ends_.insert_or_assign(
-        job.tid, EarlyEnd{job.block_start_ns, job.ktime_ns, job.weight});
-    (void)e;
-    if (!inserted)
+    // An end already waiting for this thread lost its sample.
+    const bool replaced =
+        !early_ends_
+             .insert_or_assign(job.tid, EarlyEnd{job.block_start_ns, job.ktime_ns, job.weight})
+             .second;
+    if (replaced)
       ++stats_.ends_without_block;
     return;
   }
