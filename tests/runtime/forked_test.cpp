@@ -1,0 +1,426 @@
+// Forked workers (issue 14): processes whose Python thread states were
+// copied by fork. uWSGI loads the application in its master and forks the
+// workers from C, so no after-fork hook of CPython runs and each worker's
+// thread state keeps the master's thread id; multiprocessing forks with
+// os.fork (fork, and forkserver's server), or starts a new interpreter
+// (spawn). Each request of tests/workloads/wsgi_app.py and each child of
+// tests/workloads/mp_children.py reports its own pid, thread and stack; a
+// system-wide recording must profile every worker and child (none refused)
+// and give >= 95% of each one's Python samples exactly that stack.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "runtime/krait_harness.h"
+#include "support/json.h"
+#include "support/manifest.h"
+#include "support/workloads.h"
+#include "util/files.h"
+#include "util/text.h"
+#include "util/unique_fd.h"
+
+namespace krait::test {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr double kExactFraction = 0.95;
+constexpr const char* kUwsgi = "/usr/bin/uwsgi";
+constexpr int kWorkers = 2;
+// Each request burns this much CPU in the handler; each worker serves at
+// least kRequestsPerWorker of them (~1.2 s of CPU, ~120 samples at 99 Hz).
+constexpr int kRequestMs = 40;
+constexpr int kRequestsPerWorker = 30;
+constexpr int kClients = 4;
+constexpr int64_t kMinSamples = 50;
+
+// A port no one listens on now: bound to port 0 and released, for the
+// server to bind right after.
+Result<int> free_port() {
+  UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd.valid())
+    return make_error("socket: {}", std::strerror(errno));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&addr), &len) != 0)
+    return make_error("bind 127.0.0.1:0: {}", std::strerror(errno));
+  return static_cast<int>(ntohs(addr.sin_port));
+}
+
+// One HTTP/1.0 GET over loopback; the body of a 200 answer.
+Result<std::string> http_get(int port, const std::string& target) {
+  UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd.valid())
+    return make_error("socket: {}", std::strerror(errno));
+  timeval timeout{.tv_sec = 30, .tv_usec = 0};
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0)
+    return make_error("connect 127.0.0.1:{}: {}", port, std::strerror(errno));
+  const std::string request = "GET " + target + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+  if (::send(fd.get(), request.data(), request.size(), MSG_NOSIGNAL) !=
+      static_cast<ssize_t>(request.size()))
+    return make_error("send: {}", std::strerror(errno));
+  std::string reply;
+  char buffer[4096];
+  for (;;) {
+    const ssize_t n = ::recv(fd.get(), buffer, sizeof(buffer), 0);
+    if (n < 0)
+      return make_error("recv: {}", std::strerror(errno));
+    if (n == 0)
+      break;
+    reply.append(buffer, static_cast<size_t>(n));
+    if (reply.size() > (1u << 20))
+      return make_error("a reply of more than 1 MiB");
+  }
+  if (!reply.starts_with("HTTP/1.1 200") && !reply.starts_with("HTTP/1.0 200"))
+    return make_error("not a 200 answer: {}", reply.substr(0, reply.find('\r')));
+  const size_t body = reply.find("\r\n\r\n");
+  if (body == std::string::npos)
+    return make_error("a reply without a body");
+  return reply.substr(body + 4);
+}
+
+// The pids of the children of `pid` (its main thread's), from /proc.
+std::vector<pid_t> children_of(pid_t pid) {
+  std::vector<pid_t> out;
+  auto text = read_file(fmt::format("/proc/{}/task/{}/children", pid, pid));
+  if (!text)
+    return out;
+  std::string_view rest = *text;
+  while (!rest.empty()) {
+    const size_t space = rest.find(' ');
+    if (auto child = parse_unsigned<uint32_t>(rest.substr(0, space)))
+      out.push_back(static_cast<pid_t>(*child));
+    rest.remove_prefix(space == std::string_view::npos ? rest.size() : space + 1);
+  }
+  return out;
+}
+
+// A uWSGI master and its workers. Destroying it kills the workers first
+// (they would outlive a killed master), then the master, whatever the test
+// did.
+class UwsgiServer {
+ public:
+  static Result<UwsgiServer> start(const std::vector<std::string>& variant) {
+    auto port = free_port();
+    if (!port)
+      return port.error();
+    SpawnOptions o;
+    o.argv = {kUwsgi,          "--plugin",
+              "python3",       "--master",
+              "--processes",   std::to_string(kWorkers),
+              "--http-socket", fmt::format("127.0.0.1:{}", *port),
+              "--wsgi-file",   workload_path("wsgi_app.py"),
+              "--need-app",    "--disable-logging",
+              "--die-on-term"};
+    o.argv.insert(o.argv.end(), variant.begin(), variant.end());
+    auto child = ChildProcess::spawn(o);
+    if (!child)
+      return child.error();
+    UwsgiServer server(std::move(*child), *port);
+    // Ready once both workers exist and one answers; waiting on the
+    // master's exit paces the attempts and notices a server that failed.
+    const auto deadline = std::chrono::steady_clock::now() + 60s;
+    std::string last;
+    for (;;) {
+      if (server.workers().size() == kWorkers) {
+        auto body = http_get(*port, "/burn?ms=1");
+        if (body)
+          return server;
+        last = body.error().message;
+      }
+      if (std::chrono::steady_clock::now() > deadline)
+        return make_error("uwsgi not ready in 60 s ({}): {}", last, server.master_.stderr_text());
+      auto exited = server.master_.wait(20ms);
+      if (exited)
+        return make_error("uwsgi ended ({}) before it was ready: {}", exited->describe(),
+                          server.master_.stderr_text());
+    }
+  }
+
+  UwsgiServer(UwsgiServer&&) = default;
+  UwsgiServer& operator=(UwsgiServer&&) = delete;
+  ~UwsgiServer() {
+    if (master_.pid() <= 0 || master_.reaped())
+      return;
+    for (pid_t worker : children_of(master_.pid()))
+      ::kill(worker, SIGKILL);
+    master_.kill();
+  }
+
+  pid_t master() const { return master_.pid(); }
+  int port() const { return port_; }
+  std::vector<pid_t> workers() const { return children_of(master_.pid()); }
+  const std::string& stderr_text() { return master_.stderr_text(); }
+
+ private:
+  UwsgiServer(ChildProcess master, int port) : master_(std::move(master)), port_(port) {}
+  ChildProcess master_;
+  int port_ = 0;
+};
+
+// What one request reported.
+struct Served {
+  int64_t pid = 0;
+  int64_t tid = 0;
+  std::vector<Frame> stack;
+};
+
+Result<Served> parse_served(const std::string& body) {
+  auto json = parse_json(body);
+  if (!json)
+    return json.error().context("request body");
+  auto pid = json_int(*json, "pid");
+  auto tid = json_int(*json, "tid");
+  auto stack = json_array(*json, "stack");
+  if (!pid || !tid || !stack)
+    return make_error("a request body without pid, tid and stack: {}", body);
+  auto frames = parse_stack(**stack);
+  if (!frames)
+    return frames.error();
+  Served s{*pid, *tid, std::move(*frames)};
+  return s;
+}
+
+// kClients threads sending requests until every worker served
+// kRequestsPerWorker of them (or a minute passes, or a request fails).
+struct Load {
+  std::vector<Served> served;
+  std::string error;
+};
+
+Load drive(int port, const std::vector<pid_t>& workers) {
+  Load load;
+  std::mutex mu;
+  std::condition_variable changed;
+  bool stop = false;
+  auto enough = [&] {
+    std::map<int64_t, int> per_worker;
+    for (const Served& s : load.served)
+      ++per_worker[s.pid];
+    for (pid_t w : workers)
+      if (per_worker[w] < kRequestsPerWorker)
+        return false;
+    return true;
+  };
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kClients; ++i)
+    clients.emplace_back([&] {
+      for (;;) {
+        {
+          std::lock_guard lock(mu);
+          if (stop)
+            return;
+        }
+        auto body = http_get(port, fmt::format("/burn?ms={}", kRequestMs));
+        auto served = body ? parse_served(*body) : Result<Served>(body.error());
+        std::lock_guard lock(mu);
+        if (served)
+          load.served.push_back(std::move(*served));
+        else if (load.error.empty())
+          load.error = served.error().message;
+        changed.notify_all();
+      }
+    });
+  {
+    std::unique_lock lock(mu);
+    changed.wait_for(lock, 60s, [&] { return !load.error.empty() || enough(); });
+    if (load.error.empty() && !enough())
+      load.error = "the workers did not serve enough requests in 60 s";
+    stop = true;
+  }
+  for (auto& c : clients)
+    c.join();
+  return load;
+}
+
+// Whether `pid` was profiled; the reason it was not, for messages.
+std::string refusal(const RecordingResult& r, int64_t pid) {
+  const JsonValue* p = stats_process(r.stats, pid);
+  if (!p)
+    return "not in --stats-json";
+  const JsonValue* profiled = p->find("profiled");
+  if (profiled && profiled->is_bool() && profiled->boolean)
+    return "";
+  const JsonValue* reason = p->find("reason");
+  return "not profiled: " + (reason && reason->is_string() ? reason->string : "(no reason)");
+}
+
+// The samples of `pid` with Python frames.
+std::vector<ProfileSample> python_samples_of(const RecordingResult& r, int64_t pid) {
+  std::vector<ProfileSample> out;
+  for (const ProfileSample& s : samples_of_pid(r.samples, pid))
+    if (!s.stack.empty())
+      out.push_back(s);
+  return out;
+}
+
+// Samples of `samples` whose stack is one of `stacks` and whose thread is
+// one of `tids` (the thread that reported that stack).
+int64_t count_exact_of(const std::vector<ProfileSample>& samples,
+                       const std::map<int64_t, std::vector<std::vector<Frame>>>& stacks_by_tid) {
+  int64_t exact = 0;
+  for (const ProfileSample& s : samples) {
+    auto it = stacks_by_tid.find(s.tid());
+    if (it != stacks_by_tid.end() &&
+        std::find(it->second.begin(), it->second.end(), s.stack) != it->second.end())
+      exact += s.count;
+  }
+  return exact;
+}
+
+struct UwsgiVariant {
+  std::string name;
+  std::vector<std::string> args;
+};
+
+class ForkedUwsgi : public ::testing::TestWithParam<UwsgiVariant> {};
+
+TEST_P(ForkedUwsgi, EveryWorkerIsProfiledWithTheHandlersExactStack) {
+  require_root();
+  ASSERT_TRUE(std::filesystem::exists(kUwsgi))
+      << kUwsgi << " is missing: run scripts/setup --tests";
+  auto server = UwsgiServer::start(GetParam().args);
+  ASSERT_TRUE(server.ok()) << server.error().message;
+  const std::vector<pid_t> workers = server->workers();
+  ASSERT_EQ(workers.size(), static_cast<size_t>(kWorkers));
+
+  TempDir dir;
+  auto rec = Recording::start({}, dir);
+  ASSERT_TRUE(rec.ok()) << rec.error().message;
+  const Load load = drive(server->port(), workers);
+  auto r = rec->stop();
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_TRUE(load.error.empty()) << load.error << "\n" << server->stderr_text();
+
+  for (pid_t worker : workers) {
+    SCOPED_TRACE(fmt::format("worker {}", worker));
+    std::map<int64_t, std::vector<std::vector<Frame>>> stacks_by_tid;
+    for (const Served& s : load.served)
+      if (s.pid == worker) {
+        auto& stacks = stacks_by_tid[s.tid];
+        if (std::find(stacks.begin(), stacks.end(), s.stack) == stacks.end())
+          stacks.push_back(s.stack);
+      }
+    ASSERT_FALSE(stacks_by_tid.empty()) << "the worker served no request";
+    EXPECT_EQ(refusal(*r, worker), "") << r->stderr_text;
+    const auto mine = python_samples_of(*r, worker);
+    const auto& expected = *stacks_by_tid.begin()->second.begin();
+    ASSERT_GE(total(mine), kMinSamples)
+        << "expected ~120 samples of the handler; " << refusal(*r, worker) << "\n"
+        << r->stderr_text;
+    const int64_t exact = count_exact_of(mine, stacks_by_tid);
+    EXPECT_GE(exact, kExactFraction * total(mine)) << describe_mismatches(mine, expected);
+    std::cout << fmt::format(
+        "[ stats    ] uwsgi {} worker {}: {} of {} Python samples exact "
+        "({:.1f}%), {} threads served\n",
+        GetParam().name, worker, exact, total(mine),
+        100.0 * static_cast<double>(exact) / static_cast<double>(std::max<int64_t>(1, total(mine))),
+        stacks_by_tid.size());
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Variants, ForkedUwsgi,
+    ::testing::Values(UwsgiVariant{"threads", {"--threads", "2"}},
+                      UwsgiVariant{"lazy_apps", {"--threads", "2", "--lazy-apps"}},
+                      UwsgiVariant{"enable_threads", {"--enable-threads"}}),
+    [](const ::testing::TestParamInfo<UwsgiVariant>& info) { return info.param.name; });
+
+struct MpCase {
+  std::string interpreter;
+  std::string method;
+};
+
+class ForkedMultiprocessing : public ::testing::TestWithParam<MpCase> {};
+
+TEST_P(ForkedMultiprocessing, EveryChildIsProfiledWithItsExactStack) {
+  require_root();
+  const Interpreter interp = interpreter_named(GetParam().interpreter);
+  ASSERT_FALSE(interp.executable.empty());
+  TempDir dir;
+  auto rec = Recording::start({}, dir);
+  ASSERT_TRUE(rec.ok()) << rec.error().message;
+  auto child = ChildProcess::spawn(workload_options(
+      interp, "mp_children.py", {"--method", GetParam().method, "--seconds", "1.5"}));
+  ASSERT_TRUE(child.ok()) << child.error().message;
+
+  std::map<int64_t, std::vector<Frame>> truth;  // child pid -> its stack
+  for (;;) {
+    auto line = child->read_line(120s);
+    ASSERT_TRUE(line.ok()) << line.error().message;
+    auto json = parse_json(*line);
+    ASSERT_TRUE(json.ok()) << *line;
+    auto kind = json_string(*json, "kind");
+    ASSERT_TRUE(kind.ok()) << *line;
+    if (*kind == "end")
+      break;
+    if (*kind != "child")
+      continue;
+    auto pid = json_int(*json, "pid");
+    auto stack = json_array(*json, "stack");
+    ASSERT_TRUE(pid.ok() && stack.ok()) << *line;
+    auto frames = parse_stack(**stack);
+    ASSERT_TRUE(frames.ok()) << frames.error().message;
+    truth[*pid] = std::move(*frames);
+  }
+  auto status = child->wait(60s);
+  ASSERT_TRUE(status.ok()) << status.error().message;
+  auto r = rec->stop();
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_EQ(truth.size(), 2u) << child->stderr_text();
+
+  for (const auto& [pid, stack] : truth) {
+    SCOPED_TRACE(fmt::format("child {}", pid));
+    EXPECT_EQ(refusal(*r, pid), "") << r->stderr_text;
+    const auto mine = python_samples_of(*r, pid);
+    ASSERT_GE(total(mine), kMinSamples)
+        << "expected ~148 samples in 1.5 s of CPU at 99 Hz; " << refusal(*r, pid) << "\n"
+        << r->stderr_text;
+    const int64_t exact = count_exact(mine, stack);
+    EXPECT_GE(exact, kExactFraction * total(mine)) << describe_mismatches(mine, stack);
+    std::cout << fmt::format(
+        "[ stats    ] {} {} child {}: {} of {} Python samples exact ({:.1f}%)\n",
+        GetParam().interpreter, GetParam().method, pid, exact, total(mine),
+        100.0 * static_cast<double>(exact) /
+            static_cast<double>(std::max<int64_t>(1, total(mine))));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    StartMethods, ForkedMultiprocessing,
+    ::testing::Values(MpCase{"pyenv-3.12.1", "fork"}, MpCase{"pyenv-3.12.1", "spawn"},
+                      MpCase{"pyenv-3.12.1", "forkserver"}, MpCase{"debian-3.11.2", "fork"},
+                      MpCase{"debian-3.11.2", "spawn"}, MpCase{"debian-3.11.2", "forkserver"}),
+    [](const ::testing::TestParamInfo<MpCase>& info) {
+      std::string name = info.param.interpreter + "_" + info.param.method;
+      for (char& c : name)
+        if (c == '-' || c == '.')
+          c = '_';
+      return name;
+    });
+
+}  // namespace
+}  // namespace krait::test
