@@ -24,6 +24,7 @@
 #include "python/asyncio_tasks.h"
 #include "python/attach.h"
 #include "python/code_reader.h"
+#include "python/forked.h"
 #include "python/frame_walk.h"
 #include "python/method_class.h"
 #include "unwind/module_cache.h"
@@ -44,10 +45,11 @@ T value_or(const Result<T>& r, T fallback) {
 constexpr int kMaxReadsPerProcess = 2'000'000;
 // /proc/PID/task entries looked at.
 constexpr size_t kMaxTasks = 16'384;
-// glibc x86_64: struct pthread's `tid` (pthread_t points to the struct).
-// Before 3.8 a thread state holds only pthread_self(); the tid read there
-// is used only when it is a thread of the process.
-constexpr uint64_t kPthreadTidOffset = 0x2d0;
+// Before 3.8 a thread state holds only pthread_self(), and a worker forked
+// from C holds its parent's native thread id: there the tid is read from
+// glibc's struct pthread (python::kPthreadTidOffset) and used only when it
+// is a thread of the process.
+using python::kPthreadTidOffset;
 constexpr size_t kCommandBytes = 1024;
 // Distinct code objects named per process: real processes share their code
 // between threads; a hostile one cannot make the names grow without end
@@ -674,6 +676,12 @@ ProcessDump dump_one(pid_t pid, python::ImageCache& images, unwind::ModuleCache&
     t.python = true;
     if (pt.native_id != 0) {
       auto it = host_tid.find(pt.native_id);
+      if (it == host_tid.end() && pt.ident != 0) {
+        // A state the process inherited by fork names the parent's thread;
+        // its pthread_t still leads to the thread that now runs it.
+        if (auto tid = reader.value<uint32_t>(pt.ident + kPthreadTidOffset))
+          it = host_tid.find(*tid);
+      }
       if (it != host_tid.end())
         t.tid = it->second;
       else

@@ -7,6 +7,7 @@
 #include <set>
 
 #include "python/code_reader.h"
+#include "python/forked.h"
 #include "python/frame_walk.h"
 #include "python/offsets/debug_offsets.h"
 #include "util/files.h"
@@ -29,6 +30,10 @@ constexpr int kValidationAttempts = 3;
 constexpr int kMaxValidationReads = 40'000;
 // /proc/PID/task entries read for the set of thread ids.
 constexpr size_t kMaxTaskIds = 16'384;
+// Thread states whose thread id is not one of the process's, each of which
+// must be explained by a fork: a forked worker has one (or one per thread
+// of its parent); more than this is not a fork.
+constexpr size_t kMaxInheritedThreads = 64;
 
 // The ids of the process's threads as the host sees them and, for a process
 // in a PID namespace (a container), as its own namespace does: that is what
@@ -102,6 +107,33 @@ Validation check_frames(BudgetedReader& mem, const PythonLayout& layout, uint64_
   return names;
 }
 
+// Thread states naming a thread that is not one of the process's are what
+// a fork from C leaves in the child (python/forked.h): each must name a
+// thread of a process the child descends from, or (its parent gone) be the
+// one state whose pthread_t leads to a thread of the process that no other
+// state names. Anything else is a wrong layout, or not a fork.
+Validation check_inherited(BudgetedReader& mem, pid_t pid, const std::set<uint64_t>& tids,
+                           const std::set<uint64_t>& claimed,
+                           const std::vector<std::pair<uint64_t, uint64_t>>& inherited) {
+  Ancestry ancestry(pid);
+  bool pthread_used = false;
+  for (const auto& [native, ident] : inherited) {
+    if (ancestry.has_thread(native))
+      continue;
+    if (!pthread_used && ident != 0) {
+      auto tid = mem.value<uint32_t>(ident + kPthreadTidOffset);
+      if (tid && *tid != 0 && tids.contains(*tid) && !claimed.contains(*tid)) {
+        pthread_used = true;
+        continue;
+      }
+    }
+    return refuse(fmt::format(
+        "thread id {} is not a thread of the process, nor of a process it was forked from",
+        native));
+  }
+  return {};
+}
+
 Validation validate_once(BudgetedReader& mem, pid_t pid, const PythonLayout& layout,
                          uint64_t interp_head_addr, uint64_t code_type) {
   const krait_py_layout& b = layout.bpf;
@@ -116,6 +148,10 @@ Validation validate_once(BudgetedReader& mem, pid_t pid, const PythonLayout& lay
   int threads = 0;
   uint64_t ip = *interp;
   std::set<uint64_t> interpreters;
+  // Thread ids of the process that thread states name, and the states
+  // naming other ids (their id and pthread_t), judged once all are read.
+  std::set<uint64_t> claimed;
+  std::vector<std::pair<uint64_t, uint64_t>> inherited;
   for (int i = 0; ip != 0; ++i) {
     if (i >= kMaxInterpreters)
       return refuse(fmt::format("more than {} interpreters", kMaxInterpreters));
@@ -136,16 +172,27 @@ Validation validate_once(BudgetedReader& mem, pid_t pid, const PythonLayout& lay
         if (!back || *back != ip)
           return refuse("a thread state does not point back to its interpreter");
       }
+      uint64_t native_id = 0;
       if (layout.tstate_native_thread_id != KRAIT_OFFSET_NONE) {
         auto native = mem.value<uint64_t>(t + layout.tstate_native_thread_id);
         if (!native)
           return refuse("a thread id is unreadable");
-        if (*native != 0 && all_tids && !tids.contains(*native))
-          return refuse(fmt::format("thread id {} is not a thread of the process", *native));
+        native_id = *native;
       }
       auto ident = mem.value<uint64_t>(t + b.tstate_thread_id);
       if (!ident)
         return refuse("a thread identifier is unreadable");
+      if (native_id != 0 && all_tids) {
+        if (tids.contains(native_id)) {
+          claimed.insert(native_id);
+        } else {
+          if (inherited.size() >= kMaxInheritedThreads)
+            return refuse(
+                fmt::format("more than {} thread states name threads that are not of the process",
+                            kMaxInheritedThreads));
+          inherited.push_back({native_id, *ident});
+        }
+      }
       if (threads < kMaxThreadsWithFrames) {
         auto frames = check_frames(mem, layout, t, code_type);
         if (frames.status != AttachStatus::kAttached)
@@ -163,7 +210,7 @@ Validation validate_once(BudgetedReader& mem, pid_t pid, const PythonLayout& lay
   }
   if (threads == 0)
     return {AttachStatus::kNotYet, "the interpreter has no threads yet"};
-  return {};
+  return check_inherited(mem, pid, tids, claimed, inherited);
 }
 
 struct Candidate {
