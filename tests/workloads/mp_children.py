@@ -7,11 +7,14 @@ waits for them. Each child prints one JSON line, its truth, when its hot loop
 starts, then runs it for --seconds of its own CPU time and exits 0:
 
     {"kind": "child", "method": "fork", "pid": 4243, "tid": 4243,
-     "stack": [...root first, the leaf at spin's `# krait:hot` line...]}
+     "stack": [...root first, the leaf at spin's `# krait:hot` line...],
+     "startup_cpu_s": 0.08}
 
 "stack" is what sys._getframe saw in the child: the multiprocessing frames
 that started it (which differ by start method) down to work > burn > spin;
-"function" is co_qualname on 3.11+, else co_name. The parent's first line is
+"function" is co_qualname on 3.11+, else co_name. "startup_cpu_s" is the
+CPU time the child spent before its hot loop (a spawned child imports and
+unpickles first; its samples there have other stacks). The parent's first line is
 {"kind": "parent", "pid": P}, its last {"kind": "end", "exitcodes": [...]}.
 Lines are written whole with one os.write each, so children never interleave.
 """
@@ -60,7 +63,8 @@ def spin(deadline, method):
     stack = stack_of(sys._getframe())
     stack[-1]["line"] = hot_line()
     emit({"kind": "child", "method": method, "pid": os.getpid(),
-          "tid": threading.get_native_id(), "stack": stack})
+          "tid": threading.get_native_id(), "stack": stack,
+          "startup_cpu_s": time.process_time()})
     limit = LAP
     laps = 0
     n = 0
