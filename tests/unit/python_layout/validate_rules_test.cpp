@@ -22,6 +22,7 @@
 #include "process_image.h"
 #include "python/attach.h"
 #include "python/code_reader.h"
+#include "python/forked.h"
 #include "python/frame_walk.h"
 #include "python/layout.h"
 
@@ -280,9 +281,84 @@ TEST(ValidationRule, AThreadIdOfAnotherProcessIsRefused) {
         expect_refused(
             validate(image,
                      patched(image, at.tstate + image.layout.tstate_native_thread_id, stranger)),
-            fmt::format("thread id {} is not a thread of the process", stranger));
+            fmt::format(
+                "thread id {} is not a thread of the process, nor of a process it was forked from",
+                stranger));
       });
   EXPECT_GT(n, 0);
+}
+
+// What a fork from C leaves in the child (python/forked.h): the forking
+// thread's state keeps the parent's thread id.
+TEST(ValidationRule, AThreadIdOfTheParentIsInheritedByFork) {
+  const int n = for_each_image(
+      [](const ProcessImage& image) {
+        return image.layout.tstate_native_thread_id != KRAIT_OFFSET_NONE;
+      },
+      [](const ProcessImage& image, const Places& at) {
+        const uint64_t parent = static_cast<uint64_t>(::getppid());
+        const Validation v = validate(
+            image, patched(image, at.tstate + image.layout.tstate_native_thread_id, parent));
+        EXPECT_EQ(v.status, AttachStatus::kAttached) << v.reason;
+      });
+  EXPECT_GT(n, 0);
+}
+
+// Where the thread states' pthread_t points in these tests: a struct
+// pthread of our own making, far from the recorded memory.
+constexpr uint64_t kFakePthread = 0x7e00'0000'0000;
+
+// Its parent gone, a forked child is known by the pthread_t the state
+// holds: glibc wrote the child's thread id into that struct when it forked.
+TEST(ValidationRule, AnOrphanedForkedStateIsKnownByItsPthread) {
+  const uint64_t stranger = 0x7fff'fff0;
+  const int n = for_each_image(
+      [](const ProcessImage& image) {
+        return image.layout.tstate_native_thread_id != KRAIT_OFFSET_NONE;
+      },
+      [&](const ProcessImage& image, const Places& at) {
+        proc::FakeMemory memory =
+            patched(image, at.tstate + image.layout.tstate_native_thread_id, stranger);
+        memory.add_value(at.tstate + image.layout.bpf.tstate_thread_id, kFakePthread);
+        memory.add_value(kFakePthread + kPthreadTidOffset, static_cast<uint32_t>(::getpid()));
+        const Validation v = validate(image, memory);
+        EXPECT_EQ(v.status, AttachStatus::kAttached) << v.reason;
+      });
+  EXPECT_GT(n, 0);
+}
+
+// The copies of the parent's other threads hold tid 0 in the child: not a
+// thread, so a stranger's id there is refused like any other.
+TEST(ValidationRule, AStateWhosePthreadLeadsNowhereIsRefused) {
+  const uint64_t stranger = 0x7fff'fff0;
+  const int n = for_each_image(
+      [](const ProcessImage& image) {
+        return image.layout.tstate_native_thread_id != KRAIT_OFFSET_NONE;
+      },
+      [&](const ProcessImage& image, const Places& at) {
+        for (uint32_t tid : {0u, 0x7fff'fff1u}) {
+          proc::FakeMemory memory =
+              patched(image, at.tstate + image.layout.tstate_native_thread_id, stranger);
+          memory.add_value(at.tstate + image.layout.bpf.tstate_thread_id, kFakePthread);
+          memory.add_value(kFakePthread + kPthreadTidOffset, tid);
+          expect_refused(validate(image, memory),
+                         fmt::format("thread id {} is not a thread of the process, nor of a "
+                                     "process it was forked from",
+                                     stranger));
+        }
+      });
+  EXPECT_GT(n, 0);
+}
+
+TEST(Ancestry, KnowsTheParentsThreadsOnly) {
+  Ancestry ancestry(::getpid());
+  ASSERT_FALSE(ancestry.chain().empty());
+  EXPECT_EQ(ancestry.chain().front().first, ::getppid());
+  EXPECT_TRUE(ancestry.has_thread(static_cast<uint64_t>(::getppid())));
+  EXPECT_FALSE(ancestry.has_thread(static_cast<uint64_t>(::getpid()))) << "itself is no ancestor";
+  EXPECT_FALSE(ancestry.has_thread(1)) << "the host's init explains nothing";
+  EXPECT_FALSE(ancestry.has_thread(0));
+  EXPECT_FALSE(ancestry.has_thread(0x7fff'fff0));
 }
 
 TEST(ValidationRule, AnUnreadableThreadIdentifierIsRefused) {
