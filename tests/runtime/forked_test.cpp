@@ -43,8 +43,10 @@ constexpr const char* kUwsgi = "/usr/bin/uwsgi";
 constexpr int kWorkers = 2;
 // Each request burns this much CPU in the handler; each worker serves at
 // least kRequestsPerWorker of them (~1.2 s of CPU, ~120 samples at 99 Hz).
-constexpr int kRequestMs = 40;
-constexpr int kRequestsPerWorker = 30;
+// Long requests: the few samples of each request's own framing (parsing
+// the query, encoding the answer) have other stacks.
+constexpr int kRequestMs = 100;
+constexpr int kRequestsPerWorker = 12;
 constexpr int kClients = 4;
 constexpr int64_t kMinSamples = 50;
 // krait record's default rate.
@@ -182,6 +184,44 @@ class UwsgiServer {
   ChildProcess master_;
   int port_ = 0;
 };
+
+// What is wrong with `krait dump -p WORKER --json` of an idle worker, ""
+// when nothing: every thread state must be placed on a thread, the
+// inherited one on the worker's main thread (its tid is the worker's pid).
+std::string judge_dump(pid_t worker) {
+  auto r = run_krait({"dump", "-p", std::to_string(worker), "--json"});
+  if (!r)
+    return r.error().message;
+  if (!r->status.success())
+    return r->status.describe() + ": " + r->stderr_text;
+  auto json = parse_json(r->stdout_text);
+  auto processes = json ? json_array(*json, "processes") : Result<const JsonValue*>(json.error());
+  if (!processes)
+    return processes.error().message;
+  std::string wrong;
+  bool main_is_python = false;
+  for (const JsonValue& p : (*processes)->items) {
+    auto threads = json_array(p, "threads");
+    if (!threads)
+      return threads.error().message;
+    for (const JsonValue& t : (*threads)->items) {
+      const JsonValue* tid = t.find("tid");
+      const JsonValue* python = t.find("python");
+      if (!python || !python->is_bool() || !python->boolean)
+        continue;
+      if (!tid || !tid->is_int()) {
+        const JsonValue* error = t.find("error");
+        wrong += fmt::format("a thread state on no thread ({}); ",
+                             error && error->is_string() ? error->string : "no error");
+      } else if (tid->integer == worker) {
+        main_is_python = true;
+      }
+    }
+  }
+  if (!main_is_python)
+    wrong += "the main thread has no thread state; ";
+  return wrong;
+}
 
 // What one request reported.
 struct Served {
@@ -323,6 +363,7 @@ TEST_P(ForkedUwsgi, EveryWorkerIsProfiledWithTheHandlersExactStack) {
 
   for (pid_t worker : workers) {
     SCOPED_TRACE(fmt::format("worker {}", worker));
+    EXPECT_EQ(judge_dump(worker), "");
     std::map<int64_t, std::vector<std::vector<Frame>>> stacks_by_tid;
     for (const Served& s : load.served)
       if (s.pid == worker) {
