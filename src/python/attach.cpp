@@ -107,30 +107,47 @@ Validation check_frames(BudgetedReader& mem, const PythonLayout& layout, uint64_
   return names;
 }
 
+// A thread state naming a thread that is not one of the process's.
+struct Inherited {
+  uint64_t tstate = 0;
+  uint64_t native = 0;  // PyThreadState.native_thread_id
+  uint64_t ident = 0;   // its pthread_t
+};
+
 // Thread states naming a thread that is not one of the process's are what
-// a fork from C leaves in the child (python/forked.h): each must name a
-// thread of a process the child descends from, or (its parent gone) be the
-// one state whose pthread_t leads to a thread of the process that no other
-// state names. Anything else is a wrong layout, or not a fork.
-Validation check_inherited(BudgetedReader& mem, pid_t pid, const std::set<uint64_t>& tids,
+// a fork from C leaves in the child (python/forked.h). The forking thread's
+// state is run by the child's main thread, which its pthread_t leads to
+// (and no other state names): its frames are the child's and are checked
+// like any thread's. The states of the parent's other threads are run by no
+// thread: their frames lay on stacks the child has reused, so only their
+// id is checked, which must be a thread of a process the child descends
+// from. Anything else is a wrong layout, or not a fork.
+Validation check_inherited(BudgetedReader& mem, pid_t pid, const PythonLayout& layout,
+                           uint64_t code_type, const std::set<uint64_t>& tids,
                            const std::set<uint64_t>& claimed,
-                           const std::vector<std::pair<uint64_t, uint64_t>>& inherited) {
+                           const std::vector<Inherited>& inherited, bool frames_checked) {
   Ancestry ancestry(pid);
-  bool pthread_used = false;
-  for (const auto& [native, ident] : inherited) {
-    if (ancestry.has_thread(native))
-      continue;
-    if (!pthread_used && ident != 0) {
-      auto tid = mem.value<uint32_t>(ident + kPthreadTidOffset);
-      if (tid && *tid != 0 && tids.contains(*tid) && !claimed.contains(*tid)) {
-        pthread_used = true;
+  bool forking_thread_found = false;
+  for (const Inherited& s : inherited) {
+    if (!forking_thread_found && s.ident != 0) {
+      auto tid = mem.value<uint32_t>(s.ident + kPthreadTidOffset);
+      if (tid && ancestry.is_main_thread(*tid) && tids.contains(*tid) && !claimed.contains(*tid)) {
+        forking_thread_found = true;
+        auto frames = check_frames(mem, layout, s.tstate, code_type);
+        if (frames.status != AttachStatus::kAttached)
+          return frames;
+        frames_checked = true;
         continue;
       }
     }
+    if (ancestry.has_thread(s.native))
+      continue;
     return refuse(fmt::format(
         "thread id {} is not a thread of the process, nor of a process it was forked from",
-        native));
+        s.native));
   }
+  if (!frames_checked)
+    return {AttachStatus::kNotYet, "no thread of the process runs Python yet"};
   return {};
 }
 
@@ -151,7 +168,8 @@ Validation validate_once(BudgetedReader& mem, pid_t pid, const PythonLayout& lay
   // Thread ids of the process that thread states name, and the states
   // naming other ids (their id and pthread_t), judged once all are read.
   std::set<uint64_t> claimed;
-  std::vector<std::pair<uint64_t, uint64_t>> inherited;
+  std::vector<Inherited> inherited;
+  bool frames_checked = false;
   for (int i = 0; ip != 0; ++i) {
     if (i >= kMaxInterpreters)
       return refuse(fmt::format("more than {} interpreters", kMaxInterpreters));
@@ -182,21 +200,22 @@ Validation validate_once(BudgetedReader& mem, pid_t pid, const PythonLayout& lay
       auto ident = mem.value<uint64_t>(t + b.tstate_thread_id);
       if (!ident)
         return refuse("a thread identifier is unreadable");
-      if (native_id != 0 && all_tids) {
-        if (tids.contains(native_id)) {
+      const bool foreign = native_id != 0 && all_tids && !tids.contains(native_id);
+      if (foreign) {
+        if (inherited.size() >= kMaxInheritedThreads)
+          return refuse(
+              fmt::format("more than {} thread states name threads that are not of the process",
+                          kMaxInheritedThreads));
+        inherited.push_back({t, native_id, *ident});
+      } else {
+        if (native_id != 0)
           claimed.insert(native_id);
-        } else {
-          if (inherited.size() >= kMaxInheritedThreads)
-            return refuse(
-                fmt::format("more than {} thread states name threads that are not of the process",
-                            kMaxInheritedThreads));
-          inherited.push_back({native_id, *ident});
+        if (threads < kMaxThreadsWithFrames) {
+          auto frames = check_frames(mem, layout, t, code_type);
+          if (frames.status != AttachStatus::kAttached)
+            return frames;
+          frames_checked = true;
         }
-      }
-      if (threads < kMaxThreadsWithFrames) {
-        auto frames = check_frames(mem, layout, t, code_type);
-        if (frames.status != AttachStatus::kAttached)
-          return frames;
       }
       auto next = mem.value<uint64_t>(t + b.tstate_next);
       if (!next)
@@ -210,7 +229,7 @@ Validation validate_once(BudgetedReader& mem, pid_t pid, const PythonLayout& lay
   }
   if (threads == 0)
     return {AttachStatus::kNotYet, "the interpreter has no threads yet"};
-  return check_inherited(mem, pid, tids, claimed, inherited);
+  return check_inherited(mem, pid, layout, code_type, tids, claimed, inherited, frames_checked);
 }
 
 struct Candidate {

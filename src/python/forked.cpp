@@ -51,7 +51,8 @@ StatusIds read_status(const std::string& proc_root, pid_t pid) {
 void Ancestry::load() {
   loaded_ = true;
   const StatusIds self = read_status(proc_root_, pid_);
-  in_namespace_ = self.inner && *self.inner != static_cast<uint64_t>(pid_);
+  inner_pid_ = self.inner.value_or(static_cast<uint64_t>(pid_));
+  in_namespace_ = inner_pid_ != static_cast<uint64_t>(pid_);
   std::set<pid_t> seen{pid_};
   std::optional<pid_t> next = self.ppid;
   while (next && *next > 0 && chain_.size() < kMaxAncestors && seen.insert(*next).second) {
@@ -65,6 +66,12 @@ const std::vector<std::pair<pid_t, uint64_t>>& Ancestry::chain() {
   if (!loaded_)
     load();
   return chain_;
+}
+
+bool Ancestry::is_main_thread(uint64_t tid) {
+  if (!loaded_)
+    load();
+  return tid != 0 && (tid == static_cast<uint64_t>(pid_) || tid == inner_pid_);
 }
 
 bool Ancestry::has_thread(uint64_t tid) {

@@ -8,7 +8,7 @@
 // thread. Such an id is not a sign of a wrong layout: it is a thread of a
 // process the child descends from, or, once that parent is gone, the id of
 // the thread whose pthread_t the state still holds, which glibc rewrote to
-// the child's own thread when it forked.
+// the child's own main thread when it forked.
 //
 // Reads /proc only (status files and task directories), every read bounded;
 // whatever a process writes there at most makes its own fork look
@@ -41,6 +41,11 @@ class Ancestry {
   // explains an id: a field that reads 1 is likelier a wrong offset.
   bool has_thread(uint64_t tid);
 
+  // True when `tid` is the process's own main thread (its pid, as the host
+  // or its own namespace numbers it): the thread fork() leaves running in
+  // a child is its main thread, whatever thread of the parent forked.
+  bool is_main_thread(uint64_t tid);
+
   // The ancestors found, nearest first: host pid and innermost pid.
   const std::vector<std::pair<pid_t, uint64_t>>& chain();
 
@@ -51,6 +56,7 @@ class Ancestry {
   std::string proc_root_;
   bool loaded_ = false;
   bool in_namespace_ = false;
+  uint64_t inner_pid_ = 0;
   std::vector<std::pair<pid_t, uint64_t>> chain_;
 };
 
