@@ -127,7 +127,8 @@ std::vector<pid_t> children_of(pid_t pid) {
 // did.
 class UwsgiServer {
  public:
-  static Result<UwsgiServer> start(const std::vector<std::string>& variant) {
+  static Result<UwsgiServer> start(const std::vector<std::string>& variant,
+                                   const std::map<std::string, std::string>& env) {
     auto port = free_port();
     if (!port)
       return port.error();
@@ -140,6 +141,8 @@ class UwsgiServer {
               "--need-app",    "--disable-logging",
               "--die-on-term"};
     o.argv.insert(o.argv.end(), variant.begin(), variant.end());
+    for (const auto& [name, value] : env)
+      o.env[name] = value;
     auto child = ChildProcess::spawn(o);
     if (!child)
       return child.error();
@@ -186,9 +189,11 @@ class UwsgiServer {
 };
 
 // What is wrong with `krait dump -p WORKER --json` of an idle worker, ""
-// when nothing: every thread state must be placed on a thread, the
-// inherited one on the worker's main thread (its tid is the worker's pid).
-std::string judge_dump(pid_t worker) {
+// when nothing: every thread state but `stale` ones (inherited from master
+// threads that did not fork) must be placed on a thread, the one the
+// forking thread left on the worker's main thread (its tid is the worker's
+// pid).
+std::string judge_dump(pid_t worker, int stale) {
   auto r = run_krait({"dump", "-p", std::to_string(worker), "--json"});
   if (!r)
     return r.error().message;
@@ -198,7 +203,8 @@ std::string judge_dump(pid_t worker) {
   auto processes = json ? json_array(*json, "processes") : Result<const JsonValue*>(json.error());
   if (!processes)
     return processes.error().message;
-  std::string wrong;
+  std::string wrong, unplaced;
+  int unplaced_count = 0;
   bool main_is_python = false;
   for (const JsonValue& p : (*processes)->items) {
     auto threads = json_array(p, "threads");
@@ -211,8 +217,9 @@ std::string judge_dump(pid_t worker) {
         continue;
       if (!tid || !tid->is_int()) {
         const JsonValue* error = t.find("error");
-        wrong += fmt::format("a thread state on no thread ({}); ",
-                             error && error->is_string() ? error->string : "no error");
+        ++unplaced_count;
+        unplaced += fmt::format("a thread state on no thread ({}); ",
+                                error && error->is_string() ? error->string : "no error");
       } else if (tid->integer == worker) {
         main_is_python = true;
       }
@@ -220,6 +227,9 @@ std::string judge_dump(pid_t worker) {
   }
   if (!main_is_python)
     wrong += "the main thread has no thread state; ";
+  if (unplaced_count != stale)
+    wrong +=
+        fmt::format("{} thread states on no thread, want {}: {}", unplaced_count, stale, unplaced);
   return wrong;
 }
 
@@ -336,6 +346,8 @@ int64_t count_exact_of(const std::vector<ProfileSample>& samples,
 struct UwsgiVariant {
   std::string name;
   std::vector<std::string> args;
+  std::map<std::string, std::string> env;
+  int stale_states = 0;  // thread states of master threads that did not fork
 };
 
 void PrintTo(const UwsgiVariant& v, std::ostream* os) {
@@ -348,7 +360,7 @@ TEST_P(ForkedUwsgi, EveryWorkerIsProfiledWithTheHandlersExactStack) {
   require_root();
   ASSERT_TRUE(std::filesystem::exists(kUwsgi))
       << kUwsgi << " is missing: run scripts/setup --tests";
-  auto server = UwsgiServer::start(GetParam().args);
+  auto server = UwsgiServer::start(GetParam().args, GetParam().env);
   ASSERT_TRUE(server.ok()) << server.error().message;
   const std::vector<pid_t> workers = server->workers();
   ASSERT_EQ(workers.size(), static_cast<size_t>(kWorkers));
@@ -363,7 +375,7 @@ TEST_P(ForkedUwsgi, EveryWorkerIsProfiledWithTheHandlersExactStack) {
 
   for (pid_t worker : workers) {
     SCOPED_TRACE(fmt::format("worker {}", worker));
-    EXPECT_EQ(judge_dump(worker), "");
+    EXPECT_EQ(judge_dump(worker, GetParam().stale_states), "");
     std::map<int64_t, std::vector<std::vector<Frame>>> stacks_by_tid;
     for (const Served& s : load.served)
       if (s.pid == worker) {
@@ -393,7 +405,12 @@ INSTANTIATE_TEST_SUITE_P(
     Variants, ForkedUwsgi,
     ::testing::Values(UwsgiVariant{"threads", {"--threads", "2"}},
                       UwsgiVariant{"lazy_apps", {"--threads", "2", "--lazy-apps"}},
-                      UwsgiVariant{"enable_threads", {"--enable-threads"}}),
+                      UwsgiVariant{"enable_threads", {"--enable-threads"}},
+                      // The master runs a second Python thread when it forks:
+                      // each worker inherits a state no thread of its own runs,
+                      // and its request threads may reuse that thread's stack.
+                      UwsgiVariant{
+                          "master_thread", {"--threads", "2"}, {{"WSGI_APP_BACKGROUND", "1"}}, 1}),
     [](const ::testing::TestParamInfo<UwsgiVariant>& info) { return info.param.name; });
 
 struct MpCase {

@@ -18,7 +18,10 @@ thread that served the request: the server forks its workers, so these are
 what a profiler must attribute the samples to. Any other path answers 404.
 
 The module is loaded by the server (in its master, or in each worker with
---lazy-apps); it has no main.
+--lazy-apps); it has no main. With WSGI_APP_BACKGROUND=1 in its environment
+it also starts a Python thread that waits forever (as metrics and tracing
+agents do): loaded in the master, the workers inherit that thread's state,
+which names a thread of the master and is run by no thread of theirs.
 """
 
 import json
@@ -98,6 +101,16 @@ def requested_ms(query):
         if key == "ms" and value.isdigit():
             return min(int(value), MAX_MS)
     return 50
+
+
+def wait_forever():
+    event = threading.Event()
+    while True:
+        event.wait(3600)
+
+
+if os.environ.get("WSGI_APP_BACKGROUND") == "1":
+    threading.Thread(target=wait_forever, name="background", daemon=True).start()
 
 
 def application(environ, start_response):

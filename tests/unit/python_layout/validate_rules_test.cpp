@@ -15,7 +15,9 @@
 
 #include <cstring>
 #include <functional>
+#include <future>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "proc/memory.h"
@@ -288,65 +290,90 @@ TEST(ValidationRule, AThreadIdOfAnotherProcessIsRefused) {
   EXPECT_GT(n, 0);
 }
 
-// What a fork from C leaves in the child (python/forked.h): the forking
-// thread's state keeps the parent's thread id.
-TEST(ValidationRule, AThreadIdOfTheParentIsInheritedByFork) {
-  const int n = for_each_image(
-      [](const ProcessImage& image) {
-        return image.layout.tstate_native_thread_id != KRAIT_OFFSET_NONE;
-      },
-      [](const ProcessImage& image, const Places& at) {
-        const uint64_t parent = static_cast<uint64_t>(::getppid());
-        const Validation v = validate(
-            image, patched(image, at.tstate + image.layout.tstate_native_thread_id, parent));
-        EXPECT_EQ(v.status, AttachStatus::kAttached) << v.reason;
-      });
-  EXPECT_GT(n, 0);
-}
-
 // Where the thread states' pthread_t points in these tests: a struct
 // pthread of our own making, far from the recorded memory.
 constexpr uint64_t kFakePthread = 0x7e00'0000'0000;
 
-// Its parent gone, a forked child is known by the pthread_t the state
-// holds: glibc wrote the child's thread id into that struct when it forked.
-TEST(ValidationRule, AnOrphanedForkedStateIsKnownByItsPthread) {
-  const uint64_t stranger = 0x7fff'fff0;
-  const int n = for_each_image(
-      [](const ProcessImage& image) {
-        return image.layout.tstate_native_thread_id != KRAIT_OFFSET_NONE;
-      },
-      [&](const ProcessImage& image, const Places& at) {
-        proc::FakeMemory memory =
-            patched(image, at.tstate + image.layout.tstate_native_thread_id, stranger);
-        memory.add_value(at.tstate + image.layout.bpf.tstate_thread_id, kFakePthread);
-        memory.add_value(kFakePthread + kPthreadTidOffset, static_cast<uint32_t>(::getpid()));
-        const Validation v = validate(image, memory);
+// The image's first thread state naming thread `native`, its pthread_t
+// leading to a struct pthread whose tid is `pthread_tid`.
+proc::FakeMemory forked(const ProcessImage& image, const Places& at, uint64_t native,
+                        uint32_t pthread_tid) {
+  proc::FakeMemory memory =
+      patched(image, at.tstate + image.layout.tstate_native_thread_id, native);
+  memory.add_value(at.tstate + image.layout.bpf.tstate_thread_id, kFakePthread);
+  memory.add_value(kFakePthread + kPthreadTidOffset, pthread_tid);
+  return memory;
+}
+
+bool has_native_thread_id(const ProcessImage& image) {
+  return image.layout.tstate_native_thread_id != KRAIT_OFFSET_NONE;
+}
+
+// What a fork from C leaves in the child (python/forked.h): the forking
+// thread's state keeps the parent's thread id, and glibc made its pthread_t
+// the child's main thread.
+TEST(ValidationRule, TheForkingThreadsStateIsInheritedByTheMainThread) {
+  const int n =
+      for_each_image(has_native_thread_id, [](const ProcessImage& image, const Places& at) {
+        const Validation v = validate(image, forked(image, at, static_cast<uint64_t>(::getppid()),
+                                                    static_cast<uint32_t>(::getpid())));
         EXPECT_EQ(v.status, AttachStatus::kAttached) << v.reason;
       });
   EXPECT_GT(n, 0);
 }
 
-// The copies of the parent's other threads hold tid 0 in the child: not a
-// thread, so a stranger's id there is refused like any other.
-TEST(ValidationRule, AStateWhosePthreadLeadsNowhereIsRefused) {
+// Its parent gone, the forking thread's state is known by its pthread_t
+// alone.
+TEST(ValidationRule, AnOrphanedForkedStateIsKnownByItsPthread) {
   const uint64_t stranger = 0x7fff'fff0;
-  const int n = for_each_image(
-      [](const ProcessImage& image) {
-        return image.layout.tstate_native_thread_id != KRAIT_OFFSET_NONE;
-      },
-      [&](const ProcessImage& image, const Places& at) {
-        for (uint32_t tid : {0u, 0x7fff'fff1u}) {
-          proc::FakeMemory memory =
-              patched(image, at.tstate + image.layout.tstate_native_thread_id, stranger);
-          memory.add_value(at.tstate + image.layout.bpf.tstate_thread_id, kFakePthread);
-          memory.add_value(kFakePthread + kPthreadTidOffset, tid);
-          expect_refused(validate(image, memory),
+  const int n =
+      for_each_image(has_native_thread_id, [&](const ProcessImage& image, const Places& at) {
+        const Validation v =
+            validate(image, forked(image, at, stranger, static_cast<uint32_t>(::getpid())));
+        EXPECT_EQ(v.status, AttachStatus::kAttached) << v.reason;
+      });
+  EXPECT_GT(n, 0);
+}
+
+// The state of a parent's thread that did not fork is run by no thread of
+// the child (its struct pthread says tid 0) and its frames lay on a stack
+// the child reuses: its id is checked, its frames are not, and with no
+// other state there is nothing to profile yet.
+TEST(ValidationRule, AParentsOtherThreadStateIsNotWalked) {
+  const int n =
+      for_each_image(has_native_thread_id, [](const ProcessImage& image, const Places& at) {
+        proc::FakeMemory memory = forked(image, at, static_cast<uint64_t>(::getppid()), 0);
+        const Validation v =
+            validate(image, Hidden(memory, at.tstate + image.layout.bpf.tstate_frame, 8));
+        EXPECT_EQ(v.status, AttachStatus::kNotYet) << v.reason;
+        EXPECT_EQ(v.reason, "no thread of the process runs Python yet");
+      });
+  EXPECT_GT(n, 0);
+}
+
+// A pthread_t leading nowhere (tid 0, a copy of a thread that did not
+// fork), to no thread, or to a thread other than the main one explains
+// nothing: a stranger's id is refused like any other.
+TEST(ValidationRule, AStateWhosePthreadIsNotTheMainThreadIsRefused) {
+  const uint64_t stranger = 0x7fff'fff0;
+  // Another thread of this process, alive while the test runs.
+  std::promise<uint32_t> started;
+  std::promise<void> finish;
+  std::thread thread([&] {
+    started.set_value(static_cast<uint32_t>(::gettid()));
+    finish.get_future().wait();
+  });
+  const uint32_t other = started.get_future().get();
+  const int n =
+      for_each_image(has_native_thread_id, [&](const ProcessImage& image, const Places& at) {
+        for (uint32_t tid : {0u, 0x7fff'fff1u, other})
+          expect_refused(validate(image, forked(image, at, stranger, tid)),
                          fmt::format("thread id {} is not a thread of the process, nor of a "
                                      "process it was forked from",
                                      stranger));
-        }
       });
+  finish.set_value();
+  thread.join();
   EXPECT_GT(n, 0);
 }
 
@@ -359,6 +386,8 @@ TEST(Ancestry, KnowsTheParentsThreadsOnly) {
   EXPECT_FALSE(ancestry.has_thread(1)) << "the host's init explains nothing";
   EXPECT_FALSE(ancestry.has_thread(0));
   EXPECT_FALSE(ancestry.has_thread(0x7fff'fff0));
+  EXPECT_TRUE(ancestry.is_main_thread(static_cast<uint64_t>(::getpid())));
+  EXPECT_FALSE(ancestry.is_main_thread(static_cast<uint64_t>(::getppid())));
 }
 
 TEST(ValidationRule, AnUnreadableThreadIdentifierIsRefused) {
