@@ -6,7 +6,10 @@
 // (spawn). Each request of tests/workloads/wsgi_app.py and each child of
 // tests/workloads/mp_children.py reports its own pid, thread and stack; a
 // system-wide recording must profile every worker and child (none refused)
-// and give >= 95% of each one's Python samples exactly that stack.
+// and give >= 95% of each one's Python samples exactly that stack, on the
+// thread that reported it. os.fork (3.11, 3.12) corrects the thread id in
+// the child itself; uWSGI's workers are the case krait has to work out
+// (python/forked.h), and `krait dump` of a worker must place its states.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -15,12 +18,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <mutex>
-#include <set>
 #include <string>
 #include <thread>
 #include <vector>
