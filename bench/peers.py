@@ -45,6 +45,8 @@ PEER_PYTHONS = {
 # version only.
 PEERS_OF = {"3.12": ["austin"], "sid-3.15": ["profiling.sampling"]}
 READY_TIMEOUT_S = 30
+FLOOR_SECONDS = 5
+FLOOR_ROUNDS = 3
 STOP_MARGIN_S = 60
 
 
@@ -236,9 +238,70 @@ class Peers:
                 _log("peers round %d/%d done" % (r + 1, a.peers_rounds))
                 b.results["peers"] = {"rounds": rounds, "partial": True}
                 b.save()
+            floor = self.floor(workdir)
         b.results["peers"] = {"rate": a.peers_rate, "seconds": a.peers_seconds,
                               "pythons": a.peers_pythons, "frames": a.peers_frames,
-                              "rounds": rounds, "summary": self.summary(rounds, groups)}
+                              "rounds": rounds, "summary": self.summary(rounds, groups),
+                              "floor": floor}
+
+    def floor(self, workdir):
+        """The sampler's self-timed cost at the deepest depth, beside what an
+        empty perf_event program and one user-memory read cost on this host,
+        measured while steady_work.py keeps every CPU busy."""
+        a = self.args
+        b = self.bench
+        probe = os.path.normpath(a.probe or os.path.join(os.path.dirname(b.krait), "..", "..",
+                                                         "bench", "krait_ringbuf_probe"))
+        frames = max(a.peers_frames)
+        out = {"frames": frames, "sampler": [], "probe": []}
+        for python in a.peers_pythons:
+            for mode in ("mixed", "python"):
+                target = Target(PEER_PYTHONS[python], frames, workdir)
+                try:
+                    tag = "floor-%s-%s" % (python, mode)
+                    stats = b.run_file(tag, "stats.json")
+                    k = self.krait_class(b.krait, ["-p", str(target.pid), "-r", str(a.peers_rate),
+                                                   "-d", str(FLOOR_SECONDS), "--stacks", mode,
+                                                   "--measure-sampler-cost", "-o",
+                                                   b.run_file(tag, "pb.gz")],
+                                         stats, b.run_file(tag, "log"))
+                    st = k.wait(FLOOR_SECONDS + STOP_MARGIN_S)
+                finally:
+                    target.stop()
+                cost = st.get("sampler_cost_us") or {}
+                out["sampler"].append({"python": python, "mode": mode,
+                                       "median_us": cost.get("median"), "p90_us": cost.get("p90"),
+                                       "samples": cost.get("samples"),
+                                       "stats": os.path.basename(stats)})
+        if not os.access(probe, os.X_OK):
+            _log("peers: no floor: %s not found (ninja krait_ringbuf_probe)" % probe)
+            return out
+        busy = []
+        try:
+            for i in range(os.cpu_count() or 1):
+                d = os.path.join(workdir, "busy%d" % i)
+                os.makedirs(d, exist_ok=True)
+                busy.append(Target(PEER_PYTHONS["3.12"], frames, d))
+            for r in range(FLOOR_ROUNDS):
+                for mode in ("nothing", "user-read"):
+                    res = subprocess.run([probe, "--mode", mode, "--hz", str(a.peers_rate),
+                                          "--seconds", str(FLOOR_SECONDS)],
+                                         capture_output=True, text=True,
+                                         timeout=FLOOR_SECONDS + STOP_MARGIN_S)
+                    if res.returncode != 0:
+                        raise PeerError("krait_ringbuf_probe --mode %s: %s" %
+                                        (mode, res.stderr.strip()))
+                    run = json.loads(res.stdout)
+                    run["mean_ns"] = run["run_time_ns"] / max(run["runs"], 1)
+                    run["round"] = r
+                    out["probe"].append(run)
+        finally:
+            for t in busy:
+                t.stop()
+        for mode in ("nothing", "user-read"):
+            out[mode.replace("-", "_") + "_ns_median"] = statistics.median(
+                run["mean_ns"] for run in out["probe"] if run["mode"] == mode)
+        return out
 
     def summary(self, rounds, groups):
         out = []
@@ -319,15 +382,19 @@ def _log(msg):
 
 
 def markdown(peers, fmt):
-    """The peers table of a results.json's "peers" entry (fmt: number format)."""
-    lines = ["### Peers: CPU per sample, side by side",
-             "",
-             "steady_work.py at a fixed depth, %d Hz, %s s per run, %d rounds, conditions "
-             "shuffled per round. CPU = the profiler's user + sys (wait4, start-up included) "
-             "+ for krait the sampler's bpf_stats time." %
-             (peers["rate"], fmt(peers["seconds"], 0), len(peers["rounds"])),
-             "",
-             "| python | frames | profiler | CPU µs/sample [95% CI] | kernel / user / sys µs | "
+    """The peers section of bench/run's report (fmt: number format)."""
+    return "\n".join([
+        "### Peers: CPU per sample, side by side", "",
+        "steady_work.py at a fixed depth, %d Hz, %s s per run, %d rounds, conditions shuffled "
+        "per round. CPU = the profiler's user + sys (wait4, start-up included) + for krait the "
+        "sampler's bpf_stats time." % (peers["rate"], fmt(peers["seconds"], 0),
+                                       len(peers["rounds"])), "",
+        tables(peers, fmt)])
+
+
+def tables(peers, fmt):
+    """The peers tables alone (docs/performance.md embeds them)."""
+    lines = ["| python | frames | profiler | CPU µs/sample [95% CI] | kernel / user / sys µs | "
              "samples per target CPU s | slowdown [95% CI] | peak RSS MiB | start-up CPU s |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for g in peers["summary"]:
@@ -348,4 +415,19 @@ def markdown(peers, fmt):
     for g in peers["summary"]:
         for name, r in g["ratios"].items():
             lines.append("| %s | %d | %s | %s |" % (g["python"], g["frames"], name, fmt(r, 3)))
+    floor = peers.get("floor")
+    if floor:
+        empty = floor.get("nothing_ns_median")
+        read = floor.get("user_read_ns_median")
+        lines += ["", "The sampler at %d frames, self-timed (--measure-sampler-cost), beside this "
+                  "host's floor: an empty perf_event program %s ns per run, one with one user-memory "
+                  "read %s ns (bpf_stats, every CPU busy)." % (floor["frames"], fmt(empty, 0),
+                                                               fmt(read, 0)),
+                  "", "| python | stacks | sampler median µs | p90 µs | median / empty program |",
+                  "|---|---|---:|---:|---:|"]
+        for sm in floor["sampler"]:
+            ratio = (sm["median_us"] * 1000 / empty) if empty and sm["median_us"] else None
+            lines.append("| %s | %s | %s | %s | %s |" % (sm["python"], sm["mode"],
+                                                        fmt(sm["median_us"], 2),
+                                                        fmt(sm["p90_us"], 2), fmt(ratio, 1)))
     return "\n".join(lines) + "\n"
