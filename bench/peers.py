@@ -55,19 +55,21 @@ class PeerError(Exception):
 
 
 class Target:
-    """A steady_work.py process, running once it has reported its first unit."""
+    """A workload that counts its work units in a shared file (steady_work.py
+    by default), running once it has said so on stdout."""
 
-    def __init__(self, python, frames, workdir):
+    def __init__(self, python, frames, workdir, script=STEADY_WORK, extra=None):
         self.counter_path = os.path.join(workdir, "counter")
         env = dict(os.environ, **python["env"])
-        self.proc = subprocess.Popen([python["exe"], STEADY_WORK, "--frames", str(frames),
-                                      "--counter", self.counter_path],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env)
+        argv = [python["exe"], script, "--counter", self.counter_path]
+        argv += extra if extra is not None else ["--frames", str(frames)]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     env=env)
         ready = select.select([self.proc.stdout], [], [], READY_TIMEOUT_S)[0]
         line = self.proc.stdout.readline() if ready else b""
         if not line:
             self.stop()
-            raise PeerError("steady_work.py (%s) did not start" % python["exe"])
+            raise PeerError("%s (%s) did not start" % (os.path.basename(script), python["exe"]))
         self.report = json.loads(line)
         self.pid = self.proc.pid
         fd = os.open(self.counter_path, os.O_RDONLY)
@@ -85,7 +87,8 @@ class Target:
 
     def stop(self):
         if self.proc.poll() is None:
-            self.proc.kill()
+            # SIGTERM: a forking workload's other side sees the pipe close.
+            self.proc.terminate()
             self.proc.wait()
         if getattr(self, "counter", None) is not None:
             self.counter.close()
