@@ -43,6 +43,37 @@ static long krait_copy_stack_page(__u32 index, void* arg) {
   return 0;
 }
 
+struct krait_stack_vma {
+  __u64 start;
+  __u64 end;
+};
+
+static long krait_stack_vma_cb(struct task_struct* task, struct vm_area_struct* vma, void* data) {
+  struct krait_stack_vma* v = data;
+  v->start = vma->vm_start;
+  v->end = vma->vm_end;
+  return 0;
+}
+
+/* At most `want` bytes from `from`, but none past the top of the stack: the
+ * mapping that holds `from`, or for the main thread mm->start_stack, above
+ * which lie argv, the environment and the auxiliary vector, never frames.
+ * Most threads use a few KiB of the 16 KiB a fixed copy would take, and the
+ * copy (then the ring record and user space's read of it) costs per byte.
+ * Nothing the old fixed copy reached is lost: it also ended at the top. */
+static __always_inline __u32 krait_stack_extent(struct task_struct* task, __u64 from, __u32 want) {
+  struct krait_stack_vma v = {};
+  if (bpf_find_vma(task, from, krait_stack_vma_cb, &v, 0) != 0 || v.end <= from)
+    return want; /* mmap lock busy or no mapping: the read decides */
+  __u64 top = v.end;
+  __u64 start_stack = BPF_CORE_READ(task, mm, start_stack);
+  if (start_stack > from && start_stack >= v.start && start_stack < v.end)
+    top = start_stack + sizeof(__u64); /* argc, the word _start's frame reads */
+  if (top - from < want)
+    want = (__u32)(top - from);
+  return want;
+}
+
 static __always_inline void krait_capture_native(struct krait_scratch* s, void* ctx,
                                                  struct task_struct* task, __u8 kernel_stacks,
                                                  __u32 user_stack_bytes) {
@@ -76,7 +107,7 @@ static __always_inline void krait_capture_native(struct krait_scratch* s, void* 
 #undef KRAIT_COPY_USER_REG
 
   __u8* dst = tail + k * sizeof(__u64);
-  __u32 want = user_stack_bytes;
+  __u32 want = krait_stack_extent(task, r->sp - KRAIT_RED_ZONE_BYTES, user_stack_bytes);
   if (want > KRAIT_USER_STACK_CAP)
     want = KRAIT_USER_STACK_CAP;
   /* One read when the range is mapped (most samples); page by page when it

@@ -224,10 +224,44 @@ static __always_inline void krait_switch_in(struct task_struct* next) {
     e->start_ns = b->start_ns;
     e->weight = b->weight;
     e->_pad0 = 0;
-    e->_pad1 = 0;
+    e->walk_ns = b->walk_ns;
     bpf_ringbuf_submit(e, krait_wakeup_flag());
   }
   bpf_map_delete_elem(&blocked, &tid);
+}
+
+#define KRAIT_SWITCH_WINDOW_NS 100000000ull /* 100 ms */
+
+/* One switch in how many to capture now: --switch-every, raised so that a
+ * CPU whose Python threads switched more than the budget allows in the last
+ * window captures about the budget in this one. The capture is weighted by
+ * the value in force when it was taken, so totals stay unbiased while the
+ * rate changes. */
+static __always_inline __u32 krait_switch_every_now(void) {
+  __u32 every = cfg_switch_every;
+  if (cfg_switch_budget == 0)
+    return every;
+  __u32 zero = 0;
+  struct krait_switch_window* w = bpf_map_lookup_elem(&switch_window, &zero);
+  if (!w)
+    return every;
+  __u64 now = bpf_ktime_get_ns();
+  if (now - w->start_ns >= KRAIT_SWITCH_WINDOW_NS) {
+    __u32 per_window = cfg_switch_budget / (1000000000ull / KRAIT_SWITCH_WINDOW_NS);
+    if (per_window == 0)
+      per_window = 1;
+    /* A window long past says nothing about now: start again at 1. */
+    __u32 next = now - w->start_ns < 2 * KRAIT_SWITCH_WINDOW_NS
+                     ? (w->seen + per_window - 1) / per_window
+                     : 1;
+    w->every = next ? next : 1;
+    w->seen = 0;
+    w->start_ns = now;
+  }
+  w->seen++;
+  if (w->every > every)
+    every = w->every;
+  return every > 65535 ? 65535 : every;
 }
 
 /* Off-CPU and wall modes: a Python thread leaving the CPU is walked like a
@@ -246,18 +280,22 @@ int BPF_PROG(krait_switch, bool preempt, struct task_struct* prev, struct task_s
   struct krait_proc_info* proc = krait_classify(pid, pid_tgid, task);
   if (!proc || proc->mode != KRAIT_PROC_PYTHON)
     return 0;
-  if (cfg_switch_every > 1 && bpf_get_prandom_u32() % cfg_switch_every != 0) {
+  __u32 every = krait_switch_every_now();
+  if (every > 1 && bpf_get_prandom_u32() % every != 0) {
     krait_count(KRAIT_CNT_SWITCHES_SKIPPED);
     return 0;
   }
   __u8 reason = krait_switch_reason(task, preempt, prev_state, proc);
-  __u16 weight = (__u16)cfg_switch_every;
+  __u16 weight = (__u16)every;
   __u64 start = krait_capture(ctx, KRAIT_SLOT_SWITCH, pid_tgid, task, proc, KRAIT_STATE_OFF_CPU,
                               reason, weight);
   if (start == 0)
     return 0;
   __u32 tid = (__u32)pid_tgid;
-  struct krait_blocked b = {.start_ns = start, .weight = weight};
+  __u64 left = bpf_ktime_get_ns();
+  __u64 walk = left > start ? left - start : 0;
+  struct krait_blocked b = {
+      .start_ns = start, .weight = weight, .walk_ns = walk > 0xffffffffull ? 0xffffffffu : walk};
   bpf_map_update_elem(&blocked, &tid, &b, BPF_ANY);
   return 0;
 }

@@ -42,6 +42,22 @@ const volatile __u32 cfg_wakeup_bytes = 1 << 20;
 const volatile __u8 cfg_listed_only = 0;
 /* Off-CPU and wall modes: one context switch in this many is captured. */
 const volatile __u32 cfg_switch_every = 1;
+/* Off-CPU and wall modes: at most about this many switches captured per
+ * second per CPU (0: no limit); above it one in N is, N from the rate of
+ * the previous window (see krait_switch_every_now). */
+const volatile __u32 cfg_switch_budget = 0;
+
+struct krait_switch_window {
+  __u64 start_ns;
+  __u32 seen;  /* Python threads' switches in this window */
+  __u32 every; /* one in this many is captured in this window */
+};
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+  __uint(max_entries, 1);
+  __type(key, __u32);
+  __type(value, struct krait_switch_window);
+} switch_window SEC(".maps");
 
 /* LRU: entries of processes that exited without an exit event seen (a
  * full ring buffer, or a pid reported just before it exited) cannot fill
@@ -75,7 +91,7 @@ struct krait_blocked {
   __u64 start_ns;
   __u16 weight;
   __u16 _pad0;
-  __u32 _pad1;
+  __u32 walk_ns; /* see krait_block_end */
 };
 
 struct {

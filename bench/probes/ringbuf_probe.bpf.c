@@ -31,6 +31,9 @@ struct {
 
 /* Keeps the clock reads from being optimised away. */
 __u64 clock_sink = 0;
+/* Runs that read user memory (user-read mode): the others hit an idle CPU
+ * or a kernel thread. */
+__u64 user_reads = 0;
 
 SEC("perf_event")
 int ringbuf_probe(struct bpf_perf_event_data* ctx) {
@@ -49,6 +52,15 @@ int ringbuf_probe(struct bpf_perf_event_data* ctx) {
   } else if (cfg_mode == PROBE_MODE_CLOCK_PAIR) {
     __u64 start = bpf_ktime_get_ns();
     clock_sink += bpf_ktime_get_ns() - start;
+  } else if (cfg_mode == PROBE_MODE_USER_READ) {
+    struct task_struct* task = bpf_get_current_task_btf();
+    if (!task->mm)
+      return 0;
+    struct pt_regs* regs = (struct pt_regs*)bpf_task_pt_regs(task);
+    __u64 word = 0;
+    if (bpf_probe_read_user(&word, sizeof(word), (const void*)regs->sp) == 0)
+      __sync_fetch_and_add(&user_reads, 1);
+    clock_sink += word;
   }
   return 0;
 }

@@ -2,9 +2,12 @@
 // ring-buffer record costs a perf_event BPF program on this machine, with
 // and without the reader wakeup, and what two clock reads cost. bench/run
 // runs it (part `ringbuf`) to explain the gap between the sampler's
-// self-timed walk and its kernel-measured run time. One JSON line on stdout.
+// self-timed walk and its kernel-measured run time; with `nothing` and
+// `user-read` (one 8-byte read of the interrupted thread's user stack) it
+// gives the machine's floor that the sampler's cost is reported beside
+// (part `peers`). One JSON line on stdout.
 //
-//   krait_ringbuf_probe --mode nothing|wakeup|no-wakeup|clock-pair
+//   krait_ringbuf_probe --mode nothing|wakeup|no-wakeup|clock-pair|user-read
 //                       [--hz 99] [--seconds 5] [--record-bytes 512]
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
@@ -66,6 +69,8 @@ Result<Options> parse(int argc, char** argv) {
         o.mode = PROBE_MODE_NO_WAKEUP;
       else if (value == "clock-pair")
         o.mode = PROBE_MODE_CLOCK_PAIR;
+      else if (value == "user-read")
+        o.mode = PROBE_MODE_USER_READ;
       else
         return make_error("unknown --mode {}", value);
     } else if (arg == "--hz") {
@@ -153,9 +158,9 @@ Result<std::string> run(const Options& o) {
     return make_error("reading the program's bpf_stats: {}", std::strerror(errno));
   return fmt::format(
       "{{\"mode\":\"{}\",\"hz\":{},\"seconds\":{},\"record_bytes\":{},\"cpus\":{},\"runs\":{},"
-      "\"run_time_ns\":{},\"records\":{}}}",
+      "\"run_time_ns\":{},\"records\":{},\"user_reads\":{}}}",
       o.mode_name, o.hz, o.seconds, o.record_bytes, events.size(), info.run_cnt, info.run_time_ns,
-      records);
+      records, skel->bss->user_reads);
 }
 
 }  // namespace

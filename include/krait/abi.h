@@ -224,7 +224,10 @@ struct krait_block_end {
   __u64 start_ns;
   __u16 weight; /* the sample's */
   __u16 _pad0;
-  __u32 _pad1;
+  /* How long taking the sample kept the thread on its way out: not time it
+   * waited. Left in, a weighted sample of a short wait (a pipe ping-pong)
+   * would stand for many waits each as long as the walk made this one. */
+  __u32 walk_ns;
 };
 
 struct krait_seen_slot {

@@ -137,6 +137,7 @@ Result<std::unique_ptr<Sampler>> Sampler::open_and_load(const SamplerConfig& con
   skel->rodata->cfg_user_stack_bytes = config.user_stack_bytes;
   skel->rodata->cfg_all_processes = config.all_processes ? 1 : 0;
   skel->rodata->cfg_switch_every = config.switch_every;
+  skel->rodata->cfg_switch_budget = config.switch_budget;
   // Not loaded when unused: one program fewer for the verifier, and the
   // tracepoint's BTF is not needed.
   bpf_program__set_autoload(skel->progs.krait_switch, config.off_cpu);

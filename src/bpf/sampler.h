@@ -46,6 +46,9 @@ struct SamplerConfig {
   bool on_cpu = true;
   bool off_cpu = false;
   uint32_t switch_every = 1;  // off CPU: one switch in this many is captured (weighted by it)
+  // Off CPU: about this many switches captured per second per CPU at most
+  // (0: no limit); above it, one in N (weighted by N), N from the last 100 ms.
+  uint32_t switch_budget = kDefaultSwitchBudget;
 };
 
 using Counters = std::array<uint64_t, KRAIT_CNT_COUNT>;

@@ -23,4 +23,11 @@ enum class TimeMode : uint8_t { kCpu, kOffCpu, kWall };
 // Off CPU: one context switch in N is captured, weighted by N.
 inline constexpr uint32_t kMaxSwitchEvery = 65'535;
 
+// Off CPU: switches captured per second per CPU before one in N is (0: all).
+// Each capture costs a stack walk in the kernel and an unwind in krait; a
+// server doing 100k switches a second would otherwise cost krait more than
+// a core. 1000 keeps that near the cost of on-CPU sampling at 1000 Hz.
+inline constexpr uint32_t kDefaultSwitchBudget = 1'000;
+inline constexpr uint32_t kMaxSwitchBudget = 1'000'000;
+
 }  // namespace krait::bpf

@@ -155,6 +155,8 @@ std::vector<options::Option<DaemonConfig>> make_options() {
   o.push_back(bind(
       sampling::switch_every(), [](auto& c) -> auto& { return c.switch_every; }));
   o.push_back(bind(
+      sampling::switch_budget(), [](auto& c) -> auto& { return c.switch_budget; }));
+  o.push_back(bind(
       sampling::kernel_frames(), [](auto& c) -> auto& { return c.kernel_stacks; }));
   o.push_back(bind(
       sampling::all_processes(), [](auto& c) -> auto& { return c.all_processes; }));

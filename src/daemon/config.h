@@ -20,6 +20,7 @@
 //   sampling.mode
 //       --mode MODE, "cpu" (cpu | off-cpu | wall)
 //   sampling.switch_every
+//   sampling.switch_budget
 //       --switch-every N, 1 (off-cpu and wall: one context switch in N is
 //       walked, weighted by N; 1..65535)
 //   sampling.kernel
@@ -154,6 +155,7 @@ struct DaemonConfig {
   StackMode stack_mode = StackMode::kMixed;
   bpf::TimeMode time_mode = bpf::TimeMode::kCpu;
   uint32_t switch_every = 1;
+  uint32_t switch_budget = bpf::kDefaultSwitchBudget;
   bool kernel_stacks = true;
   bool all_processes = false;
   ProcessSelection processes;

@@ -42,6 +42,7 @@ engine::EngineOptions engine_options(const DaemonConfig& config, engine::Selecti
   e.sampler.on_cpu = config.time_mode != bpf::TimeMode::kOffCpu;
   e.sampler.off_cpu = config.time_mode != bpf::TimeMode::kCpu;
   e.sampler.switch_every = config.switch_every;
+  e.sampler.switch_budget = config.switch_budget;
   e.sampler.all_processes = config.all_processes;
   e.selection = std::move(selection);
   return e;
@@ -142,6 +143,7 @@ class RunLoop {
     if (reloaded->sampling_rate_hz != config_.sampling_rate_hz ||
         reloaded->stack_mode != config_.stack_mode || reloaded->time_mode != config_.time_mode ||
         reloaded->switch_every != config_.switch_every ||
+        reloaded->switch_budget != config_.switch_budget ||
         reloaded->kernel_stacks != config_.kernel_stacks ||
         reloaded->all_processes != config_.all_processes)
       spdlog::warn("sampling rate and stack mode changes need a restart of krait");

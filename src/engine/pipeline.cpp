@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "krait/off_cpu.h"
@@ -161,7 +162,11 @@ void Pipeline::on_block_end(const krait_block_end& event) {
   // sample may be parked for its names).
   SampleJob job;
   job.block_end = true;
-  job.ktime_ns = event.hdr.ktime_ns;
+  // The wait is charged from the sample's moment, so the end moves back by
+  // the time the walk took (never before the start).
+  const uint64_t waited =
+      event.hdr.ktime_ns > event.start_ns ? event.hdr.ktime_ns - event.start_ns : 0;
+  job.ktime_ns = event.hdr.ktime_ns - std::min<uint64_t>(event.walk_ns, waited);
   job.tid = event.hdr.tid;
   job.block_start_ns = event.start_ns;
   job.weight = event.weight == 0 ? 1 : event.weight;

@@ -294,6 +294,9 @@ std::string summary_json(const RunSummary& s) {
   w.key("cpus").value(static_cast<int64_t>(s.run.cpus));
   w.key("python_samples").value(static_cast<int64_t>(s.python_samples));
   w.key("native_samples").value(static_cast<int64_t>(s.native_samples));
+  // Off-CPU mode: captured switches, and those --switch-every passed over.
+  w.key("switch_samples").value(static_cast<int64_t>(s.run.counters[KRAIT_CNT_SWITCHES]));
+  w.key("switches_skipped").value(static_cast<int64_t>(s.run.counters[KRAIT_CNT_SWITCHES_SKIPPED]));
   w.key("bpf_runs").value(static_cast<int64_t>(s.run.bpf_runs.runs));
   w.key("bpf_run_time_ns").value(static_cast<int64_t>(s.run.bpf_runs.run_time_ns));
   w.key("krait_cpu_seconds").value(s.krait_cpu_seconds);

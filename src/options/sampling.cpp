@@ -1,5 +1,7 @@
 #include "options/sampling.h"
 
+#include <fmt/format.h>
+
 #include "bpf/sampler.h"
 #include "krait/abi.h"
 
@@ -71,6 +73,20 @@ Spec switch_every() {
           .kind = Kind::kInteger,
           .min = 1,
           .max = bpf::kMaxSwitchEvery};
+}
+
+Spec switch_budget() {
+  return {.key = "sampling.switch_budget",
+          .flags = "--switch-budget",
+          .type = "N",
+          .help = fmt::format(
+              "Off-CPU and wall modes: walk about N context switches per second per CPU at most; "
+              "above that, one in as many as it takes, at random, each counted that many times "
+              "(0: walk every switch; default {})",
+              bpf::kDefaultSwitchBudget),
+          .kind = Kind::kInteger,
+          .min = 0,
+          .max = bpf::kMaxSwitchBudget};
 }
 
 Spec event() {

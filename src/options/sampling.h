@@ -17,6 +17,7 @@ Spec kernel_frames();  // sampling.kernel, --no-kernel (sets false)
 Spec all_processes();  // sampling.all_processes, --all-processes
 Spec time_mode();      // sampling.mode, --mode (cpu|off-cpu|wall)
 Spec switch_every();   // sampling.switch_every, --switch-every
+Spec switch_budget();  // sampling.switch_budget, --switch-budget
 
 // Only `krait record` has these so far, hence no TOML key.
 Spec event();            // --event (auto|cycles|cpu-clock)

@@ -82,6 +82,7 @@ Result<EngineOptions> engine_options(const RecordOptions& o) {
   cfg.on_cpu = o.mode != bpf::TimeMode::kOffCpu;
   cfg.off_cpu = o.mode != bpf::TimeMode::kCpu;
   cfg.switch_every = o.switch_every;
+  cfg.switch_budget = o.switch_budget;
   return e;
 }
 

@@ -39,7 +39,8 @@ struct RecordOptions {
   StackMode stacks = StackMode::kMixed;      // Python frames only, or with native and kernel
   bpf::TimeMode mode = bpf::TimeMode::kCpu;  // on-CPU, off-CPU or wall-clock time
   uint32_t switch_every = 1;                 // off CPU: one context switch in N is walked
-  bool kernel_stacks = true;                 // mixed: kernel frames too
+  uint32_t switch_budget = bpf::kDefaultSwitchBudget;  // off CPU: walks per second per CPU
+  bool kernel_stacks = true;                           // mixed: kernel frames too
   uint32_t user_stack_bytes = KRAIT_USER_STACK_DEFAULT;
   bool all_processes = false;  // also processes that are not Python
 };

@@ -80,6 +80,7 @@ std::vector<options::Option<RecordOptions>> make_options() {
                    &R::ready_fd));
   o.push_back(bind(sampling::time_mode(), &R::mode));
   o.push_back(bind(sampling::switch_every(), &R::switch_every));
+  o.push_back(bind(sampling::switch_budget(), &R::switch_budget));
   o.push_back(bind(sampling::stack_mode(), &R::stacks));
   o.push_back(bind(sampling::kernel_frames(), &R::kernel_stacks));
   o.push_back(bind(sampling::all_processes(), &R::all_processes));

@@ -54,6 +54,7 @@ engine::EngineOptions engine_options(const TopOptions& o) {
   cfg.on_cpu = o.mode != bpf::TimeMode::kOffCpu;
   cfg.off_cpu = o.mode != bpf::TimeMode::kCpu;
   cfg.switch_every = o.switch_every;
+  cfg.switch_budget = o.switch_budget;
   cfg.user_stack_bytes = o.user_stack_bytes;
   return e;
 }

@@ -38,6 +38,7 @@ struct TopOptions {
   StackMode stacks = StackMode::kMixed;
   bpf::TimeMode mode = bpf::TimeMode::kCpu;  // wall/off-cpu: shares of a thread's time
   uint32_t switch_every = 1;
+  uint32_t switch_budget = bpf::kDefaultSwitchBudget;
   bool kernel_stacks = true;
   uint32_t user_stack_bytes = KRAIT_USER_STACK_DEFAULT;
   int ready_fd = -1;  // written "ready\n" once sampling runs (tests)

@@ -83,6 +83,7 @@ std::vector<options::Option<TopOptions>> make_options() {
   o.push_back(bind(sampling::rate_hz(), &T::frequency_hz).with_default_shown());
   o.push_back(bind(sampling::time_mode(), &T::mode));
   o.push_back(bind(sampling::switch_every(), &T::switch_every));
+  o.push_back(bind(sampling::switch_budget(), &T::switch_budget));
   o.push_back(bind(sampling::stack_mode(), &T::stacks));
   o.push_back(bind(sampling::kernel_frames(), &T::kernel_stacks));
   o.push_back(bind(sampling::max_depth(), &T::max_depth).with_default_shown());

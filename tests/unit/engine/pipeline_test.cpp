@@ -525,5 +525,47 @@ TEST_F(PipelineTest, PrunedProcessesLeaveNothingBehindInThePipeline) {
   EXPECT_EQ(profile.total_count(), 1u);
 }
 
+// The sampler's own walk kept the thread on the CPU on its way out: that
+// time is not waiting, and a weighted sample would multiply it.
+TEST_F(PipelineTest, AWaitIsChargedWithoutTheTimeItsOwnWalkTook) {
+  ProcessTracker tracker(sink_, *inspector_, {});
+  auto mem = std::make_shared<proc::FakeMemory>();
+  FakeCode code = put_code(*mem, 0x100000, "serve", "/app/serve.py", 10);
+  add_process(tracker, std::move(mem));
+  profile::Profile profile;
+  Harness h(tracker, *inspector_, profile, 256);
+
+  auto sample_at = [&](uint64_t ktime, uint32_t tid) {
+    auto r = make_sample({{code.address, code.token, 4 | KRAIT_FRAME_ENTRY}});
+    r->sample.hdr.ktime_ns = ktime;
+    r->sample.hdr.tid = tid;
+    r->sample.cpu_state = KRAIT_STATE_OFF_CPU;
+    r->sample.off_cpu_reason = KRAIT_OFF_IO;
+    r->sample.weight = 10;
+    h.pipeline.on_sample({r->sample, {r->sample.frames, r->n}});
+  };
+  auto end_at = [&](uint64_t start, uint64_t end, uint32_t walk, uint32_t tid) {
+    krait_block_end e{};
+    e.hdr.type = KRAIT_EVENT_BLOCK_END;
+    e.hdr.pid = 4242;
+    e.hdr.tid = tid;
+    e.hdr.ktime_ns = end;
+    e.start_ns = start;
+    e.weight = 10;
+    e.walk_ns = walk;
+    h.pipeline.on_block_end(e);
+  };
+  sample_at(1'000'000, 4243);
+  end_at(1'000'000, 1'050'000, 30'000, 4243);  // 50 us away, 30 us of it the walk
+  sample_at(2'000'000, 4244);
+  end_at(2'000'000, 2'010'000, 90'000, 4244);  // a walk longer than the wait: nothing
+  h.flush();
+
+  uint64_t off_cpu = 0;
+  for (const auto& s : profile.samples())
+    off_cpu += s.off_cpu_ns;
+  EXPECT_EQ(off_cpu, 10u * 20'000u);
+}
+
 }  // namespace
 }  // namespace krait::engine

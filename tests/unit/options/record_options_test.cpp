@@ -144,8 +144,9 @@ TEST(RecordOptionsTest, SamplingOptionsAreTheDaemons) {
     EXPECT_EQ(o.spec.max, it->second->max);
     EXPECT_EQ(o.spec.type_name(), it->second->type_name());
   }
-  // --rate, --stacks, --no-kernel, --all-processes, --mode, --switch-every
-  EXPECT_EQ(shared, 6);
+  // --rate, --stacks, --no-kernel, --all-processes, --mode, --switch-every,
+  // --switch-budget
+  EXPECT_EQ(shared, 7);
 }
 
 }  // namespace
