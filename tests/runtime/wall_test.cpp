@@ -8,11 +8,15 @@
 // workload measured it, at the phase's exact line; off CPU the samples carry
 // the reason (sleep, io), and in mixed mode the kernel frames of each wait.
 //
+// The same with millisecond phases and a switch budget that samples the
+// switches: the shares stay within 5 points, the walks within the budget.
+//
 // gil_contention.py: four threads that need the GIL all the time on two
 // CPUs. Each thread's `reason=gil` share must be within 5 points of
 // 1 - (its CPU time / its wall time) over the window, as it measures them.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <map>
@@ -205,6 +209,60 @@ TEST_P(WallTime, EachPhaseGetsItsShareAtItsLineWithItsKernelWait) {
   std::cout << fmt::format("[ wall     ] {}:{}\n", interp_.name, report);
 }
 
+// Millisecond phases switch a few hundred times a second per thread; a
+// budget of 200 walks per second per CPU then walks about one switch in
+// three and weighs each by it. The phases must keep their shares, and the
+// walks must stay within the budget.
+using WallBudget = InterpreterTest;
+
+TEST_P(WallBudget, ShortWaitsKeepTheirSharesWhenSwitchesAreSampled) {
+  TempDir dir;
+  auto w =
+      start_workload(interp_, "wall.py", {"--burn-ms", "1", "--sleep-ms", "1", "--pipe-ms", "1"});
+  ASSERT_TRUE(w.ok()) << w.error().message;
+  const Truth& truth = w->truth;
+  const int64_t tid = truth.threads[0].tid;
+  constexpr int kBudget = 200;
+  auto run = record_window(*w,
+                           {"--mode", "wall", "--stacks", "python", "-r", "299", "--switch-budget",
+                            std::to_string(kBudget), "-p", std::to_string(truth.pid)},
+                           dir);
+  ASSERT_TRUE(run.ok()) << run.error().message;
+  const JsonValue& before = line_before(run->lines, run->start);
+  const JsonValue& after = line_after(run->lines, run->stop);
+  const double span = number(after, "t") - number(before, "t");
+  auto phases = json_object(truth.json, "phases");
+  ASSERT_TRUE(phases.ok()) << phases.error().message;
+
+  int64_t thread_ns = 0;
+  std::map<std::string, int64_t> phase_ns;
+  for (const ProfileSample& s : samples_of_pid(run->result.samples, truth.pid)) {
+    if (s.tid() != tid)
+      continue;
+    thread_ns += value(s, "wall");
+    for (const char* phase : {"burn", "sleep", "pipe"})
+      if (s.stack == frames_of(*(*phases)->find(phase)))
+        phase_ns[phase] += value(s, "wall");
+  }
+  ASSERT_GT(thread_ns, 0) << "no sample of the worker thread";
+  std::string report;
+  for (const char* phase : {"sleep", "pipe"}) {
+    const double truth_share = (number(after, phase) - number(before, phase)) / span;
+    const double share = static_cast<double>(phase_ns[phase]) / static_cast<double>(thread_ns);
+    EXPECT_NEAR(share, truth_share, 0.05) << phase;
+    report += fmt::format(" {} {:.1f}% (workload {:.1f}%)", phase, 100 * share, 100 * truth_share);
+  }
+  const double walked = number(run->result.stats, "switch_samples");
+  const double skipped = number(run->result.stats, "switches_skipped");
+  const double seconds = number(run->result.stats, "seconds");
+  const double cpus = number(run->result.stats, "cpus");
+  EXPECT_GT(skipped, walked) << "the budget never applied: the workload switched too little";
+  // A window's rate sets the next one's sampling: a rise shows for 100 ms.
+  EXPECT_LE(walked, 1.5 * kBudget * std::max(cpus, 1.0) * seconds + kBudget);
+  std::cout << fmt::format("[ budget   ] {}:{}; {:.0f} switches walked, {:.0f} skipped\n",
+                           interp_.name, report, walked, skipped);
+}
+
 using GilWait = InterpreterTest;
 
 TEST_P(GilWait, EachThreadsGilShareIsItsOwnWaitingShare) {
@@ -245,6 +303,8 @@ TEST_P(GilWait, EachThreadsGilShareIsItsOwnWaitingShare) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Interpreters, WallTime, ::testing::ValuesIn(kInterpreters),
+                         interpreter_test_name);
+INSTANTIATE_TEST_SUITE_P(Interpreters, WallBudget, ::testing::Values("pyenv-3.12.1", "sid-3.15.2"),
                          interpreter_test_name);
 INSTANTIATE_TEST_SUITE_P(Interpreters, GilWait, ::testing::ValuesIn(kInterpreters),
                          interpreter_test_name);
