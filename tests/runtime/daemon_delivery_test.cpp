@@ -191,6 +191,87 @@ TEST(Daemon, AllProcessesProfilesAProgramThatIsNotPython) {
 }
 
 // ---------------------------------------------------------------------------
+// Wall-clock time.
+
+// wall.py's last totals line stamped at or after `until` (its own clock).
+Result<JsonValue> wall_totals_after(ChildProcess& child, double until) {
+  const auto deadline = SteadyClock::now() + 60s;
+  while (SteadyClock::now() < deadline) {
+    auto line = child.read_line(60s);
+    if (!line)
+      return line.error();
+    auto json = parse_json(*line);
+    if (!json)
+      return json.error().context(*line);
+    const JsonValue* t = json->find("t");
+    if (t && t->is_number() && t->number >= until)
+      return std::move(*json);
+  }
+  return make_error("wall.py: no totals line after {:.3f}", until);
+}
+
+// The daemon in --mode wall: each interval's pprof carries wall and
+// off-CPU time, and wall.py's phases keep, over the delivered intervals,
+// the shares of its time the workload measured itself (within 5 points).
+TEST(Daemon, WallModeDeliversEachPhaseWithItsShareOfTheThreadsTime) {
+  LiveRun run;
+  ASSERT_NO_FATAL_FAILURE(start_live_run(run));
+  auto wall = run.staged.start(*run.py.debian, "wall.py");
+  ASSERT_TRUE(wall.ok()) << wall.error().message;
+  auto first = wall_totals_after(wall->child, 0);
+  ASSERT_TRUE(first.ok()) << first.error().message;
+
+  auto daemon = Daemon::start(
+      daemon_args(*run.server, run.staged.selector(), {"--mode", "wall", "--stacks", "mixed"}));
+  ASSERT_TRUE(daemon.ok()) << daemon.error().message;
+  ASSERT_TRUE(wait_for(
+      *run.server, [](const auto& p) { return count_application(p, "wall.py") >= 4; }, 30s))
+      << "profiles received: " << run.server->profiles().size() << "\n"
+      << daemon->log();
+  ASSERT_NO_FATAL_FAILURE(expect_clean_stop(*daemon));
+  const double now = std::chrono::duration<double>(SteadyClock::now().time_since_epoch()).count();
+  auto last = wall_totals_after(wall->child, now);
+  ASSERT_TRUE(last.ok()) << last.error().message;
+
+  auto received = decode_received(run.server->profiles());
+  ASSERT_TRUE(received.ok()) << received.error().message;
+  auto phases = json_object(wall->truth.json, "phases");
+  ASSERT_TRUE(phases.ok()) << phases.error().message;
+  const int64_t tid = wall->truth.threads.at(0).tid;
+  int64_t thread_ns = 0;
+  std::map<std::string, int64_t> phase_ns;
+  for (const Delivered* p : of_application(*received, "wall.py"))
+    for (const ProfileSample& s : p->samples) {
+      if (s.tid() != tid)
+        continue;
+      auto w = s.values.find("wall");
+      ASSERT_NE(w, s.values.end()) << "a sample without wall time";
+      EXPECT_TRUE(s.values.count("off_cpu")) << "a sample without off-CPU time";
+      thread_ns += w->second;
+      for (const char* phase : {"burn", "sleep", "pipe"}) {
+        std::vector<Frame> stack;
+        for (const JsonValue& f : (*phases)->find(phase)->items)
+          stack.push_back(
+              {f.find("function")->string, f.find("file")->string, f.find("line")->integer});
+        if (s.stack == stack)
+          phase_ns[phase] += w->second;
+      }
+    }
+  ASSERT_GT(thread_ns, 0) << "no sample of wall.py's worker";
+  // The phases repeat every ~125 ms: any long window has the shares of the
+  // whole run.
+  const double span = last->find("t")->number - first->find("t")->number;
+  std::string report;
+  for (const char* phase : {"burn", "sleep", "pipe"}) {
+    const double truth = (last->find(phase)->number - first->find(phase)->number) / span;
+    const double share = static_cast<double>(phase_ns[phase]) / static_cast<double>(thread_ns);
+    EXPECT_NEAR(share, truth, 0.05) << phase;
+    report += fmt::format(" {} {:.1f}% (workload {:.1f}%)", phase, 100 * share, 100 * truth);
+  }
+  std::cout << fmt::format("[ wall     ] daemon, {}:{}\n", run.py.debian->name, report);
+}
+
+// ---------------------------------------------------------------------------
 // Process churn.
 
 struct ShortRun {
