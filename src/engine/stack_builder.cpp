@@ -19,14 +19,6 @@ size_t frame_bytes(const profile::Frame& f) {
   return sizeof(profile::Frame) + f.function.size() + f.system_name.size() + f.file.size() + 32;
 }
 
-// The interpreter's eval loop, whose C frames the Python frames replace.
-// GCC splits rarely taken paths into "<name>.cold" parts of the same call.
-bool is_eval_function(std::string_view name) {
-  if (auto dot = name.find('.'); dot != std::string_view::npos)
-    name = name.substr(0, dot);
-  return name == "_PyEval_EvalFrameDefault" || name == "PyEval_EvalFrameEx";
-}
-
 template <typename Entry>
 size_t native_entry_bytes(const Entry& entry) {
   return sizeof(Entry) + entry.frames.size() * sizeof(profile::FrameId);
@@ -275,6 +267,8 @@ const StackBuilder::NativeEntry& StackBuilder::native_entry(SeriesState& st,
     entry.frames.push_back(intern(st, f));
   }
   entry.eval = !frames->empty() && is_eval_function(frames->back().function);
+  for (const auto& nf : *frames)
+    entry.greenlet_base |= is_greenlet_base(module->path, nf.function);
   const size_t bytes = native_entry_bytes(entry);
   return st.native.insert(key, std::move(entry), bytes);
 }
@@ -324,41 +318,56 @@ void StackBuilder::merge_native(SeriesState& st, const SampleJob& job,
   else
     ++us.stops[std::string(unwind::to_string(unwound_.stop))];
 
-  // Python frames in groups, one per C call of the eval loop, leaf first.
-  size_t next = 0;  // first Python frame not yet placed
-  auto next_group_end = [&]() {
-    size_t end = next;
-    while (end < job.python.size() && !job.python[end].entry)
-      ++end;
-    return end < job.python.size() ? end + 1 : end;
-  };
-  size_t extra_eval = 0;
+  // The entries are copied out: looking up the next address may evict one.
+  native_roles_.clear();
+  native_spans_.clear();
+  native_frames_.clear();
   for (size_t i = 0; i < unwound_.pcs.size(); ++i) {
     const NativeEntry& e = native_entry(st, modules, unwound_.lookup_pc(i));
-    if (e.eval && next < job.python.size()) {
-      for (size_t end = next_group_end(); next < end; ++next)
-        out.push_back(frame_id(st, job.python[next].frame));
+    native_roles_.push_back({e.eval, e.greenlet_base});
+    native_spans_.emplace_back(native_frames_.size(), e.frames.size());
+    native_frames_.insert(native_frames_.end(), e.frames.begin(), e.frames.end());
+  }
+  python_roles_.clear();
+  for (const PythonFrameRef& p : job.python)
+    python_roles_.push_back({p.entry});
+  const MergeResult merged = merge_stacks(native_roles_, python_roles_, complete,
+                                          job.python_truncated, job.python_process);
+  for (const MergeStep& step : merged.steps) {
+    if (step.python) {
+      out.push_back(frame_id(st, job.python[step.index].frame));
       continue;
     }
-    if (e.eval && job.python_process && !job.python_truncated)
-      ++extra_eval;
-    out.insert(out.end(), e.frames.begin(), e.frames.end());
+    const auto [first, count] = native_spans_[step.index];
+    out.insert(out.end(), native_frames_.begin() + static_cast<ptrdiff_t>(first),
+               native_frames_.begin() + static_cast<ptrdiff_t>(first + count));
   }
-  if (next < job.python.size()) {
-    // Older Python frames whose eval calls the native stack did not reach.
-    for (; next < job.python.size(); ++next)
-      out.push_back(frame_id(st, job.python[next].frame));
-    reason(st, out,
-           complete ? "native and Python stacks do not match"
-                    : fmt::format("native stack incomplete: {}", unwind::to_string(unwound_.stop)));
-    return;
+  // The greenlet's run function: its Python chain's root frame, when the
+  // walk reached it.
+  if (merged.greenlet && !job.python.empty() && !job.python_truncated && job.python_reasons.empty())
+    greenlet_root_ = job.python.back().frame;
+  switch (merged.verdict) {
+    case MergeVerdict::kExact:
+      break;
+    case MergeVerdict::kMismatch:
+      reason(st, out, "native and Python stacks do not match");
+      break;
+    case MergeVerdict::kIncomplete:
+      reason(st, out, fmt::format("native stack incomplete: {}", unwind::to_string(unwound_.stop)));
+      break;
   }
-  if (extra_eval > 0 && !job.python.empty()) {
-    reason(st, out, "native and Python stacks do not match");
-    return;
-  }
-  if (!complete)
-    reason(st, out, fmt::format("native stack incomplete: {}", unwind::to_string(unwound_.stop)));
+}
+
+profile::LabelSetId StackBuilder::greenlet_labels_id(SeriesState& st, const LabelsRef& labels,
+                                                     const FrameRef& root) {
+  const auto key = std::make_pair(labels.get(), root.get());
+  if (auto it = st.greenlet_labels.find(key); it != st.greenlet_labels.end())
+    return it->second.id;
+  profile::Labels with = *labels;
+  with.emplace_back("greenlet", root->function);
+  const profile::LabelSetId id = st.profile.intern_labels(std::move(with));
+  st.greenlet_labels.emplace(key, GreenletLabels{labels, root, id});
+  return id;
 }
 
 void StackBuilder::add(const SampleJob& job) {
@@ -375,6 +384,7 @@ void StackBuilder::add(const SampleJob& job) {
   ++stats_.samples;
   SeriesState& st = state_for(job.series);
   stack_.clear();
+  greenlet_root_.reset();
   if (job.native) {
     for (uint64_t ip : job.kernel_ips)
       stack_.push_back(kernel_frame(st, ip));
@@ -397,11 +407,14 @@ void StackBuilder::add(const SampleJob& job) {
     stack_.push_back(frame_id(st, r));
   if (stack_.empty())
     stack_.push_back(synthetic(st, "[no frames]"));
+  const profile::LabelSetId labels = greenlet_root_
+                                         ? greenlet_labels_id(st, job.labels, greenlet_root_)
+                                         : labels_id(st, job.labels);
   if (job.off_cpu) {
-    open_block(st, job, labels_id(st, job.labels));
+    open_block(st, job, labels);
     return;
   }
-  st.profile.add_sample(stack_, labels_id(st, job.labels));
+  st.profile.add_sample(stack_, labels);
 }
 
 void StackBuilder::refresh_cache_stats() {

@@ -5,7 +5,9 @@
 // (_PyEval_EvalFrameDefault, PyEval_EvalFrameEx, their .cold parts) is
 // replaced by the Python frames that C call owns, matched from the leaf.
 // When the two stacks cannot be matched, the sample says so with a reason
-// frame instead of guessing.
+// frame instead of guessing. The rule itself is merge_native.h (greenlets:
+// the native stack ends at the greenlet's bootstrap, and the sample gets a
+// "greenlet" label naming the greenlet's run function).
 //
 // Threading: owns the profiles while it runs; used by one thread (the
 // builder thread, see BuilderThread); take_profiles() after the thread is
@@ -22,6 +24,7 @@
 #include <vector>
 
 #include "engine/job_queue.h"
+#include "engine/merge_native.h"
 #include "engine/sample_job.h"
 #include "profile/profile.h"
 #include "symbolize/kernel_symbols.h"
@@ -99,6 +102,7 @@ class StackBuilder {
   struct NativeEntry {
     std::vector<profile::FrameId> frames;  // innermost (inlined) first
     bool eval = false;                     // the interpreter's eval loop
+    bool greenlet_base = false;            // greenlet's bootstrap (merge_native.h)
   };
   struct NativeKey {
     uint64_t file_serial;
@@ -111,6 +115,12 @@ class StackBuilder {
       return (k.file_serial * 1000003u) ^ k.vaddr ^ (k.pc << 17);
     }
   };
+  // A label set with the greenlet label added, holding what its key points to.
+  struct GreenletLabels {
+    LabelsRef labels;
+    FrameRef root;
+    profile::LabelSetId id = 0;
+  };
   // One series' profile and the caches of ids into it.
   struct SeriesState {
     explicit SeriesState(size_t max_native_entries)
@@ -120,6 +130,8 @@ class StackBuilder {
     profile::Profile profile;
     std::unordered_map<const profile::Frame*, std::pair<FrameRef, profile::FrameId>> frames;
     std::unordered_map<const profile::Labels*, std::pair<LabelsRef, profile::LabelSetId>> labels;
+    std::map<std::pair<const profile::Labels*, const profile::Frame*>, GreenletLabels>
+        greenlet_labels;
     std::unordered_map<std::string, profile::FrameId> synthetic;
     LruCache<NativeKey, NativeEntry, NativeKeyHash> native;
     std::unordered_map<uint64_t, profile::FrameId> kernel;
@@ -151,6 +163,9 @@ class StackBuilder {
   profile::FrameId synthetic(SeriesState& st, const std::string& name);
   profile::FrameId intern(SeriesState& st, const profile::Frame& frame);
   profile::LabelSetId labels_id(SeriesState& st, const LabelsRef& labels);
+  // `labels` and greenlet=<qualified name of `root`>, the greenlet's run function.
+  profile::LabelSetId greenlet_labels_id(SeriesState& st, const LabelsRef& labels,
+                                         const FrameRef& root);
   const NativeEntry& native_entry(SeriesState& st, const unwind::ProcessModules& modules,
                                   uint64_t pc);
   profile::FrameId kernel_frame(SeriesState& st, uint64_t ip);
@@ -168,6 +183,14 @@ class StackBuilder {
   BuilderStats stats_;
   CacheStats retired_native_frames_;  // of the series of intervals that ended
   std::vector<profile::FrameId> stack_;
+  // merge_native's scratch: per native frame its role and its span of
+  // native_frames_ (offset, count); per Python frame its role.
+  std::vector<NativeRole> native_roles_;
+  std::vector<std::pair<size_t, size_t>> native_spans_;
+  std::vector<profile::FrameId> native_frames_;
+  std::vector<PythonRole> python_roles_;
+  // Set by merge_native when the sample ran in a greenlet: its root frame.
+  FrameRef greenlet_root_;
   std::map<const Series*, std::unique_ptr<SeriesState>> series_;
   int64_t interval_start_ns_ = 0;
   size_t frame_bytes_ = 0;  // names of the frames interned since the interval began

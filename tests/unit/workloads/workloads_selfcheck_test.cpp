@@ -123,7 +123,7 @@ TEST(WorkloadSources, ShareOneCommonBlock) {
   std::string reference;
   for (const char* script : {"chain.py", "threads.py", "churn.py", "short.py", "embedded_lane.py",
                              "gil.py", "methods.py", "cext.py", "kernel_read.py", "native_libs.py",
-                             "dump_threads.py", "asyncio_tasks.py"}) {
+                             "dump_threads.py", "asyncio_tasks.py", "greenlets.py"}) {
     SCOPED_TRACE(script);
     auto text = read_file(workload_path(script));
     ASSERT_TRUE(text) << text.error().message;
