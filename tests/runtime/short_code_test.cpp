@@ -50,9 +50,9 @@ std::vector<std::string> short_code_interpreters() {
 struct Verdict {
   int64_t samples = 0;  // samples with a generated frame, or an unknown one
   int64_t exact = 0;
-  // Samples in the cheap statements before the hot line: a line there is
-  // right or wrong without the truth saying which, so they are left out
-  // (and must stay few).
+  // Samples in the cheap statements before the hot line (or in the exec'd
+  // code that defines the function): a line there is right or wrong without
+  // the truth saying which, so they are left out (and must stay few).
   int64_t filler = 0;
   std::map<std::string, int64_t> wrong;  // "function file:line" -> samples
 };
@@ -61,6 +61,7 @@ Verdict judge(const std::vector<ProfileSample>& mine, const Truth& truth) {
   Verdict v;
   const JsonValue* hot = truth.json.find("hot_lines");
   const JsonValue* functions = truth.json.find("functions");
+  const JsonValue* module_lines = truth.json.find("module_lines");  // exec mode only
   if (!hot || !functions || !hot->is_object() || !functions->is_object()) {
     ADD_FAILURE() << "the truth has no hot_lines or functions";
     return v;
@@ -83,6 +84,9 @@ Verdict judge(const std::vector<ProfileSample>& mine, const Truth& truth) {
         exact = true;
       else if (f.function == function->string && f.line > 0 && f.line < line->integer)
         filler = true;
+      else if (const JsonValue* outer = module_lines ? module_lines->find(f.file) : nullptr;
+               outer && f.function == "<module>" && f.line > 0 && f.line <= outer->integer)
+        filler = true;  // the exec'd module code defining the function
       else if (first_wrong.empty())
         first_wrong = fmt::format("{} {}:{} (truth: {} line {})", f.function, f.file, f.line,
                                   function->string, line->integer);

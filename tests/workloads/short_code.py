@@ -19,7 +19,9 @@ with its hot line: {"kind": "truth", ..., "mode": M, "function": F,
 "hot_lines": {FILE: LINE}}, F being the co_name of the code that burns
 ("<module>" or "gen_K" per file: "functions" maps FILE to it). A sample of
 such code is exact when its frame has that file, that function and the hot
-line. The process exits 0 when done.
+line. In exec mode each file's own module code (`import time`, the `def`)
+runs first: "module_lines" maps FILE to its last line (a `<module>` frame of
+FILE at a line up to it is that code). The process exits 0 when done.
 """
 
 import argparse
@@ -105,6 +107,7 @@ def run_exec(args):
     truth = base_truth("exec")
     truth["hot_lines"] = hot_lines
     truth["functions"] = functions
+    truth["module_lines"] = dict((p, 2) for p in hot_lines)
     emit(truth)
     for k, path, text in sources:
         namespace = {}
