@@ -6,15 +6,16 @@
 
 Builds a repository of --files files with Debian's Mercurial (runs on
 /usr/bin/python3.11), then runs `hg commit`, `hg log` and `hg diff` for
---rounds rounds while `krait record --stacks python -f speedscope`
-samples the machine (stopped by SIGTERM after the last round). Mercurial's commands are short processes
-that spend much of their time importing modules, whose module bodies are
-freed as soon as each import finishes: the case where krait must name a frame
-from what the sampler captured at first sight.
+--rounds rounds while `krait record --stacks python -f speedscope` samples
+the machine (stopped by SIGTERM after the last round). Mercurial's commands
+are short processes that spend much of their time importing modules, whose
+module bodies are freed as soon as each import finishes: the case where
+krait must name a frame from what the sampler captured at first sight.
 
-Prints one JSON object: the Python samples of hg processes, the share whose
-every frame has a line, and the frames without one by function name
-(the most common first). Only the standard library.
+Prints one JSON object: the Python samples of hg processes (those with a
+Python frame), the share whose every frame has a line, and the frames
+without one by function name (the most common first). Only the standard
+library.
 """
 
 import argparse
