@@ -202,6 +202,12 @@ static __always_inline int krait_take_capture_token(struct krait_proc_info* proc
   return 1;
 }
 
+/* Bytes from addr to the end of its 4 KiB page, at most cap (>= 1). */
+static __always_inline __u32 krait_to_page_end(__u64 addr, __u32 cap) {
+  __u32 n = 4096 - (__u32)(addr & 4095);
+  return n < cap ? n : cap;
+}
+
 /* Sends the names of a code object the first time (pid, code, token) is seen
  * (the table is shared by all CPUs and direct-mapped: a collision only means
  * one more capture later). */
@@ -233,15 +239,44 @@ static __always_inline void krait_capture_code(const struct krait_frame_walk* w,
   e->file_addr = file;
   e->frame = w->frame;
   e->linetable_addr = linetable;
-  /* A string near the end of a mapping cannot be read whole: the failed read
-   * leaves zeros, which user space treats as no capture. */
-  bpf_probe_read_user(e->name, sizeof(e->name), (const void*)name);
-  bpf_probe_read_user(e->file, sizeof(e->file), (const void*)file);
-  /* A small table near the end of a mapping: then its head alone. */
+  /* An object near the end of a mapping cannot be read to the copy's size:
+   * then up to the end of its page, which is mapped (user space decodes a
+   * cut string as cut, and a cut table as far as it is whole). */
+  if (bpf_probe_read_user(e->name, sizeof(e->name), (const void*)name))
+    bpf_probe_read_user(e->name, krait_to_page_end(name, sizeof(e->name)), (const void*)name);
+  if (bpf_probe_read_user(e->file, sizeof(e->file), (const void*)file))
+    bpf_probe_read_user(e->file, krait_to_page_end(file, sizeof(e->file)), (const void*)file);
   if (bpf_probe_read_user(e->linetable, sizeof(e->linetable), (const void*)linetable))
-    bpf_probe_read_user(e->linetable, 128, (const void*)linetable);
+    bpf_probe_read_user(e->linetable, krait_to_page_end(linetable, sizeof(e->linetable)),
+                        (const void*)linetable);
+  const struct krait_py_layout* l = &w->proc->layout;
+  /* The object's size field, within the copy's first 256 bytes by the mask. */
+  __s64 table_size = *(const __s64*)(e->linetable + (l->linetable_size_off & 0xff));
   bpf_ringbuf_submit(e, krait_wakeup_flag());
   krait_count(KRAIT_CNT_CODE_CAPTURES);
+
+  /* The inline copy holds the table whole (most functions): done. Else the
+   * whole table follows in a record of its own, so that a module body or
+   * exec'd code freed before user space reads it still has every line. */
+  if (l->linetable_data_off == 0 || table_size <= 0)
+    return;
+  __u64 total = (__u64)table_size + l->linetable_data_off;
+  if (total <= KRAIT_CAPTURE_LINETABLE_BYTES)
+    return;
+  if (total > KRAIT_CAPTURE_LINETABLE_MAX)
+    total = KRAIT_CAPTURE_LINETABLE_MAX;
+  __u32 n = (__u32)total;
+  struct krait_linetable_event* t = &w->s->linetable;
+  krait_fill_header(&t->hdr, KRAIT_EVENT_LINETABLE, bpf_get_current_pid_tgid());
+  t->code = code;
+  t->token = token;
+  t->size = n;
+  if (n > KRAIT_CAPTURE_LINETABLE_MAX || bpf_probe_read_user(t->bytes, n, (const void*)linetable) ||
+      bpf_ringbuf_output(&events, t, KRAIT_LINETABLE_EVENT_HEAD + n, krait_wakeup_flag())) {
+    krait_count(KRAIT_CNT_LINETABLES_LOST);
+    return;
+  }
+  krait_count(KRAIT_CNT_LINETABLES);
 }
 
 #define KRAIT_FRAME_SLOT(n) ((n) & (KRAIT_PY_FRAMES_CAP - 1))

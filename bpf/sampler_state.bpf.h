@@ -142,6 +142,9 @@ struct krait_scratch {
   __u8 tstate[KRAIT_TSTATE_READ_CAP + 8];
   __u8 frame[KRAIT_FRAME_READ_CAP + 8];
   __u8 code[KRAIT_CODE_READ_CAP + 8];
+  /* A line table longer than a code event holds, sent in a record of its
+   * own at first sight of its code object only. */
+  struct krait_linetable_event linetable;
 };
 
 /* Two slots per CPU, one per program (user space sizes it to twice the

@@ -50,6 +50,9 @@
 #define KRAIT_EVENT_CODE 5 /* a code object seen for the first time (krait_code_event) */
 /* A thread whose off-CPU sample was sent runs again (krait_block_end). */
 #define KRAIT_EVENT_BLOCK_END 6
+/* the whole line table of a code object whose table the code event holds
+ * only in part (krait_linetable_event); it follows that code event */
+#define KRAIT_EVENT_LINETABLE 7
 
 struct krait_event_header {
   __u32 type;
@@ -216,6 +219,22 @@ struct krait_code_event {
   __u8 linetable[KRAIT_CAPTURE_LINETABLE_BYTES];
 };
 
+/* A code object's line table object, from its start, when it is longer than
+ * the code event's inline copy (a module body's usually is): up to
+ * KRAIT_CAPTURE_LINETABLE_MAX bytes, sent right after the code event of the
+ * same (pid, code, token). The record is variable-size: `size` bytes of
+ * `bytes` follow the fixed part, the rest is not sent. */
+#define KRAIT_CAPTURE_LINETABLE_MAX 16384
+
+struct krait_linetable_event {
+  struct krait_event_header hdr;
+  __u64 code;
+  __u32 token;
+  __u32 size; /* bytes of `bytes` sent, <= KRAIT_CAPTURE_LINETABLE_MAX */
+  __u8 bytes[KRAIT_CAPTURE_LINETABLE_MAX];
+};
+#define KRAIT_LINETABLE_EVENT_HEAD 40 /* offsetof(struct krait_linetable_event, bytes) */
+
 /* KRAIT_EVENT_BLOCK_END: the thread of an off-CPU sample is back on a CPU
  * at hdr.ktime_ns. start_ns is that sample's hdr.ktime_ns, so user space
  * pairs the two by (tid, start_ns) whatever order they reach it in. */
@@ -295,8 +314,13 @@ struct krait_py_layout {
   __u16 interp_gil_holder; /* PyThreadState* */
   __u16 tstate_interp;     /* PyThreadState.interp */
   __u8 gil_mode;
+  /* The line table object (bytes; str on 2.7): where its size and its data
+   * are, so a table longer than the inline copy can be sent whole. 0: not
+   * sent. */
+  __u8 linetable_size_off;
+  __u8 linetable_data_off;
   __u8 _pad0;
-  __u32 _pad1;
+  __u16 _pad1;
 };
 
 /* Capture events (krait_code_event) a process may cause: a bucket of
@@ -365,7 +389,9 @@ struct krait_thread_entry {
 #define KRAIT_CNT_SWITCHES_LOST 13          /* ... lost: ring buffer full */
 #define KRAIT_CNT_BLOCK_ENDS_LOST 14        /* krait_block_end records lost: ring buffer full */
 #define KRAIT_CNT_SWITCHES_SKIPPED 15       /* switches not captured (one in --switch-every is) */
-#define KRAIT_CNT_COUNT 16
+#define KRAIT_CNT_LINETABLES 16             /* krait_linetable_event records sent */
+#define KRAIT_CNT_LINETABLES_LOST 17 /* ... lost: ring buffer full, or the table unreadable */
+#define KRAIT_CNT_COUNT 18
 
 /* ---- code object identity ---------------------------------------------- */
 

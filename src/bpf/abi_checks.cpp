@@ -18,6 +18,10 @@ static_assert(offsetof(krait_sample, cost_ns) == 36);
 static_assert(sizeof(krait_py_layout) == 56);
 static_assert(sizeof(krait_code_event) == 968);
 static_assert(sizeof(krait_seen_slot) == 16);
+static_assert(offsetof(krait_linetable_event, bytes) == KRAIT_LINETABLE_EVENT_HEAD);
+static_assert(sizeof(krait_linetable_event) ==
+              KRAIT_LINETABLE_EVENT_HEAD + KRAIT_CAPTURE_LINETABLE_MAX);
+static_assert(offsetof(krait_py_layout, linetable_size_off) == 51);
 static_assert(sizeof(krait_proc_info) == 144);
 static_assert(sizeof(krait_block_end) == 40);
 static_assert(offsetof(krait_sample, cpu_state) == 40);

@@ -53,9 +53,9 @@ struct ProcessStats {
   std::array<uint64_t, KRAIT_PY_STATUS_COUNT> by_status{};
   uint64_t truncated = 0;
   uint64_t unsymbolized_frames = 0;  // no name at all: gone before it could be read
-  // The code object could not be read when its frame needed it, and the
-  // frame was named from what the sampler captured at first sight (a cut
-  // name, or no line past the captured part of the line table).
+  // The code object could not be read when its frame needed it, and what
+  // the sampler captured at first sight did not hold it whole for this
+  // frame (a cut name, or no line past the captured part of the line table).
   uint64_t frames_from_capture = 0;
   // Named from what was known when the frame's read had not finished in
   // time (the process's work throttled, stalled or very late).
@@ -153,6 +153,8 @@ class Pipeline final : public events::EventHandler {
   void on_exit(const krait_proc_event& event) override;
   void on_unknown_process(const krait_proc_event& event) override;
   void on_code_capture(const krait_code_event& event) override;
+  void on_linetable_capture(const krait_linetable_event& event,
+                            std::span<const uint8_t> bytes) override;
   void on_block_end(const krait_block_end& event) override;
 
   // Sends on parked samples whose wait is over; the run loop calls it at

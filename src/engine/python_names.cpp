@@ -109,8 +109,6 @@ FrameRef Pipeline::named_frame(const TrackedProcess& p, PerProcess& pp, const Co
     ++pp.stats.unsymbolized_frames;
     return synthetic_frame("[unknown Python code: object freed before it was read]");
   }
-  if (entry.from_capture)
-    ++pp.stats.frames_from_capture;
   const uint32_t instr = frame.instr & KRAIT_FRAME_INSTR_MASK;
   const python::CodeInfo& info = *entry.info;
   const python::PythonLayout& layout = *p.attachment.layout;
@@ -121,6 +119,9 @@ FrameRef Pipeline::named_frame(const TrackedProcess& p, PerProcess& pp, const Co
   f->start_line = info.firstlineno;
   const uint64_t offset = uint64_t{instr} * layout.instr_scale;
   const int32_t line = offset < entry.lines_upto ? info.line_at(layout, instr) : python::kNoLine;
+  // A capture that held this frame's names and line whole loses nothing.
+  if (entry.from_capture && (!entry.names_complete || offset >= entry.lines_upto))
+    ++pp.stats.frames_from_capture;
   f->line = line < 0 ? 0 : line;
   if (final_name)
     frames_.insert(FrameKey{p.generation, frame.token, frame.code, instr}, f, frame_bytes(*f));
@@ -338,6 +339,37 @@ void Pipeline::on_code_capture(const krait_code_event& event) {
   CodeEntry& stored = pp->codes->insert(key, e, entry_bytes(e));
   if (!stored.settled)
     request_read(*p, key, stored);
+  if (!pp->parked.empty())
+    dirty_.insert(p->key);
+}
+
+void Pipeline::on_linetable_capture(const krait_linetable_event& event,
+                                    std::span<const uint8_t> bytes) {
+  const TrackedProcess* p = tracker_.find(static_cast<pid_t>(event.hdr.pid));
+  if (!p)
+    return;
+  PerProcess* pp = current(p->key);
+  if (!pp || !p->attachment.layout)
+    return;
+  // It follows its code event, which made the entry; an entry read whole
+  // from the live object needs nothing more.
+  const CodeKey key{event.code, event.token};
+  CodeEntry* e = pp->codes->peek(key);
+  if (!e || !e->info || (e->settled && !e->from_capture))
+    return;
+  uint32_t upto = 0;
+  auto lines =
+      python::lines_from_captured_table(*p->attachment.layout, bytes, e->info->firstlineno, upto);
+  if (upto <= e->lines_upto)
+    return;  // no better than what the code event held
+  auto info = std::make_shared<python::CodeInfo>(*e->info);
+  info->lines = std::move(lines);
+  e->info = std::move(info);
+  e->lines_upto = upto;
+  // Complete as captured: the read in flight (if any) can only confirm it.
+  if (!e->reading && e->names_complete && upto == UINT32_MAX && !e->method_pending)
+    e->settled = true;
+  pp->codes->resize(key, entry_bytes(*e));
   if (!pp->parked.empty())
     dirty_.insert(p->key);
 }

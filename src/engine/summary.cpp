@@ -140,6 +140,9 @@ RunSummary build_summary(const RunFacts& run, const ProcessTracker& tracker, Pip
   if (run.counters[KRAIT_CNT_CODE_CAPTURES_LOST])
     s.losses["code object names not captured: ring buffer full"] +=
         run.counters[KRAIT_CNT_CODE_CAPTURES_LOST];
+  if (run.counters[KRAIT_CNT_LINETABLES_LOST])
+    s.losses["long line tables not captured: ring buffer full or unreadable"] +=
+        run.counters[KRAIT_CNT_LINETABLES_LOST];
   if (run.counters[KRAIT_CNT_CODE_CAPTURES_THROTTLED])
     s.losses["code object captures over a process's budget (retried at later samples)"] +=
         run.counters[KRAIT_CNT_CODE_CAPTURES_THROTTLED];

@@ -80,6 +80,17 @@ bool dispatch_record(const void* data, size_t size, EventHandler& handler) {
         return false;
       handler.on_code_capture(*static_cast<const krait_code_event*>(data));
       return true;
+    case KRAIT_EVENT_LINETABLE: {
+      // Variable-size: the fixed part, then `size` bytes of the table.
+      if (size < KRAIT_LINETABLE_EVENT_HEAD)
+        return false;
+      const auto* table = static_cast<const krait_linetable_event*>(data);
+      if (table->size > KRAIT_CAPTURE_LINETABLE_MAX ||
+          table->size > size - KRAIT_LINETABLE_EVENT_HEAD)
+        return false;
+      handler.on_linetable_capture(*table, {table->bytes, table->size});
+      return true;
+    }
     case KRAIT_EVENT_BLOCK_END:
       if (size < sizeof(krait_block_end))
         return false;

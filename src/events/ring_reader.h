@@ -33,6 +33,11 @@ class EventHandler {
   virtual void on_exit(const krait_proc_event& event) = 0;
   virtual void on_unknown_process(const krait_proc_event& event) = 0;
   virtual void on_code_capture(const krait_code_event& event) = 0;
+  // The whole line table of a code object whose code event held it only in
+  // part; `bytes` (the table object from its start) are inside the record.
+  // Handlers that do not name Python frames ignore it.
+  virtual void on_linetable_capture(const krait_linetable_event& /*event*/,
+                                    std::span<const uint8_t> /*bytes*/) {}
   // Off-CPU and wall modes only; handlers that never run in them ignore it.
   virtual void on_block_end(const krait_block_end& /*event*/) {}
 };

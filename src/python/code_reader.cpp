@@ -167,11 +167,11 @@ Result<std::string> decode_captured(const StringLayout& layout, std::span<const 
   return s;
 }
 
-// The lines a captured line table object gives: all of them when the copy
-// holds the whole table, else those of the entries it holds whole.
-// `upto` is set to the byte offset below which they answer every offset.
-std::vector<LineRange> lines_from_capture(const PythonLayout& python, std::span<const uint8_t> raw,
-                                          int32_t firstlineno, uint32_t& upto) {
+}  // namespace
+
+std::vector<LineRange> lines_from_captured_table(const PythonLayout& python,
+                                                 std::span<const uint8_t> raw, int32_t firstlineno,
+                                                 uint32_t& upto) {
   const StringLayout& s = python.strings;
   upto = 0;
   if (raw.size() <= s.bytes_data || !fits(raw.size(), s.var_size, sizeof(int64_t)))
@@ -216,8 +216,6 @@ std::vector<LineRange> lines_from_capture(const PythonLayout& python, std::span<
   return std::move(*lines);
 }
 
-}  // namespace
-
 Result<CapturedCode> code_info_from_capture(const PythonLayout& python,
                                             const krait_code_event& event) {
   const StringLayout& layout = python.strings;
@@ -234,7 +232,7 @@ Result<CapturedCode> code_info_from_capture(const PythonLayout& python,
   out.info.firstlineno = static_cast<int32_t>(event.firstlineno);
   out.names_complete = name_complete && file_complete;
   out.info.lines =
-      lines_from_capture(python, event.linetable, out.info.firstlineno, out.lines_upto);
+      lines_from_captured_table(python, event.linetable, out.info.firstlineno, out.lines_upto);
   return out;
 }
 

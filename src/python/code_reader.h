@@ -60,6 +60,15 @@ struct CapturedCode {
 Result<CapturedCode> code_info_from_capture(const PythonLayout& layout,
                                             const krait_code_event& event);
 
+// The lines of a captured line table object (`raw`: its bytes from the
+// object's start, as krait_code_event.linetable or krait_linetable_event
+// hold them): all of them when `raw` holds the whole table, else those of the
+// entries it holds whole. `upto` is set as CapturedCode::lines_upto. Any
+// bytes are safe: a size field past kMaxLineTableBytes gives no lines.
+std::vector<LineRange> lines_from_captured_table(const PythonLayout& layout,
+                                                 std::span<const uint8_t> raw, int32_t firstlineno,
+                                                 uint32_t& upto);
+
 // Reads the code object at `address` and checks it is the one a sample saw:
 // its type must be code_type and its fields must hash to `token` (see
 // krait_code_token), else the object was freed and its memory reused.

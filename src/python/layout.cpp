@@ -280,6 +280,12 @@ Result<PythonLayout> build_layout(const OffsetTable& table, PyVersion v) {
     read_method_class(f, v.major == 2, out);
   read_runtime_fields(f, v, out);
   read_string_layout(f, v, out.strings);
+  // The sampler reads the size inside its 256-byte view of the table's head
+  // and sends the table from its start: both offsets must fit a byte.
+  if (out.strings.var_size + sizeof(int64_t) <= 0xff && out.strings.bytes_data <= 0xff) {
+    out.bpf.linetable_size_off = static_cast<uint8_t>(out.strings.var_size);
+    out.bpf.linetable_data_off = static_cast<uint8_t>(out.strings.bytes_data);
+  }
 
   if (!f.missing().empty())
     return make_error("the offsets for Python {} ({}) lack {}", v.str(), table.source, f.missing());

@@ -7,8 +7,11 @@
 // every supported version by record_seed (make_seeds.py code_reader): the
 // exact regions krait's own reads touched.
 // Runs, over a proc::FakeMemory of the regions: read_code_object (and the
-// line at `instr`), code_info_from_capture on the event, method_class_name
-// (before 3.11) and validate_layout.
+// line at `instr`), code_info_from_capture on the event,
+// lines_from_captured_table on the region at the event's linetable_addr (what
+// the sampler sends whole when the event holds a table only in part, cut at
+// KRAIT_CAPTURE_LINETABLE_MAX), method_class_name (before 3.11) and
+// validate_layout.
 #include <unistd.h>
 
 #include <cstring>
@@ -62,10 +65,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::memcpy(&event, raw.data(), std::min(raw.size(), sizeof event));
   }
   proc::FakeMemory memory;
+  std::vector<uint8_t> whole_table;
   const size_t regions = std::min<size_t>(in.take<uint8_t>(), fuzz::kMaxRegions);
   for (size_t i = 0; i < regions && !in.empty(); ++i) {
     const auto address = in.take<uint64_t>();
     const auto bytes = in.take_bytes(in.take<uint32_t>());
+    if (address == event.linetable_addr && whole_table.empty())
+      whole_table.assign(
+          bytes.begin(),
+          bytes.begin() + std::min<size_t>(bytes.size(), KRAIT_CAPTURE_LINETABLE_MAX));
     memory.add(address, {bytes.begin(), bytes.end()});
   }
 
@@ -104,6 +112,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (auto captured = code_info_from_capture(*layout, event)) {
     sink = sink + captured->info.name.size() + captured->info.filename.size();
     (void)captured->info.line_at(*layout, instr);
+    uint32_t upto = 0;
+    CodeInfo whole = captured->info;
+    whole.lines = lines_from_captured_table(*layout, whole_table, whole.firstlineno, upto);
+    // Sorted ranges, and an answer below `upto` only where a range has one.
+    for (size_t i = 1; i < whole.lines.size(); ++i)
+      KRAIT_FUZZ_CHECK(whole.lines[i - 1].end <= whole.lines[i].start);
+    (void)whole.line_at(*layout, instr);
   }
   if (layout->method_class.enabled) {
     if (auto name = method_class_name(memory, *layout, frame, code))

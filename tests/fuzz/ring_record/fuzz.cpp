@@ -40,6 +40,14 @@ class Checker final : public events::EventHandler {
     inside(&e, sizeof e);
     sum_ += e.name[0] + e.file[0] + e.linetable[sizeof e.linetable - 1];
   }
+  void on_linetable_capture(const krait_linetable_event& e,
+                            std::span<const uint8_t> bytes) override {
+    inside(&e, KRAIT_LINETABLE_EVENT_HEAD);
+    inside(bytes.data(), bytes.size());
+    KRAIT_FUZZ_CHECK(bytes.size() == e.size && bytes.size() <= KRAIT_CAPTURE_LINETABLE_MAX);
+    for (uint8_t b : bytes)
+      sum_ += b;
+  }
   uint64_t sum() const { return sum_; }
 
  private:

@@ -101,14 +101,17 @@ class PipelineTest : public ::testing::Test {
 
   // A code object whose 3.11+ location table says: code units 0-7 run line
   // firstlineno+1, units 8-15 line firstlineno+3 (PEP 657 "no columns" form).
+  // `table` replaces that table.
   FakeCode put_code(proc::FakeMemory& mem, uint64_t addr, const std::string& name,
-                    const std::string& file, int32_t firstlineno) {
+                    const std::string& file, int32_t firstlineno,
+                    const std::vector<uint8_t>& table = {0x80 | (13 << 3) | 7, 2,
+                                                         0x80 | (13 << 3) | 7, 4}) {
     const krait_py_layout& b = layout_.bpf;
     const uint64_t name_addr = addr + 0x10000, file_addr = addr + 0x20000,
                    table_addr = addr + 0x30000;
     put_string(mem, name_addr, name);
     put_string(mem, file_addr, file);
-    put_bytes(mem, table_addr, {0x80 | (13 << 3) | 7, 2, 0x80 | (13 << 3) | 7, 4});
+    put_bytes(mem, table_addr, table);
     std::vector<uint8_t> head(b.code_read_size, 0);
     auto store = [&](uint16_t off, auto v) { std::memcpy(head.data() + off, &v, sizeof v); };
     store(0, uint64_t{1});  // ob_refcnt of a live object
@@ -321,6 +324,75 @@ TEST_F(PipelineTest, CodeObjectGoneBeforeItIsReadIsNamedFromTheSamplersCapture) 
   // capture, and counted so.
   EXPECT_EQ(h.pipeline.process_stats(p.key).frames_from_capture, 1u);
   EXPECT_EQ(h.pipeline.process_stats(p.key).unsymbolized_frames, 0u);
+}
+
+// A module body's table is longer than the code event's inline copy: the
+// sampler sends it whole right after, and a frame past the copy still gets
+// its line once the object is gone.
+TEST_F(PipelineTest, WholeLineTableSentAfterTheCaptureGivesLinesPastTheInlineCopy) {
+  ProcessTracker tracker(sink_, *inspector_, {});
+  auto mem = std::make_shared<proc::FakeMemory>();
+  // 400 entries of 8 code units (16 bytes) each, every one a line further.
+  std::vector<uint8_t> table;
+  for (int i = 0; i < 400; ++i)
+    table.insert(table.end(), {0x80 | (13 << 3) | 7, 2});
+  FakeCode body = put_code(*mem, 0x100000, "<module>", "/srv/app/big.py", 1, table);
+  krait_code_event capture = capture_of(*mem, body, 0x110000, 0x120000, 0x130000);
+  const size_t object_bytes = layout_.strings.bytes_data + table.size();
+  ASSERT_GT(object_bytes, sizeof capture.linetable) << "the inline copy must hold it in part";
+  std::vector<uint64_t> words(sizeof(krait_linetable_event) / 8 + 1, 0);
+  auto* whole = reinterpret_cast<krait_linetable_event*>(words.data());
+  whole->hdr.type = KRAIT_EVENT_LINETABLE;
+  whole->hdr.pid = 4242;
+  whole->code = body.address;
+  whole->token = body.token;
+  whole->size = static_cast<uint32_t>(object_bytes);
+  ASSERT_TRUE(mem->read({0x130000}, {whole->bytes, object_bytes}).ok());
+  mem->add_value<uint64_t>(body.address, 0);  // freed before user space reads it
+  const TrackedProcess& p = add_process(tracker, std::move(mem));
+  profile::Profile profile;
+  Harness h(tracker, *inspector_, profile, 256);
+
+  h.pipeline.on_code_capture(capture);
+  h.pipeline.on_linetable_capture(*whole, {whole->bytes, whole->size});
+  // Entry 350 (bytes 5600-5615): line 1 + 351, far past the inline copy.
+  auto r = make_sample({{body.address, body.token, 350 * 16 + 4}});
+  h.pipeline.on_sample({r->sample, {r->sample.frames, r->n}});
+  h.flush();
+  auto stack = only_stack(profile);
+  ASSERT_EQ(stack.size(), 1u);
+  EXPECT_EQ(stack[0],
+            std::make_tuple(std::string("<module>"), std::string("/srv/app/big.py"), int64_t{352}));
+  EXPECT_EQ(h.pipeline.process_stats(p.key).frames_from_capture, 0u)
+      << "a capture that held the frame whole loses nothing";
+}
+
+// A line table record for an object no code event announced, or for another
+// incarnation of the address (token), changes nothing.
+TEST_F(PipelineTest, LineTableRecordWithoutItsCodeEventIsIgnored) {
+  ProcessTracker tracker(sink_, *inspector_, {});
+  auto mem = std::make_shared<proc::FakeMemory>();
+  FakeCode code = put_code(*mem, 0x100000, "f", "/app/f.py", 5);
+  krait_code_event capture = capture_of(*mem, code, 0x110000, 0x120000, 0x130000);
+  add_process(tracker, std::move(mem));
+  profile::Profile profile;
+  Harness h(tracker, *inspector_, profile, 256);
+  std::vector<uint64_t> words(sizeof(krait_linetable_event) / 8 + 1, 0);
+  auto* other = reinterpret_cast<krait_linetable_event*>(words.data());
+  other->hdr.pid = 4242;
+  other->code = code.address;
+  other->token = code.token ^ 1;
+  other->size = 64;
+  std::memset(other->bytes, 0xff, other->size);
+  h.pipeline.on_linetable_capture(*other, {other->bytes, other->size});
+  h.pipeline.on_code_capture(capture);
+  h.pipeline.on_linetable_capture(*other, {other->bytes, other->size});
+  auto r = make_sample({{code.address, code.token, 18}});
+  h.pipeline.on_sample({r->sample, {r->sample.frames, r->n}});
+  h.flush();
+  auto stack = only_stack(profile);
+  ASSERT_EQ(stack.size(), 1u);
+  EXPECT_EQ(stack[0], std::make_tuple(std::string("f"), std::string("/app/f.py"), int64_t{8}));
 }
 
 TEST_F(PipelineTest, ACompleteCaptureNamesFramesWithoutReadingTheProcess) {

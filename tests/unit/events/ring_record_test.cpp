@@ -15,12 +15,13 @@ namespace krait::events {
 namespace {
 
 struct Seen {
-  int samples = 0, execs = 0, exits = 0, unknown = 0, codes = 0, block_ends = 0;
+  int samples = 0, execs = 0, exits = 0, unknown = 0, codes = 0, block_ends = 0, linetables = 0;
   uint64_t block_start_ns = 0;
   std::vector<uint32_t> pids;  // hdr.pid of every record dispatched, in order
   std::vector<krait_py_frame> frames;
   std::vector<uint64_t> kernel_ips;
   std::vector<uint8_t> user_stack;
+  std::vector<uint8_t> linetable;
 };
 
 class Recorder final : public EventHandler {
@@ -47,6 +48,12 @@ class Recorder final : public EventHandler {
   void on_code_capture(const krait_code_event& e) override {
     ++seen.codes;
     seen.pids.push_back(e.hdr.pid);
+  }
+  void on_linetable_capture(const krait_linetable_event& e,
+                            std::span<const uint8_t> bytes) override {
+    ++seen.linetables;
+    seen.pids.push_back(e.hdr.pid);
+    seen.linetable.assign(bytes.begin(), bytes.end());
   }
   void on_block_end(const krait_block_end& e) override {
     ++seen.block_ends;
@@ -117,6 +124,29 @@ TEST(DispatchRecord, RecordsShorterThanTheirCountsAreRefused) {
   unknown_type.type = 99;
   EXPECT_FALSE(dispatch_record(&unknown_type, sizeof unknown_type, r));
   EXPECT_EQ(r.seen.samples + r.seen.execs + r.seen.exits + r.seen.unknown + r.seen.codes, 0);
+}
+
+// A line table record is variable-size: its handler sees exactly the bytes
+// its size names, and only when the record holds them.
+TEST(DispatchRecord, LineTableRecordsCarryTheBytesTheirSizeNames) {
+  std::vector<uint64_t> words(sizeof(krait_linetable_event) / 8 + 1, 0);
+  auto* t = reinterpret_cast<krait_linetable_event*>(words.data());
+  t->hdr.type = KRAIT_EVENT_LINETABLE;
+  t->hdr.pid = 77;
+  t->size = 700;
+  for (uint32_t i = 0; i < t->size; ++i)
+    t->bytes[i] = static_cast<uint8_t>(i * 7);
+  Recorder r;
+  EXPECT_TRUE(dispatch_record(t, KRAIT_LINETABLE_EVENT_HEAD + 700, r));
+  ASSERT_EQ(r.seen.linetables, 1);
+  ASSERT_EQ(r.seen.linetable.size(), 700u);
+  EXPECT_EQ(r.seen.linetable[699], static_cast<uint8_t>(699 * 7));
+  // Shorter than its size says, a size past the cap, a bare header.
+  EXPECT_FALSE(dispatch_record(t, KRAIT_LINETABLE_EVENT_HEAD + 699, r));
+  t->size = KRAIT_CAPTURE_LINETABLE_MAX + 1;
+  EXPECT_FALSE(dispatch_record(t, sizeof(krait_linetable_event) + 8, r));
+  EXPECT_FALSE(dispatch_record(t, KRAIT_LINETABLE_EVENT_HEAD - 1, r));
+  EXPECT_EQ(r.seen.linetables, 1);
 }
 
 TEST(DispatchRecord, EveryWholeRecordTypeReachesItsHandler) {
