@@ -32,6 +32,8 @@ struct Row {
   bool cfa_expression = false;
   uint8_t cfa_register = 0;
   int64_t cfa_offset = 0;
+  size_t cfa_expression_at = 0;  // of the expression's bytes in the section
+  uint64_t cfa_expression_size = 0;
 };
 
 struct Cie {
@@ -237,7 +239,9 @@ bool run(std::span<const uint8_t> bytes, size_t begin, size_t end, const Cie& ci
         row.cfa_offset = offset;
         break;
       case 0x0f:  // def_cfa_expression
-        r.skip(r.uleb());
+        row.cfa_expression_size = r.uleb();
+        row.cfa_expression_at = r.pos();
+        r.skip(row.cfa_expression_size);
         row.cfa_expression = true;
         break;
       case 0x2e:  // GNU_args_size
@@ -250,13 +254,32 @@ bool run(std::span<const uint8_t> bytes, size_t begin, size_t end, const Cie& ci
   return r.ok();
 }
 
+// The one CFA expression the linker writes for every x86-64 PLT (ld's
+// elf_x86_64_eh_frame_plt): CFA = %rsp + 8, plus 8 more past the push
+// within each 16-byte entry (from byte 11 on, or 10 with IBT's PLT).
+std::optional<int64_t> plt_cfa_offset(std::span<const uint8_t> bytes, size_t at, uint64_t size,
+                                      uint64_t ip) {
+  constexpr uint8_t kPattern[] = {0x77, 0x08, 0x80, 0x00, 0x3f, 0x1a, 0x00, 0x2a, 0x33, 0x24, 0x22};
+  constexpr size_t kThresholdAt = 6;
+  if (size != sizeof kPattern || at > bytes.size() || bytes.size() - at < size)
+    return std::nullopt;
+  for (size_t i = 0; i < sizeof kPattern; ++i)
+    if (i != kThresholdAt && bytes[at + i] != kPattern[i])
+      return std::nullopt;
+  const uint8_t threshold = bytes[at + kThresholdAt];
+  if (threshold != 0x3b && threshold != 0x3a)  // DW_OP_lit11, DW_OP_lit10
+    return std::nullopt;
+  return (ip & 15) >= static_cast<uint64_t>(threshold - 0x30) ? 16 : 8;
+}
+
 bool fits(int64_t value) {
   return value > FrameRule::kUndefined && value <= INT32_MAX;
 }
 
 }  // namespace
 
-std::optional<FrameRule> frame_rule(const CfiTable& table, const FdeEntry& fde, uint64_t file_pc) {
+std::optional<FrameRule> frame_rule(const CfiTable& table, const FdeEntry& fde, uint64_t file_pc,
+                                    bool exact) {
   if (fde.signal_frame || file_pc < fde.start || file_pc >= fde.end)
     return std::nullopt;
   const std::span<const uint8_t> bytes = table.bytes();
@@ -286,7 +309,19 @@ std::optional<FrameRule> frame_rule(const CfiTable& table, const FdeEntry& fde, 
   if (!run(bytes, r.pos(), header->end, *cie, file_pc, loc, row, initial))
     return std::nullopt;
 
-  if (!row.cfa_defined || row.cfa_expression || row.cfa_register >= 16 || !fits(row.cfa_offset))
+  if (row.cfa_expression) {
+    // The expression reads %rip: the pc itself, or the return address one
+    // past it. A load bias keeps the low 12 bits.
+    auto offset =
+        plt_cfa_offset(bytes, row.cfa_expression_at, row.cfa_expression_size, file_pc + !exact);
+    if (!offset)
+      return std::nullopt;
+    row.cfa_expression = false;
+    row.cfa_defined = true;
+    row.cfa_register = 7;
+    row.cfa_offset = *offset;
+  }
+  if (!row.cfa_defined || row.cfa_register >= 16 || !fits(row.cfa_offset))
     return std::nullopt;
   FrameRule out;
   out.cfa_register = row.cfa_register;

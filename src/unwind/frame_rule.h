@@ -2,7 +2,8 @@
 // the unwinder applies itself without libunwind: CFA = register + offset,
 // the return address and each callee-saved register either unchanged,
 // undefined, or saved at CFA + offset. That is every row GCC and Clang emit
-// for ordinary x86-64 code; anything else (DWARF expressions, a register
+// for ordinary x86-64 code, and the linker's PLT rows (a CFA expression
+// whose value depends only on the pc); anything else (DWARF expressions, a register
 // saved in another register, a rule for a caller-saved register or for
 // %rsp, signal frames) has no FrameRule and is left to libunwind.
 //
@@ -46,7 +47,10 @@ struct FrameRule {
 
 // The row of `fde` (an entry of `table`) in effect at file address
 // `file_pc`, or nullopt when it is not one a FrameRule can express (or the
-// bytes are malformed).
-std::optional<FrameRule> frame_rule(const CfiTable& table, const FdeEntry& fde, uint64_t file_pc);
+// bytes are malformed). `exact`: file_pc is the sampled (or interrupted)
+// instruction; otherwise it is one byte before a return address, which is
+// what an expression reading %rip sees.
+std::optional<FrameRule> frame_rule(const CfiTable& table, const FdeEntry& fde, uint64_t file_pc,
+                                    bool exact);
 
 }  // namespace krait::unwind

@@ -224,6 +224,7 @@ std::string_view to_string(UnwindStop stop) {
 struct RuleSlot {
   uint64_t serial = 0;  // ModuleFile::serial(); 0: empty (serials start at 1)
   uint64_t file_pc = 0;
+  bool exact = false;
   bool has_rule = false;
   FrameRule rule;
 };
@@ -264,17 +265,18 @@ struct Unwinder::State {
     ++stats.cache_flushes;
   }
 
-  const FrameRule* rule_for(const Module& module, uint64_t file_pc, const FdeRef& ref) {
+  const FrameRule* rule_for(const Module& module, uint64_t file_pc, bool exact, const FdeRef& ref) {
     const uint64_t serial = module.file->serial();
     const uint64_t hash = (file_pc ^ (serial * 0x9e3779b97f4a7c15ULL)) * 0xff51afd7ed558ccdULL;
     RuleSlot& slot = rules[hash >> 52 & (kRuleCacheSlots - 1)];
-    if (slot.serial == serial && slot.file_pc == file_pc) {
+    if (slot.serial == serial && slot.file_pc == file_pc && slot.exact == exact) {
       ++stats.rule_hits;
     } else {
       ++stats.rule_misses;
-      std::optional<FrameRule> rule = frame_rule(*ref.table, *ref.fde, file_pc);
+      std::optional<FrameRule> rule = frame_rule(*ref.table, *ref.fde, file_pc, exact);
       slot.serial = serial;
       slot.file_pc = file_pc;
+      slot.exact = exact;
       slot.has_rule = rule.has_value();
       if (rule)
         slot.rule = *rule;
@@ -323,7 +325,7 @@ bool Unwinder::State::own_walk(const StackSnapshot& snapshot, const ProcessModul
       out.stop = UnwindStop::kNoUnwindInfo;
       return true;
     }
-    const FrameRule* rule = rule_for(*module, file_pc, ref);
+    const FrameRule* rule = rule_for(*module, file_pc, exact, ref);
     if (rule == nullptr)
       return false;
     ctx.module = module;

@@ -376,6 +376,21 @@ TEST(UnwindTest, OwnWalkerAgreesWithLibunwind) {
               fmt::format("{} round {} ip {:#x}", name, round, snapshot.regs.ip));
     }
   }
+  // Every byte at the start of each executable mapping: .init and the PLT,
+  // whose rows are the linker's CFA expression, are there.
+  {
+    ASSERT_CAPTURE(capture, "python-main");
+    ModuleCache cache;
+    ProcessModules modules = ProcessModules::from_maps(0, capture->maps, cache);
+    const uint64_t before = own->stats().libunwind_walks;
+    for (const Module& m : modules.modules())
+      for (uint64_t ip = m.start; ip < m.end && ip < m.start + 4096; ++ip) {
+        StackSnapshot snapshot = capture->file.snapshot();
+        snapshot.regs.ip = ip;
+        compare(snapshot, modules, 8, fmt::format("{} {:#x}", m.path, ip - m.start));
+      }
+    EXPECT_LT((own->stats().libunwind_walks - before) * 2, own->stats().unwinds);
+  }
   EXPECT_GT(compared, 1000u);
   // Most of it is the own walker's work, not libunwind's.
   EXPECT_LT(own->stats().libunwind_walks * 4, own->stats().unwinds) << own->stats().libunwind_walks;
