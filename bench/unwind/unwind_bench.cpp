@@ -146,14 +146,16 @@ void BM_UnwindAndSymbolize(benchmark::State& state, const char* name) {
   state.counters["named_frames"] = static_cast<double>(named);
 }
 
-void BM_UnwindOnly(benchmark::State& state, const char* name) {
+// own_walker false: every step through libunwind (as before the own walker),
+// for comparison.
+void unwind_only(benchmark::State& state, const char* name, bool own_walker) {
   Fixtures& f = fixtures();
   if (!f.error.empty()) {
     bench::check(state, false, f.error.c_str());
     return;
   }
   const Sample& s = f.samples.at(name);
-  auto unwinder = unwind::Unwinder::create();
+  auto unwinder = unwind::Unwinder::create(unwind::UnwinderOptions{.own_walker = own_walker});
   unwind::UnwindResult r;
   unwinder->unwind(s.capture.file.snapshot(), s.modules, 256, r);
   for (auto _ : state) {
@@ -165,6 +167,14 @@ void BM_UnwindOnly(benchmark::State& state, const char* name) {
   }
   state.counters["samples/s"] =
       benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+}
+
+void BM_UnwindOnly(benchmark::State& state, const char* name) {
+  unwind_only(state, name, true);
+}
+
+void BM_UnwindOnlyLibunwind(benchmark::State& state, const char* name) {
+  unwind_only(state, name, false);
 }
 
 // Samples of two processes interleaved, as a system-wide profile sees them.
@@ -203,6 +213,8 @@ BENCHMARK_CAPTURE(BM_UnwindAndSymbolize, python_thread, "python-thread");
 BENCHMARK_CAPTURE(BM_UnwindAndSymbolize, c_main, "c-main");
 BENCHMARK_CAPTURE(BM_UnwindOnly, python_main, "python-main");
 BENCHMARK_CAPTURE(BM_UnwindOnly, c_main, "c-main");
+BENCHMARK_CAPTURE(BM_UnwindOnlyLibunwind, python_main, "python-main");
+BENCHMARK_CAPTURE(BM_UnwindOnlyLibunwind, c_main, "c-main");
 BENCHMARK(BM_UnwindAndSymbolizeInterleaved);
 
 }  // namespace

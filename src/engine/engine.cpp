@@ -30,7 +30,12 @@ class Engine::SamplerSink final : public ProcessMapSink {
 };
 
 Engine::Engine(Key, EngineOptions options)
-    : options_(std::move(options)), modules_(std::make_shared<unwind::ModuleCache>()) {}
+    // Files are indexed when a sample first needs them (on the builder
+    // thread), so a process's many mapped libraries that no sample reaches
+    // cost nothing; a file is still indexed once for every process.
+    : options_(std::move(options)),
+      modules_(std::make_shared<unwind::ModuleCache>(
+          unwind::ModuleFileOptions{.index_eagerly = false})) {}
 
 Result<std::unique_ptr<Engine>> Engine::create(EngineOptions options) {
   auto c = std::make_unique<Engine>(Key{}, std::move(options));

@@ -47,18 +47,22 @@ Result<std::unique_ptr<StackBuilder>> StackBuilder::create(BuilderOptions option
   auto unwinder = unwind::Unwinder::create();
   if (!unwinder)
     return unwinder.error();
-  auto b = std::make_unique<StackBuilder>(Key{}, options, std::move(*unwinder));
-  if (options.native && options.kernel) {
+  return std::make_unique<StackBuilder>(Key{}, options, std::move(*unwinder));
+}
+
+const symbolize::KernelSymbols* StackBuilder::kernel_symbols() {
+  if (!kernel_tried_ && options_.native && options_.kernel) {
+    kernel_tried_ = true;
     auto kernel = symbolize::KernelSymbols::load();
     if (kernel) {
-      b->kernel_ = std::move(*kernel);
-      b->kernel_loaded_ = true;
+      kernel_ = std::move(*kernel);
+      kernel_loaded_ = true;
     } else {
       // Kernel frames then show addresses only; the run goes on.
       spdlog::warn("kernel symbols unavailable: {}", kernel.error().message);
     }
   }
-  return b;
+  return kernel_loaded_ ? &kernel_ : nullptr;
 }
 
 StackBuilder::StackBuilder(Key, BuilderOptions options, unwind::Unwinder unwinder)
@@ -280,8 +284,8 @@ profile::FrameId StackBuilder::kernel_frame(SeriesState& st, uint64_t ip) {
   f.kind = profile::FrameKind::kKernel;
   f.address = ip;
   std::optional<symbolize::KernelSymbol> sym;
-  if (kernel_loaded_)
-    sym = kernel_.find(ip);
+  if (const symbolize::KernelSymbols* kernel = kernel_symbols())
+    sym = kernel->find(ip);
   if (sym) {
     f.function = sym->name;
     if (!sym->module.empty())

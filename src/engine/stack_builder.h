@@ -177,8 +177,12 @@ class StackBuilder {
   BuilderOptions options_;
   unwind::Unwinder unwinder_;
   symbolize::NativeSymbolizer symbolizer_;
+  // Loaded at the first kernel frame: a run whose samples have none never
+  // reads /proc/kallsyms (some 5 MiB of text, ~0.1 s of CPU).
+  const symbolize::KernelSymbols* kernel_symbols();
   symbolize::KernelSymbols kernel_;
   bool kernel_loaded_ = false;
+  bool kernel_tried_ = false;
   unwind::UnwindResult unwound_;
   BuilderStats stats_;
   CacheStats retired_native_frames_;  // of the series of intervals that ended

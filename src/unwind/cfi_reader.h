@@ -1,6 +1,8 @@
 // Bounds-checked reads of DWARF call-frame information (.eh_frame and
-// .debug_frame): the one reader that both the CFI indexer (cfi_table.cpp)
-// and the CFA program check (cfa_program.cpp) parse untrusted bytes with.
+// .debug_frame): the one reader that the CFI indexer (cfi_table.cpp), the
+// CFA program check (cfa_program.cpp) and the frame-rule evaluator
+// (frame_rule.cpp) parse untrusted bytes with, and the entry framing and
+// pointer encodings they share.
 // Internal to src/unwind.
 #pragma once
 
@@ -8,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <span>
 #include <string_view>
 
@@ -96,5 +99,100 @@ class Reader {
   size_t end_;
   bool ok_ = true;
 };
+
+namespace pe {
+// DW_EH_PE_* pointer encodings (LSB Core, "DWARF Extensions").
+inline constexpr uint8_t kPeOmit = 0xff;
+inline constexpr uint8_t kPeFormatMask = 0x0f;
+inline constexpr uint8_t kPeApplicationMask = 0x70;
+inline constexpr uint8_t kPeIndirect = 0x80;
+inline constexpr uint8_t kPeAbsptr = 0x00, kPeUleb128 = 0x01, kPeUdata2 = 0x02, kPeUdata4 = 0x03,
+                         kPeUdata8 = 0x04, kPeSleb128 = 0x09, kPeSdata2 = 0x0a, kPeSdata4 = 0x0b,
+                         kPeSdata8 = 0x0c;
+inline constexpr uint8_t kPePcrel = 0x10;
+
+}  // namespace pe
+
+// The framing shared by CIEs and FDEs in both sections.
+struct EntryHeader {
+  size_t start = 0;      // offset of the length field
+  size_t id_offset = 0;  // offset of the CIE id / CIE pointer field
+  size_t body = 0;       // first byte after the id field
+  size_t end = 0;        // one past the entry
+  uint64_t id = 0;
+  bool dwarf64 = false;
+  bool terminator = false;
+};
+
+inline std::optional<EntryHeader> read_header(std::span<const uint8_t> bytes, size_t pos) {
+  Reader r(bytes, pos, bytes.size());
+  EntryHeader h;
+  h.start = pos;
+  uint64_t length = r.fixed<uint32_t>();
+  if (!r.ok())
+    return std::nullopt;
+  if (length == 0) {
+    h.terminator = true;
+    return h;
+  }
+  if (length == 0xffffffff) {
+    h.dwarf64 = true;
+    length = r.fixed<uint64_t>();
+  }
+  if (!r.ok() || length > r.remaining())
+    return std::nullopt;
+  h.id_offset = r.pos();
+  h.end = r.pos() + length;
+  h.id = h.dwarf64 ? r.fixed<uint64_t>() : r.fixed<uint32_t>();
+  if (!r.ok() || r.pos() > h.end)
+    return std::nullopt;
+  h.body = r.pos();
+  return h;
+}
+
+inline std::optional<uint64_t> read_encoded(Reader& r, uint8_t encoding, uint64_t field_vaddr) {
+  if (encoding == pe::kPeOmit || (encoding & pe::kPeIndirect) != 0)
+    return std::nullopt;
+  uint64_t value = 0;
+  switch (encoding & pe::kPeFormatMask) {
+    case pe::kPeAbsptr:
+    case pe::kPeUdata8:
+    case pe::kPeSdata8:
+      value = r.fixed<uint64_t>();
+      break;
+    case pe::kPeUleb128:
+      value = r.uleb();
+      break;
+    case pe::kPeUdata2:
+      value = r.fixed<uint16_t>();
+      break;
+    case pe::kPeUdata4:
+      value = r.fixed<uint32_t>();
+      break;
+    case pe::kPeSleb128:
+      value = static_cast<uint64_t>(r.sleb());
+      break;
+    case pe::kPeSdata2:
+      value = static_cast<uint64_t>(static_cast<int64_t>(r.fixed<int16_t>()));
+      break;
+    case pe::kPeSdata4:
+      value = static_cast<uint64_t>(static_cast<int64_t>(r.fixed<int32_t>()));
+      break;
+    default:
+      return std::nullopt;
+  }
+  if (!r.ok())
+    return std::nullopt;
+  switch (encoding & pe::kPeApplicationMask) {
+    case 0:
+      return value;
+    case pe::kPePcrel:
+      return value + field_vaddr;
+    default:
+      // datarel/textrel/funcrel/aligned never appear in FDE addresses that
+      // GNU tools emit for x86_64.
+      return std::nullopt;
+  }
+}
 
 }  // namespace krait::unwind::cfi

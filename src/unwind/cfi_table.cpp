@@ -13,17 +13,11 @@
 namespace krait::unwind {
 namespace {
 
+using cfi::EntryHeader;
+using cfi::read_encoded;
+using cfi::read_header;
 using cfi::Reader;
-
-// DW_EH_PE_* pointer encodings (LSB Core, "DWARF Extensions").
-constexpr uint8_t kPeOmit = 0xff;
-constexpr uint8_t kPeFormatMask = 0x0f;
-constexpr uint8_t kPeApplicationMask = 0x70;
-constexpr uint8_t kPeIndirect = 0x80;
-constexpr uint8_t kPeAbsptr = 0x00, kPeUleb128 = 0x01, kPeUdata2 = 0x02, kPeUdata4 = 0x03,
-                  kPeUdata8 = 0x04, kPeSleb128 = 0x09, kPeSdata2 = 0x0a, kPeSdata4 = 0x0b,
-                  kPeSdata8 = 0x0c;
-constexpr uint8_t kPePcrel = 0x10;
+using namespace cfi::pe;
 
 // A section larger than this cannot be indexed with 32-bit offsets.
 constexpr size_t kMaxSectionBytes = std::numeric_limits<uint32_t>::max() / 2;
@@ -36,88 +30,6 @@ constexpr size_t kMaxCies = size_t{1} << 18;
 // How many earlier FDEs find() inspects when the nearest one ends too soon
 // (overlapping FDEs are rare; a long scan would only hide garbage).
 constexpr int kOverlapLookBack = 4;
-
-// The framing shared by CIEs and FDEs in both sections.
-struct EntryHeader {
-  size_t start = 0;      // offset of the length field
-  size_t id_offset = 0;  // offset of the CIE id / CIE pointer field
-  size_t body = 0;       // first byte after the id field
-  size_t end = 0;        // one past the entry
-  uint64_t id = 0;
-  bool dwarf64 = false;
-  bool terminator = false;
-};
-
-std::optional<EntryHeader> read_header(std::span<const uint8_t> bytes, size_t pos) {
-  Reader r(bytes, pos, bytes.size());
-  EntryHeader h;
-  h.start = pos;
-  uint64_t length = r.fixed<uint32_t>();
-  if (!r.ok())
-    return std::nullopt;
-  if (length == 0) {
-    h.terminator = true;
-    return h;
-  }
-  if (length == 0xffffffff) {
-    h.dwarf64 = true;
-    length = r.fixed<uint64_t>();
-  }
-  if (!r.ok() || length > r.remaining())
-    return std::nullopt;
-  h.id_offset = r.pos();
-  h.end = r.pos() + length;
-  h.id = h.dwarf64 ? r.fixed<uint64_t>() : r.fixed<uint32_t>();
-  if (!r.ok() || r.pos() > h.end)
-    return std::nullopt;
-  h.body = r.pos();
-  return h;
-}
-
-std::optional<uint64_t> read_encoded(Reader& r, uint8_t encoding, uint64_t field_vaddr) {
-  if (encoding == kPeOmit || (encoding & kPeIndirect) != 0)
-    return std::nullopt;
-  uint64_t value = 0;
-  switch (encoding & kPeFormatMask) {
-    case kPeAbsptr:
-    case kPeUdata8:
-    case kPeSdata8:
-      value = r.fixed<uint64_t>();
-      break;
-    case kPeUleb128:
-      value = r.uleb();
-      break;
-    case kPeUdata2:
-      value = r.fixed<uint16_t>();
-      break;
-    case kPeUdata4:
-      value = r.fixed<uint32_t>();
-      break;
-    case kPeSleb128:
-      value = static_cast<uint64_t>(r.sleb());
-      break;
-    case kPeSdata2:
-      value = static_cast<uint64_t>(static_cast<int64_t>(r.fixed<int16_t>()));
-      break;
-    case kPeSdata4:
-      value = static_cast<uint64_t>(static_cast<int64_t>(r.fixed<int32_t>()));
-      break;
-    default:
-      return std::nullopt;
-  }
-  if (!r.ok())
-    return std::nullopt;
-  switch (encoding & kPeApplicationMask) {
-    case 0:
-      return value;
-    case kPePcrel:
-      return value + field_vaddr;
-    default:
-      // datarel/textrel/funcrel/aligned never appear in FDE addresses that
-      // GNU tools emit for x86_64.
-      return std::nullopt;
-  }
-}
 
 // What an FDE needs from its .eh_frame CIE.
 struct EhCie {

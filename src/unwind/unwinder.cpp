@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "unwind/cache_owners.h"
+#include "unwind/frame_rule.h"
 
 // Exported by libunwind but not declared in its public headers (linux perf
 // declares it the same way): it decodes one FDE given a search table.
@@ -31,6 +32,11 @@ constexpr uint64_t kMaxStackSpan = uint64_t{1} << 30;
 // libunwind caches decoded CFI per process address; see claim_cache().
 constexpr size_t kLibunwindCacheEntries = 4096;
 constexpr size_t kMaxTrackedAddresses = 1 << 16;
+// Slots of the own walker's row cache (direct-mapped, so a lookup is one
+// probe and nothing is allocated per sample). An interpreter's hot stacks
+// touch a few hundred distinct return addresses.
+constexpr size_t kRuleCacheSlots = 4096;
+static_assert((kRuleCacheSlots & (kRuleCacheSlots - 1)) == 0);
 
 struct AddressSpaceDeleter {
   void operator()(unw_addr_space* as) const { unw_destroy_addr_space(as); }
@@ -214,12 +220,42 @@ std::string_view to_string(UnwindStop stop) {
   return "unknown";
 }
 
+// A cached CFI row: the rule, or that there is none (libunwind's case).
+struct RuleSlot {
+  uint64_t serial = 0;  // ModuleFile::serial(); 0: empty (serials start at 1)
+  uint64_t file_pc = 0;
+  bool exact = false;
+  bool has_rule = false;
+  FrameRule rule;
+};
+
+// What reading a word for the own walker gave.
+enum class WordRead : uint8_t {
+  kOk,
+  kPastCopy,   // above the copy, where the stack goes on uncopied
+  kElsewhere,  // nowhere krait can read: only libunwind can say what follows
+};
+
+// Reads like libunwind's access_mem above (the stack copy, then the frame's
+// CFI bytes, then the mapped files), so both walkers see the same words.
+WordRead read_word(Context& ctx, uint64_t addr, uint64_t& value) {
+  ctx.read_past_stack = false;
+  unw_word_t word = 0;
+  if (access_mem(nullptr, addr, &word, 0, &ctx) == 0) {
+    value = word;
+    return WordRead::kOk;
+  }
+  return ctx.read_past_stack ? WordRead::kPastCopy : WordRead::kElsewhere;
+}
+
 struct Unwinder::State {
+  UnwinderOptions options;
   unw_accessors_t callbacks = accessors();
   AddressSpace as;
   // libunwind caches decoded CFI by process address alone; see
   // cache_owners.h.
   CacheOwners owners{kMaxTrackedAddresses};
+  std::vector<RuleSlot> rules = std::vector<RuleSlot>(kRuleCacheSlots);
   UnwinderStats stats;
 
   void claim_cache(uint64_t ip, const Module& module) {
@@ -228,10 +264,160 @@ struct Unwinder::State {
     unw_flush_cache(as.get(), 0, 0);
     ++stats.cache_flushes;
   }
+
+  const FrameRule* rule_for(const Module& module, uint64_t file_pc, bool exact, const FdeRef& ref) {
+    const uint64_t serial = module.file->serial();
+    const uint64_t hash = (file_pc ^ (serial * 0x9e3779b97f4a7c15ULL)) * 0xff51afd7ed558ccdULL;
+    RuleSlot& slot = rules[hash >> 52 & (kRuleCacheSlots - 1)];
+    if (slot.serial == serial && slot.file_pc == file_pc && slot.exact == exact) {
+      ++stats.rule_hits;
+    } else {
+      ++stats.rule_misses;
+      std::optional<FrameRule> rule = frame_rule(*ref.table, *ref.fde, file_pc, exact);
+      slot.serial = serial;
+      slot.file_pc = file_pc;
+      slot.exact = exact;
+      slot.has_rule = rule.has_value();
+      if (rule)
+        slot.rule = *rule;
+    }
+    return slot.has_rule ? &slot.rule : nullptr;
+  }
+
+  bool own_walk(const StackSnapshot& snapshot, const ProcessModules& modules, size_t max_frames,
+                UnwindResult& out);
+  void libunwind_walk(const StackSnapshot& snapshot, const ProcessModules& modules,
+                      size_t max_frames, UnwindResult& out);
 };
 
-Result<Unwinder> Unwinder::create() {
+// Walks with cached FrameRules. False when a frame needs libunwind; `out`
+// then holds a partial walk the caller discards.
+bool Unwinder::State::own_walk(const StackSnapshot& snapshot, const ProcessModules& modules,
+                               size_t max_frames, UnwindResult& out) {
+  // The DWARF registers 0-15 of the frame being stepped, as libunwind would
+  // see them: read, not readable because the copy ends first, or unknown
+  // (undefined, or saved outside the stack).
+  enum class Known : uint8_t { kYes, kPastCopy, kNo };
+  std::array<uint64_t, 16> regs{};
+  std::array<Known, 16> known{};
+  for (size_t i = 0; i < regs.size(); ++i)
+    regs[i] = snapshot.regs.*kRegisterByNumber[i];
+  uint64_t ip = snapshot.regs.ip;
+  uint64_t sp = snapshot.regs.sp;
+  Context ctx;
+  ctx.snapshot = &snapshot;
+  ctx.modules = &modules;
+  bool exact = true;
+  for (;;) {
+    if (out.pcs.size() >= max_frames) {
+      out.stop = UnwindStop::kMaxFrames;
+      return true;
+    }
+    const uint64_t lookup = exact ? ip : ip - 1;
+    const Module* module = modules.find(lookup);
+    if (module == nullptr) {
+      out.stop = UnwindStop::kNoModule;
+      return true;
+    }
+    const uint64_t file_pc = module->file_address(lookup);
+    FdeRef ref = module->file->find_fde(file_pc);
+    if (!ref) {
+      out.stop = UnwindStop::kNoUnwindInfo;
+      return true;
+    }
+    const FrameRule* rule = rule_for(*module, file_pc, exact, ref);
+    if (rule == nullptr)
+      return false;
+    ctx.module = module;
+    ctx.table = ref.table;
+    ctx.table_base = table_base(*module, *ref.table);
+    // libunwind reads a register when a rule needs it: one it could not
+    // read then fails the step, as "truncated" when the read was past the
+    // copy.
+    auto need = [&](size_t reg) -> std::optional<bool> {
+      if (known[reg] == Known::kYes)
+        return true;
+      if (known[reg] == Known::kPastCopy) {
+        out.stop = UnwindStop::kStackTruncated;
+        return false;
+      }
+      return std::nullopt;
+    };
+    uint64_t cfa = sp;
+    if (rule->cfa_register != 7) {
+      auto have = need(rule->cfa_register);
+      if (!have)
+        return false;
+      if (!*have)
+        return true;
+      cfa = regs[rule->cfa_register];
+    }
+    cfa += static_cast<uint64_t>(static_cast<int64_t>(rule->cfa_offset));
+    const int32_t ra = rule->saved[FrameRule::kReturnAddress];
+    if (ra == FrameRule::kUndefined) {
+      out.stop = UnwindStop::kRoot;
+      return true;
+    }
+    uint64_t next_ip = 0;
+    switch (read_word(ctx, cfa + static_cast<uint64_t>(static_cast<int64_t>(ra)), next_ip)) {
+      case WordRead::kOk:
+        break;
+      case WordRead::kPastCopy:
+        out.stop = UnwindStop::kStackTruncated;
+        return true;
+      case WordRead::kElsewhere:
+        return false;
+    }
+    // libunwind's order: an unchanged frame is bad before an undefined
+    // %rbp ends the walk.
+    if (next_ip == ip && cfa == sp) {
+      out.stop = UnwindStop::kBadFrame;
+      return true;
+    }
+    if (rule->saved[FrameRule::kFramePointer] == FrameRule::kUndefined || next_ip == 0) {
+      out.stop = UnwindStop::kRoot;
+      return true;
+    }
+    if (cfa <= sp) {
+      out.stop = UnwindStop::kBadFrame;
+      return true;
+    }
+    for (size_t i = 0; i < FrameRule::kReturnAddress; ++i) {
+      const size_t reg = FrameRule::kRegisters[i];
+      const int32_t saved = rule->saved[i];
+      if (saved == FrameRule::kSame)
+        continue;
+      if (saved == FrameRule::kUndefined) {
+        known[reg] = Known::kNo;
+        continue;
+      }
+      // libunwind reads saved registers when they are needed; reading
+      // them now sees the same bytes (nothing here writes), except that it
+      // would check the CFI bytes of the frame being stepped then.
+      switch (read_word(ctx, cfa + static_cast<uint64_t>(static_cast<int64_t>(saved)), regs[reg])) {
+        case WordRead::kOk:
+          known[reg] = Known::kYes;
+          break;
+        case WordRead::kPastCopy:
+          known[reg] = Known::kPastCopy;
+          break;
+        case WordRead::kElsewhere:
+          known[reg] = Known::kNo;
+          break;
+      }
+    }
+    out.pcs.push_back(next_ip);
+    out.return_address.push_back(true);
+    ip = next_ip;
+    sp = cfa;
+    regs[7] = cfa;
+    exact = false;
+  }
+}
+
+Result<Unwinder> Unwinder::create(UnwinderOptions options) {
   auto state = std::make_unique<State>();
+  state->options = options;
   state->as.reset(unw_create_addr_space(&state->callbacks, 0));
   if (!state->as)
     return make_error("libunwind could not create an address space (out of memory)");
@@ -266,13 +452,28 @@ void Unwinder::unwind(const StackSnapshot& snapshot, const ProcessModules& modul
                       size_t max_frames, UnwindResult& out) {
   State& s = *state_;
   ++s.stats.unwinds;
-  out.pcs.clear();
-  out.return_address.clear();
+  auto start = [&] {
+    out.pcs.clear();
+    out.return_address.clear();
+    out.pcs.push_back(snapshot.regs.ip);
+    out.return_address.push_back(false);
+    out.stop = UnwindStop::kRoot;
+  };
+  start();
+  if (!s.options.own_walker || !s.own_walk(snapshot, modules, max_frames, out)) {
+    ++s.stats.libunwind_walks;
+    start();
+    s.libunwind_walk(snapshot, modules, max_frames, out);
+  }
+  s.stats.frames += out.pcs.size();
+}
+
+// The walk through libunwind, `out` holding the leaf.
+void Unwinder::State::libunwind_walk(const StackSnapshot& snapshot, const ProcessModules& modules,
+                                     size_t max_frames, UnwindResult& out) {
+  State& s = *this;
   uint64_t ip = snapshot.regs.ip;
   uint64_t sp = snapshot.regs.sp;
-  out.pcs.push_back(ip);
-  out.return_address.push_back(false);
-  out.stop = UnwindStop::kRoot;
 
   Context ctx;
   ctx.snapshot = &snapshot;
@@ -307,6 +508,7 @@ void Unwinder::unwind(const StackSnapshot& snapshot, const ProcessModules& modul
     ctx.lookup_failed = false;
     s.claim_cache(ip, *module);
 
+    ++s.stats.libunwind_steps;
     int ret = unw_step(&cursor);
     if (ret == 0) {
       out.stop = UnwindStop::kRoot;
@@ -341,7 +543,6 @@ void Unwinder::unwind(const StackSnapshot& snapshot, const ProcessModules& modul
     sp = next_sp;
     exact = signal;
   }
-  s.stats.frames += out.pcs.size();
 }
 
 }  // namespace krait::unwind

@@ -1,5 +1,14 @@
 // Native stack unwinding of a sample from a copy of its user stack, with
-// DWARF CFI (.eh_frame / .debug_frame) through libunwind's remote API.
+// DWARF CFI (.eh_frame / .debug_frame).
+//
+// Two walkers give the same result. The usual one applies each frame's CFI
+// row itself (frame_rule.h), cached by (file, address) so that processes
+// running the same library share the work; it makes no system call. A walk
+// that meets a row it cannot apply (a DWARF expression, a signal frame, a
+// register it needs but could not read) is redone from the leaf through
+// libunwind's remote API, whose every step blocks and unblocks signals
+// around its cache (two rt_sigprocmask calls) and allocates from a
+// signal-blocking pool on a cache miss.
 //
 // The target process is never touched: libunwind reads registers from the
 // sample, stack words from the copied bytes, and unwind tables and other
@@ -81,19 +90,32 @@ struct UnwinderStats {
   uint64_t unwinds = 0;
   uint64_t frames = 0;
   uint64_t cache_flushes = 0;  // libunwind's per-address cache was dropped (address reuse)
+  // Walks redone through libunwind (see above), and the steps it took.
+  uint64_t libunwind_walks = 0;
+  uint64_t libunwind_steps = 0;
+  // Rows looked up by the own walker, by (file, address): hits and misses
+  // (each miss evaluates the CFI program once).
+  uint64_t rule_hits = 0;
+  uint64_t rule_misses = 0;
   // The record of which file filled libunwind's cache at each address
   // (cache_owners.h): bounded, flushed with libunwind's cache when full.
   CacheStats owner_cache;
 };
 
+struct UnwinderOptions {
+  // false: every walk goes through libunwind (tests compare the two).
+  bool own_walker = true;
+};
+
 // Ownership: owns one libunwind address space and its per-address cache of
-// decoded CFI. Threading: not thread-safe; use one Unwinder per thread. The
-// ProcessModules and ModuleFiles it reads are shared and may be used by other
-// threads concurrently.
+// decoded CFI, and the own walker's cache of CFI rows (a fixed table of
+// 4,096 rows, about 200 KiB, whatever the processes map). Threading: not thread-safe; use one
+// Unwinder per thread. The ProcessModules and ModuleFiles it reads are shared and may be used by
+// other threads concurrently.
 class Unwinder {
  public:
   // Error only when libunwind cannot create an address space (out of memory).
-  static Result<Unwinder> create();
+  static Result<Unwinder> create(UnwinderOptions options = {});
 
   Unwinder(Unwinder&&) noexcept;
   Unwinder& operator=(Unwinder&&) noexcept;

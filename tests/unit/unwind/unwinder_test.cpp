@@ -296,8 +296,9 @@ TEST(UnwindTest, RandomStacksEndInBoundedTime) {
 }
 
 // Address reuse across processes: the same addresses hold different code
-// in two "processes"; libunwind's per-address cache must not leak between
-// them.
+// in two "processes"; neither walker's per-address knowledge may leak
+// between them (libunwind's cache is flushed; the own walker's rows are
+// keyed by file).
 TEST(UnwindTest, CacheIsNotSharedBetweenDifferentFilesAtOneAddress) {
   ASSERT_CAPTURE(capture, "c-main");
   auto paths = unwind_fixtures::fixture_paths();
@@ -308,13 +309,114 @@ TEST(UnwindTest, CacheIsNotSharedBetweenDifferentFilesAtOneAddress) {
   ASSERT_NE(other.find(capture->file.regs.ip), nullptr);
   ASSERT_NE(other.find(capture->file.regs.ip)->file, real.find(capture->file.regs.ip)->file);
 
-  UnwindResult expected = make_unwinder().unwind(capture->file.snapshot(), real, kMaxFrames);
+  for (bool own_walker : {false, true}) {
+    SCOPED_TRACE(own_walker ? "own walker" : "libunwind");
+    UnwindResult expected = make_unwinder().unwind(capture->file.snapshot(), real, kMaxFrames);
+    auto unwinder = Unwinder::create(UnwinderOptions{.own_walker = own_walker});
+    ASSERT_TRUE(unwinder.ok());
+    (void)unwinder->unwind(capture->file.snapshot(), other, kMaxFrames);
+    UnwindResult r = unwinder->unwind(capture->file.snapshot(), real, kMaxFrames);
+    EXPECT_EQ(r.pcs, expected.pcs);
+    EXPECT_EQ(r.stop, expected.stop);
+    if (!own_walker) {
+      EXPECT_GE(unwinder->stats().cache_flushes, 1u);
+    }
+  }
+}
+
+// The own walker and libunwind agree, frame for frame and on why the walk
+// ended, over real stacks, every cut of a copy, and garbage (random stack
+// words, leaf pcs anywhere in a module, so rows mid-prologue and
+// mid-epilogue too).
+TEST(UnwindTest, OwnWalkerAgreesWithLibunwind) {
+  auto own = Unwinder::create(UnwinderOptions{.own_walker = true});
+  auto lib = Unwinder::create(UnwinderOptions{.own_walker = false});
+  ASSERT_TRUE(own.ok() && lib.ok());
+  size_t compared = 0;
+  auto compare = [&](const StackSnapshot& snapshot, const ProcessModules& modules, size_t max,
+                     const std::string& what) {
+    UnwindResult a = own->unwind(snapshot, modules, max);
+    UnwindResult b = lib->unwind(snapshot, modules, max);
+    ++compared;
+    EXPECT_EQ(a.pcs, b.pcs) << what << "\nown: " << describe(a) << "\nlibunwind: " << describe(b);
+    EXPECT_EQ(a.return_address, b.return_address) << what;
+    EXPECT_EQ(a.stop, b.stop) << what << "\nown: " << describe(a) << "\nlibunwind: " << describe(b);
+  };
+  std::mt19937_64 random(777);
+  for (const char* name : {"c-main", "c-thread", "c-cold", "cpp-main", "cpp-thread", "python-main",
+                           "python-thread", "cdf-main", "cdf-thread"}) {
+    ASSERT_CAPTURE(capture, name);
+    ModuleCache cache;
+    ProcessModules modules = ProcessModules::from_maps(0, capture->maps, cache);
+    const StackSnapshot full = capture->file.snapshot();
+    compare(full, modules, kMaxFrames, name);
+    for (size_t cut = 0; cut <= full.stack.size(); cut += 40) {
+      StackSnapshot snapshot = full;
+      snapshot.stack = full.stack.subspan(0, cut);
+      compare(snapshot, modules, kMaxFrames, fmt::format("{} cut {}", name, cut));
+    }
+    std::vector<uint8_t> bytes(full.stack.size());
+    for (int round = 0; round < 200; ++round) {
+      StackSnapshot snapshot = full;
+      const Module& m = modules.modules()[random() % modules.modules().size()];
+      snapshot.regs.ip = m.start + random() % (m.end - m.start);
+      if (round % 2 == 1) {
+        for (size_t i = 0; i + 8 <= bytes.size(); i += 8) {
+          uint64_t word = random();
+          if (word % 3 == 0)
+            word = full.stack_start + (word >> 20) % bytes.size();
+          else if (word % 3 == 1)
+            word = m.start + (word >> 20) % (m.end - m.start);
+          std::memcpy(bytes.data() + i, &word, 8);
+        }
+        snapshot.stack = bytes;
+        snapshot.regs.bp = full.stack_start + random() % bytes.size();
+      }
+      compare(snapshot, modules, 64,
+              fmt::format("{} round {} ip {:#x}", name, round, snapshot.regs.ip));
+    }
+  }
+  // Every byte at the start of each executable mapping: .init and the PLT,
+  // whose rows are the linker's CFA expression, are there.
+  {
+    ASSERT_CAPTURE(capture, "python-main");
+    ModuleCache cache;
+    ProcessModules modules = ProcessModules::from_maps(0, capture->maps, cache);
+    const uint64_t before = own->stats().libunwind_walks;
+    for (const Module& m : modules.modules())
+      for (uint64_t ip = m.start; ip < m.end && ip < m.start + 4096; ++ip) {
+        StackSnapshot snapshot = capture->file.snapshot();
+        snapshot.regs.ip = ip;
+        compare(snapshot, modules, 8, fmt::format("{} {:#x}", m.path, ip - m.start));
+      }
+    EXPECT_LT((own->stats().libunwind_walks - before) * 2, own->stats().unwinds);
+  }
+  EXPECT_GT(compared, 1000u);
+  // Most of it is the own walker's work, not libunwind's.
+  EXPECT_LT(own->stats().libunwind_walks * 4, own->stats().unwinds) << own->stats().libunwind_walks;
+}
+
+// Real stacks of C, C++ and CPython (eval loop included) are walked without
+// libunwind: no step of theirs takes libunwind's signal-blocking lock, so
+// sampling them makes no system call in the unwinder. Walking them again
+// finds every row cached.
+TEST(UnwindTest, RealStacksNeedNoLibunwind) {
   Unwinder unwinder = make_unwinder();
-  (void)unwinder.unwind(capture->file.snapshot(), other, kMaxFrames);
-  UnwindResult r = unwinder.unwind(capture->file.snapshot(), real, kMaxFrames);
-  EXPECT_EQ(r.pcs, expected.pcs);
-  EXPECT_EQ(r.stop, expected.stop);
-  EXPECT_GE(unwinder.stats().cache_flushes, 1u);
+  for (const char* name : {"c-main", "c-thread", "c-cold", "cpp-main", "cpp-thread", "python-main",
+                           "python-thread", "cdf-main", "cdf-thread"}) {
+    ASSERT_CAPTURE(capture, name);
+    ModuleCache cache;
+    ProcessModules modules = ProcessModules::from_maps(0, capture->maps, cache);
+    UnwindResult first = unwinder.unwind(capture->file.snapshot(), modules, kMaxFrames);
+    EXPECT_EQ(first.stop, UnwindStop::kRoot) << name << ": " << describe(first);
+    const uint64_t misses = unwinder.stats().rule_misses;
+    UnwindResult again = unwinder.unwind(capture->file.snapshot(), modules, kMaxFrames);
+    EXPECT_EQ(again.pcs, first.pcs) << name;
+    EXPECT_EQ(unwinder.stats().rule_misses, misses) << name << ": a row was not cached";
+  }
+  EXPECT_EQ(unwinder.stats().libunwind_walks, 0u);
+  EXPECT_EQ(unwinder.stats().libunwind_steps, 0u);
+  EXPECT_GT(unwinder.stats().rule_hits, 0u);
 }
 
 // A module without any CFI: the walk stops there and says why.
