@@ -23,6 +23,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <string>
@@ -44,6 +45,7 @@ using namespace std::chrono_literals;
 
 constexpr double kExactFraction = 0.95;
 constexpr const char* kUwsgi = "/usr/bin/uwsgi";
+constexpr const char* kGunicorn = "/usr/bin/gunicorn";
 constexpr int kWorkers = 2;
 // Each request burns this much CPU in the handler; each worker serves at
 // least kRequestsPerWorker of them (~1.2 s of CPU, ~120 samples at 99 Hz).
@@ -126,31 +128,25 @@ std::vector<pid_t> children_of(pid_t pid) {
   return out;
 }
 
-// A uWSGI master and its workers. Destroying it kills the workers first
-// (they would outlive a killed master), then the master, whatever the test
-// did.
-class UwsgiServer {
+// A server's master and its kWorkers forked workers (uWSGI, gunicorn).
+// Destroying it kills the workers first (they would outlive a killed
+// master), then the master, whatever the test did.
+class ForkingServer {
  public:
-  static Result<UwsgiServer> start(const std::vector<std::string>& variant,
-                                   const std::map<std::string, std::string>& env) {
+  // `argv` gets the port to listen on, 127.0.0.1 only.
+  static Result<ForkingServer> start(const std::function<std::vector<std::string>(int)>& argv,
+                                     const std::map<std::string, std::string>& env) {
     auto port = free_port();
     if (!port)
       return port.error();
     SpawnOptions o;
-    o.argv = {kUwsgi,          "--plugin",
-              "python3",       "--master",
-              "--processes",   std::to_string(kWorkers),
-              "--http-socket", fmt::format("127.0.0.1:{}", *port),
-              "--wsgi-file",   workload_path("wsgi_app.py"),
-              "--need-app",    "--disable-logging",
-              "--die-on-term"};
-    o.argv.insert(o.argv.end(), variant.begin(), variant.end());
+    o.argv = argv(*port);
     for (const auto& [name, value] : env)
       o.env[name] = value;
     auto child = ChildProcess::spawn(o);
     if (!child)
       return child.error();
-    UwsgiServer server(std::move(*child), *port);
+    ForkingServer server(std::move(*child), *port);
     // Ready once both workers exist and one answers; waiting on the
     // master's exit paces the attempts and notices a server that failed.
     const auto deadline = std::chrono::steady_clock::now() + 60s;
@@ -163,17 +159,18 @@ class UwsgiServer {
         last = body.error().message;
       }
       if (std::chrono::steady_clock::now() > deadline)
-        return make_error("uwsgi not ready in 60 s ({}): {}", last, server.master_.stderr_text());
+        return make_error("{} not ready in 60 s ({}): {}", o.argv[0], last,
+                          server.master_.stderr_text());
       auto exited = server.master_.wait(20ms);
       if (exited)
-        return make_error("uwsgi ended ({}) before it was ready: {}", exited->describe(),
+        return make_error("{} ended ({}) before it was ready: {}", o.argv[0], exited->describe(),
                           server.master_.stderr_text());
     }
   }
 
-  UwsgiServer(UwsgiServer&&) = default;
-  UwsgiServer& operator=(UwsgiServer&&) = delete;
-  ~UwsgiServer() {
+  ForkingServer(ForkingServer&&) = default;
+  ForkingServer& operator=(ForkingServer&&) = delete;
+  ~ForkingServer() {
     if (master_.pid() <= 0 || master_.reaped())
       return;
     for (pid_t worker : children_of(master_.pid()))
@@ -187,7 +184,7 @@ class UwsgiServer {
   const std::string& stderr_text() { return master_.stderr_text(); }
 
  private:
-  UwsgiServer(ChildProcess master, int port) : master_(std::move(master)), port_(port) {}
+  ForkingServer(ChildProcess master, int port) : master_(std::move(master)), port_(port) {}
   ChildProcess master_;
   int port_ = 0;
 };
@@ -347,39 +344,27 @@ int64_t count_exact_of(const std::vector<ProfileSample>& samples,
   return exact;
 }
 
-struct UwsgiVariant {
-  std::string name;
-  std::vector<std::string> args;
-  std::map<std::string, std::string> env;
-  int stale_states = 0;  // thread states of master threads that did not fork
-};
-
-void PrintTo(const UwsgiVariant& v, std::ostream* os) {
-  *os << v.name;
-}
-
-class ForkedUwsgi : public ::testing::TestWithParam<UwsgiVariant> {};
-
-TEST_P(ForkedUwsgi, EveryWorkerIsProfiledWithTheHandlersExactStack) {
-  require_root();
-  ASSERT_TRUE(std::filesystem::exists(kUwsgi))
-      << kUwsgi << " is missing: run scripts/setup --tests";
-  auto server = UwsgiServer::start(GetParam().args, GetParam().env);
-  ASSERT_TRUE(server.ok()) << server.error().message;
-  const std::vector<pid_t> workers = server->workers();
+// Records the whole system while the test's clients load `server`, then
+// judges each worker: profiled, and >= 95% of its Python samples on the
+// stack a request reported, on the thread that served it. `stale` is the
+// number of thread states a worker inherited from master threads that did
+// not fork (judge_dump).
+void check_workers(const std::string& label, ForkingServer& server,
+                   const std::vector<std::string>& record_args, int stale) {
+  const std::vector<pid_t> workers = server.workers();
   ASSERT_EQ(workers.size(), static_cast<size_t>(kWorkers));
 
   TempDir dir;
-  auto rec = Recording::start({}, dir);
+  auto rec = Recording::start(record_args, dir);
   ASSERT_TRUE(rec.ok()) << rec.error().message;
-  const Load load = drive(server->port(), workers);
+  const Load load = drive(server.port(), workers);
   auto r = rec->stop();
   ASSERT_TRUE(r.ok()) << r.error().message;
-  ASSERT_TRUE(load.error.empty()) << load.error << "\n" << server->stderr_text();
+  ASSERT_TRUE(load.error.empty()) << load.error << "\n" << server.stderr_text();
 
   for (pid_t worker : workers) {
     SCOPED_TRACE(fmt::format("worker {}", worker));
-    EXPECT_EQ(judge_dump(worker, GetParam().stale_states), "");
+    EXPECT_EQ(judge_dump(worker, stale), "");
     std::map<int64_t, std::vector<std::vector<Frame>>> stacks_by_tid;
     for (const Served& s : load.served)
       if (s.pid == worker) {
@@ -397,12 +382,46 @@ TEST_P(ForkedUwsgi, EveryWorkerIsProfiledWithTheHandlersExactStack) {
     const int64_t exact = count_exact_of(mine, stacks_by_tid);
     EXPECT_GE(exact, kExactFraction * total(mine)) << describe_mismatches(mine, expected);
     std::cout << fmt::format(
-        "[ stats    ] uwsgi {} worker {}: {} of {} Python samples exact "
+        "[ stats    ] {} worker {}: {} of {} Python samples exact "
         "({:.1f}%), {} threads served\n",
-        GetParam().name, worker, exact, total(mine),
+        label, worker, exact, total(mine),
         100.0 * static_cast<double>(exact) / static_cast<double>(std::max<int64_t>(1, total(mine))),
         stacks_by_tid.size());
   }
+}
+
+struct UwsgiVariant {
+  std::string name;
+  std::vector<std::string> args;
+  std::map<std::string, std::string> env;
+  int stale_states = 0;  // thread states of master threads that did not fork
+};
+
+void PrintTo(const UwsgiVariant& v, std::ostream* os) {
+  *os << v.name;
+}
+
+class ForkedUwsgi : public ::testing::TestWithParam<UwsgiVariant> {};
+
+TEST_P(ForkedUwsgi, EveryWorkerIsProfiledWithTheHandlersExactStack) {
+  require_root();
+  ASSERT_TRUE(std::filesystem::exists(kUwsgi))
+      << kUwsgi << " is missing: run scripts/setup --tests";
+  auto server = ForkingServer::start(
+      [&](int port) {
+        std::vector<std::string> argv = {kUwsgi,          "--plugin",
+                                         "python3",       "--master",
+                                         "--processes",   std::to_string(kWorkers),
+                                         "--http-socket", fmt::format("127.0.0.1:{}", port),
+                                         "--wsgi-file",   workload_path("wsgi_app.py"),
+                                         "--need-app",    "--disable-logging",
+                                         "--die-on-term"};
+        argv.insert(argv.end(), GetParam().args.begin(), GetParam().args.end());
+        return argv;
+      },
+      GetParam().env);
+  ASSERT_TRUE(server.ok()) << server.error().message;
+  check_workers("uwsgi " + GetParam().name, *server, {}, GetParam().stale_states);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -416,6 +435,57 @@ INSTANTIATE_TEST_SUITE_P(
                       UwsgiVariant{
                           "master_thread", {"--threads", "2"}, {{"WSGI_APP_BACKGROUND", "1"}}, 1}),
     [](const ::testing::TestParamInfo<UwsgiVariant>& info) { return info.param.name; });
+
+// gunicorn (Debian's, on /usr/bin/python3.11) forks its workers with
+// os.fork after importing itself, each worker importing the application:
+// sync workers serve on their main thread, gthread workers on a pool of
+// threads, gevent workers on greenlets of their main thread.
+struct GunicornVariant {
+  std::string name;
+  std::vector<std::string> args;
+  std::vector<std::string> record_args;
+};
+
+void PrintTo(const GunicornVariant& v, std::ostream* os) {
+  *os << v.name;
+}
+
+class ForkedGunicorn : public ::testing::TestWithParam<GunicornVariant> {};
+
+TEST_P(ForkedGunicorn, EveryWorkerIsProfiledWithTheHandlersExactStack) {
+  require_root();
+  ASSERT_TRUE(std::filesystem::exists(kGunicorn))
+      << kGunicorn << " is missing: run scripts/setup --tests";
+  const std::string app_dir = std::filesystem::path(workload_path("wsgi_app.py")).parent_path();
+  auto server = ForkingServer::start(
+      [&](int port) {
+        std::vector<std::string> argv = {kGunicorn,
+                                         "--workers",
+                                         std::to_string(kWorkers),
+                                         "--bind",
+                                         fmt::format("127.0.0.1:{}", port),
+                                         "--chdir",
+                                         app_dir,
+                                         "--timeout",
+                                         "120"};
+        argv.insert(argv.end(), GetParam().args.begin(), GetParam().args.end());
+        argv.push_back("wsgi_app:application");
+        return argv;
+      },
+      {});
+  ASSERT_TRUE(server.ok()) << server.error().message;
+  check_workers("gunicorn " + GetParam().name, *server, GetParam().record_args, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    WorkerClasses, ForkedGunicorn,
+    ::testing::Values(GunicornVariant{"sync", {"--worker-class", "sync"}, {}},
+                      GunicornVariant{
+                          "gthread", {"--worker-class", "gthread", "--threads", "2"}, {}},
+                      // A gevent worker serves each request on a greenlet of
+                      // its main thread.
+                      GunicornVariant{"gevent", {"--worker-class", "gevent"}, {}}),
+    [](const ::testing::TestParamInfo<GunicornVariant>& info) { return info.param.name; });
 
 struct MpCase {
   std::string interpreter;
