@@ -46,6 +46,7 @@ using namespace std::chrono_literals;
 constexpr double kExactFraction = 0.95;
 constexpr const char* kUwsgi = "/usr/bin/uwsgi";
 constexpr const char* kGunicorn = "/usr/bin/gunicorn";
+constexpr const char* kDebianPython = "/usr/bin/python3.11";
 constexpr int kWorkers = 2;
 // Each request burns this much CPU in the handler; each worker serves at
 // least kRequestsPerWorker of them (~1.2 s of CPU, ~120 samples at 99 Hz).
@@ -486,6 +487,171 @@ INSTANTIATE_TEST_SUITE_P(
                       // its main thread.
                       GunicornVariant{"gevent", {"--worker-class", "gevent"}, {}}),
     [](const ::testing::TestParamInfo<GunicornVariant>& info) { return info.param.name; });
+
+// Celery's prefork pool (Debian's python3-celery on /usr/bin/python3.11):
+// the worker forks its pool children with billiard; each child runs tasks of
+// tests/workloads/celery_app.py, queued through kombu's filesystem transport
+// (no broker server), each reporting its pid, thread and stack in a file.
+constexpr int kPoolChildren = 2;
+constexpr int kTaskMs = 250;
+// Tasks per child: ~1.5 s of CPU, ~148 samples at 99 Hz.
+constexpr int kTasksPerChild = 6;
+constexpr int kMaxTasks = 200;
+
+Result<std::vector<Served>> read_task_reports(const std::string& dir) {
+  std::vector<Served> out;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    if (entry.path().extension() != ".json")
+      continue;
+    auto text = read_file(entry.path().string(), 1 << 20);
+    if (!text)
+      return text.error();
+    auto served = parse_served(*text);
+    if (!served)
+      return served.error().context(entry.path().string());
+    out.push_back(std::move(*served));
+  }
+  if (ec)
+    return make_error("{}: {}", dir, ec.message());
+  return out;
+}
+
+TEST(ForkedCelery, EveryPoolChildIsProfiledWithTheTasksExactStack) {
+  require_root();
+  ASSERT_TRUE(std::filesystem::exists(kDebianPython))
+      << kDebianPython << " is missing: run scripts/setup --tests";
+  TempDir queue;
+  const std::string app_dir = std::filesystem::path(workload_path("celery_app.py")).parent_path();
+  SpawnOptions o;
+  o.argv = {kDebianPython,
+            "-m",
+            "celery",
+            "-A",
+            "celery_app",
+            "worker",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            std::to_string(kPoolChildren),
+            "--loglevel",
+            "WARNING",
+            "--without-heartbeat",
+            "--without-mingle",
+            "--without-gossip",
+            "-O",
+            "fair"};
+  o.env = {{"CELERY_APP_DIR", queue.path()}, {"PYTHONPATH", app_dir}};
+  auto worker = ChildProcess::spawn(o);
+  ASSERT_TRUE(worker.ok()) << worker.error().message;
+  struct Killer {
+    ChildProcess& p;
+    ~Killer() {
+      if (p.pid() <= 0 || p.reaped())
+        return;
+      for (pid_t child : children_of(p.pid()))
+        ::kill(child, SIGKILL);
+      p.kill();
+    }
+  } killer{*worker};
+  auto deadline = std::chrono::steady_clock::now() + 60s;
+  while (children_of(worker->pid()).size() != kPoolChildren) {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline)
+        << "no pool of " << kPoolChildren << " in 60 s: " << worker->stderr_text();
+    auto exited = worker->wait(20ms);
+    ASSERT_FALSE(exited.ok()) << "celery ended: " << exited->describe() << worker->stderr_text();
+  }
+  const std::vector<pid_t> children = children_of(worker->pid());
+
+  TempDir dir;
+  auto rec = Recording::start({}, dir);
+  ASSERT_TRUE(rec.ok()) << rec.error().message;
+  // Keeps a few tasks queued until every child ran kTasksPerChild of them;
+  // each `send` (a Python process queueing tasks) paces the loop, as does
+  // waiting on the worker when nothing needs sending.
+  std::vector<Served> reports;
+  int sent = 0;
+  std::string load_error;
+  deadline = std::chrono::steady_clock::now() + 90s;
+  for (;;) {
+    auto got = read_task_reports(queue.path() + "/reports");
+    if (!got) {
+      load_error = got.error().message;
+      break;
+    }
+    reports = std::move(*got);
+    std::map<int64_t, int> per_child;
+    for (const Served& s : reports)
+      ++per_child[s.pid];
+    if (std::all_of(children.begin(), children.end(),
+                    [&](pid_t c) { return per_child[c] >= kTasksPerChild; }))
+      break;
+    if (std::chrono::steady_clock::now() > deadline || sent >= kMaxTasks) {
+      load_error = fmt::format("{} tasks sent, {} done in 90 s, not {} by each child", sent,
+                               reports.size(), kTasksPerChild);
+      break;
+    }
+    if (sent - static_cast<int>(reports.size()) < 2 * kPoolChildren) {
+      SpawnOptions send;
+      send.argv = {kDebianPython, workload_path("celery_app.py"), "send",
+                   std::to_string(2 * kPoolChildren), std::to_string(kTaskMs)};
+      send.env = {{"CELERY_APP_DIR", queue.path()}};
+      auto sender = ChildProcess::spawn(send);
+      auto status = sender ? sender->wait(60s) : Result<ExitStatus>(sender.error());
+      if (!status || !status->success()) {
+        load_error =
+            "celery_app.py send: " +
+            (status ? status->describe() + " " + sender->stderr_text() : status.error().message);
+        break;
+      }
+      sent += 2 * kPoolChildren;
+    } else {
+      auto exited = worker->wait(20ms);
+      if (exited.ok()) {
+        load_error = "celery ended: " + exited->describe();
+        break;
+      }
+    }
+  }
+  auto r = rec->stop();
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_TRUE(load_error.empty()) << load_error << "\n" << worker->stderr_text();
+
+  for (pid_t child : children) {
+    SCOPED_TRACE(fmt::format("pool child {}", child));
+    std::map<int64_t, std::vector<std::vector<Frame>>> stacks_by_tid;
+    for (const Served& s : reports)
+      if (s.pid == child) {
+        auto& stacks = stacks_by_tid[s.tid];
+        if (std::find(stacks.begin(), stacks.end(), s.stack) == stacks.end())
+          stacks.push_back(s.stack);
+      }
+    ASSERT_FALSE(stacks_by_tid.empty()) << "the child ran no task";
+    EXPECT_EQ(refusal(*r, child), "") << r->stderr_text;
+    const auto& expected = *stacks_by_tid.begin()->second.begin();
+    // Between tasks a child waits for work, takes it and reports: those
+    // samples are outside the task; the task's own are judged by stack.
+    auto task = std::find_if(expected.begin(), expected.end(),
+                             [](const Frame& f) { return f.function == "burn"; });
+    ASSERT_NE(task, expected.end()) << format_stack(expected);
+    const Frame target = *task;
+    std::vector<ProfileSample> in_task;
+    for (const ProfileSample& s : python_samples_of(*r, child))
+      if (std::find(s.stack.begin(), s.stack.end(), target) != s.stack.end())
+        in_task.push_back(s);
+    ASSERT_GE(total(in_task), kMinSamples)
+        << "expected ~148 samples in the task; " << refusal(*r, child) << "\n"
+        << r->stderr_text;
+    const int64_t exact = count_exact_of(in_task, stacks_by_tid);
+    EXPECT_GE(exact, kExactFraction * total(in_task)) << describe_mismatches(in_task, expected);
+    std::cout << fmt::format(
+        "[ stats    ] celery prefork child {}: {} of {} Python samples in the task exact "
+        "({:.1f}%)\n",
+        child, exact, total(in_task),
+        100.0 * static_cast<double>(exact) /
+            static_cast<double>(std::max<int64_t>(1, total(in_task))));
+  }
+}
 
 struct MpCase {
   std::string interpreter;
