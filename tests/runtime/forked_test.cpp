@@ -33,6 +33,7 @@
 #include <thread>
 #include <vector>
 
+#include "daemon/app_name.h"
 #include "runtime/krait_harness.h"
 #include "support/json.h"
 #include "support/manifest.h"
@@ -348,16 +349,33 @@ int64_t count_exact_of(const std::vector<ProfileSample>& samples,
   return exact;
 }
 
+// What is wrong with the daemon's application name of the live process
+// `pid` (its real argv and comm), "" when it is `expected`.
+std::string judge_app_name(pid_t pid, const std::string& expected) {
+  auto identity = daemon::read_process_identity(pid);
+  if (!identity)
+    return identity.error().message;
+  const std::string name = daemon::default_application_name(*identity);
+  if (name == expected)
+    return "";
+  return fmt::format("named '{}', want '{}' (argv: {})", name, expected,
+                     fmt::join(identity->argv, " "));
+}
+
 // Records the whole system while the test's clients load `server`, then
 // judges each worker: profiled, and >= 95% of its Python samples on the
 // stack a request reported, on the thread that served it. `stale` is the
 // number of thread states a worker inherited from master threads that did
-// not fork (judge_dump). Each request burns `request_ms` of CPU.
+// not fork (judge_dump). Each request burns `request_ms` of CPU. The
+// master and the workers are named `app` by the daemon.
 void check_workers(const std::string& label, ForkingServer& server,
-                   const std::vector<std::string>& record_args, int stale,
+                   const std::vector<std::string>& record_args, int stale, const std::string& app,
                    int request_ms = kRequestMs) {
   const std::vector<pid_t> workers = server.workers();
   ASSERT_EQ(workers.size(), static_cast<size_t>(kWorkers));
+  EXPECT_EQ(judge_app_name(server.master(), app), "") << "master";
+  for (pid_t worker : workers)
+    EXPECT_EQ(judge_app_name(worker, app), "") << "worker " << worker;
 
   TempDir dir;
   auto rec = Recording::start(record_args, dir);
@@ -426,7 +444,7 @@ TEST_P(ForkedUwsgi, EveryWorkerIsProfiledWithTheHandlersExactStack) {
       },
       GetParam().env);
   ASSERT_TRUE(server.ok()) << server.error().message;
-  check_workers("uwsgi " + GetParam().name, *server, {}, GetParam().stale_states);
+  check_workers("uwsgi " + GetParam().name, *server, {}, GetParam().stale_states, "wsgi_app.py");
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -445,17 +463,18 @@ INSTANTIATE_TEST_SUITE_P(
 // os.fork after importing itself, each worker importing the application:
 // sync workers serve on their main thread, gthread workers on a pool of
 // threads, gevent workers on greenlets of their main thread.
-// A gevent worker spends more Python per request around the handler than
-// the others (parsing, greenlet and socket bookkeeping, each sample on a
-// stack of its own): with 100 ms requests 92.5-99.3% of its samples were
-// exact; longer requests keep that framing out of the 5%.
-constexpr int kGeventRequestMs = 250;
+// gunicorn parses HTTP in Python: each request spends more Python around
+// the handler than uWSGI's (gevent's bookkeeping more still), each sample
+// there on a stack of its own. With 100 ms requests 95.2-100% (gevent
+// 92.5-99.3%) of the samples were exact; longer requests keep that framing
+// out of the 5%.
+constexpr int kGunicornRequestMs = 250;
 
 struct GunicornVariant {
   std::string name;
   std::vector<std::string> args;
   std::vector<std::string> record_args;
-  int request_ms = kRequestMs;
+  int request_ms = kGunicornRequestMs;
 };
 
 void PrintTo(const GunicornVariant& v, std::ostream* os) {
@@ -486,22 +505,20 @@ TEST_P(ForkedGunicorn, EveryWorkerIsProfiledWithTheHandlersExactStack) {
       },
       {});
   ASSERT_TRUE(server.ok()) << server.error().message;
-  check_workers("gunicorn " + GetParam().name, *server, GetParam().record_args, 0,
+  check_workers("gunicorn " + GetParam().name, *server, GetParam().record_args, 0, "wsgi_app",
                 GetParam().request_ms);
 }
 
 INSTANTIATE_TEST_SUITE_P(
     WorkerClasses, ForkedGunicorn,
-    ::testing::Values(GunicornVariant{"sync", {"--worker-class", "sync"}, {}},
-                      GunicornVariant{
-                          "gthread", {"--worker-class", "gthread", "--threads", "2"}, {}},
-                      // A gevent worker serves each request on a greenlet of
-                      // its main thread, in mixed and in Python-only stacks.
-                      GunicornVariant{"gevent", {"--worker-class", "gevent"}, {}, kGeventRequestMs},
-                      GunicornVariant{"gevent_python_stacks",
-                                      {"--worker-class", "gevent"},
-                                      {"--stacks", "python"},
-                                      kGeventRequestMs}),
+    ::testing::Values(
+        GunicornVariant{"sync", {"--worker-class", "sync"}, {}},
+        GunicornVariant{"gthread", {"--worker-class", "gthread", "--threads", "2"}, {}},
+        // A gevent worker serves each request on a greenlet of
+        // its main thread, in mixed and in Python-only stacks.
+        GunicornVariant{"gevent", {"--worker-class", "gevent"}, {}},
+        GunicornVariant{
+            "gevent_python_stacks", {"--worker-class", "gevent"}, {"--stacks", "python"}}),
     [](const ::testing::TestParamInfo<GunicornVariant>& info) { return info.param.name; });
 
 // Celery's prefork pool (Debian's python3-celery on /usr/bin/python3.11):
@@ -578,6 +595,9 @@ TEST(ForkedCelery, EveryPoolChildIsProfiledWithTheTasksExactStack) {
     ASSERT_FALSE(exited.ok()) << "celery ended: " << exited->describe() << worker->stderr_text();
   }
   const std::vector<pid_t> children = children_of(worker->pid());
+  EXPECT_EQ(judge_app_name(worker->pid(), "celery_app"), "") << "worker";
+  for (pid_t child : children)
+    EXPECT_EQ(judge_app_name(child, "celery_app"), "") << "pool child " << child;
 
   TempDir dir;
   auto rec = Recording::start({}, dir);
