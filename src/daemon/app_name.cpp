@@ -98,8 +98,8 @@ std::optional<std::string_view> option_value(const std::vector<std::string_view>
 
 // gunicorn [OPTIONS] [APP_MODULE]: its -n/--name, else the module of the
 // last argument that is no option nor an option's value. Options take a
-// value unless they are one of gunicorn's flags, carry it ("--bind=:80",
-// "-w4"), or are a cluster of short flags.
+// value unless they are one of gunicorn's flags or carry it ("--bind=:80",
+// "-w4").
 std::string gunicorn_app(const std::vector<std::string_view>& args) {
   if (auto name = option_value(args, "--name", "-n"); name && !name->empty())
     return std::string(*name);
@@ -121,7 +121,6 @@ std::string gunicorn_app(const std::vector<std::string_view>& args) {
                                                 "--do-handshake-on-connect",
                                                 "--suppress-ragged-eofs",
                                                 "--proxy-protocol",
-                                                "--print-config",
                                                 "-v",
                                                 "--version",
                                                 "-h",

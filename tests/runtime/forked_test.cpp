@@ -400,7 +400,8 @@ void check_workers(const std::string& label, ForkingServer& server,
     const auto mine = python_samples_of(*r, worker);
     const auto& expected = *stacks_by_tid.begin()->second.begin();
     ASSERT_GE(total(mine), kMinSamples)
-        << "expected ~120 samples of the handler; " << refusal(*r, worker) << "\n"
+        << "expected ~" << kRequestsPerWorker * request_ms / 1000.0 << " s of CPU in the handler; "
+        << refusal(*r, worker) << "\n"
         << r->stderr_text;
     const int64_t exact = count_exact_of(mine, stacks_by_tid);
     EXPECT_GE(exact, kExactFraction * total(mine)) << describe_mismatches(mine, expected);
