@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <iterator>
+#include <optional>
 #include <system_error>
 
 #include "daemon/config.h"
@@ -57,6 +59,160 @@ std::string program_name(const ProcessIdentity& process) {
   if (!process.exe.empty())
     return base_name(process.exe);
   return process.comm;
+}
+
+// Application servers are named after the application they serve, so that
+// a master and its workers (which run the same argv, or a title naming the
+// app) share one name. Each rule below is one pass over the arguments with
+// plain comparisons: argv is hostile, and already bounded by
+// kCmdlineMaxBytes.
+
+// The module of an application spec "pkg.wsgi:application" (gunicorn,
+// uWSGI --module, Celery -A): the part before ':'.
+std::string spec_module(std::string_view spec) {
+  return std::string(spec.substr(0, spec.find(':')));
+}
+
+// The value of an option given as "--long VALUE", "--long=VALUE", "-s VALUE"
+// or "-sVALUE" (`short_name` may be empty); the first one given.
+std::optional<std::string_view> option_value(const std::vector<std::string_view>& args,
+                                             std::string_view long_name,
+                                             std::string_view short_name) {
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string_view arg = args[i];
+    const bool is_long = arg == long_name;
+    const bool is_short = !short_name.empty() && arg == short_name;
+    if (is_long || is_short) {
+      if (i + 1 < args.size())
+        return args[i + 1];
+      return std::nullopt;
+    }
+    if (arg.size() > long_name.size() && arg.starts_with(long_name) && arg[long_name.size()] == '=')
+      return arg.substr(long_name.size() + 1);
+    if (!short_name.empty() && arg.size() > short_name.size() && arg.starts_with(short_name) &&
+        !arg.starts_with("--"))
+      return arg.substr(short_name.size());
+  }
+  return std::nullopt;
+}
+
+// gunicorn [OPTIONS] [APP_MODULE]: its -n/--name, else the module of the
+// last argument that is no option nor an option's value. Options take a
+// value unless they are one of gunicorn's flags or carry it ("--bind=:80",
+// "-w4").
+std::string gunicorn_app(const std::vector<std::string_view>& args) {
+  if (auto name = option_value(args, "--name", "-n"); name && !name->empty())
+    return std::string(*name);
+  static constexpr std::string_view kFlags[] = {"--reload",
+                                                "--spew",
+                                                "--check-config",
+                                                "--print-config",
+                                                "--preload",
+                                                "--no-sendfile",
+                                                "--reuse-port",
+                                                "--daemon",
+                                                "-D",
+                                                "--enable-stdio-inheritance",
+                                                "-R",
+                                                "--capture-output",
+                                                "--log-syslog",
+                                                "--disable-redirect-access-to-syslog",
+                                                "--strip-header-spaces",
+                                                "--do-handshake-on-connect",
+                                                "--suppress-ragged-eofs",
+                                                "--proxy-protocol",
+                                                "-v",
+                                                "--version",
+                                                "-h",
+                                                "--help"};
+  std::string_view app;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string_view arg = args[i];
+    if (arg.size() < 2 || arg[0] != '-') {
+      app = arg;
+      continue;
+    }
+    if (arg == "--") {
+      if (i + 1 < args.size())
+        app = args.back();
+      break;
+    }
+    const bool flag = std::find(std::begin(kFlags), std::end(kFlags), arg) != std::end(kFlags);
+    const bool carries_value =
+        arg.starts_with("--") ? arg.find('=') != std::string_view::npos : arg.size() > 2;
+    if (!flag && !carries_value)
+      ++i;  // its value
+  }
+  return spec_module(app);
+}
+
+// celery [-A APP] SUBCOMMAND ...: the module of APP.
+std::string celery_app(const std::vector<std::string_view>& args) {
+  auto app = option_value(args, "--app", "-A");
+  return app ? spec_module(*app) : "";
+}
+
+// uwsgi --wsgi-file FILE (named like a script) or --module/-w MODULE.
+std::string uwsgi_app(const std::vector<std::string_view>& args) {
+  for (std::string_view name : {"--wsgi-file", "--file"})
+    if (auto file = option_value(args, name, ""); file && !file->empty())
+      return script_name(*file);
+  if (auto module = option_value(args, "--module", "-w"))
+    return spec_module(*module);
+  if (auto module = option_value(args, "--wsgi", ""))
+    return spec_module(*module);
+  return "";
+}
+
+std::vector<std::string_view> views(const std::vector<std::string>& argv, size_t from) {
+  std::vector<std::string_view> out;
+  if (from < argv.size())
+    out.assign(argv.begin() + static_cast<std::ptrdiff_t>(from), argv.end());
+  return out;
+}
+
+// The application of a server run as `server` with arguments `args`; ""
+// when none is named or `server` is no server known here.
+std::string served_application(std::string_view server, const std::vector<std::string_view>& args) {
+  if (server == "gunicorn")
+    return gunicorn_app(args);
+  if (server == "celery")
+    return celery_app(args);
+  return "";
+}
+
+// A title a server gave itself in place of its argv (setproctitle):
+// "gunicorn: worker [wsgi_app:application]" (the bracket holds gunicorn's
+// proc_name: its -n, else the app spec) and "[celeryd: celery@host:
+// MainProcess] -active- (-A proj worker)" (a Celery worker's argv in
+// parentheses; its pool children's titles carry none). "" for anything else.
+std::string title_application(std::string_view title) {
+  constexpr std::string_view kGunicorn = "gunicorn: ";
+  if (title.starts_with(kGunicorn)) {
+    const size_t open = title.find('[');
+    const size_t close = title.rfind(']');
+    if (open == std::string_view::npos || close == std::string_view::npos || close < open)
+      return "";
+    return spec_module(title.substr(open + 1, close - open - 1));
+  }
+  if (title.starts_with("[celeryd: ")) {
+    const size_t open = title.find('(');
+    if (open == std::string_view::npos)
+      return "";
+    std::string_view rest = title.substr(open + 1);
+    if (const size_t close = rest.rfind(')'); close != std::string_view::npos)
+      rest = rest.substr(0, close);
+    std::vector<std::string_view> args;
+    while (!rest.empty()) {
+      const size_t space = rest.find(' ');
+      const std::string_view token = rest.substr(0, space);
+      if (!token.empty())
+        args.push_back(token);
+      rest.remove_prefix(space == std::string_view::npos ? rest.size() : space + 1);
+    }
+    return celery_app(args);
+  }
+  return "";
 }
 
 bool is_label_char(char c) {
@@ -152,16 +308,32 @@ bool is_python_interpreter(std::string_view name) {
   return name.empty() || name == "-dbg";
 }
 
-std::string default_application_name(const ProcessIdentity& process) {
+namespace {
+
+// The default name; `served` applies the application servers' rules.
+std::string default_name(const ProcessIdentity& process, bool served) {
   if (process.argv.empty())
     return process.comm.empty() ? "unknown" : process.comm;
   const std::string interpreter = base_name(process.argv[0]);
   if (!is_python_interpreter(interpreter) || process.argv.size() == 1) {
     if (is_python_interpreter(interpreter))
       return interpreter;  // a REPL
+    if (std::string app = served ? title_application(process.argv[0]) : ""; !app.empty())
+      return app;
+    if (served && interpreter.starts_with("uwsgi"))  // uwsgi, uwsgi-core, uwsgi_python311
+      if (std::string app = uwsgi_app(views(process.argv, 1)); !app.empty())
+        return app;
     std::string name = program_name(process);
     return name.empty() ? "unknown" : name;
   }
+  // A server run by the interpreter (a console script or -m) is named
+  // after its application, when its arguments name one.
+  const auto server_or = [&](std::string name, size_t args_from) {
+    if (!served)
+      return name;
+    std::string app = served_application(name, views(process.argv, args_from));
+    return app.empty() ? name : app;
+  };
   // CPython's own option syntax: short options may be combined ("-uOO"),
   // -c/-m end the options and take the rest of the token or the next
   // argument, -W/-X take an argument the same way.
@@ -172,7 +344,7 @@ std::string default_application_name(const ProcessIdentity& process) {
       return interpreter;  // script from stdin
     if (arg == "--") {
       if (i + 1 < process.argv.size())
-        return script_name(process.argv[i + 1]);
+        return server_or(script_name(process.argv[i + 1]), i + 2);
       return interpreter;
     }
     if (arg == "--check-hash-based-pycs") {
@@ -182,7 +354,7 @@ std::string default_application_name(const ProcessIdentity& process) {
     if (arg.starts_with("--"))
       continue;  // --help, --version, ...
     if (arg.size() < 2 || arg[0] != '-')
-      return script_name(arg);
+      return server_or(script_name(arg), i + 1);
     for (size_t k = 1; k < arg.size(); ++k) {
       const char option = arg[k];
       if (kFlags.find(option) != std::string_view::npos)
@@ -192,7 +364,9 @@ std::string default_application_name(const ProcessIdentity& process) {
       if (option == 'm') {
         const std::string module =
             !attached.empty() ? attached : (has_next ? process.argv[i + 1] : "");
-        return module.empty() ? interpreter : module;
+        if (module.empty())
+          return interpreter;
+        return server_or(module, attached.empty() ? i + 2 : i + 1);
       }
       if (option == 'c')
         return interpreter;
@@ -202,6 +376,16 @@ std::string default_application_name(const ProcessIdentity& process) {
     }
   }
   return interpreter;
+}
+
+}  // namespace
+
+std::string default_application_name(const ProcessIdentity& process) {
+  return default_name(process, true);
+}
+
+std::string default_program_name(const ProcessIdentity& process) {
+  return default_name(process, false);
 }
 
 const std::vector<std::string>& builtin_label_names() {

@@ -13,10 +13,22 @@
 //   `-m http.server` -> "http.server"; `-mcelery` too);
 // - `python -c ...`, `python -` or no script (a REPL): the interpreter's own
 //   name ("python3.12");
-// - anything else (uwsgi, a program embedding Python, a process that
-//   rewrote its argv like "gunicorn: worker [app]"): the executable's name,
-//   argv[0]'s base name up to the first space or ':' ("gunicorn"); when argv
-//   is empty (a zombie), the kernel's comm.
+// - an application server, named after the application it serves, so that
+//   its master and workers (same argv, or a title naming the app) share the
+//   name: gunicorn (a console script or -m) -> its -n/--name, else the
+//   module of its APP_MODULE (`gunicorn -w 2 pkg.wsgi:app` -> "pkg.wsgi");
+//   Celery -> the module of -A/--app (`-m celery -A proj worker` -> "proj");
+//   uwsgi* -> the file of --wsgi-file/--file (as a script: "wsgi.py"), else
+//   the module of --module/-w/--wsgi; titles set by setproctitle:
+//   "gunicorn: worker [pkg.wsgi:app]" -> "pkg.wsgi",
+//   "[celeryd: celery@host:MainProcess] -active- (-A proj worker)" -> "proj".
+//   Without such an argument (a config file, `uwsgi --ini`, Celery's pool
+//   children's titles "[celeryd: celery@host:ForkPoolWorker-1]") the rules
+//   below and above name it ("gunicorn", "celery", "uwsgi", "celeryd");
+// - anything else (a program embedding Python, a process that rewrote its
+//   argv like "uWSGI worker 1"): the executable's name, argv[0]'s base name
+//   up to the first space or ':' ("uWSGI"); when argv is empty (a zombie),
+//   the kernel's comm.
 //
 // A user rule overrides the default:
 // - a regex (RE2 syntax, cmdline_regex.h) searched in the command line
@@ -77,6 +89,10 @@ Result<ProcessIdentity> read_process_identity(int pid, const std::string& proc_r
 bool is_python_interpreter(std::string_view base_name);
 
 std::string default_application_name(const ProcessIdentity& process);
+
+// The default name without the application servers' rule: "gunicorn",
+// "celery", "uwsgi" for them (process filters match either name).
+std::string default_program_name(const ProcessIdentity& process);
 
 // The label names process_labels() may set; static labels must avoid them.
 const std::vector<std::string>& builtin_label_names();

@@ -34,8 +34,9 @@ bool name_matches(const std::vector<std::string>& names, const ProcessIdentity& 
     return false;
   const std::string exe = base_name(process.exe);
   const std::string app = default_application_name(process);
+  const std::string program = default_program_name(process);
   return std::any_of(names.begin(), names.end(), [&](const std::string& name) {
-    return name == process.comm || (!exe.empty() && name == exe) || name == app;
+    return name == process.comm || (!exe.empty() && name == exe) || name == app || name == program;
   });
 }
 

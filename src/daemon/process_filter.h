@@ -5,8 +5,8 @@
 // profiles only those that turn out to run Python). Otherwise a process
 // qualifies when it matches ANY include criterion:
 // - names: equal to the process's comm, its executable's base name, or its
-//   default application name (app_name.h), so "celery" selects
-//   `python -m celery worker` whose comm is "python3";
+//   default application or program name (app_name.h), so "celery" selects
+//   `python -m celery -A proj worker` whose comm is "python3", as "proj" does;
 // - cmdline_regex: found anywhere in the command line (arguments joined by
 //   single spaces; RE2 syntax, cmdline_regex.h);
 // - cgroups: the process's cgroup path (container.h) is this path or below

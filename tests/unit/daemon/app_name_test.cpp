@@ -31,8 +31,8 @@ TEST(AppNameTest, NamesWhatTheInterpreterRuns) {
   };
   const std::vector<Case> cases = {
       {{"python", "app.py"}, "app.py"},
-      {{"python3", "-m", "celery", "worker", "-A", "proj"}, "celery"},
-      {{"/usr/bin/python3", "/usr/local/bin/gunicorn", "app:app"}, "gunicorn"},
+      {{"python3", "-m", "celery", "worker", "-A", "proj"}, "proj"},
+      {{"/usr/bin/python3", "/usr/local/bin/gunicorn", "app:app"}, "app"},
       {{"python3.12", "-u", "-X", "dev", "-W", "ignore", "/srv/app/manage.py", "runserver"},
        "manage.py"},
       {{"python", "-OO", "-Wd", "-Xfrozen_modules=off", "svc.py"}, "svc.py"},
@@ -53,8 +53,8 @@ TEST(AppNameTest, NamesWhatTheInterpreterRuns) {
       {{"python3", "myapp.pyz"}, "myapp.pyz"},
       {{"python3", "/srv/src/"}, "src"},
       {{"/usr/bin/uwsgi", "--ini", "/etc/uwsgi/app.ini"}, "uwsgi"},
-      {{"gunicorn: worker [app:app]"}, "gunicorn"},
-      {{"[celeryd: celery@web-1:MainProcess] -active- (worker -A proj)"}, "celeryd"},
+      {{"gunicorn: worker [app:app]"}, "app"},
+      {{"[celeryd: celery@web-1:MainProcess] -active- (worker -A proj)"}, "proj"},
       {{"/opt/embed/bin/game-server", "--port", "7777"}, "game-server"},
   };
   for (const Case& c : cases)
@@ -93,6 +93,79 @@ TEST(AppNameTest, ARegexRuleOverridesTheDefault) {
   EXPECT_EQ(whole->name(identity({"python", "q.py", "worker-12"}), {}), "worker-12");
 }
 
+// Application servers, with the argv and comm their processes show in
+// /proc (read from the real servers: uWSGI 2.0.21, gunicorn 20.1 and
+// Celery 5.2 of Debian 12): every process of a server is named after the
+// application it serves, the master the same as its workers.
+TEST(AppNameTest, NamesAnApplicationServerAfterItsApplication) {
+  struct Case {
+    std::vector<std::string> argv;
+    std::string comm;
+    std::string expected;
+  };
+  const std::vector<Case> cases = {
+      // uWSGI's master and workers keep its argv.
+      {{"uwsgi", "--plugin", "python3", "--master", "--processes", "2", "--http-socket",
+        "127.0.0.1:18533", "--wsgi-file", "/srv/krait/tests/workloads/wsgi_app.py",
+        "--disable-logging"},
+       "uwsgi",
+       "wsgi_app.py"},
+      {{"/usr/bin/uwsgi", "--master", "--module", "shop.wsgi:application"}, "uwsgi", "shop.wsgi"},
+      {{"uwsgi", "-w", "shop.wsgi"}, "uwsgi", "shop.wsgi"},
+      {{"uwsgi_python311", "--http", ":80", "--wsgi-file=app.py"}, "uwsgi_python311", "app.py"},
+      {{"/usr/bin/uwsgi", "--ini", "/etc/uwsgi/app.ini"}, "uwsgi", "uwsgi"},
+      // --auto-procname: the argv is gone.
+      {{"uWSGI master"}, "uwsgi", "uWSGI"},
+      {{"uWSGI worker 1"}, "uwsgi", "uWSGI"},
+      // gunicorn's master and workers (a console script; comm is gunicorn).
+      {{"/usr/bin/python3", "/usr/bin/gunicorn", "-w", "2", "-k", "gthread", "--threads", "2", "-b",
+        "127.0.0.1:18431", "wsgi_app:application"},
+       "gunicorn",
+       "wsgi_app"},
+      {{"/usr/bin/python3", "/usr/bin/gunicorn", "--workers", "2", "--bind", "127.0.0.1:40000",
+        "--chdir", "/srv/app", "--timeout", "120", "--worker-class", "gevent",
+        "wsgi_app:application"},
+       "gunicorn",
+       "wsgi_app"},
+      {{"/venv/bin/python", "/venv/bin/gunicorn", "pkg.wsgi:application", "--preload", "-w4"},
+       "gunicorn",
+       "pkg.wsgi"},
+      {{"python3", "-m", "gunicorn", "--bind=:8000", "--reload", "app:create_app()"},
+       "python3",
+       "app"},
+      {{"/usr/bin/python3", "/usr/bin/gunicorn", "-n", "shop", "app:app"}, "gunicorn", "shop"},
+      {{"/usr/bin/python3", "/usr/bin/gunicorn", "-c", "conf.py"}, "gunicorn", "gunicorn"},
+      // gunicorn with setproctitle installed: "[proc_name]", the app spec
+      // unless -n names it.
+      {{"gunicorn: master [wsgi_app:application]"}, "gunicorn", "wsgi_app"},
+      {{"gunicorn: worker [wsgi_app:application]"}, "gunicorn", "wsgi_app"},
+      {{"gunicorn: worker [shop]"}, "gunicorn", "shop"},
+      {{"gunicorn: worker [app"}, "gunicorn", "gunicorn"},
+      // Celery's worker and its prefork pool children keep its argv.
+      {{"/usr/bin/python3.11", "-m", "celery", "-A", "celery_app", "worker", "--pool", "prefork",
+        "--concurrency", "2", "--loglevel", "WARNING", "--without-heartbeat", "--without-mingle",
+        "--without-gossip", "-O", "fair"},
+       "python3.11",
+       "celery_app"},
+      {{"python3", "-m", "celery", "worker", "-A", "proj"}, "python3", "proj"},
+      {{"/usr/bin/python3", "/usr/local/bin/celery", "--app=proj.celery:app", "worker"},
+       "celery",
+       "proj.celery"},
+      {{"/usr/bin/python3", "/usr/local/bin/celery", "-Aproj", "beat"}, "celery", "proj"},
+      {{"python3", "-m", "celery", "worker"}, "python3", "celery"},
+      {{"python3", "-m", "celery", "worker", "-A"}, "python3", "celery"},
+      // Celery with setproctitle: the worker's title carries its argv, a
+      // pool child's only the host.
+      {{"[celeryd: celery@web-1:MainProcess] -active- (-A proj worker -l INFO)"},
+       "python3",
+       "proj"},
+      {{"[celeryd: celery@web-1:ForkPoolWorker-1]"}, "python3", "celeryd"},
+  };
+  for (const Case& c : cases)
+    EXPECT_EQ(default_application_name(identity(c.argv, c.comm)), c.expected)
+        << fmt::format("{}", fmt::join(c.argv, " "));
+}
+
 // Any user controls argv; std::regex recursed once per character and
 // overflowed the stack on `python` followed by 50,000 digits.
 const std::string kLongInterpreter = "python" + std::string(50'000, '7');
@@ -112,6 +185,21 @@ TEST(AppNameTest, DefaultNamingSurvivesHugeArguments) {
   EXPECT_EQ(default_application_name(identity({kLongInterpreter})), kLongInterpreter);
   EXPECT_EQ(default_application_name(identity({"python3", "-m", kLongArgument})), kLongArgument);
   EXPECT_EQ(default_application_name(identity({"/usr/bin/" + kLongArgument, "x"})), kLongArgument);
+  // The servers' rules: one pass over the arguments, no backtracking.
+  EXPECT_EQ(default_application_name(identity({"python3", "/usr/bin/gunicorn", kLongArgument})),
+            kLongArgument);
+  std::vector<std::string> many_options = {"python3", "/usr/bin/gunicorn"};
+  for (int i = 0; i < 20'000; ++i)
+    many_options.push_back(i % 2 == 0 ? "--reload" : "-w");
+  EXPECT_EQ(default_application_name(identity(many_options)), "gunicorn");
+  EXPECT_EQ(default_application_name(identity({"gunicorn: worker [" + kLongArgument})), "gunicorn");
+  EXPECT_EQ(default_application_name(identity({"gunicorn: worker [" + kLongArgument + "]"})),
+            kLongArgument);
+  EXPECT_EQ(
+      default_application_name(identity({"[celeryd: x] (" + std::string(100'000, ' ') + "-A)"})),
+      "celeryd");
+  EXPECT_EQ(default_application_name(identity({"uwsgi", "--module=" + kLongArgument + ":app"})),
+            kLongArgument);
 }
 
 TEST(AppNameTest, RegexRulesSurviveHugeArguments) {
@@ -265,7 +353,7 @@ TEST(AppNameTest, DescribesAProcessFromAProcTree) {
   ASSERT_TRUE(describer.ok()) << describer.error().message;
   auto description = describer->describe(77, "3.11.2");
   ASSERT_TRUE(description.ok()) << description.error().message;
-  EXPECT_EQ(description->application, "gunicorn-payments");
+  EXPECT_EQ(description->application, "app-payments");
   EXPECT_EQ(description->labels,
             (profile::Labels{{"container_id", std::string(64, 'b')},
                              {"container_pid", "1"},

@@ -47,6 +47,15 @@ TEST(ProcessFilterTest, SelectsByNameCommExecutableOrApplication) {
   EXPECT_FALSE(by_app.matches(kGunicorn, {}));
   const ProcessFilter by_comm = make({.names = {"gunicorn"}});
   EXPECT_TRUE(by_comm.matches(kGunicorn, {}));
+  // A server named after its application is still selected by the
+  // server's name.
+  const ProcessIdentity celery_app{
+      13, {"python3", "-m", "celery", "-A", "proj", "worker"}, "python3", "/usr/bin/python3.11"};
+  EXPECT_TRUE(by_app.matches(celery_app, {}));
+  EXPECT_TRUE(make({.names = {"proj"}}).matches(celery_app, {}));
+  const ProcessIdentity uwsgi{14, {"uwsgi", "--wsgi-file", "shop.py"}, "uwsgi", ""};
+  EXPECT_TRUE(make({.names = {"shop.py"}}).matches(uwsgi, {}));
+  EXPECT_TRUE(make({.names = {"uwsgi"}}).matches(uwsgi, {}));
   const ProcessFilter by_exe = make({.names = {"python3.11"}});
   EXPECT_TRUE(by_exe.matches(kScript, {}));
 }
