@@ -101,6 +101,10 @@ class Data:
         self.dump = read("2026-12-07-dump", "raw.json")
         self.engine = {tag: read("2026-12-07-engine-restructure", tag, "results.json")
                        for tag in ("old-1", "old-2", "new-1", "new-2")}
+        peers_run = read("2026-12-07-peers", "results.json")
+        self.peers = peers_run["peers"]
+        self.switches = peers_run["switches"]
+        self.run_module = run
         # (mode, interpreter, depth) -> cost summary, recomputed from the passes.
         self.cost = self.cost_table(run, self.cost_run)
         self.stack = self.cost_table(run, self.stack_run)
@@ -426,6 +430,14 @@ def dump_table(d):
                  ["---", "---"] + ["---:"] * 4, rows)
 
 
+def peers_table(d):
+    return d.run_module.peers.tables(d.peers, d.run_module.fmt)
+
+
+def switches_table(d):
+    return d.run_module.switches.tables(d.switches, d.run_module.fmt)
+
+
 # -- the figures the text quotes ---------------------------------------------
 
 def figures(d):
@@ -572,6 +584,8 @@ GENERATORS = {
     "micro": micro_table,
     "engine": engine_table,
     "dump": dump_table,
+    "peers": peers_table,
+    "switches": switches_table,
     "figures": figures_table,
 }
 
