@@ -1,8 +1,8 @@
 // Bounds-checked reads of DWARF call-frame information (.eh_frame and
 // .debug_frame): the one reader that the CFI indexer (cfi_table.cpp), the
 // CFA program check (cfa_program.cpp) and the frame-rule evaluator
-// (frame_rule.cpp) parse untrusted bytes with, and the entry framing and
-// pointer encodings they share.
+// (frame_rule.cpp) parse untrusted bytes with, and the entry framing,
+// pointer encodings and CIE fields they share.
 // Internal to src/unwind.
 #pragma once
 
@@ -193,6 +193,73 @@ inline std::optional<uint64_t> read_encoded(Reader& r, uint8_t encoding, uint64_
       // GNU tools emit for x86_64.
       return std::nullopt;
   }
+}
+
+// What the unwinder needs from an .eh_frame CIE (or a .debug_frame CIE
+// after CfiTable converted it): the factors its program is read with,
+// how its FDEs encode their addresses, and where its program is.
+struct Cie {
+  uint64_t code_align = 1;
+  int64_t data_align = 1;
+  uint8_t fde_encoding = pe::kPeAbsptr;
+  bool augmented = false;  // 'z': FDEs carry an augmentation length
+  bool signal_frame = false;
+  size_t program = 0, program_end = 0;
+};
+
+// The CIE at `offset`, or nullopt where libunwind would refuse it: an
+// unknown version, a return-address column other than x86_64's, an old
+// augmentation whose data cannot be skipped, or a personality pointer
+// whose encoding it cannot size.
+inline std::optional<Cie> read_eh_cie(std::span<const uint8_t> bytes, size_t offset,
+                                      uint64_t return_address_register) {
+  auto header = read_header(bytes, offset);
+  if (!header || header->terminator || header->id != 0)
+    return std::nullopt;
+  Reader r(bytes, header->body, header->end);
+  Cie cie;
+  const uint8_t version = r.fixed<uint8_t>();
+  if (version != 1 && version != 3 && version != 4)
+    return std::nullopt;
+  const std::string_view augmentation = r.cstring();
+  if (version == 4)
+    r.skip(2);  // address_size, segment_selector_size
+  cie.code_align = r.uleb();
+  cie.data_align = r.sleb();
+  const uint64_t return_address = version == 1 ? r.fixed<uint8_t>() : r.uleb();
+  if (!r.ok() || return_address != return_address_register)
+    return std::nullopt;
+  cie.program = r.pos();
+  cie.program_end = header->end;
+  if (augmentation.empty())
+    return cie;
+  if (augmentation.front() != 'z')
+    return std::nullopt;
+  cie.augmented = true;
+  const uint64_t length = r.uleb();
+  if (!r.ok() || length > r.remaining())
+    return std::nullopt;
+  Reader aug(bytes, r.pos(), r.pos() + length);
+  for (char c : augmentation.substr(1)) {
+    if (c == 'R') {
+      cie.fde_encoding = aug.fixed<uint8_t>();
+    } else if (c == 'L') {
+      aug.fixed<uint8_t>();
+    } else if (c == 'P') {
+      // Only the personality pointer's size matters here, not its value.
+      const uint8_t encoding = aug.fixed<uint8_t>();
+      if (!read_encoded(aug, encoding & pe::kPeFormatMask, 0))
+        return std::nullopt;
+    } else if (c == 'S') {
+      cie.signal_frame = true;
+    } else {
+      break;  // unknown: 'z' lets an FDE's reader skip the rest
+    }
+  }
+  if (!aug.ok())
+    return std::nullopt;
+  cie.program = r.pos() + length;
+  return cie;
 }
 
 }  // namespace krait::unwind::cfi

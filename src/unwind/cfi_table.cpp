@@ -31,61 +31,23 @@ constexpr size_t kMaxCies = size_t{1} << 18;
 // (overlapping FDEs are rare; a long scan would only hide garbage).
 constexpr int kOverlapLookBack = 4;
 
-// What an FDE needs from its .eh_frame CIE.
+// What an FDE needs from its .eh_frame CIE; kept per CIE while indexing,
+// so only these few bytes.
 struct EhCie {
-  bool usable = false;
+  bool usable = false;  // libunwind can run its program
   uint8_t fde_encoding = kPeAbsptr;
-  bool augmented = false;  // 'z': FDEs carry an augmentation length
+  bool augmented = false;
   bool signal_frame = false;
 };
 
 EhCie parse_eh_cie(std::span<const uint8_t> bytes, size_t offset) {
-  EhCie cie;
-  auto header = read_header(bytes, offset);
-  if (!header || header->terminator || header->id != 0)
-    return cie;
-  Reader r(bytes, header->body, header->end);
-  uint8_t version = r.fixed<uint8_t>();
-  if (version != 1 && version != 3 && version != 4)
-    return cie;
-  std::string_view augmentation = r.cstring();
-  if (version == 4)
-    r.skip(2);  // address_size, segment_selector_size
-  r.uleb();     // code alignment
-  r.sleb();     // data alignment
-  const uint64_t return_address = version == 1 ? r.fixed<uint8_t>() : r.uleb();
-  if (!r.ok() || return_address != kReturnAddressRegister)
-    return cie;
-  if (augmentation.empty()) {
-    cie.usable = cfa_program_is_safe(bytes, r.pos(), header->end);
-    return cie;
-  }
-  if (augmentation.front() != 'z')
-    return cie;  // an old augmentation ("eh") whose data cannot be skipped
-  cie.augmented = true;
-  uint64_t length = r.uleb();
-  if (!r.ok() || length > r.remaining())
-    return cie;
-  Reader aug(bytes, r.pos(), r.pos() + length);
-  for (char c : augmentation.substr(1)) {
-    if (c == 'R') {
-      cie.fde_encoding = aug.fixed<uint8_t>();
-    } else if (c == 'L') {
-      aug.fixed<uint8_t>();
-    } else if (c == 'P') {
-      uint8_t encoding = aug.fixed<uint8_t>();
-      // The personality pointer's value is irrelevant here; only its size.
-      if (!read_encoded(aug, static_cast<uint8_t>(encoding & ~(kPeIndirect | kPeApplicationMask)),
-                        0))
-        break;
-    } else if (c == 'S') {
-      cie.signal_frame = true;
-    } else {
-      break;  // unknown: 'z' lets the FDE parser skip the rest
-    }
-  }
-  cie.usable = aug.ok() && cfa_program_is_safe(bytes, r.pos() + length, header->end);
-  return cie;
+  auto cie = cfi::read_eh_cie(bytes, offset, kReturnAddressRegister);
+  if (!cie || !cfa_program_is_safe(bytes, cie->program, cie->program_end))
+    return {};
+  return EhCie{.usable = true,
+               .fde_encoding = cie->fde_encoding,
+               .augmented = cie->augmented,
+               .signal_frame = cie->signal_frame};
 }
 
 void put_u8(std::vector<uint8_t>& out, uint8_t v) {

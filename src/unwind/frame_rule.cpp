@@ -36,61 +36,7 @@ struct Row {
   uint64_t cfa_expression_size = 0;
 };
 
-struct Cie {
-  uint64_t code_align = 1;
-  int64_t data_align = 1;
-  uint8_t fde_encoding = kPeAbsptr;
-  bool augmented = false;
-  size_t program = 0, program_end = 0;
-};
-
-std::optional<Cie> parse_cie(std::span<const uint8_t> bytes, size_t offset) {
-  auto header = cfi::read_header(bytes, offset);
-  if (!header || header->terminator || header->id != 0)
-    return std::nullopt;
-  Reader r(bytes, header->body, header->end);
-  Cie cie;
-  const uint8_t version = r.fixed<uint8_t>();
-  if (version != 1 && version != 3 && version != 4)
-    return std::nullopt;
-  const std::string_view augmentation = r.cstring();
-  if (version == 4)
-    r.skip(2);
-  cie.code_align = r.uleb();
-  cie.data_align = r.sleb();
-  const uint64_t return_address = version == 1 ? r.fixed<uint8_t>() : r.uleb();
-  if (!r.ok() || return_address != kReturnAddressRegister)
-    return std::nullopt;
-  size_t program = r.pos();
-  if (!augmentation.empty()) {
-    if (augmentation.front() != 'z')
-      return std::nullopt;
-    cie.augmented = true;
-    const uint64_t length = r.uleb();
-    if (!r.ok() || length > r.remaining())
-      return std::nullopt;
-    Reader aug(bytes, r.pos(), r.pos() + length);
-    for (char c : augmentation.substr(1)) {
-      if (c == 'R') {
-        cie.fde_encoding = aug.fixed<uint8_t>();
-      } else if (c == 'L') {
-        aug.fixed<uint8_t>();
-      } else if (c == 'P') {
-        const uint8_t encoding = aug.fixed<uint8_t>();
-        if (!cfi::read_encoded(aug, encoding & kPeFormatMask, 0))
-          return std::nullopt;
-      } else {
-        break;  // 'S' (signal frames never get here) or unknown: 'z' skips the rest
-      }
-    }
-    if (!aug.ok())
-      return std::nullopt;
-    program = r.pos() + length;
-  }
-  cie.program = program;
-  cie.program_end = header->end;
-  return cie;
-}
+using cfi::Cie;
 
 bool factored(uint64_t value, int64_t align, int64_t& out) {
   return !__builtin_mul_overflow(static_cast<int64_t>(value), align, &out);
@@ -288,7 +234,7 @@ std::optional<FrameRule> frame_rule(const CfiTable& table, const FdeEntry& fde, 
   auto header = cfi::read_header(bytes, fde.offset);
   if (!header || header->terminator || header->id == 0 || header->id > header->id_offset)
     return std::nullopt;
-  auto cie = parse_cie(bytes, header->id_offset - header->id);
+  auto cie = cfi::read_eh_cie(bytes, header->id_offset - header->id, kReturnAddressRegister);
   if (!cie)
     return std::nullopt;
   Reader r(bytes, header->body, header->end);
