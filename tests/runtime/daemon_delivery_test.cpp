@@ -195,19 +195,9 @@ TEST(Daemon, AllProcessesProfilesAProgramThatIsNotPython) {
 
 // wall.py's last totals line stamped at or after `until` (its own clock).
 Result<JsonValue> wall_totals_after(ChildProcess& child, double until) {
-  const auto deadline = SteadyClock::now() + 60s;
-  while (SteadyClock::now() < deadline) {
-    auto line = child.read_line(60s);
-    if (!line)
-      return line.error();
-    auto json = parse_json(*line);
-    if (!json)
-      return json.error().context(*line);
-    const JsonValue* t = json->find("t");
-    if (t && t->is_number() && t->number >= until)
-      return std::move(*json);
-  }
-  return make_error("wall.py: no totals line after {:.3f}", until);
+  std::vector<JsonValue> seen;
+  KRAIT_TRY(read_lines_until(child, until, seen));
+  return std::move(seen.back());
 }
 
 // The daemon in --mode wall: each interval's pprof carries wall and

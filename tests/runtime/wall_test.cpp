@@ -46,29 +46,6 @@ double monotonic_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// The workload's "totals" lines, read until one is stamped at or after
-// `until` (its own clock).
-Result<std::vector<JsonValue>> totals_until(ChildProcess& child, double until,
-                                            std::vector<JsonValue>& seen) {
-  const auto deadline = std::chrono::steady_clock::now() + 60s;
-  for (;;) {
-    if (!seen.empty()) {
-      auto t = json_member(seen.back(), "t");
-      if (t && (*t)->number >= until)
-        return seen;
-    }
-    if (std::chrono::steady_clock::now() > deadline)
-      return make_error("no totals line stamped after {:.3f}", until);
-    auto line = child.read_line(60s);
-    if (!line)
-      return line.error();
-    auto json = parse_json(*line);
-    if (!json)
-      return json.error().context(*line);
-    seen.push_back(std::move(*json));
-  }
-}
-
 // The last line stamped at or before `t`, or the first one.
 const JsonValue& line_before(const std::vector<JsonValue>& lines, double t) {
   const JsonValue* best = &lines.front();
@@ -124,18 +101,18 @@ Result<WindowRun> record_window(RunningWorkload& w, const std::vector<std::strin
                                 const TempDir& dir) {
   WindowRun run;
   // Steady state first: one cycle done.
-  KRAIT_TRY(totals_until(w.child, 0, run.lines));
+  KRAIT_TRY(read_lines_until(w.child, 0, run.lines));
   auto rec = Recording::start(args, dir);
   if (!rec)
     return rec.error();
   run.start = monotonic_s();
-  KRAIT_TRY(totals_until(w.child, run.start + kWindowSeconds, run.lines));
+  KRAIT_TRY(read_lines_until(w.child, run.start + kWindowSeconds, run.lines));
   run.stop = monotonic_s();
   auto result = rec->stop();
   if (!result)
     return result.error();
   run.result = std::move(*result);
-  KRAIT_TRY(totals_until(w.child, run.stop, run.lines));
+  KRAIT_TRY(read_lines_until(w.child, run.stop, run.lines));
   return run;
 }
 

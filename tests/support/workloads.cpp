@@ -51,4 +51,25 @@ Result<RunningWorkload> start_workload(const Interpreter& interpreter, std::stri
   return RunningWorkload{std::move(*child), std::move(*truth)};
 }
 
+Result<void> read_lines_until(ChildProcess& child, double until, std::vector<JsonValue>& seen,
+                              std::chrono::seconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    if (!seen.empty()) {
+      const JsonValue* t = seen.back().find("t");
+      if (t && t->is_number() && t->number >= until)
+        return {};
+    }
+    if (std::chrono::steady_clock::now() > deadline)
+      return make_error("no line of the workload stamped after {:.3f}", until);
+    auto line = child.read_line(timeout);
+    if (!line)
+      return line.error();
+    auto json = parse_json(*line);
+    if (!json)
+      return json.error().context(*line);
+    seen.push_back(std::move(*json));
+  }
+}
+
 }  // namespace krait::test

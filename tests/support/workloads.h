@@ -44,4 +44,10 @@ Result<RunningWorkload> start_workload(
     const std::map<std::string, std::string>& extra_env = {},
     std::chrono::milliseconds truth_timeout = std::chrono::seconds(60));
 
+// Reads a running workload's later lines (JSON objects stamped "t", its own
+// CLOCK_MONOTONIC seconds) onto `seen` until the newest is stamped at or
+// after `until`; at most `timeout` in all.
+Result<void> read_lines_until(ChildProcess& child, double until, std::vector<JsonValue>& seen,
+                              std::chrono::seconds timeout = std::chrono::seconds(60));
+
 }  // namespace krait::test
