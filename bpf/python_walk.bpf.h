@@ -41,8 +41,36 @@ struct krait_thread_walk {
   __u64 cursor; /* PyThreadState being looked at, 0 at the end of a list */
   __u64 found;
   __u32 interps_left;
-  __u32 done; /* 1: searched every list, 2: read fault */
+  __u32 done;   /* 1: searched every list, 2: read fault */
+  __u32 ns_tid; /* the thread's id in its own PID namespace; 0: its process's main thread */
+  __u32 _pad0;
 };
+
+/* The thread's id as its own PID namespace numbers it: what
+ * PyThreadState.native_thread_id holds. pid->numbers[] is a flexible array
+ * indexed by the namespace level, which is at most MAX_PID_NS_LEVEL (32). */
+static __always_inline __u32 krait_ns_tid(struct task_struct* task) {
+  struct pid* p = BPF_CORE_READ(task, thread_pid);
+  __u32 level = BPF_CORE_READ(p, level);
+  int nr = 0;
+  const char* at = (const char*)p + bpf_core_field_offset(struct pid, numbers) +
+                   (level & 31) * bpf_core_type_size(struct upid) +
+                   bpf_core_field_offset(struct upid, nr);
+  if (bpf_probe_read_kernel(&nr, sizeof(nr), at))
+    return 0;
+  return (__u32)nr;
+}
+
+/* Whether the state in s->tstate, whose pthread_t is the thread's, is the
+ * thread's own (krait_py_layout.tstate_native_tid says why this is asked). */
+static __always_inline int krait_tstate_is_threads(const struct krait_scratch* s,
+                                                   const struct krait_py_layout* l, __u32 ns_tid) {
+  __u16 off = l->tstate_native_tid;
+  if (ns_tid == 0 || off == 0 || off + 8 > l->tstate_read_size)
+    return 1;
+  __u64 native = KRAIT_LOAD(__u64, s->tstate, KRAIT_TSTATE_READ_CAP, off);
+  return native == 0 || native == ns_tid;
+}
 
 static long krait_thread_step(__u32 index, void* arg) {
   struct krait_thread_walk* w = arg;
@@ -66,7 +94,8 @@ static long krait_thread_step(__u32 index, void* arg) {
     w->done = 2;
     return 1;
   }
-  if (KRAIT_LOAD(__u64, w->s->tstate, KRAIT_TSTATE_READ_CAP, l->tstate_thread_id) == w->fsbase) {
+  if (KRAIT_LOAD(__u64, w->s->tstate, KRAIT_TSTATE_READ_CAP, l->tstate_thread_id) == w->fsbase &&
+      krait_tstate_is_threads(w->s, l, w->ns_tid)) {
     w->found = w->cursor;
     return 1;
   }
@@ -77,7 +106,8 @@ static long krait_thread_step(__u32 index, void* arg) {
 /* Returns a KRAIT_PY_* status. On KRAIT_PY_OK, *tstate is the thread's state
  * and s->tstate holds its first tstate_read_size bytes. */
 static __always_inline __u32 krait_find_tstate(struct krait_scratch* s,
-                                               const struct krait_proc_info* proc, __u32 tid,
+                                               const struct krait_proc_info* proc,
+                                               struct task_struct* task, __u32 pid, __u32 tid,
                                                __u64 fsbase, __u32 walk_limit, __u64* tstate,
                                                __u16* flags) {
   const struct krait_py_layout* l = &proc->layout;
@@ -117,7 +147,8 @@ static __always_inline __u32 krait_find_tstate(struct krait_scratch* s,
                                 .fsbase = fsbase,
                                 .interp = interp,
                                 .cursor = first_head,
-                                .interps_left = KRAIT_MAX_INTERPRETERS - 1};
+                                .interps_left = KRAIT_MAX_INTERPRETERS - 1,
+                                .ns_tid = tid == pid ? 0 : krait_ns_tid(task)};
   bpf_loop(walk_limit, krait_thread_step, &w, 0);
   if (w.done == 2)
     return KRAIT_PY_READ_FAULT_STATE;

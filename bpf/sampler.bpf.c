@@ -139,7 +139,8 @@ static __always_inline __u64 krait_capture(void* ctx, __u32 slot, __u64 pid_tgid
     __u64 fsbase = BPF_CORE_READ(task, thread.fsbase);
     __u64 tstate = 0;
     __u16 flags = 0;
-    __u32 status = krait_find_tstate(s, proc, tid, fsbase, cfg_thread_walk_limit, &tstate, &flags);
+    __u32 status =
+        krait_find_tstate(s, proc, task, pid, tid, fsbase, cfg_thread_walk_limit, &tstate, &flags);
     sample->py_flags = flags;
     sample->py_status = status;
     if (status == KRAIT_PY_OK) {

@@ -320,7 +320,12 @@ struct krait_py_layout {
   __u8 linetable_size_off;
   __u8 linetable_data_off;
   __u8 _pad0;
-  __u16 _pad1;
+  /* PyThreadState.native_thread_id (3.8+), inside tstate_read_size; 0:
+   * none. A state is taken as a thread's only when this names the thread
+   * too (or the thread is its process's main one): a process forked from C
+   * keeps its parent's other states, whose pthread_t a new thread of the
+   * child gets again when glibc hands it their cached stack. */
+  __u16 tstate_native_tid;
 };
 
 /* Capture events (krait_code_event) a process may cause: a bucket of

@@ -100,6 +100,7 @@ void read_thread_fields(FieldReader& f, krait_py_layout& b) {
   b.gil_mode = KRAIT_GIL_UNKNOWN;
   b.interp_gil_locked = KRAIT_OFFSET_NONE;
   b.interp_gil_holder = KRAIT_OFFSET_NONE;
+  b.tstate_native_tid = 0;
 }
 
 // The frame chain: frame objects before 3.11, interpreter frames after.
@@ -209,6 +210,10 @@ void read_runtime_fields(FieldReader& f, PyVersion v, PythonLayout& out) {
       b.gil_mode = KRAIT_GIL_INTERP_LOCK;
   }
   out.tstate_native_thread_id = f.optional("PyThreadState.native_thread_id");
+  // The sampler checks it only where it is in the block it reads anyway.
+  if (out.tstate_native_thread_id != KRAIT_OFFSET_NONE && out.tstate_native_thread_id != 0 &&
+      out.tstate_native_thread_id <= KRAIT_TSTATE_READ_CAP - 8)
+    b.tstate_native_tid = out.tstate_native_thread_id;
   if (v >= PyVersion{3, 7, 0})
     out.runtime_interp_head = f.need("_PyRuntimeState.interpreters.head");
 }
@@ -236,8 +241,10 @@ void read_string_layout(FieldReader& f, PyVersion v, StringLayout& s) {
 
 // How many bytes the sampler reads of each object, checked against its caps.
 Result<void> set_read_sizes(krait_py_layout& b) {
-  auto tsize = read_size("PyThreadState", KRAIT_TSTATE_READ_CAP,
-                         {b.tstate_next, b.tstate_thread_id, b.tstate_frame, b.tstate_interp});
+  auto tsize =
+      read_size("PyThreadState", KRAIT_TSTATE_READ_CAP,
+                {b.tstate_next, b.tstate_thread_id, b.tstate_frame, b.tstate_interp,
+                 b.tstate_native_tid != 0 ? b.tstate_native_tid : uint16_t{KRAIT_OFFSET_NONE}});
   if (!tsize)
     return tsize.error();
   auto fsize =
