@@ -128,7 +128,7 @@ TestInterpreters test_interpreters(const std::vector<Interpreter>& all) {
 }
 
 StagedWorkloads::StagedWorkloads() {
-  for (const char* script : {"chain.py", "threads.py", "short.py", "wall.py"})
+  for (const char* script : {"chain.py", "threads.py", "short.py", "wall.py", "wsgi_app.py"})
     fs::copy_file(workload_path(script), dir_.file(script));
 }
 

@@ -1,6 +1,10 @@
-// An interpreter embedded in a program that is not python: krait finds the
-// libpython it maps and profiles both native threads that run Python.
+// Interpreters embedded in programs that are not python: krait finds the
+// libpython they map and profiles the native threads that run Python. The
+// host built here links pyenv's 3.12.1; Debian's gdb links Debian's
+// stripped libpython3.11 and runs Python commands on its main thread.
 #include <gtest/gtest.h>
+
+#include <filesystem>
 
 #include "runtime/krait_harness.h"
 #include "support/workloads.h"
@@ -58,6 +62,50 @@ TEST(Embedded, HostThatIsNotPythonIsFoundAndEachThreadProfiled) {
   const JsonValue* p = stats_process(r->stats, host->pid());
   ASSERT_NE(p, nullptr);
   EXPECT_NE(p->find("image")->string.find("libpython3.12"), std::string::npos);
+}
+
+TEST(Embedded, GdbsPythonIsProfiledExactly) {
+  require_root();
+  constexpr const char* kGdb = "/usr/bin/gdb";
+  ASSERT_TRUE(std::filesystem::exists(kGdb)) << kGdb << " is missing: run scripts/setup --tests";
+  SpawnOptions opts;
+  // gdb's own Python (no PYTHONHOME or PYTHONPATH of ours) runs chain.py as
+  // __main__ from a `python` command.
+  opts.argv = {kGdb, "-nx", "-batch", "-ex",
+               fmt::format("python import runpy, sys; sys.argv = ['chain.py']; "
+                           "runpy.run_path('{}', run_name='__main__')",
+                           workload_path("chain.py"))};
+  opts.env = {{"PYTHONHOME", std::nullopt}, {"PYTHONPATH", std::nullopt}};
+  auto gdb = ChildProcess::spawn(opts);
+  ASSERT_TRUE(gdb.ok()) << gdb.error().message;
+  auto line = gdb->read_line(60s);
+  ASSERT_TRUE(line.ok()) << line.error().message << "\n" << gdb->stderr_text();
+  auto truth = parse_truth(*line);
+  ASSERT_TRUE(truth.ok()) << truth.error().message << ": " << *line;
+  ASSERT_EQ(truth->pid, gdb->pid());
+  const ThreadTruth& t = truth->threads.at(0);
+
+  TempDir dir;
+  auto rec = Recording::start({"-p", std::to_string(gdb->pid()), "-d", "3"}, dir);
+  ASSERT_TRUE(rec.ok()) << rec.error().message;
+  auto r = rec->wait(60s);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+
+  std::vector<ProfileSample> thread;
+  for (const auto& s : samples_of_pid(r->samples, gdb->pid()))
+    if (s.tid() == t.tid)
+      thread.push_back(s);
+  // ~300 samples of one thread burning a core at 99 Hz.
+  ASSERT_GE(total(thread), 150) << r->stderr_text;
+  EXPECT_GE(count_exact(thread, t.stack), 0.95 * total(thread))
+      << describe_mismatches(thread, t.stack);
+  for (const auto& s : thread) {
+    EXPECT_EQ(s.labels.at("process_name"), "gdb");
+    EXPECT_EQ(s.labels.at("python_version"), truth->python);
+  }
+  const JsonValue* p = stats_process(r->stats, gdb->pid());
+  ASSERT_NE(p, nullptr);
+  EXPECT_NE(p->find("image")->string.find("libpython3.11"), std::string::npos);
 }
 
 }  // namespace

@@ -13,6 +13,8 @@
 // The same judge covers gunicorn's sync, gthread and gevent workers (os.fork
 // after gunicorn started) and Celery's prefork pool children (billiard's
 // fork; tasks of tests/workloads/celery_app.py through a filesystem broker).
+// Under a live `krait daemon`, uWSGI's and gunicorn's workers must each be
+// delivered under their application's name.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -29,11 +31,13 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "daemon/app_name.h"
+#include "runtime/daemon_harness.h"
 #include "runtime/krait_harness.h"
 #include "support/json.h"
 #include "support/manifest.h"
@@ -60,8 +64,6 @@ constexpr int kRequestMs = 100;
 constexpr int kRequestsPerWorker = 12;
 constexpr int kClients = 4;
 constexpr int64_t kMinSamples = 50;
-// krait record's default rate.
-constexpr double kRateHz = 99;
 
 // A port no one listens on now: bound to port 0 and released, for the
 // server to bind right after.
@@ -521,6 +523,94 @@ INSTANTIATE_TEST_SUITE_P(
         GunicornVariant{
             "gevent_python_stacks", {"--worker-class", "gevent"}, {"--stacks", "python"}}),
     [](const ::testing::TestParamInfo<GunicornVariant>& info) { return info.param.name; });
+
+// Through a live daemon: every process of a server, its master and each
+// worker, is delivered under the application's name, not the server's.
+struct DaemonServer {
+  std::string name;
+  std::string app;
+  std::function<std::vector<std::string>(const StagedWorkloads&, int port)> argv;
+};
+
+void PrintTo(const DaemonServer& s, std::ostream* os) {
+  *os << s.name;
+}
+
+class ForkedDaemon : public ::testing::TestWithParam<DaemonServer> {};
+
+TEST_P(ForkedDaemon, DeliversEveryWorkerUnderItsApplicationsName) {
+  LiveRun run;
+  ASSERT_NO_FATAL_FAILURE(start_live_run(run));
+  auto server =
+      ForkingServer::start([&](int port) { return GetParam().argv(run.staged, port); }, {});
+  ASSERT_TRUE(server.ok()) << server.error().message;
+  const std::vector<pid_t> workers = server->workers();
+  ASSERT_EQ(workers.size(), static_cast<size_t>(kWorkers));
+  const std::string& app = GetParam().app;
+
+  // Both servers' command lines name the staged directory (gunicorn's
+  // --chdir without the trailing slash the staged selector has).
+  const std::string staged_dir =
+      std::filesystem::path(run.staged.path("wsgi_app.py")).parent_path().string();
+  auto daemon = Daemon::start(daemon_args(*run.server, regex_escape(staged_dir)));
+  ASSERT_TRUE(daemon.ok()) << daemon.error().message;
+  const Load load = drive(server->port(), workers, kGunicornRequestMs);
+  ASSERT_TRUE(load.error.empty()) << load.error << "\n" << server->stderr_text();
+  // The interval the load ended in, delivered.
+  const size_t after_load = count_application(run.server->profiles(), app);
+  ASSERT_TRUE(wait_for(
+      *run.server, [&](const auto& p) { return count_application(p, app) >= after_load + 1; }, 30s))
+      << "profiles received: " << run.server->profiles().size() << "\n"
+      << daemon->log();
+  ASSERT_NO_FATAL_FAILURE(expect_clean_stop(*daemon));
+
+  auto received = decode_received(run.server->profiles());
+  ASSERT_TRUE(received.ok()) << received.error().message;
+  const auto mine = of_application(*received, app);
+  const std::set<std::string> applications = applications_of(*received);
+  for (pid_t worker : workers) {
+    EXPECT_GE(samples_of(mine, worker), kMinSamples)
+        << "worker " << worker << " under " << app
+        << "; applications received: " << fmt::format("{}", fmt::join(applications, ", "));
+    for (const std::string& other : applications) {
+      if (other != app) {
+        EXPECT_EQ(samples_of(of_application(*received, other), worker), 0)
+            << "worker " << worker << " under " << other;
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Servers, ForkedDaemon,
+    ::testing::Values(DaemonServer{"uwsgi", "wsgi_app.py",
+                                   [](const StagedWorkloads& staged, int port) {
+                                     return std::vector<std::string>{
+                                         kUwsgi,          "--plugin",
+                                         "python3",       "--master",
+                                         "--processes",   std::to_string(kWorkers),
+                                         "--threads",     "2",
+                                         "--http-socket", fmt::format("127.0.0.1:{}", port),
+                                         "--wsgi-file",   staged.path("wsgi_app.py"),
+                                         "--need-app",    "--disable-logging",
+                                         "--die-on-term"};
+                                   }},
+                      DaemonServer{
+                          "gunicorn", "wsgi_app",
+                          [](const StagedWorkloads& staged, int port) {
+                            return std::vector<std::string>{
+                                kGunicorn,
+                                "--workers",
+                                std::to_string(kWorkers),
+                                "--bind",
+                                fmt::format("127.0.0.1:{}", port),
+                                "--chdir",
+                                std::filesystem::path(staged.path("wsgi_app.py")).parent_path(),
+                                "--timeout",
+                                "120",
+                                "wsgi_app:application"};
+                          }}),
+    [](const ::testing::TestParamInfo<DaemonServer>& info) { return info.param.name; });
 
 // Celery's prefork pool (Debian's python3-celery on /usr/bin/python3.11):
 // the worker forks its pool children with billiard; each child runs tasks of
