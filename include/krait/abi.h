@@ -320,7 +320,7 @@ struct krait_py_layout {
   __u8 linetable_size_off;
   __u8 linetable_data_off;
   __u8 _pad0;
-  /* PyThreadState.native_thread_id (3.8+), inside tstate_read_size; 0:
+  /* PyThreadState.native_thread_id (3.11+), inside tstate_read_size; 0:
    * none. A state is taken as a thread's only when this names the thread
    * too (or the thread is its process's main one): a process forked from C
    * keeps its parent's other states, whose pthread_t a new thread of the

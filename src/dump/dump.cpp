@@ -129,7 +129,7 @@ struct PyThread {
   uint64_t tstate = 0;
   uint64_t interp = 0;
   uint64_t ident = 0;      // pthread_self()
-  uint64_t native_id = 0;  // PyThreadState.native_thread_id (3.8+), 0 unknown
+  uint64_t native_id = 0;  // PyThreadState.native_thread_id (3.11+), 0 unknown
 };
 
 struct ThreadStates {
