@@ -19,6 +19,8 @@ void expect_in_caps(const krait_py_layout& b, const std::string& version) {
   EXPECT_LE(b.code_read_size, KRAIT_CODE_READ_CAP) << version;
   for (uint16_t off : {b.tstate_next, b.tstate_thread_id, b.tstate_frame})
     EXPECT_TRUE(fits(off, b.tstate_read_size)) << version << " tstate offset " << off;
+  EXPECT_TRUE(b.tstate_native_tid == 0 || fits(b.tstate_native_tid, b.tstate_read_size))
+      << version << " native_thread_id offset " << b.tstate_native_tid;
   for (uint16_t off : {b.frame_back, b.frame_code, b.frame_instr, b.frame_owner, b.frame_is_entry})
     EXPECT_TRUE(fits(off, b.frame_read_size)) << version << " frame offset " << off;
   for (uint16_t off :
@@ -63,6 +65,8 @@ TEST(Layout, FrameModelFollowsTheVersion) {
     EXPECT_EQ(l->bpf.frame_owner_shim, c.shim) << c.v.str();
     EXPECT_EQ(l->instr_scale, c.instr_scale) << c.v.str();
     EXPECT_EQ(l->strings.py2_bytes, c.v.major == 2) << c.v.str();
+    // The sampler tells a thread's own state from a stale one by it (3.11+).
+    EXPECT_EQ(l->bpf.tstate_native_tid != 0, (c.v >= PyVersion{3, 11, 0})) << c.v.str();
   }
 }
 
