@@ -2,7 +2,9 @@
 // snapshot (--once, with -p and system-wide) and the full screen in a real
 // terminal (tmux, 80x24) put the truth's leaf function on the first row
 // with the share of one CPU the process really used over the same window
-// (/proc), and the screen's keys sort, regroup and filter the rows.
+// (/proc), and the screen's keys sort, regroup and filter the rows. In
+// --mode wall, wall.py's phase lines get the shares of its thread's time the
+// workload measured.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -15,6 +17,7 @@
 
 #include "runtime/krait_harness.h"
 #include "support/child_process.h"
+#include "support/json.h"
 #include "support/workloads.h"
 #include "util/clock.h"
 
@@ -103,6 +106,8 @@ void save_artifact(const std::string& name, const std::string& text) {
 struct Snapshot {
   std::string text;
   double measured_pct = 0;
+  uint64_t start_ns = 0;  // CLOCK_MONOTONIC at "ready" and at the table
+  uint64_t end_ns = 0;
 };
 
 Result<Snapshot> once(const std::vector<std::string>& args, pid_t workload) {
@@ -136,6 +141,8 @@ Result<Snapshot> once(const std::vector<std::string>& args, pid_t workload) {
   if (!end)
     return make_error("no table in:\n{}{}", s.text, child->stderr_text());
   s.measured_pct = share(start, *end);
+  s.start_ns = start.wall_ns;
+  s.end_ns = end->wall_ns;
   return s;
 }
 
@@ -162,6 +169,59 @@ TEST(Top, OncePutsTheHotFunctionFirstWithItsCpuShare) {
     std::cout << fmt::format("[ stats    ] top --once {}: {} own {:.1f}%, measured {:.1f}%\n",
                              args[0], hot, rows[0].own, s->measured_pct);
   }
+}
+
+// --mode wall: wall.py's worker splits its time between burning CPU,
+// sleeping and reading a pipe, each at a line of its own and timed by the
+// workload itself. Over the snapshot's window each line's row must show the
+// share of the thread's wall time the workload measured for that phase.
+TEST(Top, WallModeShowsEachPhaseLineWithItsShareOfTheThreadsTime) {
+  require_root();
+  auto w = start_workload(interpreter_named("pyenv-3.12.1"), "wall.py", {});
+  ASSERT_TRUE(w.ok()) << w.error().message;
+  std::vector<JsonValue> totals;
+  ASSERT_TRUE(read_lines_until(w->child, 0, totals).ok());  // one whole cycle first
+  const pid_t pid = static_cast<pid_t>(w->truth.pid);
+  auto s = once({"-p", std::to_string(pid), "--mode", "wall", "--stacks", "python", "--group",
+                 "lines", "--rows", "0", "--interval", "4", "-r", kRate},
+                pid);
+  ASSERT_TRUE(s.ok()) << s.error().message;
+  save_artifact("top_once_wall.txt", s->text);
+  const double start = static_cast<double>(s->start_ns) / 1e9;
+  const double end = static_cast<double>(s->end_ns) / 1e9;
+  auto more = read_lines_until(w->child, end, totals);
+  ASSERT_TRUE(more.ok()) << more.error().message;
+
+  // The workload's cumulative totals just outside the window.
+  const JsonValue* before = &totals.front();
+  for (const JsonValue& t : totals)
+    if (t.find("t")->number <= start)
+      before = &t;
+  auto after = std::find_if(totals.begin(), totals.end(),
+                            [&](const JsonValue& t) { return t.find("t")->number >= end; });
+  ASSERT_NE(after, totals.end());
+  const double span = after->find("t")->number - before->find("t")->number;
+  ASSERT_GT(span, 3.0);
+  auto phases = json_object(w->truth.json, "phases");
+  ASSERT_TRUE(phases.ok()) << phases.error().message;
+  const auto rows = rows_of(s->text);
+  std::string report;
+  for (const char* phase : {"burn", "sleep", "pipe"}) {
+    auto stack = parse_stack(*(*phases)->find(phase));
+    ASSERT_TRUE(stack.ok() && !stack->empty()) << phase;
+    const Frame& leaf = stack->back();
+    const double expected =
+        100.0 * (after->find(phase)->number - before->find(phase)->number) / span;
+    const std::string at = fmt::format("{}:{}", leaf.file, leaf.line);
+    auto row = std::find_if(rows.begin(), rows.end(), [&](const ShownRow& r) {
+      return r.name == leaf.function && r.line.find(at) != std::string::npos;
+    });
+    ASSERT_NE(row, rows.end()) << phase << ": no row for " << leaf.function << " at " << at << "\n"
+                               << s->text;
+    EXPECT_NEAR(row->own, expected, kTolerancePoints) << phase << "\n" << s->text;
+    report += fmt::format(" {} {:.1f}% (workload {:.1f}%)", phase, row->own, expected);
+  }
+  std::cout << fmt::format("[ stats    ] top --once --mode wall:{}\n", report);
 }
 
 // A tmux server of this test's own (its own socket), killed at the end.
