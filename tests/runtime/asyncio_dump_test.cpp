@@ -28,7 +28,7 @@ using namespace std::chrono_literals;
 
 // The interpreters whose asyncio layout krait reads: sid's static stripped
 // 3.14 (_asyncio a shared module) and 3.15 (_asyncio built in).
-const std::vector<std::string> kTaskInterpreters = {"sid-3.14.10", "sid-3.15.2"};
+const std::vector<std::string> kTaskInterpreters = {"sid-3.14", "sid-3.15"};
 // Before 3.14: the workload runs (3.11+ has TaskGroup), krait says why it
 // lists no tasks.
 const std::vector<std::string> kOlderInterpreters = {"pyenv-3.11.7", "pyenv-3.12.1",

@@ -34,7 +34,7 @@ using namespace std::chrono_literals;
 // pointers).
 const std::vector<std::string> kInterpreters = {"pyenv-2.7.18", "pyenv-3.8.18", "pyenv-3.11.7",
                                                 "pyenv-3.12.1", "pyenv-3.13.0", "debian-3.11.2",
-                                                "sid-3.14.10",  "sid-3.15.2"};
+                                                "sid-3.14",     "sid-3.15"};
 
 struct DumpedFrame {
   Frame frame;

@@ -165,11 +165,23 @@ void require_root() {
 }
 
 Interpreter interpreter_named(const std::string& name) {
-  for (auto& i : load_manifest())
+  const auto all = load_manifest();
+  for (const auto& i : all)
     if (i.name == name)
       return i;
+  // sid moves on (3.15.2 today, 3.15.3 next month): "sid-3.15" is whichever
+  // 3.15 the provisioning found.
+  const Interpreter* only = nullptr;
+  int matches = 0;
+  for (const auto& i : all)
+    if (i.name.rfind(name + ".", 0) == 0) {
+      only = &i;
+      ++matches;
+    }
+  if (matches == 1)
+    return *only;
   ADD_FAILURE() << "interpreter " << name << " is not in " << manifest_path()
-                << ": run scripts/provision-pythons";
+                << (matches > 1 ? " once" : "") << ": run scripts/provision-pythons";
   return {};
 }
 

@@ -27,7 +27,8 @@ namespace krait::test {
 // Fails the current test unless the process can load BPF programs.
 void require_root();
 
-// The interpreter of the manifest with this name; a test failure if absent.
+// The interpreter of the manifest with this name, or with this name and a
+// patch level ("sid-3.15" for sid-3.15.2); a test failure if absent.
 Interpreter interpreter_named(const std::string& name);
 
 // A test run once per interpreter of the manifest, named by the parameter;
