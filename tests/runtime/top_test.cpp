@@ -193,14 +193,9 @@ TEST(Top, WallModeShowsEachPhaseLineWithItsShareOfTheThreadsTime) {
   ASSERT_TRUE(more.ok()) << more.error().message;
 
   // The workload's cumulative totals just outside the window.
-  const JsonValue* before = &totals.front();
-  for (const JsonValue& t : totals)
-    if (t.find("t")->number <= start)
-      before = &t;
-  auto after = std::find_if(totals.begin(), totals.end(),
-                            [&](const JsonValue& t) { return t.find("t")->number >= end; });
-  ASSERT_NE(after, totals.end());
-  const double span = after->find("t")->number - before->find("t")->number;
+  const JsonValue& before = line_before(totals, start);
+  const JsonValue& after = line_after(totals, end);
+  const double span = after.find("t")->number - before.find("t")->number;
   ASSERT_GT(span, 3.0);
   auto phases = json_object(w->truth.json, "phases");
   ASSERT_TRUE(phases.ok()) << phases.error().message;
@@ -210,8 +205,7 @@ TEST(Top, WallModeShowsEachPhaseLineWithItsShareOfTheThreadsTime) {
     auto stack = parse_stack(*(*phases)->find(phase));
     ASSERT_TRUE(stack.ok() && !stack->empty()) << phase;
     const Frame& leaf = stack->back();
-    const double expected =
-        100.0 * (after->find(phase)->number - before->find(phase)->number) / span;
+    const double expected = 100.0 * (after.find(phase)->number - before.find(phase)->number) / span;
     const std::string at = fmt::format("{}:{}", leaf.file, leaf.line);
     auto row = std::find_if(rows.begin(), rows.end(), [&](const ShownRow& r) {
       return r.name == leaf.function && r.line.find(at) != std::string::npos;

@@ -46,23 +46,6 @@ double monotonic_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// The last line stamped at or before `t`, or the first one.
-const JsonValue& line_before(const std::vector<JsonValue>& lines, double t) {
-  const JsonValue* best = &lines.front();
-  for (const JsonValue& l : lines)
-    if (l.find("t")->number <= t)
-      best = &l;
-  return *best;
-}
-
-// The first line stamped at or after `t`, or the last one.
-const JsonValue& line_after(const std::vector<JsonValue>& lines, double t) {
-  for (const JsonValue& l : lines)
-    if (l.find("t")->number >= t)
-      return l;
-  return lines.back();
-}
-
 double number(const JsonValue& object, std::string_view key) {
   const JsonValue* v = object.find(key);
   return v && v->is_number() ? v->number : std::nan("");

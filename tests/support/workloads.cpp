@@ -72,4 +72,23 @@ Result<void> read_lines_until(ChildProcess& child, double until, std::vector<Jso
   }
 }
 
+const JsonValue& line_before(const std::vector<JsonValue>& lines, double t) {
+  const JsonValue* best = &lines.front();
+  for (const JsonValue& l : lines) {
+    const JsonValue* at = l.find("t");
+    if (at && at->is_number() && at->number <= t)
+      best = &l;
+  }
+  return *best;
+}
+
+const JsonValue& line_after(const std::vector<JsonValue>& lines, double t) {
+  for (const JsonValue& l : lines) {
+    const JsonValue* at = l.find("t");
+    if (at && at->is_number() && at->number >= t)
+      return l;
+  }
+  return lines.back();
+}
+
 }  // namespace krait::test

@@ -50,4 +50,9 @@ Result<RunningWorkload> start_workload(
 Result<void> read_lines_until(ChildProcess& child, double until, std::vector<JsonValue>& seen,
                               std::chrono::seconds timeout = std::chrono::seconds(60));
 
+// Of lines read_lines_until gathered (never empty): the last stamped at or
+// before `t`, or the first; the first stamped at or after `t`, or the last.
+const JsonValue& line_before(const std::vector<JsonValue>& lines, double t);
+const JsonValue& line_after(const std::vector<JsonValue>& lines, double t);
+
 }  // namespace krait::test
