@@ -42,7 +42,7 @@ struct krait_thread_walk {
   __u64 found;
   __u32 interps_left;
   __u32 done;   /* 1: searched every list, 2: read fault */
-  __u32 ns_tid; /* the thread's id in its own PID namespace; 0: its process's main thread */
+  __u32 ns_tid; /* its id in its own PID namespace; 0: not checked (main thread, or < 3.11) */
   __u32 _pad0;
 };
 
@@ -142,13 +142,15 @@ static __always_inline __u32 krait_find_tstate(struct krait_scratch* s,
                                                         : KRAIT_PY_NO_THREAD_STATE;
 
   krait_count(KRAIT_CNT_THREAD_WALKS);
-  struct krait_thread_walk w = {.s = s,
-                                .layout = l,
-                                .fsbase = fsbase,
-                                .interp = interp,
-                                .cursor = first_head,
-                                .interps_left = KRAIT_MAX_INTERPRETERS - 1,
-                                .ns_tid = tid == pid ? 0 : krait_ns_tid(task)};
+  struct krait_thread_walk w = {
+      .s = s,
+      .layout = l,
+      .fsbase = fsbase,
+      .interp = interp,
+      .cursor = first_head,
+      .interps_left = KRAIT_MAX_INTERPRETERS - 1,
+      /* Asked only where the check can use it. */
+      .ns_tid = tid == pid || l->tstate_native_tid == 0 ? 0 : krait_ns_tid(task)};
   bpf_loop(walk_limit, krait_thread_step, &w, 0);
   if (w.done == 2)
     return KRAIT_PY_READ_FAULT_STATE;
