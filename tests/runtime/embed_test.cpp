@@ -45,10 +45,7 @@ TEST(Embedded, HostThatIsNotPythonIsFoundAndEachThreadProfiled) {
   for (const auto& lane : lanes) {
     const ThreadTruth& t = lane.threads.at(0);
     SCOPED_TRACE("lane thread " + t.name);
-    std::vector<ProfileSample> thread;
-    for (const auto& s : mine)
-      if (s.tid() == t.tid)
-        thread.push_back(s);
+    const auto thread = samples_of_tid(mine, t.tid);
     // Two threads share one interpreter lock: about half of ~400 samples each.
     ASSERT_GE(total(thread), 60) << r->stderr_text;
     EXPECT_GE(count_exact(thread, t.stack), 0.95 * total(thread))
@@ -91,10 +88,7 @@ TEST(Embedded, GdbsPythonIsProfiledExactly) {
   auto r = rec->wait(60s);
   ASSERT_TRUE(r.ok()) << r.error().message;
 
-  std::vector<ProfileSample> thread;
-  for (const auto& s : samples_of_pid(r->samples, gdb->pid()))
-    if (s.tid() == t.tid)
-      thread.push_back(s);
+  const auto thread = samples_of_tid(samples_of_pid(r->samples, gdb->pid()), t.tid);
   // ~300 samples of one thread burning a core at 99 Hz.
   ASSERT_GE(total(thread), 150) << r->stderr_text;
   EXPECT_GE(count_exact(thread, t.stack), 0.95 * total(thread))

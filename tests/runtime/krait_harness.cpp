@@ -277,6 +277,14 @@ Result<CommandResult> run_krait(const std::vector<std::string>& args, std::chron
   return r;
 }
 
+std::vector<ProfileSample> samples_of_tid(const std::vector<ProfileSample>& all, int64_t tid) {
+  std::vector<ProfileSample> out;
+  for (const auto& s : all)
+    if (s.tid() == tid)
+      out.push_back(s);
+  return out;
+}
+
 std::vector<ProfileSample> samples_of_pid(const std::vector<ProfileSample>& all, int64_t pid) {
   std::vector<ProfileSample> out;
   for (const auto& s : all)

@@ -125,6 +125,7 @@ Result<std::string> go_pprof_raw(const std::string& profile, const TempDir& scra
 
 // Samples of one process / thread.
 std::vector<ProfileSample> samples_of_pid(const std::vector<ProfileSample>& all, int64_t pid);
+std::vector<ProfileSample> samples_of_tid(const std::vector<ProfileSample>& all, int64_t tid);
 int64_t total(const std::vector<ProfileSample>& samples);
 
 // How many of `samples` (weighted by count) carry exactly `expected`.

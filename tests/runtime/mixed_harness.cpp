@@ -205,14 +205,6 @@ Result<std::vector<Symbol>> nm_symbols(const std::string& file, bool dynamic) {
 // ---------------------------------------------------------------------------
 // Samples.
 
-std::vector<ProfileSample> samples_of_tid(const std::vector<ProfileSample>& all, int64_t tid) {
-  std::vector<ProfileSample> out;
-  for (const auto& s : all)
-    if (s.tid() == tid)
-      out.push_back(s);
-  return out;
-}
-
 // A sample's label, "" when it has none.
 std::string label(const ProfileSample& s, const std::string& key) {
   auto it = s.labels.find(key);

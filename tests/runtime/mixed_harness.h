@@ -53,8 +53,6 @@ struct Symbol {
 // names without their version suffix, and the PLT stubs objdump names.
 Result<std::vector<Symbol>> nm_symbols(const std::string& file, bool dynamic);
 
-std::vector<ProfileSample> samples_of_tid(const std::vector<ProfileSample>& all, int64_t tid);
-
 // A sample's label, "" when it has none.
 std::string label(const ProfileSample& s, const std::string& key);
 
